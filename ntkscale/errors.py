@@ -1,0 +1,38 @@
+"""Typed errors and warnings raised by ntkscale.
+
+Every error message names the problem, the numbers behind it and the fix.
+"""
+
+from __future__ import annotations
+
+
+class NtkscaleError(Exception):
+    """Base class of every error ntkscale raises on purpose."""
+
+
+class InputError(NtkscaleError, ValueError):
+    """Input arrays have the wrong rank, shape, dtype or non-finite values."""
+
+
+class SpecError(NtkscaleError, ValueError):
+    """A layer list or network description is invalid (unknown layer, bad keyword)."""
+
+
+class UnsupportedOptionError(SpecError):
+    """A neural-tangents keyword is set to a value ntkscale does not support yet."""
+
+
+class SpecMismatchError(NtkscaleError):
+    """An existing store was made with a different kernel spec, data or dtype."""
+
+
+class NotPSDError(NtkscaleError, ValueError):
+    """A matrix that must be positive definite is not, even after jitter retries."""
+
+
+class ConfigError(NtkscaleError, ValueError):
+    """A run configuration is invalid; the message names the key."""
+
+
+class NumericalWarning(RuntimeWarning):
+    """A numerical fallback was taken (jitter added, non-convergence, precision loss)."""

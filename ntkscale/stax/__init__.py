@@ -1,0 +1,16 @@
+"""neural-tangents-compatible ``stax``: layers, ``serial`` and exact kernels.
+
+Change ``from neural_tangents import stax`` to ``from ntkscale import stax``:
+the same layer names, keywords, defaults and numbers.
+"""
+
+from .activations import ABRelu, Abs, Erf, Gelu, Identity, LeakyRelu, Relu, Sin
+from .dense import Dense
+from .network import ApplyFn, InitFn, Kernel, KernelFn, Layer, from_spec, kernel_fn_from_spec, serial
+from .registry import canonical_spec, layer_names, spec_hash, spec_to_json
+
+__all__ = [
+    "ABRelu", "Abs", "ApplyFn", "Dense", "Erf", "Gelu", "Identity", "InitFn", "Kernel",
+    "KernelFn", "Layer", "LeakyRelu", "Relu", "Sin", "canonical_spec", "from_spec",
+    "kernel_fn_from_spec", "layer_names", "serial", "spec_hash", "spec_to_json",
+]

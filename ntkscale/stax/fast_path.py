@@ -1,0 +1,4 @@
+"""Placeholder replaced below by the compiled CPU path."""
+
+def supports(layers, x1):
+    return False

@@ -1,0 +1,80 @@
+"""Frozen kernel state passed from layer to layer.
+
+Mirrors neural-tangents' ``Kernel``: a layer maps a state to a new state and
+never mutates it (``layer(state, xp) -> state``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional, Tuple
+
+Array = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelState:
+    """Covariances of a pair of input batches after some layers.
+
+    Attributes:
+      nngp: cross covariance Σ(x1, x2). Flat nets: shape ``(n1, n2)``, or ``(n,)``
+        when ``diagonal_batch`` (then entry i is Σ(x_i, x_i)). Image nets
+        append the spatial axes: ``(n1, n2, H, H', W, W')`` for full spatial
+        covariance, ``(n1, n2, H, W)`` when ``diagonal_spatial``.
+      ntk: Θ(x1, x2) with the shape of ``nngp``; ``None`` when only the NNGP
+        is requested (the NTK recursion is then skipped).
+      var1: self covariances Σ(x, x) of x1, per input (and per pixel for images:
+        ``(n1, H, W)``; full spatial blocks are never needed for them).
+      var2: the same for x2; ``None`` when ``diagonal_batch``.
+      diagonal_batch: entries pair x_i with itself only (posterior variances).
+      width: number of features (channels) entering the next layer, used by the
+        ``"standard"`` parameterization; ``None`` when unknown.
+      spatial: ``(H, W)`` for image kernels, ``None`` for flat ones.
+      diagonal_spatial: image kernels that track matching pixels only.
+      symmetric: ``x2 is x1`` (the matrix is symmetric; its diagonal pairs are exact).
+    """
+
+    nngp: Array
+    ntk: Optional[Array]
+    var1: Array
+    var2: Optional[Array]
+    diagonal_batch: bool = False
+    width: Optional[int] = None
+    spatial: Optional[Tuple[int, int]] = None
+    diagonal_spatial: bool = False
+    symmetric: bool = False
+
+    def replace(self, **changes: Any) -> "KernelState":
+        return dataclasses.replace(self, **changes)
+
+    def pair_variances(self, xp: Any) -> Tuple[Array, Array]:
+        """Variances ``(q, q')`` broadcastable against ``nngp``.
+
+        For every entry of ``nngp`` they are Σ(x, x) and Σ(x', x') at the
+        positions that entry pairs.
+        """
+        v1, v2 = self.var1, self.var2
+        if self.spatial is None:
+            return (v1, v1) if self.diagonal_batch else (v1[:, None], v2[None, :])
+        n1, h, w = v1.shape
+        if self.diagonal_batch:
+            if self.diagonal_spatial:
+                return v1, v1
+            return xp.reshape(v1, (n1, h, 1, w, 1)), xp.reshape(v1, (n1, 1, h, 1, w))
+        n2 = v2.shape[0]
+        if self.diagonal_spatial:
+            return (
+                xp.reshape(v1, (n1, 1, h, w)),
+                xp.reshape(v2, (1, n2, h, w)),
+            )
+        return (
+            xp.reshape(v1, (n1, 1, h, 1, w, 1)),
+            xp.reshape(v2, (1, n2, 1, h, 1, w)),
+        )
+
+    def map_variances(self, fn: Any) -> "KernelState":
+        """Apply ``fn`` to both self-variance arrays."""
+        return self.replace(
+            var1=fn(self.var1),
+            var2=None if self.var2 is None else fn(self.var2),
+        )

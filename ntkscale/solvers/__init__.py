@@ -1,0 +1,1 @@
+"""Kernel-regression solvers: dense in-memory, blocked CG, tiled Cholesky."""

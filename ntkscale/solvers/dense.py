@@ -23,6 +23,43 @@ def mean_diagonal(k: np.ndarray) -> float:
     return float(np.mean(np.diagonal(k)))
 
 
+def jitter_candidates(scale: float, start: float = 0.0,
+                      jitter_steps: Sequence[float] = JITTER_STEPS) -> Tuple[float, ...]:
+    """Absolute jitters to try in order: ``start`` (the jitter already in use,
+    0 at first), then each step x ``scale`` that exceeds it."""
+    return (float(start),) + tuple(s * scale for s in jitter_steps if s * scale > start)
+
+
+def _not_psd_message(what: str, shape: Tuple[int, ...], scale: float, jitter_steps: Sequence[float]) -> str:
+    return (
+        f"{what} ({shape[0]}x{shape[1]}) is not positive definite even with jitter up to "
+        f"{jitter_steps[-1]:g} x mean diagonal ({jitter_steps[-1] * scale:.3g}); use a larger ridge "
+        "(e.g. ridge=1e-4 relative to the mean diagonal) or check the kernel for NaN/duplicates"
+    )
+
+
+def cholesky_with_jitter(a: np.ndarray, *, scale: float, start_jitter: float = 0.0,
+                         jitter_steps: Sequence[float] = JITTER_STEPS,
+                         what: str = "the Gram matrix") -> Tuple[np.ndarray, float]:
+    """Lower Cholesky factor of ``a + jitter I`` with the smallest jitter of
+    :func:`jitter_candidates` that works; returns ``(L, jitter)`` without
+    warning (the caller reports it) or raises :class:`NotPSDError`.
+
+    ``scale`` is the unit of the steps (the whole matrix's mean diagonal when
+    ``a`` is one tile of it); the tiled Cholesky calls this per diagonal tile.
+    """
+    eye = None
+    for jitter in jitter_candidates(scale, start_jitter, jitter_steps):
+        if jitter:
+            eye = np.eye(a.shape[0], dtype=a.dtype) if eye is None else eye
+        try:
+            return scipy.linalg.cholesky(a + jitter * eye if jitter else a, lower=True,
+                                         check_finite=False), jitter
+        except np.linalg.LinAlgError:
+            continue
+    raise NotPSDError(_not_psd_message(what, a.shape, scale, jitter_steps))
+
+
 def cho_factor_with_jitter(k: np.ndarray, *, what: str = "the Gram matrix",
                            jitter_steps: Sequence[float] = JITTER_STEPS):
     """``scipy.linalg.cho_factor(k)``, retrying with growing diagonal jitter.
@@ -30,28 +67,20 @@ def cho_factor_with_jitter(k: np.ndarray, *, what: str = "the Gram matrix",
     Returns ``(factor, jitter_added)``; ``k`` is not modified.
     """
     scale = abs(mean_diagonal(k)) or 1.0
-    try:
-        return scipy.linalg.cho_factor(k, lower=True, check_finite=False), 0.0
-    except np.linalg.LinAlgError:
-        pass
-    for step in jitter_steps:
-        jitter = step * scale
+    for jitter in jitter_candidates(scale, 0.0, jitter_steps):
         try:
-            factor = scipy.linalg.cho_factor(k + jitter * np.eye(k.shape[0], dtype=k.dtype),
-                                             lower=True, check_finite=False)
+            a = k + jitter * np.eye(k.shape[0], dtype=k.dtype) if jitter else k
+            factor = scipy.linalg.cho_factor(a, lower=True, check_finite=False)
         except np.linalg.LinAlgError:
             continue
-        warnings.warn(
-            f"{what} is not numerically positive definite; added jitter {jitter:.3g} "
-            f"({step:g} x mean diagonal) to the diagonal to factor it",
-            NumericalWarning, stacklevel=2,
-        )
+        if jitter:
+            warnings.warn(
+                f"{what} is not numerically positive definite; added jitter {jitter:.3g} "
+                f"({jitter / scale:g} x mean diagonal) to the diagonal to factor it",
+                NumericalWarning, stacklevel=2,
+            )
         return factor, jitter
-    raise NotPSDError(
-        f"{what} ({k.shape[0]}x{k.shape[0]}) is not positive definite even with jitter up to "
-        f"{jitter_steps[-1]:g} x mean diagonal ({jitter_steps[-1] * scale:.3g}); use a larger ridge "
-        "(e.g. ridge=1e-4 relative to the mean diagonal) or check the kernel for NaN/duplicates"
-    )
+    raise NotPSDError(_not_psd_message(what, k.shape, scale, jitter_steps))
 
 
 def solve_psd(k: np.ndarray, y: np.ndarray, ridge: float = 0.0, *,

@@ -47,7 +47,7 @@ def _load_commands() -> None:
     """Import the modules that register subcommands (kept lazy for a fast --help)."""
     import importlib
 
-    for module in ("ntkscale.commands",):
+    for module in ("ntkscale.commands", "ntkscale.commands.gram"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -33,7 +33,6 @@ import dataclasses
 import difflib
 import json
 import os
-import types
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
@@ -47,10 +46,40 @@ BACKENDS = ("auto", "numpy", "cupy")
 # ----------------------------------------------------------------------------- helpers
 
 
+class FrozenMapping(Mapping):
+    """Read-only, hashable, picklable mapping for raw config sections."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any]):
+        self._data = dict(data)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self._data.items(), key=lambda kv: kv[0])))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and dict(self.items()) == dict(other.items())
+
+    def __repr__(self) -> str:
+        return f"FrozenMapping({self._data!r})"
+
+    def __reduce__(self):
+        return (FrozenMapping, (self._data,))
+
+
 def _freeze(value: Any) -> Any:
-    """Deep read-only copy of raw YAML data (mappings become MappingProxyType)."""
+    """Deep read-only copy of raw YAML data (mappings -> FrozenMapping, lists -> tuples)."""
     if isinstance(value, Mapping):
-        return types.MappingProxyType({str(k): _freeze(v) for k, v in value.items()})
+        return FrozenMapping({str(k): _freeze(v) for k, v in value.items()})
     if isinstance(value, (list, tuple)):
         return tuple(_freeze(v) for v in value)
     return value

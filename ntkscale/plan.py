@@ -161,11 +161,23 @@ def block_size_for_memory(memory_per_task: int, itemsize: int, n_kernels: int) -
 
 def choose_block_size(n_train: int, n_test: int, *, itemsize: int, n_kernels: int,
                       memory_per_task: int, slots: int = 1) -> int:
-    """Block size from a memory budget, shrunk until each slot has a few blocks."""
-    b = block_size_for_memory(memory_per_task, itemsize, n_kernels)
+    """Block size from a memory budget, shrunk until each slot has a few blocks.
+
+    Sizes are tried as n / R for R = 1, 2, ... row blocks (rounded up to the
+    quantum) so blocks come out even, not with a thin ragged last row.
+    """
+    b_mem = block_size_for_memory(memory_per_task, itemsize, n_kernels)
     want = BLOCKS_PER_SLOT * max(1, slots)
-    while b > BLOCK_QUANTUM and n_gram_blocks(n_train, n_test, b) < want:
-        b -= BLOCK_QUANTUM
+    rows = 1
+    while True:
+        b = -(-n_train // rows)
+        b = -(-b // BLOCK_QUANTUM) * BLOCK_QUANTUM
+        if b <= BLOCK_QUANTUM:
+            b = BLOCK_QUANTUM
+            break
+        if b <= b_mem and n_gram_blocks(n_train, n_test, b) >= want:
+            break
+        rows += 1
     return effective_block_size(b, n_train, n_test)
 
 

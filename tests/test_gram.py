@@ -1,0 +1,163 @@
+"""Gram pipeline on a real (small) Dask cluster: blocked == in-memory, resume,
+refusals that leave the store untouched, and inputs checked before any work."""
+
+import os
+
+import numpy as np
+import pytest
+
+from ntkscale.cluster import WORKER_ENV
+from ntkscale.config import RunConfig
+from ntkscale.errors import InputError, SpecMismatchError
+from ntkscale.maintenance import status, verify
+from ntkscale.pipeline import GramPipeline
+from ntkscale.store import GramStore, Manifest, StoreError
+
+from .gram_util import LAYERS, config_dict, make_data, reference, snapshot
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      memory_limit="1GiB", env=dict(WORKER_ENV)) as cluster, Client(cluster) as c:
+        yield c
+
+
+def _run(tmp_path, data, client, **over):
+    opts = {k: over.pop(k) for k in ("recompute_test", "replace_y") if k in over}
+    cfg = RunConfig.from_mapping(config_dict(data, **over), tmp_path)
+    return GramPipeline(cfg, progress=False, **opts).run(client=client), cfg
+
+
+def _check_equal(store_path, data, get, dtype, with_test):
+    s = GramStore.open(store_path)
+    tol = dict(rtol=1e-11, atol=1e-13) if dtype == "float64" else dict(rtol=2e-5, atol=1e-6)
+    ref = reference(data, "train")
+    for kind in get:
+        k = s.train_array(kind)[...]
+        assert k.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(k, ref[kind], **tol)
+        np.testing.assert_array_equal(k, k.T)
+        np.testing.assert_allclose(s.diag("train", kind), ref[f"diag_{kind}"], **tol)
+    if with_test:
+        reft = reference(data, "test")
+        for kind in get:
+            np.testing.assert_allclose(s.test_array(kind)[...], reft[kind], **tol)
+            np.testing.assert_allclose(s.diag("test", kind), reft[f"diag_{kind}"], **tol)
+
+
+@pytest.mark.parametrize("n, m, block, get, dtype", [
+    (64, 0, 32, ["nngp", "ntk"], "float64"),    # square grid, exact multiple
+    (70, 23, 16, ["nngp", "ntk"], "float64"),   # ragged last blocks, rectangular test Gram
+    (12, 5, 64, ["ntk"], "float32"),            # n smaller than one block
+    (45, 45, 20, ["nngp"], "float32"),
+])
+def test_blocked_equals_in_memory(tmp_path, client, n, m, block, get, dtype):
+    data = make_data(tmp_path, n=n, m=m, d=6, seed=n)
+    report, cfg = _run(tmp_path, data, client, block_size=block, dtype=dtype,
+                       kernel={"layers": LAYERS, "get": get})
+    s = GramStore.open(cfg.store)
+    assert report.blocks_computed == s.plan().n_blocks and report.blocks_done_before == 0
+    assert s.block_size == min(block, max(n, m))
+    _check_equal(cfg.store, data, get, dtype, with_test=bool(m))
+    assert verify(cfg.store)["clean"]
+    st = status(cfg.store)
+    assert st["complete"] and not st["running"] and st["blocks_done"] == st["blocks_total"]
+
+
+def test_resume_computes_only_missing_blocks(tmp_path, client):
+    data = make_data(tmp_path, n=50, m=10, d=4)
+    report, cfg = _run(tmp_path, data, client)
+    total = report.blocks_computed
+    assert _run(tmp_path, data, client)[0].blocks_computed == 0          # rerun: nothing to do
+    m = Manifest(cfg.store)
+    gone = ["train-0-2", "test-0-1", "diag-train-3"]
+    m.delete(gone)
+    os.remove(os.path.join(cfg.store, "gram", "train", "ntk", "c", "2", "0"))   # mirror of train-0-2
+    report2, _ = _run(tmp_path, data, client, block_size=32)              # the store's block size wins
+    assert report2.blocks_computed == len(gone) and report2.blocks_done_before == total - len(gone)
+    assert sorted(r["block"] for r in report2.records) == sorted(gone)
+    assert GramStore.open(cfg.store).block_size == 16
+    _check_equal(cfg.store, data, ["nngp", "ntk"], "float64", with_test=True)
+
+
+def test_new_test_set_is_refused_then_recomputed_alone(tmp_path, client):
+    data = make_data(tmp_path, n=40, m=10, d=4)
+    _, cfg = _run(tmp_path, data, client)
+    train_entries = {k: os.stat(os.path.join(cfg.store, "manifest", k, "zarr.json")).st_mtime_ns
+                     for k in Manifest(cfg.store).keys() if k.startswith(("train-", "diag-train"))}
+    new = make_data(tmp_path, n=40, m=13, d=4, seed=7, prefix="new_")
+    data2 = dict(data, xt=new["xt"], yt=new["yt"])
+    before = snapshot(cfg.store)
+    with pytest.raises(SpecMismatchError, match="data.test.x.*--recompute-test"):
+        _run(tmp_path, data2, client)
+    assert snapshot(cfg.store) == before
+    report, _ = _run(tmp_path, data2, client, recompute_test=True)
+    s = GramStore.open(cfg.store)
+    n_test_blocks = sum(b.row_set == "test" for b in s.plan().blocks)
+    assert report.blocks_computed == n_test_blocks and s.n_test == 13
+    assert all(r["block"].startswith(("test-", "diag-test")) for r in report.records)
+    for k, t in train_entries.items():
+        assert os.stat(os.path.join(cfg.store, "manifest", k, "zarr.json")).st_mtime_ns == t
+    _check_equal(cfg.store, data2, ["nngp", "ntk"], "float64", with_test=True)
+
+
+def test_test_set_added_later_computes_only_the_test_part(tmp_path, client):
+    data = make_data(tmp_path, n=30, m=9, d=3)
+    train_only = {k: v for k, v in data.items() if k in ("x", "y")}
+    _run(tmp_path, train_only, client)
+    report, cfg = _run(tmp_path, data, client)
+    assert {r["block"].split("-")[0] for r in report.records} <= {"test", "diag"}
+    assert report.blocks_done_before == 2 + 3          # diag-train-0..1, train 0-0, 0-1, 1-1
+    _check_equal(cfg.store, data, ["nngp", "ntk"], "float64", with_test=True)
+
+
+def test_changed_labels_need_replace_y(tmp_path, client):
+    data = make_data(tmp_path, n=20, m=0, d=3)
+    _, cfg = _run(tmp_path, data, client)
+    np.save(data["y"], np.ones((20, 2)))
+    with pytest.raises(SpecMismatchError, match="data.train.y.*--replace-y"):
+        _run(tmp_path, data, client)
+    report, _ = _run(tmp_path, data, client, replace_y=True)
+    assert report.blocks_computed == 0
+    np.testing.assert_array_equal(GramStore.open(cfg.store).y("train")[...], np.ones((20, 2)))
+
+
+@pytest.mark.parametrize("damage, needle", [
+    ("nan", r"data.train.x \(.*x.npy\) has 1 NaN and 0 infinite values \(rows 3\)"),
+    ("inf_test", r"data.test.x \(.*xt.npy\) has 0 NaN and 1 infinite"),
+    ("y_len", r"data.train.y \(.*y.npy\) has 9 rows but data.train.x has 10 samples"),
+    ("features", r"data.test.x .* per-sample shape \(4,\) but data.train.x .* has \(3,\)"),
+    ("rank", r"data.train.x \(.*x.npy\) does not fit the kernel: .*2-D"),
+    ("strings", r"data.train.x \(.*x.npy\) has dtype <U1"),
+])
+def test_bad_inputs_are_reported_before_any_work(tmp_path, damage, needle):
+    data = make_data(tmp_path, n=10, m=4, d=3)
+    if damage == "nan":
+        x = np.load(data["x"]); x[3, 1] = np.nan; np.save(data["x"], x)
+    elif damage == "inf_test":
+        x = np.load(data["xt"]); x[1, 0] = np.inf; np.save(data["xt"], x)
+    elif damage == "y_len":
+        np.save(data["y"], np.zeros(9))
+    elif damage == "features":
+        np.save(data["xt"], np.zeros((4, 4)))
+    elif damage == "rank":
+        np.save(data["x"], np.zeros((10, 3, 2)))
+    elif damage == "strings":
+        np.save(data["x"], np.array([["a"] * 3] * 10))
+    cfg = RunConfig.from_mapping(config_dict(data), tmp_path)
+    with pytest.raises(InputError, match=needle):
+        GramPipeline(cfg, progress=False).run(client=object())   # no cluster is ever touched
+    assert not os.path.exists(cfg.store)
+
+
+def test_store_path_that_is_not_a_store_is_refused(tmp_path):
+    data = make_data(tmp_path, n=10, m=0, d=3)
+    (tmp_path / "run.zarr").mkdir()
+    (tmp_path / "run.zarr" / "mine.txt").write_text("precious")
+    cfg = RunConfig.from_mapping(config_dict(data), tmp_path)
+    with pytest.raises(StoreError, match="exists and is not a Gram store"):
+        GramPipeline(cfg, progress=False).run(client=object())
+    assert (tmp_path / "run.zarr" / "mine.txt").read_text() == "precious"

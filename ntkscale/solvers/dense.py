@@ -12,6 +12,7 @@ from typing import Sequence, Tuple
 
 import numpy as np
 import scipy.linalg
+import scipy.linalg.lapack
 
 from ..errors import NotPSDError, NumericalWarning
 
@@ -45,18 +46,28 @@ def cholesky_with_jitter(a: np.ndarray, *, scale: float, start_jitter: float = 0
     :func:`jitter_candidates` that works; returns ``(L, jitter)`` without
     warning (the caller reports it) or raises :class:`NotPSDError`.
 
-    ``scale`` is the unit of the steps (the whole matrix's mean diagonal when
-    ``a`` is one tile of it); the tiled Cholesky calls this per diagonal tile.
+    Only the lower triangle of ``a`` is read and ``a`` is not modified. Calls
+    LAPACK ``potrf`` directly on the F-ordered view (a C-ordered ``a`` is
+    factored through its transpose, no copy of the layout); ``L`` comes back
+    in ``a``'s memory order. ``scale`` is the unit of the steps (the whole
+    matrix's mean diagonal when ``a`` is one tile of it: the tiled Cholesky
+    calls this per diagonal tile).
     """
-    eye = None
+    potrf = scipy.linalg.lapack.get_lapack_funcs("potrf", (a,))
+    fa, lower = (a, 1) if a.flags.f_contiguous else (np.asarray(a).T, 0)
+    if not fa.flags.f_contiguous:
+        fa, lower = np.asfortranarray(a), 1
+    diag = np.diag_indices(a.shape[0])
     for jitter in jitter_candidates(scale, start_jitter, jitter_steps):
+        work = fa
         if jitter:
-            eye = np.eye(a.shape[0], dtype=a.dtype) if eye is None else eye
-        try:
-            return scipy.linalg.cholesky(a + jitter * eye if jitter else a, lower=True,
-                                         check_finite=False), jitter
-        except np.linalg.LinAlgError:
-            continue
+            work = fa.copy(order="F")
+            work[diag] += jitter
+        c, info = potrf(work, lower=lower, clean=1, overwrite_a=0)
+        if info == 0:
+            return (c if lower else c.T), jitter
+        if info < 0:  # pragma: no cover - argument error
+            raise ValueError(f"LAPACK potrf: illegal argument {-info}")
     raise NotPSDError(_not_psd_message(what, a.shape, scale, jitter_steps))
 
 

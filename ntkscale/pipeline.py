@@ -103,7 +103,7 @@ class GramPipeline:
     part made from other test inputs; ``replace_y`` stores changed labels."""
 
     def __init__(self, config: RunConfig, *, recompute_test: bool = False, replace_y: bool = False,
-                 progress: bool = True, stream: TextIO = sys.stderr):
+                 progress: bool = True, stream: Optional[TextIO] = None):
         self.config = config
         self.recompute_test, self.replace_y = recompute_test, replace_y
         self.progress, self.stream = progress, stream
@@ -226,11 +226,11 @@ class GramPipeline:
 
     def _say(self, message: str) -> None:
         if self.progress:
-            print(message, file=self.stream, flush=True)
+            print(message, file=self.stream or sys.stderr, flush=True)
 
 
 def compute_missing(store: GramStore, job: Job, cluster: Any, *, client: Any = None,
-                    progress: bool = True, stream: TextIO = sys.stderr) -> RunReport:
+                    progress: bool = True, stream: Optional[TextIO] = None) -> RunReport:
     """Submit every block without a valid manifest entry (the caller holds the lock)."""
     t0 = time.perf_counter()
     plan = store.plan()
@@ -239,6 +239,7 @@ def compute_missing(store: GramStore, job: Job, cluster: Any, *, client: Any = N
     pending = [b for b in plan.blocks if (records.get(b.key) or {}).get("token") != tokens[b.key]]
     report = RunReport(str(store.path), plan.n_blocks, plan.n_blocks - len(pending), 0, 0.0,
                        run_id=job.run_id)
+    stream = stream or sys.stderr
     say = (lambda m: print(m, file=stream, flush=True)) if progress else (lambda m: None)
     if not pending:
         say(f"{store.path}: all {plan.n_blocks} blocks are already finished")
@@ -271,7 +272,7 @@ def compute_missing(store: GramStore, job: Job, cluster: Any, *, client: Any = N
 
 
 def repair(path: os.PathLike | str, cluster: Any = None, *, client: Any = None, backend: str = "auto",
-           progress: bool = True, stream: TextIO = sys.stderr) -> Dict[str, Any]:
+           progress: bool = True, stream: Optional[TextIO] = None) -> Dict[str, Any]:
     """``verify --repair``: recompute bad and missing blocks from the store alone.
 
     Bad blocks lose their manifest entry first, so an interrupted repair leaves

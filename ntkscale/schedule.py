@@ -108,12 +108,12 @@ class Progress:
     ``progress`` bar knows only this run's tasks.
     """
 
-    def __init__(self, total: int, done_before: int, entries_todo: int, stream: TextIO = sys.stderr,
+    def __init__(self, total: int, done_before: int, entries_todo: int, stream: Optional[TextIO] = None,
                  every: float = 10.0, enabled: bool = True):
         self.total, self.done = total, done_before
         self.entries_todo, self.entries_done = max(1, entries_todo), 0
-        self.stream, self.enabled = stream, enabled
-        self.tty = enabled and hasattr(stream, "isatty") and stream.isatty()
+        self.stream, self.enabled = stream or sys.stderr, enabled
+        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
         self.every = 0.2 if self.tty else every
         self.t0 = time.monotonic()
         self._last = -1e9

@@ -1,0 +1,152 @@
+"""One entry point for kernel regression: ``solve(A, Y, ridges=..., method=...)``.
+
+Both methods go through the same checks (ridges validated before any work,
+right-hand sides finite) and return a :class:`SolveResult` with one solution
+per ridge, so the pipeline (``ntkscale solve``/``run``) and the solver
+contract tests treat CG and the tiled Cholesky alike.
+
+With ridge 0 a singular Gram is not always caught by the factorisation (a
+tiny jitter makes it numerically positive definite) or by CG (it may stall
+without breaking down). So for ridge 0 the residual ``||K X - Y|| / ||Y||`` is
+checked with one extra product, and a residual above ``singular_rtol``
+raises :class:`~ntkscale.errors.NotPSDError` suggesting a ridge.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from ..errors import InputError, NotPSDError, NumericalWarning
+from .cg import CGInfo, cg
+from .nystrom import build_preconditioner
+from .operator import ArraySource, GramOperator, ZarrSource, as_operator
+from .validate import check_rhs, check_ridges
+
+METHODS = ("cg", "cholesky")
+
+
+@dataclass
+class SolveResult:
+    """Solutions ``alpha`` of shape ``(s, n, k)``, one per absolute ridge."""
+
+    alpha: np.ndarray
+    ridges: np.ndarray
+    method: str
+    info: Optional[CGInfo] = None
+    jitter: List[float] = field(default_factory=list)
+    seconds: float = 0.0
+    preconditioner: Optional[Dict[str, Any]] = None
+    tiles_computed: Optional[int] = None
+
+    def summary(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"method": self.method, "ridges": [float(r) for r in self.ridges],
+                               "seconds": round(self.seconds, 3)}
+        if self.info is not None:
+            out["cg"] = self.info.summary()
+        if self.jitter:
+            out["jitter"] = [float(j) for j in self.jitter]
+        if self.preconditioner:
+            out["preconditioner"] = self.preconditioner
+        if self.tiles_computed is not None:
+            out["tiles_computed"] = self.tiles_computed
+        return out
+
+
+def _array_of(A: Any) -> Any:
+    if isinstance(A, GramOperator):
+        if isinstance(A.source, (ArraySource, ZarrSource)):
+            return A.source.array
+        raise InputError("method 'cholesky' needs the stored train Gram (a Zarr or in-memory array); this "
+                         f"operator recomputes it on the fly ({A.mode} mode): use method 'cg' or store the Gram")
+    if hasattr(A, "materialize"):
+        return A.materialize()
+    if hasattr(A, "shape") and hasattr(A, "__getitem__"):
+        return A
+    raise InputError(f"method 'cholesky' needs a Gram array; got {type(A).__name__}")
+
+
+def solve(A: Any, Y: Any, *, ridges: Any = 0.0, method: str = "cg", rtol: float = 1e-6, atol: float = 0.0,
+          maxiter: Optional[int] = None, preconditioner: Optional[str] = "nystrom", rank: int = 500,
+          seed: Any = 0, ridge_path: str = "auto", checkpoint: Any = None, checkpoint_every: int = 10,
+          group: Any = None, tile: Optional[int] = None, client: Any = None, num_workers: Optional[int] = None,
+          singular_rtol: float = 1e-3, warn: bool = True) -> SolveResult:
+    """Solve ``(K + l I) alpha_l = Y`` for every absolute ridge ``l``.
+
+    ``method="cg"``: :func:`~ntkscale.solvers.cg.cg` with a ``preconditioner``
+    (``nystrom`` | ``pivoted_cholesky`` | ``none``) of rank ``rank`` built once
+    and re-targeted to each ridge; ``checkpoint`` makes it resumable.
+    ``method="cholesky"``: :class:`~ntkscale.solvers.cholesky.TiledCholesky`,
+    one factor per ridge in ``group`` (a Zarr group; default in memory).
+    """
+    t0 = time.perf_counter()
+    if method not in METHODS:
+        raise InputError(f"solver method must be one of {', '.join(METHODS)}; got {method!r}")
+    rid = check_ridges(ridges)                      # before any work
+    op = as_operator(A)
+    n = op.shape[0]
+    if op.shape[0] != op.shape[1]:
+        raise InputError(f"the train Gram must be square; got {op.shape}")
+    y, _ = check_rhs(Y, n)
+    base = float(getattr(op, "ridge", 0.0))
+    total = rid + base
+    result = SolveResult(alpha=np.empty(0), ridges=total, method=method)
+    if method == "cg":
+        M = None
+        if preconditioner not in (None, "none"):
+            tb = time.perf_counter()
+            M = build_preconditioner(preconditioner, op, rank, shift=float(total.min()), seed=seed)
+            result.preconditioner = {"kind": preconditioner, "rank": M.rank,
+                                     "seconds": round(time.perf_counter() - tb, 3)}
+        with warnings.catch_warnings():
+            if not warn:
+                warnings.simplefilter("ignore", NumericalWarning)
+            x, info = cg(op, y, rtol=rtol, atol=atol, maxiter=maxiter, M=M, ridges=rid, ridge_path=ridge_path,
+                         checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+        result.alpha, result.info = x, info
+        if int(info) and np.min(total) == 0:
+            raise NotPSDError(
+                f"ridge 0: CG did not converge (relative residual {float(np.nanmax(info.residual)):.3g} after "
+                f"{info.iterations} iterations); the Gram is singular or too ill-conditioned to solve without a "
+                "ridge: use a ridge, e.g. 1e-6 relative to the mean diagonal")
+    else:
+        from .cholesky import TiledCholesky  # noqa: PLC0415
+
+        arr = _array_of(op)
+        if group is None:
+            import zarr  # noqa: PLC0415
+
+            group = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
+        xs, computed = [], 0
+        for r in total:
+            f = TiledCholesky(arr, group, ridge=float(r), tile=tile, client=client, num_workers=num_workers,
+                              name=f"cholesky-{float(r):.6g}")
+            with warnings.catch_warnings():
+                if not warn:
+                    warnings.simplefilter("ignore", NumericalWarning)
+                f.factor()
+            computed += f.tiles_computed
+            xs.append(f.solve(y))
+            result.jitter.append(f.jitter)
+        result.alpha, result.tiles_computed = np.stack(xs), computed
+    if np.min(total) == 0:
+        _check_singular(op, y, result, singular_rtol)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _check_singular(op: Any, y: np.ndarray, result: SolveResult, singular_rtol: float) -> None:
+    for j in np.nonzero(result.ridges == 0)[0]:
+        x = result.alpha[j]
+        resid = np.linalg.norm(np.asarray(op.with_ridge(0.0).matmat(x) if hasattr(op, "with_ridge")
+                                          else op.matmat(x)) - y) / max(np.linalg.norm(y), 1e-300)
+        if not np.isfinite(resid) or resid > singular_rtol:
+            jit = f" even with jitter {result.jitter[j]:.3g} added" if result.jitter and result.jitter[j] else ""
+            raise NotPSDError(
+                f"ridge 0: the Gram is singular{jit}; the solution has relative residual {resid:.3g} "
+                f"(> {singular_rtol:g}). Use a ridge, e.g. 1e-6 relative to the mean diagonal "
+                "(solver.ridge: 1e-6)")

@@ -46,8 +46,11 @@ from .layer import LayerImpl
 from .pooling import FlattenImpl, GlobalAvgPoolImpl
 from .state import KernelState
 
-#: Image pairs processed together, one per SIMD lane.
-LANES = 8
+#: Image pairs processed together (one per lane of every inner loop): at
+#: least LANES_MIN, and as many more (up to LANES_MAX) as keep a group's
+#: scratch within SCRATCH_BYTES (about half an L2 cache).
+LANES_MIN, LANES_MAX = 8, 64
+SCRATCH_BYTES = 512 << 10
 
 K_CONV, K_ABRELU, K_ERF, K_IDENT, K_AFFINE = range(5)
 _ACT_KINDS = {ReluImpl: K_ABRELU, LeakyReluImpl: K_ABRELU, AbsImpl: K_ABRELU,
@@ -85,33 +88,126 @@ def _atan_small(t, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14):
     return t + t * z * r
 
 
-@numba.njit(inline="always", fastmath=_FM)
-def _atan2_pos(y, x, one, halfpi, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14):
-    """atan2(y, x) for x ≥ 0, y ≥ 0 with x² + y² = r² given as ``r``... via
-    the half-angle of the smaller angle: returns angle in [0, π/2]."""
+@numba.njit(inline="always", fastmath=_FM, error_model="numpy")
+def _atan2_pos(y, x, halfpi, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14):
+    """atan2(y, x) in [0, π/2] for x, y ≥ 0 (not both 0): half-angle of the
+    smaller angle, tan(α/2) = min / (max + r), so |tan(α/2)| ≤ tan(π/8)."""
     num = min(x, y)
     den = max(x, y)
     r = math.sqrt(num * num + den * den)
-    t = num / (den + r) if den > 0 else num
-    alpha = _atan_small(t, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14)
+    alpha = _atan_small(num / (den + r), c5, c6, c7, c8, c9, c10, c11, c12, c13, c14)
     alpha = alpha + alpha
     return alpha if y <= x else halfpi - alpha
 
 
-@numba.njit(cache=True, parallel=True, fastmath=_FM)
-def _slab_pairs(X1, X2, pi, pj, ops, fpar, sdim, spad, deltas, V1, V2, consts,
-                final_count, circ, want_ntk, out_k, out_t):  # pragma: no cover - compiled
-    L = LANES
-    npairs = pi.shape[0]
-    ngroups = (npairs + L - 1) // L
-    H0 = X1.shape[1]
-    W0 = X1.shape[2]
-    C = X1.shape[3]
+@numba.njit(inline="always")
+def _valid(n, delta, circ):
+    """Positions P of a slab whose partner P + δ is inside the image."""
+    if circ:
+        return 0, n
+    return max(0, -delta), min(n, n - delta)
+
+
+@numba.njit(inline="always")
+def _fill(dst, value):  # pragma: no cover - compiled
+    for i in range(dst.shape[0]):
+        dst[i] = value
+
+
+@numba.njit(inline="always")
+def _copy(dst, src):  # pragma: no cover - compiled
+    for i in range(dst.shape[0]):
+        dst[i] = src[i]
+
+
+@numba.njit(inline="always")
+def _add(dst, src):  # pragma: no cover - compiled
+    for i in range(dst.shape[0]):
+        dst[i] += src[i]
+
+
+@numba.njit(inline="always", fastmath=_FM)
+def _affine(kr, tr, f0, f1, f2, f3, want_ntk, standard):  # pragma: no cover - compiled
+    """Σ ← f0·K + f1; Θ ← Σ + f0·Θ ("ntk") or f2·K + f0·Θ + f3 ("standard")."""
+    n = kr.shape[0]
+    if want_ntk and not standard:
+        for i in range(n):
+            kn = f0 * kr[i] + f1
+            tr[i] = kn + f0 * tr[i]
+            kr[i] = kn
+    elif want_ntk:
+        for i in range(n):
+            ks = kr[i]
+            tr[i] = f2 * ks + f0 * tr[i] + f3
+            kr[i] = f0 * ks + f1
+    else:
+        for i in range(n):
+            kr[i] = f0 * kr[i] + f1
+
+
+@numba.njit(inline="always", fastmath=_FM, error_model="numpy")
+def _abrelu_row(kr, tr, sa, ra, sb, rb, f0, f1, want_ntk, one, zero, tol, halfpi, pi_,
+                c5, c6, c7, c8, c9, c10, c11, c12, c13, c14):  # pragma: no cover - compiled
+    """ReLU family on a row: K = √(qq')(F·sinθ + (A − Fθ)cosθ), K̇ = A − Fθ."""
+    for i in range(kr.shape[0]):
+        c = kr[i]
+        norm = sa[i] * sb[i]
+        rho = c * (ra[i] * rb[i])
+        rho = min(max(rho, -one), one)
+        rho = one if rho > one - tol else rho
+        rho = -one if rho < tol - one else rho
+        a = abs(rho)
+        s = math.sqrt((one - a) * (one + a))
+        al = _atan_small(min(a, s) / (max(a, s) + one), c5, c6, c7, c8, c9, c10, c11, c12, c13, c14)
+        al = al + al
+        th = al if s <= a else halfpi - al
+        th = th if rho >= zero else pi_ - th
+        dot = f0 - f1 * th
+        kr[i] = norm * (f1 * s + dot * rho)
+        if want_ntk:
+            tr[i] = tr[i] * dot
+
+
+@numba.njit(inline="always", fastmath=_FM, error_model="numpy")
+def _erf_row(kr, tr, qa, sa, ra, qb, sb, rb, f0, f1, f2, want_ntk, one, zero, two, tol,
+             halfpi, pi_, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14):  # pragma: no cover
+    """a·erf(b·x) + c on a row (Williams 1997), as ``ErfImpl.dual``."""
+    b2 = f1 * f1
+    for i in range(kr.shape[0]):
+        c = kr[i]
+        norm = sa[i] * sb[i]
+        rho = c * (ra[i] * rb[i])
+        rho = min(max(rho, -one), one)
+        rho = one if rho > one - tol else rho
+        rho = -one if rho < tol - one else rho
+        g2 = norm * norm * ((one - rho) * (one + rho))
+        root = math.sqrt(one + two * b2 * (qa[i] + qb[i]) + two * two * b2 * b2 * g2)
+        y = two * b2 * c
+        ang = _atan2_pos(abs(y), root, halfpi, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14)
+        ang = ang if y >= zero else -ang
+        kr[i] = f0 * f0 * two / pi_ * ang + f2 * f2
+        if want_ntk:
+            tr[i] = tr[i] * (f0 * f0 * b2 * two * two / pi_ / root)
+
+
+@numba.njit(cache=True, fastmath=_FM, error_model="numpy")
+def _group(L, xa, xb, va, vb, ops, fpar, sdim, spad, deltas, consts, circ, want_ntk,
+           kb, tb, tk, tt, acc):  # pragma: no cover - compiled
+    """All slabs of one group of L image pairs (lane k = pair k).
+
+    Buffers are flat, position-major, lane-minor (``buf[pos * L + k]``), so
+    every inner loop runs over a contiguous range (a slab row × L lanes) of
+    an array view starting at 0, which LLVM vectorises. ``xa``/``xb``: images
+    ``[c, h, w, lane]``; ``va``/``vb``: per activation pixel
+    ``[(q, √q, 1/√q), pixel, lane]``. ``acc[0:L]``/``acc[L:2L]`` receive the
+    sums of Σ and Θ over the final slabs.
+    """
     nops = ops.shape[0]
-    nst = nops + 1
     ndelta = deltas.shape[0]
-    nv = V1.shape[1]
-    dt = X1.dtype
+    H0 = sdim[0, 0]
+    W0 = sdim[0, 1]
+    C = xa.shape[0] // (H0 * W0 * L)
+    nvl = (va.shape[0] // 3)
     zero = consts[0]
     one = consts[1]
     two = consts[2]
@@ -121,300 +217,251 @@ def _slab_pairs(X1, X2, pi, pj, ops, fpar, sdim, spad, deltas, V1, V2, consts,
     c10, c11, c12, c13, c14 = consts[10], consts[11], consts[12], consts[13], consts[14]
     tol = consts[15]
     cf = consts[16]
+    bufsize = kb.shape[0] // 2
+    _fill(acc, zero)
+    for d in range(ndelta):
+        # ---- stage 0: K0 = <x_a, x_b> / C on the slab
+        plh = spad[0, 0]
+        plw = spad[0, 1]
+        Wp = spad[0, 3]
+        dh = deltas[d, 0, 0]
+        dw = deltas[d, 0, 1]
+        cur = 0
+        _fill(kb[0:spad[0, 2] * Wp * L], zero)
+        h0, h1 = _valid(H0, dh, circ)
+        w0, w1 = _valid(W0, dw, circ)
+        for P in range(h0, h1):
+            Pb = (P + dh) % H0
+            ob = ((P + plh) * Wp + plw) * L
+            for c in range(C):
+                ia = ((c * H0 + P) * W0) * L
+                if circ and dw != 0:
+                    for Q in range(w0, w1):
+                        ib = ((c * H0 + Pb) * W0 + (Q + dw) % W0) * L
+                        ko = kb[ob + Q * L:ob + Q * L + L]
+                        xr = xa[ia + Q * L:ia + Q * L + L]
+                        yr = xb[ib:ib + L]
+                        for k in range(L):
+                            ko[k] += xr[k] * yr[k]
+                else:
+                    ib = ((c * H0 + Pb) * W0 + dw) * L
+                    ko = kb[ob + w0 * L:ob + w1 * L]
+                    xr = xa[ia + w0 * L:ia + w1 * L]
+                    yr = xb[ib + w0 * L:ib + w1 * L]
+                    for i in range(ko.shape[0]):
+                        ko[i] += xr[i] * yr[i]
+            ko = kb[ob + w0 * L:ob + w1 * L]
+            for i in range(ko.shape[0]):
+                ko[i] = ko[i] / cf
+        ntk_zero = True
+        for o in range(nops):
+            kind = ops[o, C_KIND]
+            H = sdim[o, 0]
+            W = sdim[o, 1]
+            plh = spad[o, 0]
+            plw = spad[o, 1]
+            Hp = spad[o, 2]
+            Wp = spad[o, 3]
+            dh = deltas[d, o, 0]
+            dw = deltas[d, o, 1]
+            f0 = fpar[o, 0]
+            f1 = fpar[o, 1]
+            f2 = fpar[o, 2]
+            f3 = fpar[o, 3]
+            cb = cur * bufsize
+            if kind == K_CONV:
+                Ho = sdim[o + 1, 0]
+                Wo = sdim[o + 1, 1]
+                qlh = spad[o + 1, 0]
+                qlw = spad[o + 1, 1]
+                Hq = spad[o + 1, 2]
+                Wq = spad[o + 1, 3]
+                fh = ops[o, C_FH]
+                fw = ops[o, C_FW]
+                sh = ops[o, C_SH]
+                sw = ops[o, C_SW]
+                nb = (1 - cur) * bufsize
+                use_t = want_ntk and not ntk_zero
+                if circ:
+                    _wrap_fill(kb, cb, L, H, W, plh, plw, Hp, Wp)
+                    if use_t:
+                        _wrap_fill(tb, cb, L, H, W, plh, plw, Hp, Wp)
+                _fill(kb[nb:nb + Hq * Wq * L], zero)
+                if want_ntk:
+                    _fill(tb[nb:nb + Hq * Wq * L], zero)
+                h0, h1 = _valid(Ho, deltas[d, o + 1, 0], circ)
+                w0, w1 = _valid(Wo, deltas[d, o + 1, 1], circ)
+                if h0 < h1 and w0 < w1:
+                    j0 = sw * w0 * L
+                    j1 = (sw * (w1 - 1) + fw) * L
+                    for P in range(h0, h1):
+                        # pass 1: sum the fh input rows of output row P
+                        tr = (P - h0) * Wp * L
+                        r0 = cb + sh * P * Wp * L
+                        trow = tk[tr + j0:tr + j1]
+                        _copy(trow, kb[r0 + j0:r0 + j1])
+                        for e in range(1, fh):
+                            re = r0 + e * Wp * L
+                            _add(trow, kb[re + j0:re + j1])
+                        if use_t:
+                            trow2 = tt[tr + j0:tr + j1]
+                            _copy(trow2, tb[r0 + j0:r0 + j1])
+                            for e in range(1, fh):
+                                re = r0 + e * Wp * L
+                                _add(trow2, tb[re + j0:re + j1])
+                        # pass 2: sum fw columns, then the affine map
+                        ob = nb + ((P + qlh) * Wq + qlw) * L
+                        krow = kb[ob + w0 * L:ob + w1 * L]
+                        t_row = tb[ob + w0 * L:ob + w1 * L]
+                        if sw == 1:
+                            for e in range(fw):
+                                te = tr + (w0 + e) * L
+                                _add(krow, tk[te:te + krow.shape[0]])
+                                if use_t:
+                                    _add(t_row, tt[te:te + krow.shape[0]])
+                        else:
+                            for Q in range(w0, w1):
+                                kq = kb[ob + Q * L:ob + Q * L + L]
+                                tq = tb[ob + Q * L:ob + Q * L + L]
+                                for e in range(fw):
+                                    te = tr + (sw * Q + e) * L
+                                    _add(kq, tk[te:te + L])
+                                    if use_t:
+                                        _add(tq, tt[te:te + L])
+                        _affine(krow, t_row, f0, f1, f2, f3, want_ntk, ops[o, C_STD] != 0)
+                cur = 1 - cur
+                if want_ntk:
+                    ntk_zero = False
+                continue
+            # ---- pointwise ops on the valid part of the slab
+            h0, h1 = _valid(H, dh, circ)
+            w0, w1 = _valid(W, dw, circ)
+            if kind == K_AFFINE and want_ntk and ntk_zero:
+                _fill(tb[cb:cb + Hp * Wp * L], zero)
+            voff = ops[o, C_VOFF]
+            for P in range(h0, h1):
+                Pb = (P + dh) % H
+                ob = cb + ((P + plh) * Wp + plw) * L
+                ia = (voff + P * W) * L
+                segs = 2 if (circ and dw != 0) else 1
+                for seg in range(segs):
+                    # in CIRCULAR slabs the partner column wraps once
+                    if segs == 1:
+                        m0, m1, ib = w0 * L, w1 * L, (voff + Pb * W + dw) * L
+                    elif seg == 0:
+                        m0, m1, ib = 0, (W - dw) * L, (voff + Pb * W + dw) * L
+                    else:
+                        m0, m1, ib = (W - dw) * L, W * L, (voff + Pb * W + dw - W) * L
+                    kr = kb[ob + m0:ob + m1]
+                    trr = tb[ob + m0:ob + m1]
+                    if kind == K_ABRELU:
+                        _abrelu_row(kr, trr, va[nvl + ia + m0:nvl + ia + m1],
+                                    va[2 * nvl + ia + m0:2 * nvl + ia + m1],
+                                    vb[nvl + ib + m0:nvl + ib + m1],
+                                    vb[2 * nvl + ib + m0:2 * nvl + ib + m1],
+                                    f0, f1, want_ntk, one, zero, tol, halfpi, pi_,
+                                    c5, c6, c7, c8, c9, c10, c11, c12, c13, c14)
+                    elif kind == K_ERF:
+                        _erf_row(kr, trr, va[ia + m0:ia + m1], va[nvl + ia + m0:nvl + ia + m1],
+                                 va[2 * nvl + ia + m0:2 * nvl + ia + m1],
+                                 vb[ib + m0:ib + m1], vb[nvl + ib + m0:nvl + ib + m1],
+                                 vb[2 * nvl + ib + m0:2 * nvl + ib + m1],
+                                 f0, f1, f2, want_ntk, one, zero, two, tol, halfpi, pi_,
+                                 c5, c6, c7, c8, c9, c10, c11, c12, c13, c14)
+                    elif kind == K_AFFINE:
+                        _affine(kr, trr, f0, f1, f2, f3, want_ntk, ops[o, C_STD] != 0)
+            if kind == K_AFFINE and want_ntk:
+                ntk_zero = False
+        # ---- final reduction (GlobalAvgPool: every slab; Flatten: δ = 0)
+        H = sdim[nops, 0]
+        W = sdim[nops, 1]
+        plh = spad[nops, 0]
+        plw = spad[nops, 1]
+        Wp = spad[nops, 3]
+        cb = cur * bufsize
+        h0, h1 = _valid(H, deltas[d, nops, 0], circ)
+        w0, w1 = _valid(W, deltas[d, nops, 1], circ)
+        ak = acc[0:L]
+        at = acc[L:2 * L]
+        for P in range(h0, h1):
+            ob = cb + ((P + plh) * Wp + plw) * L
+            for Q in range(w0, w1):
+                _add(ak, kb[ob + Q * L:ob + Q * L + L])
+                if want_ntk and not ntk_zero:
+                    _add(at, tb[ob + Q * L:ob + Q * L + L])
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def _slab_pairs(X1, X2, pi, pj, L, ops, fpar, sdim, spad, deltas, V1, V2, consts,
+                final_count, circ, want_ntk, out_k, out_t):  # pragma: no cover - compiled
+    """Kernel entries of the image pairs (pi[p], pj[p]), L pairs at a time."""
+    npairs = pi.shape[0]
+    ngroups = (npairs + L - 1) // L
+    H0 = X1.shape[1]
+    W0 = X1.shape[2]
+    C = X1.shape[3]
+    nops = ops.shape[0]
+    nv = V1.shape[1]
+    dt = X1.dtype
+    one = consts[1]
     inv_count = one / final_count
     maxbuf = 1
-    for s in range(nst):
+    for s in range(nops + 1):
         maxbuf = max(maxbuf, spad[s, 2] * spad[s, 3])
     maxt = 1
     for o in range(nops):
         if ops[o, C_KIND] == K_CONV:
             maxt = max(maxt, sdim[o + 1, 0] * spad[o, 3])
     for g in prange(ngroups):
-        kb = np.zeros((2, maxbuf, L), dt)
-        tb = np.zeros((2, maxbuf, L), dt)
-        tk = np.empty((maxt, L), dt)
-        tt = np.empty((maxt, L), dt)
-        xa = np.empty((H0 * W0 * C, L), dt)
-        xb = np.empty((H0 * W0 * C, L), dt)
-        vas = np.empty((nv, L), dt)
-        var_ = np.empty((nv, L), dt)
-        vaq = np.empty((nv, L), dt)
-        vbs = np.empty((nv, L), dt)
-        vbr = np.empty((nv, L), dt)
-        vbq = np.empty((nv, L), dt)
-        acck = np.zeros(L, dt)
-        acct = np.zeros(L, dt)
+        kb = np.empty(2 * maxbuf * L, dt)
+        tb = np.empty(2 * maxbuf * L, dt)
+        tk = np.empty(maxt * L, dt)
+        tt = np.empty(maxt * L, dt)
+        xa = np.empty(C * H0 * W0 * L, dt)
+        xb = np.empty(C * H0 * W0 * L, dt)
+        va = np.empty(3 * max(nv, 1) * L, dt)
+        vb = np.empty(3 * max(nv, 1) * L, dt)
+        acc = np.empty(2 * L, dt)
         for k in range(L):
             p = min(g * L + k, npairs - 1)
             i = pi[p]
             j = pj[p]
-            m = 0
-            for h in range(H0):
-                for w in range(W0):
-                    for c in range(C):
-                        xa[m, k] = X1[i, h, w, c]
-                        xb[m, k] = X2[j, h, w, c]
-                        m += 1
+            for c in range(C):
+                for h in range(H0):
+                    for w in range(W0):
+                        m = ((c * H0 + h) * W0 + w) * L + k
+                        xa[m] = X1[i, h, w, c]
+                        xb[m] = X2[j, h, w, c]
             for v in range(nv):
                 q = V1[i, v]
                 s = math.sqrt(q)
-                vaq[v, k] = q
-                vas[v, k] = s
-                var_[v, k] = one / s if s > zero else zero
+                va[v * L + k] = q
+                va[(nv + v) * L + k] = s
+                va[(2 * nv + v) * L + k] = one / s if s > 0 else 0 * s
                 q = V2[j, v]
                 s = math.sqrt(q)
-                vbq[v, k] = q
-                vbs[v, k] = s
-                vbr[v, k] = one / s if s > zero else zero
-        for d in range(ndelta):
-            # ---- stage 0: K0 = <x_a, x_b> / C on the slab
-            H = sdim[0, 0]
-            W = sdim[0, 1]
-            plh = spad[0, 0]
-            plw = spad[0, 1]
-            Hp = spad[0, 2]
-            Wp = spad[0, 3]
-            dh = deltas[d, 0, 0]
-            dw = deltas[d, 0, 1]
-            cur = 0
-            for m in range(Hp * Wp):
-                for k in range(L):
-                    kb[cur, m, k] = zero
-            h0 = 0 if circ else max(0, -dh)
-            h1 = H if circ else min(H, H - dh)
-            w0 = 0 if circ else max(0, -dw)
-            w1 = W if circ else min(W, W - dw)
-            for P in range(h0, h1):
-                Pb = (P + dh) % H
-                for Q in range(w0, w1):
-                    Qb = (Q + dw) % W
-                    row = (P + plh) * Wp + Q + plw
-                    ia = (P * W0 + Q) * C
-                    ib = (Pb * W0 + Qb) * C
-                    for c in range(C):
-                        for k in range(L):
-                            kb[cur, row, k] += xa[ia + c, k] * xb[ib + c, k]
-                    for k in range(L):
-                        kb[cur, row, k] = kb[cur, row, k] / cf
-            ntk_zero = True
-            for o in range(nops):
-                kind = ops[o, C_KIND]
-                H = sdim[o, 0]
-                W = sdim[o, 1]
-                plh = spad[o, 0]
-                plw = spad[o, 1]
-                Hp = spad[o, 2]
-                Wp = spad[o, 3]
-                dh = deltas[d, o, 0]
-                dw = deltas[d, o, 1]
-                f0 = fpar[o, 0]
-                f1 = fpar[o, 1]
-                f2 = fpar[o, 2]
-                f3 = fpar[o, 3]
-                if kind == K_CONV:
-                    Ho = sdim[o + 1, 0]
-                    Wo = sdim[o + 1, 1]
-                    qlh = spad[o + 1, 0]
-                    qlw = spad[o + 1, 1]
-                    Wq = spad[o + 1, 3]
-                    Hq = spad[o + 1, 2]
-                    dho = deltas[d, o + 1, 0]
-                    dwo = deltas[d, o + 1, 1]
-                    fh = ops[o, C_FH]
-                    fw = ops[o, C_FW]
-                    sh = ops[o, C_SH]
-                    sw = ops[o, C_SW]
-                    nxt = 1 - cur
-                    use_t = want_ntk and not ntk_zero
-                    if circ:
-                        _wrap_fill(kb, cur, H, W, plh, plw, Hp, Wp)
-                        if use_t:
-                            _wrap_fill(tb, cur, H, W, plh, plw, Hp, Wp)
-                    for m in range(Hq * Wq):
-                        for k in range(L):
-                            kb[nxt, m, k] = zero
-                    if want_ntk:
-                        for m in range(Hq * Wq):
-                            for k in range(L):
-                                tb[nxt, m, k] = zero
-                    h0 = 0 if circ else max(0, -dho)
-                    h1 = Ho if circ else min(Ho, Ho - dho)
-                    w0 = 0 if circ else max(0, -dwo)
-                    w1 = Wo if circ else min(Wo, Wo - dwo)
-                    if h0 < h1 and w0 < w1:
-                        j0 = sw * w0
-                        j1 = sw * (w1 - 1) + fw
-                        # pass 1: sum the fh rows of each output row
-                        for P in range(h0, h1):
-                            tr = (P - h0) * Wp
-                            r0 = sh * P * Wp
-                            for jj in range(j0, j1):
-                                for k in range(L):
-                                    tk[tr + jj, k] = kb[cur, r0 + jj, k]
-                            for e in range(1, fh):
-                                re = r0 + e * Wp
-                                for jj in range(j0, j1):
-                                    for k in range(L):
-                                        tk[tr + jj, k] += kb[cur, re + jj, k]
-                            if use_t:
-                                for jj in range(j0, j1):
-                                    for k in range(L):
-                                        tt[tr + jj, k] = tb[cur, r0 + jj, k]
-                                for e in range(1, fh):
-                                    re = r0 + e * Wp
-                                    for jj in range(j0, j1):
-                                        for k in range(L):
-                                            tt[tr + jj, k] += tb[cur, re + jj, k]
-                        # pass 2: sum fw columns, affine map
-                        for P in range(h0, h1):
-                            tr = (P - h0) * Wp
-                            orow = (P + qlh) * Wq + qlw
-                            for Q in range(w0, w1):
-                                base = tr + sw * Q
-                                oi = orow + Q
-                                for k in range(L):
-                                    kb[nxt, oi, k] = tk[base, k]
-                                for e in range(1, fw):
-                                    for k in range(L):
-                                        kb[nxt, oi, k] += tk[base + e, k]
-                                if use_t:
-                                    for k in range(L):
-                                        tb[nxt, oi, k] = tt[base, k]
-                                    for e in range(1, fw):
-                                        for k in range(L):
-                                            tb[nxt, oi, k] += tt[base + e, k]
-                                if want_ntk:
-                                    if ops[o, C_STD] == 0:
-                                        for k in range(L):
-                                            kn = f0 * kb[nxt, oi, k] + f1
-                                            tb[nxt, oi, k] = kn + f0 * tb[nxt, oi, k]
-                                            kb[nxt, oi, k] = kn
-                                    else:
-                                        for k in range(L):
-                                            ks = kb[nxt, oi, k]
-                                            tb[nxt, oi, k] = f2 * ks + f0 * tb[nxt, oi, k] + f3
-                                            kb[nxt, oi, k] = f0 * ks + f1
-                                else:
-                                    for k in range(L):
-                                        kb[nxt, oi, k] = f0 * kb[nxt, oi, k] + f1
-                    cur = nxt
-                    if want_ntk:
-                        ntk_zero = False
-                    continue
-                # ---- pointwise ops on the valid part of the slab
-                h0 = 0 if circ else max(0, -dh)
-                h1 = H if circ else min(H, H - dh)
-                w0 = 0 if circ else max(0, -dw)
-                w1 = W if circ else min(W, W - dw)
-                if kind == K_AFFINE and want_ntk and ntk_zero:
-                    for m in range(Hp * Wp):
-                        for k in range(L):
-                            tb[cur, m, k] = zero
-                voff = ops[o, C_VOFF]
-                for P in range(h0, h1):
-                    Pb = (P + dh) % H
-                    for Q in range(w0, w1):
-                        Qb = (Q + dw) % W
-                        idx = (P + plh) * Wp + Q + plw
-                        ia = voff + P * W + Q
-                        ib = voff + Pb * W + Qb
-                        if kind == K_ABRELU:
-                            for k in range(L):
-                                c = kb[cur, idx, k]
-                                norm = vas[ia, k] * vbs[ib, k]
-                                rho = c * (var_[ia, k] * vbr[ib, k])
-                                rho = min(max(rho, -one), one)
-                                rho = one if rho > one - tol else rho
-                                rho = -one if rho < tol - one else rho
-                                a = abs(rho)
-                                s = math.sqrt((one - a) * (one + a))
-                                num = min(a, s)
-                                den = max(a, s)
-                                t = num / (den + one)
-                                al = _atan_small(t, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14)
-                                al = al + al
-                                th = al if s <= a else halfpi - al
-                                th = th if rho >= zero else pi_ - th
-                                dot = f0 - f1 * th
-                                kb[cur, idx, k] = norm * (f1 * s + dot * rho)
-                                if want_ntk:
-                                    tb[cur, idx, k] = tb[cur, idx, k] * dot
-                        elif kind == K_ERF:
-                            b2 = f1 * f1
-                            for k in range(L):
-                                c = kb[cur, idx, k]
-                                qa = vaq[ia, k]
-                                qb = vbq[ib, k]
-                                norm = vas[ia, k] * vbs[ib, k]
-                                rho = c * (var_[ia, k] * vbr[ib, k])
-                                rho = min(max(rho, -one), one)
-                                rho = one if rho > one - tol else rho
-                                rho = -one if rho < tol - one else rho
-                                g2 = norm * norm * ((one - rho) * (one + rho))
-                                det = one + two * b2 * (qa + qb) + two * two * b2 * b2 * g2
-                                root = math.sqrt(det)
-                                y = two * b2 * c
-                                ang = _atan2_pos(abs(y), root, one, halfpi,
-                                                 c5, c6, c7, c8, c9, c10, c11, c12, c13, c14)
-                                ang = ang if y >= zero else -ang
-                                kb[cur, idx, k] = f0 * f0 * two / pi_ * ang + f2 * f2
-                                if want_ntk:
-                                    tb[cur, idx, k] = tb[cur, idx, k] * (
-                                        f0 * f0 * b2 * two * two / pi_ / root)
-                        elif kind == K_AFFINE:
-                            if want_ntk:
-                                if ops[o, C_STD] == 0:
-                                    for k in range(L):
-                                        kn = f0 * kb[cur, idx, k] + f1
-                                        tb[cur, idx, k] = kn + f0 * tb[cur, idx, k]
-                                        kb[cur, idx, k] = kn
-                                else:
-                                    for k in range(L):
-                                        ks = kb[cur, idx, k]
-                                        tb[cur, idx, k] = f2 * ks + f0 * tb[cur, idx, k] + f3
-                                        kb[cur, idx, k] = f0 * ks + f1
-                            else:
-                                for k in range(L):
-                                    kb[cur, idx, k] = f0 * kb[cur, idx, k] + f1
-                if kind == K_AFFINE and want_ntk:
-                    ntk_zero = False
-            # ---- final reduction (GlobalAvgPool: every slab; Flatten: δ = 0)
-            H = sdim[nops, 0]
-            W = sdim[nops, 1]
-            plh = spad[nops, 0]
-            plw = spad[nops, 1]
-            Wp = spad[nops, 3]
-            dh = deltas[d, nops, 0]
-            dw = deltas[d, nops, 1]
-            h0 = 0 if circ else max(0, -dh)
-            h1 = H if circ else min(H, H - dh)
-            w0 = 0 if circ else max(0, -dw)
-            w1 = W if circ else min(W, W - dw)
-            for P in range(h0, h1):
-                for Q in range(w0, w1):
-                    idx = (P + plh) * Wp + Q + plw
-                    for k in range(L):
-                        acck[k] += kb[cur, idx, k]
-                    if want_ntk and not ntk_zero:
-                        for k in range(L):
-                            acct[k] += tb[cur, idx, k]
+                vb[v * L + k] = q
+                vb[(nv + v) * L + k] = s
+                vb[(2 * nv + v) * L + k] = one / s if s > 0 else 0 * s
+        _group(L, xa, xb, va, vb, ops, fpar, sdim, spad, deltas, consts, circ, want_ntk,
+               kb, tb, tk, tt, acc)
         for k in range(L):
             p = g * L + k
             if p < npairs:
-                out_k[p] = acck[k] * inv_count
-                out_t[p] = acct[k] * inv_count
+                out_k[p] = acc[k] * inv_count
+                out_t[p] = acc[L + k] * inv_count
 
 
 @numba.njit(inline="always")
-def _wrap_fill(buf, cur, H, W, plh, plw, Hp, Wp):  # pragma: no cover - compiled
+def _wrap_fill(buf, base, L, H, W, plh, plw, Hp, Wp):  # pragma: no cover - compiled
     """Fill the pad margins of a slab buffer with wrapped values (CIRCULAR)."""
     for r in range(Hp):
         sr = plh + (r - plh) % H
         for c in range(Wp):
             sc = plw + (c - plw) % W
             if sr != r or sc != c:
-                for k in range(LANES):
-                    buf[cur, r * Wp + c, k] = buf[cur, sr * Wp + sc, k]
+                for k in range(L):
+                    buf[base + (r * Wp + c) * L + k] = buf[base + (sr * Wp + sc) * L + k]
 
 
 # ------------------------------------------------------------- planning
@@ -532,6 +579,15 @@ class _Program:
                     if self.circ:
                         a, b = a % plan.hw[o][0], b % plan.hw[o][1]
                 self.deltas[i, o] = (a, b)
+        maxbuf = int((self.spad[:, 2] * self.spad[:, 3]).max())
+        maxt = max([int(self.sdim[o + 1, 0] * self.spad[o, 3]) for o in range(n)
+                    if self.ops[o, C_KIND] == K_CONV] or [1])
+        per_lane = (4 * maxbuf + 2 * maxt + 2 * plan.input_shape[2] * int(self.sdim[0].prod())
+                    + 6 * self.nvar) * np.dtype(dtype).itemsize
+        lanes = LANES_MIN
+        while lanes < LANES_MAX and 2 * lanes * per_lane <= SCRATCH_BYTES:
+            lanes *= 2
+        self.lanes = lanes
         eps = float(np.finfo(dtype).eps)
         self.consts = np.array(_CONSTS + (PARALLEL_TOLERANCE_EPS * eps, float(plan.input_shape[2])),
                                dtype=dtype)
@@ -564,8 +620,9 @@ def _run_pairs(prog: _Program, x1: np.ndarray, x2: np.ndarray, v1: np.ndarray, v
                pi: np.ndarray, pj: np.ndarray, want_ntk: bool) -> Tuple[np.ndarray, np.ndarray]:
     out_k = np.empty(pi.shape[0], x1.dtype)
     out_t = np.empty(pi.shape[0], x1.dtype)
-    _slab_pairs(x1, x2, pi, pj, prog.ops, prog.fpar, prog.sdim, prog.spad, prog.deltas,
-                v1, v2, prog.consts, x1.dtype.type(prog.count), prog.circ, want_ntk, out_k, out_t)
+    _slab_pairs(x1, x2, pi, pj, prog.lanes, prog.ops, prog.fpar, prog.sdim, prog.spad,
+                prog.deltas, v1, v2, prog.consts, x1.dtype.type(prog.count), prog.circ, want_ntk,
+                out_k, out_t)
     return out_k, out_t
 
 
@@ -629,7 +686,7 @@ def evaluate(layers: List[LayerImpl], plan: ImagePlan, x1: np.ndarray, x2: Optio
     n1, n2 = x1.shape[0], x2f.shape[0]
     k = np.empty((n1, n2), x1.dtype)
     t = np.empty((n1, n2), x1.dtype) if want_ntk else None
-    chunk = int(max(LANES, min(CHUNK_PAIRS, memory_budget // 64)))
+    chunk = int(max(LANES_MAX, min(CHUNK_PAIRS, memory_budget // 64)))
     for pi, pj in _pair_chunks(n1, n2, symmetric, chunk):
         ok, ot = _run_pairs(prog, x1, x2f, v1, v2, pi, pj, want_ntk)
         k[pi, pj] = ok

@@ -169,14 +169,16 @@ def slurm_cluster_kwargs(options: Union[SlurmOptions, Mapping[str, Any]],
     kwargs: Dict[str, Any] = dict(
         cores=opts.cores, processes=opts.processes, memory=opts.memory, walltime=opts.walltime,
         job_name=opts.job_name, job_extra_directives=directives, job_script_prologue=prologue,
-        worker_extra_args=worker_args, dashboard_address=opts.dashboard_address,
+        worker_extra_args=worker_args,
     )
     optional = dict(queue=opts.partition, account=opts.account, interface=opts.interface,
                     python=opts.python, log_directory=opts.log_directory,
                     local_directory=opts.local_directory)
     kwargs.update({k: v for k, v in optional.items() if v is not None})
+    scheduler_options: Dict[str, Any] = {"dashboard_address": opts.dashboard_address}
     if opts.scheduler_interface:
-        kwargs["scheduler_options"] = {"interface": opts.scheduler_interface}
+        scheduler_options["interface"] = opts.scheduler_interface
+    kwargs["scheduler_options"] = scheduler_options
     if security is not None:
         kwargs["security"] = security
         kwargs["protocol"] = "tls://"

@@ -1,0 +1,139 @@
+"""A real SLURM run: dask-jobqueue workers in SLURM jobs compute a Gram.
+
+Needs a SLURM whose default partition is up; on one machine start one with
+``deploy/slurm/local-slurm.sh up`` (``.ci/slurm.sh`` does up, this suite, down).
+Run with ``pytest -m slurm``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(600)]
+
+dask_jobqueue = pytest.importorskip("dask_jobqueue")
+psutil = pytest.importorskip("psutil")
+
+from ntkscale import stax  # noqa: E402
+from ntkscale.cluster_backends import make_slurm_cluster, parse_slurm_options  # noqa: E402
+
+HOW_TO_START = "run `deploy/slurm/local-slurm.sh up` (as root) to boot a local single-node SLURM"
+
+
+def _run(*cmd: str) -> str:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=30).stdout
+
+
+@pytest.fixture(scope="module")
+def partition() -> str:
+    """The default partition, which must be up (else the suite is skipped)."""
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        pytest.skip(f"SLURM client commands (sinfo, sbatch) are not installed; {HOW_TO_START}")
+    try:
+        lines = _run("sinfo", "-h", "-o", "%P %a").split()
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        out = getattr(exc, "stderr", "") or ""
+        pytest.skip(f"sinfo failed ({out.strip() or exc}); {HOW_TO_START}")
+    pairs = list(zip(lines[::2], lines[1::2]))
+    up = [name for name, avail in pairs if avail == "up"]
+    if not up:
+        pytest.skip(f"no SLURM partition is up (sinfo: {pairs}); {HOW_TO_START}")
+    default = [name for name in up if name.endswith("*")]
+    return (default or up)[0].rstrip("*")
+
+
+def _queued(job_name: str) -> set:
+    return set(_run("squeue", "-h", "-n", job_name, "-o", "%i").split())
+
+
+def _worker_processes(scheduler_address: str) -> list:
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or ())
+        if "dask_worker" in cmdline and scheduler_address in cmdline:
+            found.append((proc.info["pid"], cmdline))
+    return found
+
+
+def _wait_for(predicate, timeout: float, interval: float = 0.5) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def _gram_rows(spec_json: str, x_rows: np.ndarray, x_all: np.ndarray):
+    """One row block of the NTK Gram, and the SLURM job it ran in (runs on a worker)."""
+    import os  # noqa: PLC0415
+
+    from ntkscale import stax as worker_stax  # noqa: PLC0415
+
+    kernel_fn = worker_stax.kernel_fn_from_spec(spec_json)
+    block = np.asarray(kernel_fn(x_rows, x_all, "ntk"))
+    return os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_JOB_NAME"), block
+
+
+def _logs(directory) -> str:
+    out = []
+    for path in sorted(directory.glob("*")):
+        out.append(f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}")
+    return "\n".join(out) or "(no job logs)"
+
+
+def test_gram_blocks_run_inside_slurm_jobs(partition, tmp_path):
+    from distributed import Client  # noqa: PLC0415
+
+    job_name = f"ntks-{uuid.uuid4().hex[:8]}"
+    logs = tmp_path / "logs"
+    options = parse_slurm_options({
+        "kind": "slurm", "jobs": 2, "cores": 1, "processes": 1, "memory": "1GB",
+        "walltime": "00:15:00", "partition": partition, "job_name": job_name,
+        "python": sys.executable, "local_directory": str(tmp_path / "scratch"),
+        "log_directory": str(logs), "dashboard_address": ":0",
+    })
+    kernel_fn = stax.serial(stax.Dense(512, W_std=1.5, b_std=0.1), stax.Relu(),
+                            stax.Dense(1, W_std=1.5, b_std=0.1))[2]
+    x = np.random.default_rng(0).normal(size=(30, 4))
+    expected = np.asarray(kernel_fn(x, x, "ntk"))
+
+    cluster = make_slurm_cluster(options)
+    address = cluster.scheduler_address
+    try:
+        assert "#SBATCH -p " + partition in cluster.job_script()
+        with Client(cluster) as client:
+            try:
+                client.wait_for_workers(2, timeout=180)
+            except Exception as exc:  # noqa: BLE001 - show the jobs' own logs
+                pytest.fail(f"SLURM workers did not join ({exc}); squeue: {_run('squeue')}\n"
+                            f"{_logs(logs)}")
+            submitted = {job.job_id for job in cluster.workers.values()}
+            assert len(submitted) == 2 and None not in submitted, submitted
+            assert _queued(job_name) == submitted  # squeue lists exactly the jobs we submitted
+
+            starts = list(range(0, len(x), 6))
+            futures = client.map(_gram_rows, [kernel_fn.spec_json] * len(starts),
+                                 [x[i:i + 6] for i in starts], [x] * len(starts), pure=False)
+            results = client.gather(futures)
+            ran_in = {job_id for job_id, _, _ in results}
+            assert None not in ran_in, "a block ran outside any SLURM job"
+            assert ran_in <= submitted, (ran_in, submitted)
+            assert {name for _, name, _ in results} == {job_name}
+            gram = np.concatenate([block for _, _, block in results], axis=0)
+            np.testing.assert_allclose(gram, expected, rtol=1e-12, atol=1e-12)
+    finally:
+        cluster.close()
+
+    assert _wait_for(lambda: not _queued(job_name), timeout=60), \
+        f"jobs left in the queue after close: {_run('squeue', '-h', '-n', job_name)}"
+    assert _wait_for(lambda: not _worker_processes(address), timeout=60), \
+        f"dask worker processes left behind: {_worker_processes(address)}"

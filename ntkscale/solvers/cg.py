@@ -173,6 +173,7 @@ def _pcg(op: Any, b: np.ndarray, x: np.ndarray, shifts: np.ndarray, groups: List
         x, r, p, rz = resume["X"], resume["R"], resume["P"], resume["rz"]
         iters, it, scale = resume["iters"], int(resume["it"]), float(resume["scale"])
         history = list(resume["history"])
+        rnorm = np.array(resume["rnorm"], dtype=np.float64)
     else:
         cols = np.arange(c)
         r = b - amul(x, cols) if np.any(x) else b.copy()
@@ -182,7 +183,7 @@ def _pcg(op: Any, b: np.ndarray, x: np.ndarray, shifts: np.ndarray, groups: List
         iters = np.zeros(c, dtype=np.int64)
         it, scale = 0, 0.0
         history = [np.linalg.norm(r, axis=0) / rel]
-    rnorm = history[-1] * rel
+        rnorm = history[-1] * rel
     active = rnorm > tol
     while np.any(active) and it < maxiter:
         cols = np.nonzero(active)[0]
@@ -216,10 +217,10 @@ def _pcg(op: Any, b: np.ndarray, x: np.ndarray, shifts: np.ndarray, groups: List
             callback(x)
         ckpt.maybe_save(it0 + it, lambda: {
             **extra(), "X": x, "R": r, "P": p, "rz": rz, "iters": iters, "it": it, "scale": scale,
-            "history": np.array(history)})
+            "rnorm": rnorm, "history": np.array(history)})
     ckpt.maybe_save(it0 + it, lambda: {
         **extra(), "X": x, "R": r, "P": p, "rz": rz, "iters": iters, "it": it, "scale": scale,
-        "history": np.array(history)}, force=True)
+        "rnorm": rnorm, "history": np.array(history)}, force=True)
     return x, iters, rnorm / rel, history, it
 
 
@@ -243,6 +244,7 @@ def _multishift(op: Any, b: np.ndarray, sigmas: np.ndarray, tol: np.ndarray, max
         alpha_prev, beta_prev, rr = resume["alpha_prev"], resume["beta_prev"], resume["rr"]
         iters, it, scale = resume["iters"], int(resume["it"]), float(resume["scale"])
         history = list(resume["history"])
+        res = np.array(resume["res"], dtype=np.float64)
     else:
         xs = np.zeros((s, n, k), dtype=b.dtype)
         ps = np.repeat(b[None], s, axis=0)
@@ -255,7 +257,7 @@ def _multishift(op: Any, b: np.ndarray, sigmas: np.ndarray, tol: np.ndarray, max
         iters = np.zeros((s, k), dtype=np.int64)
         it, scale = 0, 0.0
         history = [np.repeat((np.sqrt(rr) / rel)[None], s, axis=0)]
-    res = history[-1] * rel[None]
+        res = history[-1] * rel[None]
     active = res > tol  # (s, k)
     while np.any(active) and it < maxiter:
         cols = np.nonzero(np.any(active, axis=0))[0]
@@ -303,11 +305,11 @@ def _multishift(op: Any, b: np.ndarray, sigmas: np.ndarray, tol: np.ndarray, max
             callback(xs)
         ckpt.maybe_save(it, lambda: {
             "XS": xs, "PS": ps, "R": r, "P": p, "zeta": zeta, "zeta_prev": zeta_prev, "alpha_prev": alpha_prev,
-            "beta_prev": beta_prev, "rr": rr, "iters": iters, "it": it, "scale": scale,
+            "beta_prev": beta_prev, "rr": rr, "iters": iters, "it": it, "scale": scale, "res": res,
             "history": np.array(history)})
     ckpt.maybe_save(it, lambda: {
         "XS": xs, "PS": ps, "R": r, "P": p, "zeta": zeta, "zeta_prev": zeta_prev, "alpha_prev": alpha_prev,
-        "beta_prev": beta_prev, "rr": rr, "iters": iters, "it": it, "scale": scale,
+        "beta_prev": beta_prev, "rr": rr, "iters": iters, "it": it, "scale": scale, "res": res,
         "history": np.array(history)}, force=True)
     return xs, iters, res / rel[None], history, it
 

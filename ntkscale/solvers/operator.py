@@ -159,8 +159,8 @@ class GramOperator(scipy.sparse.linalg.LinearOperator):
         self.ridge = float(ridge)
         self.client = client
         self.block_rows = int(block_rows) if block_rows else _default_block_rows(source, panel_bytes)
-        self.n_passes = 0          # sweeps over the matrix (one per product)
-        self.n_columns = 0         # right-hand-side columns multiplied in all
+        # shared by with_ridge() copies: sweeps over the matrix, columns multiplied
+        self._stats = {"passes": 0, "columns": 0}
         self._diag_cache: Optional[np.ndarray] = None
         self._scattered = None
 
@@ -180,6 +180,16 @@ class GramOperator(scipy.sparse.linalg.LinearOperator):
     def from_kernel(cls, kernel_fn: Any, x1: Any, x2: Any = None, *, get: str = "ntk",
                     dtype: Any = None, **kw: Any) -> "GramOperator":
         return cls(KernelSource(kernel_fn, x1, x2, get=get, dtype=dtype), **kw)
+
+    @property
+    def n_passes(self) -> int:
+        """Products done so far (each one sweeps the whole matrix once)."""
+        return self._stats["passes"]
+
+    @property
+    def n_columns(self) -> int:
+        """Right-hand-side columns multiplied so far."""
+        return self._stats["columns"]
 
     # -- views ------------------------------------------------------------------
     @property
@@ -237,8 +247,8 @@ class GramOperator(scipy.sparse.linalg.LinearOperator):
         x = np.asarray(x)
         dtype = np.result_type(self.dtype, x.dtype)
         x = np.ascontiguousarray(x, dtype=dtype)
-        self.n_passes += 1
-        self.n_columns += x.shape[1]
+        self._stats["passes"] += 1
+        self._stats["columns"] += x.shape[1]
         if isinstance(self.source, ArraySource) and self.client is None:
             y = np.asarray(self.source.array @ x) if self.source.dtype == dtype else \
                 np.asarray(self.source.array).astype(dtype) @ x
@@ -250,6 +260,12 @@ class GramOperator(scipy.sparse.linalg.LinearOperator):
             y = self._distributed_matmat(x)
         if self.ridge:
             y += self.ridge * x
+        if not np.all(np.isfinite(y)) and np.all(np.isfinite(x)):
+            # NaN fill marks Gram blocks not computed yet; O(m k) to check, not O(m n)
+            bad = np.nonzero(~np.all(np.isfinite(y), axis=1))[0]
+            raise InputError(
+                f"the Gram ({self.mode}) has NaN/inf entries in {len(bad)} row(s) (first rows {bad[:5].tolist()}); "
+                "its blocks are not all computed: finish the Gram (ntkscale gram) or check the kernel inputs")
         return y
 
     def _distributed_matmat(self, x: np.ndarray) -> np.ndarray:
@@ -270,6 +286,11 @@ class GramOperator(scipy.sparse.linalg.LinearOperator):
         if not self.symmetric:
             return super()._adjoint()
         return self
+
+    def __copy__(self) -> "GramOperator":
+        other = object.__new__(type(self))
+        other.__dict__.update(self.__dict__)
+        return other
 
     def __reduce__(self):
         # Never ship a client with the operator (e.g. into a task).

@@ -7,7 +7,13 @@ and compares with ``scipy.linalg`` on in-memory problems.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,3 +108,30 @@ class SolverContract:
         y = np.random.default_rng(6).standard_normal(50)
         res = self.run(kmat, y, 0.0, rtol=1e-12)
         np.testing.assert_allclose(res.alpha[0].reshape(-1), reference(kmat, y, 0.0), rtol=1e-7, atol=1e-9)
+
+
+# --------------------------------------------------------------- real-process helpers
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def spawn(code: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OPENBLAS_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for(pred, proc: subprocess.Popen, timeout: float = 90.0) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"child exited early ({proc.returncode}): {err.decode()[-2000:]}")
+        try:
+            if pred():
+                return
+        except Exception:  # store half-created: keep polling
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail("child made no progress")

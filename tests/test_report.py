@@ -1,0 +1,49 @@
+"""Report plots: PNG files from a real solve's history, spectrum and ridge metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ntkscale.report import (plot_cg_residuals, plot_metric_vs_ridge, plot_spectrum, spectrum_estimate,
+                             write_report)
+from ntkscale.solvers import GramOperator, cg
+
+from .solver_contract import spd
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _is_png(path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(8) == PNG
+
+
+def test_write_report_from_a_multi_ridge_solve(tmp_path):
+    k = spd(120, 30)
+    ridges = [1e-3, 1e-2, 1e-1]
+    _, info = cg(k, np.random.default_rng(0).standard_normal((120, 3)), ridges=ridges, rtol=1e-8)
+    lam = spectrum_estimate(GramOperator.from_array(k), rank=40)
+    metrics = [{"val_accuracy": 0.9, "test_accuracy": 0.88}, {"val_accuracy": 0.93, "test_accuracy": 0.91},
+               {"val_accuracy": 0.85, "test_accuracy": 0.86}]
+    paths = write_report(str(tmp_path / "report"), history=info.history, ridges=ridges, rtol=1e-8, eigenvalues=lam,
+                         ridge_metrics=metrics, chosen=1, relative_ridges=[1e-4, 1e-3, 1e-2])
+    assert [p.rsplit("/", 1)[1] for p in paths] == ["cg_residuals.png", "spectrum.png", "metric_vs_ridge.png"]
+    assert all(_is_png(p) for p in paths)
+
+
+def test_spectrum_estimates_agree_with_eigvalsh():
+    k = spd(200, 8, floor=1e-3)
+    top = np.sort(np.linalg.eigvalsh(k))[::-1][:8]
+    np.testing.assert_allclose(spectrum_estimate(GramOperator.from_array(k), rank=30)[:8], top, rtol=1e-3)
+    sample = spectrum_estimate(GramOperator.from_array(k), rank=100, method="sample")
+    assert sample.shape == (100,) and 0.3 < sample[0] / top[0] < 3
+
+
+def test_single_plots_and_bad_history(tmp_path):
+    h = np.array([[1.0, 1.0], [0.1, np.nan], [0.01, np.nan]])
+    assert _is_png(plot_cg_residuals(h, str(tmp_path / "a.png")))
+    assert _is_png(plot_spectrum(np.array([3.0, 1.0, 0.0]), str(tmp_path / "b.png"), ridges=[0.1]))
+    assert _is_png(plot_metric_vs_ridge([0.0, 1.0], [{"test_mse": 1.0}, {"test_mse": 0.5}], str(tmp_path / "c.png")))
+    with pytest.raises(ValueError, match="history must be"):
+        plot_cg_residuals(np.ones(3), str(tmp_path / "d.png"))

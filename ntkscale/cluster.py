@@ -53,10 +53,13 @@ def _local(cfg: Any) -> Iterator[Any]:
 def _address(cfg: Any) -> Iterator[Any]:
     from distributed import Client  # noqa: PLC0415
 
+    import dask  # noqa: PLC0415
+
     where = cfg.address or f"the scheduler in {cfg.scheduler_file}"
+    timeout = dask.config.get("distributed.comm.timeouts.connect")
     try:
-        client = Client(cfg.address, timeout="20s") if cfg.address else Client(
-            scheduler_file=cfg.scheduler_file, timeout="20s")
+        client = Client(cfg.address, timeout=timeout) if cfg.address else Client(
+            scheduler_file=cfg.scheduler_file, timeout=timeout)
     except (OSError, TimeoutError, ValueError) as exc:
         raise ConfigError(f"cluster: cannot reach {where} ({type(exc).__name__}: {exc}); is "
                           "`dask scheduler` running and the address right?") from None

@@ -9,4 +9,4 @@ python3 -m pip install -q -e '.[test,slurm]'
 trap 'deploy/slurm/local-slurm.sh down || true' EXIT
 deploy/slurm/local-slurm.sh up
 sinfo
-python3 -m pytest -m slurm -q -p no:cacheprovider tests/test_slurm.py
+python3 -m pytest -m slurm -q

@@ -137,3 +137,57 @@ def test_gram_blocks_run_inside_slurm_jobs(partition, tmp_path):
         f"jobs left in the queue after close: {_run('squeue', '-h', '-n', job_name)}"
     assert _wait_for(lambda: not _worker_processes(address), timeout=60), \
         f"dask worker processes left behind: {_worker_processes(address)}"
+
+
+def _ntkscale() -> str:
+    here = os.path.join(os.path.dirname(sys.executable), "ntkscale")
+    return here if os.path.exists(here) else (shutil.which("ntkscale") or "ntkscale")
+
+
+def _driver_command() -> str:
+    """`run` once the CLI has it; `gram` (the Gram step alone) until then."""
+    probe = subprocess.run([_ntkscale(), "run", "--help"], capture_output=True, text=True)
+    return "run" if probe.returncode == 0 else "gram"
+
+
+def test_sbatch_script_runs_a_whole_job(partition, tmp_path):
+    """deploy/slurm/ntkscale-job.sbatch: scheduler, workers and driver in one allocation."""
+    import yaml  # noqa: PLC0415
+
+
+    repo = __import__("pathlib").Path(__file__).resolve().parents[1]
+    script = (repo / "deploy" / "slurm" / "ntkscale-job.sbatch").read_text()
+    # The local SLURM has no GPUs: drop the GPU default (a user does the same on CPU nodes).
+    job = tmp_path / "job.sbatch"
+    job.write_text("\n".join(line for line in script.splitlines()
+                             if "--gpus-per-node" not in line) + "\n")
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(40, 5))
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", rng.normal(size=40))
+    layers = [["Dense", {"W_std": 1.5, "b_std": 0.1}], ["Relu", {}], ["Dense", {"W_std": 1.5}]]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({
+        "data": {"train": {"x": "x.npy", "y": "y.npy"}},
+        "kernel": {"layers": layers, "get": "ntk"}, "store": "run.zarr", "block_size": 16,
+        "cluster": {"kind": "address", "scheduler_file": "scheduler.json"}}))
+    env = dict(os.environ, NTKSCALE_COMMAND=_driver_command(),
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    out = tmp_path / "job.out"
+    done = subprocess.run(
+        ["sbatch", "--wait", f"--partition={partition}", "--nodes=1", "--ntasks-per-node=1",
+         "--cpus-per-task=1", "--mem=2G", "--time=00:10:00", f"--output={out}",
+         str(job), str(tmp_path / "config.yaml")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=480)
+    log = out.read_text(errors="replace") if out.exists() else "(no job output)"
+    assert done.returncode == 0, f"{done.stdout}{done.stderr}\n{log[-4000:]}"
+    assert "driver exited with status 0" in log
+    assert not (tmp_path / "scheduler.json").exists()  # cleaned up
+
+    subprocess.run([_ntkscale(), "export", str(tmp_path / "run.zarr"),
+                    "train", "-o", str(tmp_path / "K.npy")], check=True, capture_output=True)
+    kernel_fn = stax.serial(stax.Dense(1, W_std=1.5, b_std=0.1), stax.Relu(),
+                            stax.Dense(1, W_std=1.5))[2]
+    np.testing.assert_allclose(np.load(tmp_path / "K.npy"), kernel_fn(x, x, "ntk"),
+                               rtol=1e-12, atol=1e-12)
+    job_id = done.stdout.split()[-1]
+    assert _wait_for(lambda: job_id not in _run("squeue", "-h", "-o", "%i").split(), timeout=30)

@@ -178,7 +178,11 @@ def run_blocks(client: Any, job: Job, blocks: Sequence[Block], tokens: Dict[str,
         try:
             record = fut.result()
         except Exception as exc:  # KilledWorker, or the task's own error after retries
-            failed[block.key] = f"{type(exc).__name__}: {exc}"
+            why = f"{type(exc).__name__}: {exc}"
+            if type(exc).__name__ == "KilledWorker":
+                why += (" (workers died while computing it: out of memory? lower block_size or "
+                        "raise cluster.memory_limit)")
+            failed[block.key] = why
             record = None
         else:
             records.append(record)

@@ -357,7 +357,7 @@ class GramStore:
         if block.is_diag:
             return self.diag_array(block.row_set, kind)[r0:r1]
         arr = self.array(block.part, kind)
-        return arr[c0:c1, r0:r1].T if mirror else arr[r0:r1, c0:c1]
+        return transpose(arr[c0:c1, r0:r1]) if mirror else arr[r0:r1, c0:c1]
 
     def check_block(self, block: Block, record: Optional[Dict[str, Any]]) -> Optional[str]:
         """``None`` when the block is finished and intact, else what is wrong."""
@@ -381,6 +381,21 @@ class GramStore:
         return None
 
 
+def transpose(a: np.ndarray, tile: int = 256) -> np.ndarray:
+    """C-contiguous ``a.T``, copied tile by tile.
+
+    Hand-written because ``np.ascontiguousarray(a.T)`` walks one side with a
+    stride of a whole row and is about twice as slow on a 4096² block, and zarr
+    given the strided view ``a.T`` is slower still (measured: 1.3 s vs 0.12 s).
+    """
+    n, m = a.shape
+    out = np.empty((m, n), dtype=a.dtype)
+    for i in range(0, n, tile):
+        for j in range(0, m, tile):
+            out[j:j + tile, i:i + tile] = a[i:i + tile, j:j + tile].T
+    return out
+
+
 def write_block(root: str, block: Block, values: Dict[str, np.ndarray], record: Dict[str, Any],
                 checksum: str = DEFAULT_CHECKSUM) -> Dict[str, Any]:
     """Worker side: write a block's chunk(s), checksum them, then its manifest entry."""
@@ -394,7 +409,7 @@ def write_block(root: str, block: Block, values: Dict[str, np.ndarray], record: 
         arr = zarr.open_array(store=root, path=gram_path(block.part, kind), mode="r+")
         arr[r0:r1, c0:c1] = a
         if block.mirrored:
-            arr[c0:c1, r0:r1] = a.T
+            arr[c0:c1, r0:r1] = transpose(a)
     record = dict(record, checksums={kind: CHECKSUMS[checksum](a) for kind, a in values.items()})
     Manifest(Path(root)).put(block.key, record)
     return record

@@ -161,3 +161,27 @@ def test_store_path_that_is_not_a_store_is_refused(tmp_path):
     with pytest.raises(StoreError, match="exists and is not a Gram store"):
         GramPipeline(cfg, progress=False).run(client=object())
     assert (tmp_path / "run.zarr" / "mine.txt").read_text() == "precious"
+
+
+def test_zarr_inputs_and_image_batches(tmp_path, client):
+    """Inputs may be Zarr arrays, and (n, H, W, C) image batches for conv nets."""
+    import zarr
+
+    from ntkscale import stax
+
+    rng = np.random.default_rng(5)
+    x, xt = rng.standard_normal((11, 4, 4, 2)), rng.standard_normal((3, 4, 4, 2))
+    zarr.create_array(str(tmp_path / "x.zarr"), data=x, chunks=(4, 4, 4, 2))
+    np.save(tmp_path / "xt.npy", xt)
+    layers = [["Conv", {"out_chan": 8, "filter_shape": [3, 3], "padding": "SAME"}], ["Relu", {}],
+              ["GlobalAvgPool", {}], ["Dense", {"out_dim": 1}]]
+    raw = {"data": {"train": {"x": "x.zarr"}, "test": {"x": "xt.npy"}},
+           "kernel": {"layers": layers, "get": "ntk"}, "store": "img.zarr", "block_size": 4}
+    report = GramPipeline(RunConfig.from_mapping(raw, tmp_path), progress=False).run(client=client)
+    assert report.blocks_computed == GramStore.open(tmp_path / "img.zarr").plan().n_blocks
+    s = GramStore.open(tmp_path / "img.zarr")
+    kfn = stax.from_spec(layers)[2]
+    np.testing.assert_allclose(s.train_array()[...], kfn(x, None, get="ntk"), rtol=1e-10)
+    np.testing.assert_allclose(s.test_array()[...], kfn(xt, x, get="ntk"), rtol=1e-10)
+    np.testing.assert_allclose(s.diag("train"), kfn.diag(x, get="ntk"), rtol=1e-10)
+    assert s.inputs("train").shape == (11, 4, 4, 2) and s.y("train") is None

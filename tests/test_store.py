@@ -222,6 +222,16 @@ def test_lock_of_a_killed_process_does_not_block(tmp_path):
         assert lock.held
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (5, 3), (300, 700), (513, 257)])
+def test_tiled_transpose(shape):
+    from ntkscale.store import transpose
+
+    a = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    t = transpose(a, tile=128)
+    assert t.flags.c_contiguous and t.dtype == a.dtype
+    np.testing.assert_array_equal(t, a.T)
+
+
 def test_plan_of_a_store_matches_its_arrays(store):
     plan = make_plan(N, M, B)
     assert store.plan() == plan

@@ -37,6 +37,13 @@ import numpy as np
 from numba import prange
 
 from ..errors import SpecError
+
+try:  # let LLVM vectorise loops that read/write ~10 array views (default limit: 8 checks)
+    import llvmlite.binding as _llvm
+
+    _llvm.set_option("ntkscale", "-runtime-memory-check-threshold=32")
+except Exception:  # pragma: no cover - older/newer llvmlite
+    pass
 from .activations import (PARALLEL_TOLERANCE_EPS, ABReluImpl, AbsImpl, Elementwise, ErfImpl,
                           IdentityImpl, LeakyReluImpl, ReluImpl)
 from .conv import ConvImpl
@@ -146,42 +153,144 @@ def _affine(kr, tr, f0, f1, f2, f3, want_ntk, standard):  # pragma: no cover - c
 
 
 @numba.njit(inline="always", fastmath=_FM, error_model="numpy")
-def _abrelu_row(kr, tr, sa, ra, sb, rb, f0, f1, want_ntk, one, zero, tol, halfpi, pi_,
-                c5, c6, c7, c8, c9, c10, c11, c12, c13, c14):  # pragma: no cover - compiled
-    """ReLU family on a row: K = √(qq')(F·sinθ + (A − Fθ)cosθ), K̇ = A − Fθ."""
-    for i in range(kr.shape[0]):
-        c = kr[i]
-        norm = sa[i] * sb[i]
-        rho = c * (ra[i] * rb[i])
-        rho = min(max(rho, -one), one)
-        rho = one if rho > one - tol else rho
-        rho = -one if rho < tol - one else rho
-        a = abs(rho)
-        s = math.sqrt((one - a) * (one + a))
-        al = _atan_small(min(a, s) / (max(a, s) + one), c5, c6, c7, c8, c9, c10, c11, c12, c13, c14)
-        al = al + al
-        th = al if s <= a else halfpi - al
-        th = th if rho >= zero else pi_ - th
-        dot = f0 - f1 * th
-        kr[i] = norm * (f1 * s + dot * rho)
-        if want_ntk:
-            tr[i] = tr[i] * dot
+def _abrelu1(c, sa, sb, f0, f1, one, zero, tol, halfpi, pi_,
+             c5, c6, c7, c8, c9, c10, c11, c12, c13, c14):  # pragma: no cover - compiled
+    """ReLU-family dual of one entry, ``(K, K̇)`` as ``_ABReluFamily.dual``
+    (f0 = A, f1 = F): K = F·√(qq' − c²) + (A − Fθ)·c, K̇ = A − Fθ.
+
+    Scale-free form (no division by the norm): with n = √q√q' and
+    |c| clipped to n (snapped to n within ``tol``, as the reference snaps the
+    cosine), S = √((n − |c|)(n + |c|)) and θ = atan2(S, c) from the smaller
+    angle's half-angle tangent min(|c|, S)/(max(|c|, S) + n) ≤ tan(π/8).
+    n = 0 gives θ = π/2 and K = 0, as the reference."""
+    norm = sa * sb
+    ac = min(abs(c), norm)
+    ac = norm if ac > norm - tol * norm else ac
+    s = math.sqrt((norm - ac) * (norm + ac))
+    sang = s if norm > zero else one
+    al = _atan_small(min(ac, sang) / (max(ac, sang) + norm),
+                     c5, c6, c7, c8, c9, c10, c11, c12, c13, c14)
+    al = al + al
+    th = al if sang <= ac else halfpi - al
+    th = th if c >= zero else pi_ - th
+    dot = f0 - f1 * th
+    return f1 * s + dot * (ac if c >= zero else -ac), dot
 
 
 @numba.njit(inline="always", fastmath=_FM, error_model="numpy")
-def _erf_row(kr, tr, qa, sa, ra, qb, sb, rb, f0, f1, f2, want_ntk, one, zero, two, tol,
-             halfpi, pi_, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14):  # pragma: no cover
-    """a·erf(b·x) + c on a row (Williams 1997), as ``ErfImpl.dual``."""
+def _abrelu_row(kr, tr, sa, sb, f0, f1, want_ntk, consts):  # pragma: no cover
+    """``_abrelu1`` on a row (Θ ← Θ·K̇)."""
+    one = consts[1]
+    zero = consts[0]
+    two = consts[2]
+    pi_ = consts[3]
+    halfpi = consts[4]
+    c5, c6, c7, c8, c9 = consts[5], consts[6], consts[7], consts[8], consts[9]
+    c10, c11, c12, c13, c14 = consts[10], consts[11], consts[12], consts[13], consts[14]
+    tol = consts[15]
+    if want_ntk:
+        for i in range(kr.shape[0]):
+            k, dot = _abrelu1(kr[i], sa[i], sb[i], f0, f1, one, zero, tol, halfpi,
+                              pi_, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14)
+            kr[i] = k
+            tr[i] = tr[i] * dot
+    else:
+        for i in range(kr.shape[0]):
+            k, dot = _abrelu1(kr[i], sa[i], sb[i], f0, f1, one, zero, tol, halfpi,
+                              pi_, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14)
+            kr[i] = k
+
+
+@numba.njit(inline="always")
+def _zero_outside(buf, base, L, plh, plw, Hp, Wp, h0, h1, w0, w1, zero):  # pragma: no cover
+    """Zero every position of an ``Hp × Wp`` slab buffer except the valid
+    rectangle ``[h0, h1) × [w0, w1)`` (interior coordinates)."""
+    for r in range(Hp):
+        row = buf[base + r * Wp * L:base + (r + 1) * Wp * L]
+        if r < plh + h0 or r >= plh + h1 or h0 >= h1 or w0 >= w1:
+            _fill(row, zero)
+        else:
+            _fill(row[0:(plw + w0) * L], zero)
+            _fill(row[(plw + w1) * L:Wp * L], zero)
+
+
+@numba.njit(inline="always", fastmath=_FM, error_model="numpy")
+def _conv3_relu_row(ko, to, t0, t1, t2, u0, u1, u2, sa, sb, g0, g1, g2, g3, f0, f1,
+                    want_ntk, ntk_zero, standard, consts):  # pragma: no cover - compiled
+    """Fused: 3-tap column sum of the row sums (t: Σ, u: Θ), the Conv affine
+    map (g0..g3 as ``_affine``) and a ReLU-family activation (f0 = A, f1 = F)."""
+    one = consts[1]
+    zero = consts[0]
+    two = consts[2]
+    pi_ = consts[3]
+    halfpi = consts[4]
+    c5, c6, c7, c8, c9 = consts[5], consts[6], consts[7], consts[8], consts[9]
+    c10, c11, c12, c13, c14 = consts[10], consts[11], consts[12], consts[13], consts[14]
+    tol = consts[15]
+    n = ko.shape[0]
+    if not want_ntk:
+        for i in range(n):
+            kn = g0 * (t0[i] + t1[i] + t2[i]) + g1
+            k, dot = _abrelu1(kn, sa[i], sb[i], f0, f1, one, zero, tol, halfpi,
+                              pi_, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14)
+            ko[i] = k
+    elif ntk_zero:
+        for i in range(n):
+            ks = t0[i] + t1[i] + t2[i]
+            kn = g0 * ks + g1
+            tn = g2 * ks + g3 if standard else kn
+            k, dot = _abrelu1(kn, sa[i], sb[i], f0, f1, one, zero, tol, halfpi,
+                              pi_, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14)
+            ko[i] = k
+            to[i] = tn * dot
+    else:
+        for i in range(n):
+            ks = t0[i] + t1[i] + t2[i]
+            ts = u0[i] + u1[i] + u2[i]
+            kn = g0 * ks + g1
+            tn = g2 * ks + g0 * ts + g3 if standard else kn + g0 * ts
+            k, dot = _abrelu1(kn, sa[i], sb[i], f0, f1, one, zero, tol, halfpi,
+                              pi_, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14)
+            ko[i] = k
+            to[i] = tn * dot
+
+
+@numba.njit(inline="always")
+def _row_sum(dst, a, lo, hi, rowstride, taps):  # pragma: no cover - compiled
+    """dst = Σ_e a[lo + e·rowstride : hi + e·rowstride], e < taps."""
+    if taps == 3:
+        a0 = a[lo:hi]
+        a1 = a[lo + rowstride:hi + rowstride]
+        a2 = a[lo + 2 * rowstride:hi + 2 * rowstride]
+        for i in range(dst.shape[0]):
+            dst[i] = a0[i] + a1[i] + a2[i]
+    else:
+        _copy(dst, a[lo:hi])
+        for e in range(1, taps):
+            _add(dst, a[lo + e * rowstride:hi + e * rowstride])
+
+
+@numba.njit(inline="always", fastmath=_FM, error_model="numpy")
+def _erf_row(kr, tr, qa, sa, qb, sb, f0, f1, f2, want_ntk, consts):  # pragma: no cover
+    """a·erf(b·x) + c on a row (Williams 1997), as ``ErfImpl.dual``:
+    K = a²(2/π)·atan2(2b²c, √D) + c₀², K̇ = a²b²(4/π)/√D with
+    D = 1 + 2b²(q + q') + 4b⁴(qq' − c²), |c| clipped/snapped as for ReLU."""
+    zero = consts[0]
+    one = consts[1]
+    two = consts[2]
+    pi_ = consts[3]
+    halfpi = consts[4]
+    c5, c6, c7, c8, c9 = consts[5], consts[6], consts[7], consts[8], consts[9]
+    c10, c11, c12, c13, c14 = consts[10], consts[11], consts[12], consts[13], consts[14]
+    tol = consts[15]
     b2 = f1 * f1
     for i in range(kr.shape[0]):
         c = kr[i]
         norm = sa[i] * sb[i]
-        rho = c * (ra[i] * rb[i])
-        rho = min(max(rho, -one), one)
-        rho = one if rho > one - tol else rho
-        rho = -one if rho < tol - one else rho
-        g2 = norm * norm * ((one - rho) * (one + rho))
-        root = math.sqrt(one + two * b2 * (qa[i] + qb[i]) + two * two * b2 * b2 * g2)
+        ac = min(abs(c), norm)
+        ac = norm if ac > norm - tol * norm else ac
+        root = math.sqrt(one + two * b2 * (qa[i] + qb[i])
+                         + two * two * b2 * b2 * ((norm - ac) * (norm + ac)))
         y = two * b2 * c
         ang = _atan2_pos(abs(y), root, halfpi, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14)
         ang = ang if y >= zero else -ang
@@ -199,7 +308,7 @@ def _group(L, xa, xb, va, vb, ops, fpar, sdim, spad, deltas, consts, circ, want_
     every inner loop runs over a contiguous range (a slab row × L lanes) of
     an array view starting at 0, which LLVM vectorises. ``xa``/``xb``: images
     ``[c, h, w, lane]``; ``va``/``vb``: per activation pixel
-    ``[(q, √q, 1/√q), pixel, lane]``. ``acc[0:L]``/``acc[L:2L]`` receive the
+    ``[(q, √q), pixel, lane]``. ``acc[0:L]``/``acc[L:2L]`` receive the
     sums of Σ and Θ over the final slabs.
     """
     nops = ops.shape[0]
@@ -207,7 +316,7 @@ def _group(L, xa, xb, va, vb, ops, fpar, sdim, spad, deltas, consts, circ, want_
     H0 = sdim[0, 0]
     W0 = sdim[0, 1]
     C = xa.shape[0] // (H0 * W0 * L)
-    nvl = (va.shape[0] // 3)
+    nvl = va.shape[0] // 2
     zero = consts[0]
     one = consts[1]
     two = consts[2]
@@ -254,7 +363,11 @@ def _group(L, xa, xb, va, vb, ops, fpar, sdim, spad, deltas, consts, circ, want_
             for i in range(ko.shape[0]):
                 ko[i] = ko[i] / cf
         ntk_zero = True
+        skip = False
         for o in range(nops):
+            if skip:
+                skip = False
+                continue
             kind = ops[o, C_KIND]
             H = sdim[o, 0]
             W = sdim[o, 1]
@@ -282,6 +395,43 @@ def _group(L, xa, xb, va, vb, ops, fpar, sdim, spad, deltas, consts, circ, want_
                 sw = ops[o, C_SW]
                 nb = (1 - cur) * bufsize
                 use_t = want_ntk and not ntk_zero
+                fuse = (not circ and fw == 3 and sw == 1 and o + 1 < nops
+                        and ops[o + 1, C_KIND] == K_ABRELU)
+                if fuse:
+                    h0, h1 = _valid(Ho, deltas[d, o + 1, 0], circ)
+                    w0, w1 = _valid(Wo, deltas[d, o + 1, 1], circ)
+                    _zero_outside(kb, nb, L, qlh, qlw, Hq, Wq, h0, h1, w0, w1, zero)
+                    if want_ntk:
+                        _zero_outside(tb, nb, L, qlh, qlw, Hq, Wq, h0, h1, w0, w1, zero)
+                    a0 = fpar[o + 1, 0]
+                    a1 = fpar[o + 1, 1]
+                    voff = ops[o + 1, C_VOFF]
+                    dho = deltas[d, o + 1, 0]
+                    dwo = deltas[d, o + 1, 1]
+                    n_ = (w1 - w0) * L
+                    j0 = w0 * L
+                    j1 = (w1 + 2) * L
+                    for P in range(h0, h1):
+                        r0 = cb + sh * P * Wp * L
+                        _row_sum(tk[j0:j1], kb, r0 + j0, r0 + j1, Wp * L, fh)
+                        if use_t:
+                            _row_sum(tt[j0:j1], tb, r0 + j0, r0 + j1, Wp * L, fh)
+                        ob = nb + ((P + qlh) * Wq + qlw + w0) * L
+                        ia = (voff + P * Wo + w0) * L
+                        ib = (voff + (P + dho) * Wo + w0 + dwo) * L
+                        _conv3_relu_row(kb[ob:ob + n_], tb[ob:ob + n_],
+                                        tk[j0:j0 + n_], tk[j0 + L:j0 + L + n_],
+                                        tk[j0 + 2 * L:j0 + 2 * L + n_],
+                                        tt[j0:j0 + n_], tt[j0 + L:j0 + L + n_],
+                                        tt[j0 + 2 * L:j0 + 2 * L + n_],
+                                        va[nvl + ia:nvl + ia + n_], vb[nvl + ib:nvl + ib + n_],
+                                        f0, f1, f2, f3, a0, a1, want_ntk, not use_t,
+                                        ops[o, C_STD] != 0, consts)
+                    cur = 1 - cur
+                    if want_ntk:
+                        ntk_zero = False
+                    skip = True
+                    continue
                 if circ:
                     _wrap_fill(kb, cb, L, H, W, plh, plw, Hp, Wp)
                     if use_t:
@@ -356,18 +506,12 @@ def _group(L, xa, xb, va, vb, ops, fpar, sdim, spad, deltas, consts, circ, want_
                     trr = tb[ob + m0:ob + m1]
                     if kind == K_ABRELU:
                         _abrelu_row(kr, trr, va[nvl + ia + m0:nvl + ia + m1],
-                                    va[2 * nvl + ia + m0:2 * nvl + ia + m1],
                                     vb[nvl + ib + m0:nvl + ib + m1],
-                                    vb[2 * nvl + ib + m0:2 * nvl + ib + m1],
-                                    f0, f1, want_ntk, one, zero, tol, halfpi, pi_,
-                                    c5, c6, c7, c8, c9, c10, c11, c12, c13, c14)
+                                    f0, f1, want_ntk, consts)
                     elif kind == K_ERF:
                         _erf_row(kr, trr, va[ia + m0:ia + m1], va[nvl + ia + m0:nvl + ia + m1],
-                                 va[2 * nvl + ia + m0:2 * nvl + ia + m1],
                                  vb[ib + m0:ib + m1], vb[nvl + ib + m0:nvl + ib + m1],
-                                 vb[2 * nvl + ib + m0:2 * nvl + ib + m1],
-                                 f0, f1, f2, want_ntk, one, zero, two, tol, halfpi, pi_,
-                                 c5, c6, c7, c8, c9, c10, c11, c12, c13, c14)
+                                 f0, f1, f2, want_ntk, consts)
                     elif kind == K_AFFINE:
                         _affine(kr, trr, f0, f1, f2, f3, want_ntk, ops[o, C_STD] != 0)
             if kind == K_AFFINE and want_ntk:
@@ -419,8 +563,8 @@ def _slab_pairs(X1, X2, pi, pj, L, ops, fpar, sdim, spad, deltas, V1, V2, consts
         tt = np.empty(maxt * L, dt)
         xa = np.empty(C * H0 * W0 * L, dt)
         xb = np.empty(C * H0 * W0 * L, dt)
-        va = np.empty(3 * max(nv, 1) * L, dt)
-        vb = np.empty(3 * max(nv, 1) * L, dt)
+        va = np.empty(2 * max(nv, 1) * L, dt)
+        vb = np.empty(2 * max(nv, 1) * L, dt)
         acc = np.empty(2 * L, dt)
         for k in range(L):
             p = min(g * L + k, npairs - 1)
@@ -434,15 +578,11 @@ def _slab_pairs(X1, X2, pi, pj, L, ops, fpar, sdim, spad, deltas, V1, V2, consts
                         xb[m] = X2[j, h, w, c]
             for v in range(nv):
                 q = V1[i, v]
-                s = math.sqrt(q)
                 va[v * L + k] = q
-                va[(nv + v) * L + k] = s
-                va[(2 * nv + v) * L + k] = one / s if s > 0 else 0 * s
+                va[(nv + v) * L + k] = math.sqrt(q)
                 q = V2[j, v]
-                s = math.sqrt(q)
                 vb[v * L + k] = q
-                vb[(nv + v) * L + k] = s
-                vb[(2 * nv + v) * L + k] = one / s if s > 0 else 0 * s
+                vb[(nv + v) * L + k] = math.sqrt(q)
         _group(L, xa, xb, va, vb, ops, fpar, sdim, spad, deltas, consts, circ, want_ntk,
                kb, tb, tk, tt, acc)
         for k in range(L):
@@ -583,7 +723,7 @@ class _Program:
         maxt = max([int(self.sdim[o + 1, 0] * self.spad[o, 3]) for o in range(n)
                     if self.ops[o, C_KIND] == K_CONV] or [1])
         per_lane = (4 * maxbuf + 2 * maxt + 2 * plan.input_shape[2] * int(self.sdim[0].prod())
-                    + 6 * self.nvar) * np.dtype(dtype).itemsize
+                    + 4 * self.nvar) * np.dtype(dtype).itemsize
         lanes = LANES_MIN
         while lanes < LANES_MAX and 2 * lanes * per_lane <= SCRATCH_BYTES:
             lanes *= 2

@@ -287,8 +287,8 @@ def parse_kubernetes_options(options: Any, *, where: str = "cluster",
         raise sec.error(f"must be 'kubernetes' here, got {sec.get('kind')!r}", "kind")
     image = sec.string("image", required=True)
     name = sec.string("name", "ntkscale")
-    if not _DNS_LABEL.match(name) or len(name) > 40:
-        raise sec.error(f"must be a lower-case DNS label of at most 40 characters "
+    if not _DNS_LABEL.match(name) or len(name) > 53:  # the operator's limit
+        raise sec.error(f"must be a lower-case DNS label of at most 53 characters "
                         f"(letters, digits, '-'), got {name!r}", "name")
     namespace = sec.string("namespace")
     if namespace is not None and (not _DNS_LABEL.match(namespace) or len(namespace) > 63):
@@ -548,3 +548,60 @@ def security_from_tls(options: Union[TLSOptions, Mapping[str, Any], None],
         kwargs["tls_min_version"] = {"1.2": ssl.TLSVersion.TLSv1_2,
                                      "1.3": ssl.TLSVersion.TLSv1_3}[o.min_version]
     return Security(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+# ----------------------------------------------------------------------------- shared store
+
+
+def _probe_store(probe: str, token: str) -> str:
+    """Worker side: read the driver's probe file and write one next to it ('' if fine)."""
+    import os  # noqa: PLC0415
+    import socket  # noqa: PLC0415
+
+    try:
+        with open(probe, encoding="utf-8") as f:
+            seen = f.read()
+    except FileNotFoundError:
+        return f"{probe} does not exist there (a different or unmounted filesystem)"
+    except OSError as exc:
+        return f"cannot read {probe}: {exc.strerror or exc}"
+    if seen != token:
+        return f"{probe} holds other content (a different filesystem at the same path)"
+    mine = f"{probe}.{socket.gethostname()}.{os.getpid()}"
+    try:
+        with open(mine, "w", encoding="utf-8") as f:
+            f.write(token)
+        os.remove(mine)
+    except OSError as exc:
+        return f"cannot write in {os.path.dirname(probe)}: {exc.strerror or exc}"
+    return ""
+
+
+def check_store_visible(client: Any, store_dir: Union[str, Path]) -> int:
+    """Fail fast unless every worker sees ``store_dir`` as the driver does, and can write there.
+
+    The driver writes a file with a random token into the (existing) store directory; each
+    worker must read the same token back and create a file beside it. Returns the number of
+    workers checked. URLs (``s3://...``) are not checked.
+    """
+    import uuid  # noqa: PLC0415
+
+    text = str(store_dir)
+    if "://" in text:
+        return 0
+    token = uuid.uuid4().hex
+    probe = Path(text) / f".ntkscale-probe-{token}"
+    probe.write_text(token, encoding="utf-8")
+    try:
+        results = client.run(_probe_store, str(probe), token)
+    finally:
+        probe.unlink(missing_ok=True)
+    bad = {worker: why for worker, why in results.items() if why}
+    if bad:
+        shown = "; ".join(f"{w}: {why}" for w, why in sorted(bad.items())[:3])
+        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise ConfigError(
+            f"store {text}: {len(bad)} of {len(results)} workers cannot use it: {shown}{more}. "
+            "Put the store on a filesystem every worker mounts at the same path (NFS, Lustre, "
+            "GPFS, a ReadWriteMany volume), not on node-local disk.")
+    return len(results)

@@ -176,3 +176,42 @@ def test_tls_files_map_onto_security_and_connect(tmp_path):
 ])
 def test_device_for_worker(name, env, expected):
     assert device_for_worker(name, env) == expected
+
+
+# ----------------------------------------------------------------------------- shared store
+
+
+def test_check_store_visible(tmp_path):
+    from distributed import Client, LocalCluster  # noqa: PLC0415
+
+    from ntkscale.cluster_backends import check_store_visible  # noqa: PLC0415
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        assert check_store_visible(client, tmp_path) == 2
+    assert list(tmp_path.iterdir()) == []  # probes removed
+    assert check_store_visible(None, "s3://bucket/run.zarr") == 0
+
+
+def test_check_store_visible_names_the_blind_workers(tmp_path):
+    from ntkscale.cluster_backends import _probe_store, check_store_visible  # noqa: PLC0415
+
+    class Elsewhere:
+        """Workers on other machines: one sees another filesystem, one sees nothing."""
+
+        def run(self, fn, probe, token):
+            other = tmp_path / "other"
+            other.mkdir()
+            (other / "p").write_text("not the token")
+            return {"tcp://a:1": fn(probe, token),
+                    "tcp://b:1": fn(str(tmp_path / "missing" / "p"), token),
+                    "tcp://c:1": fn(str(other / "p"), token)}
+
+    with pytest.raises(ConfigError) as info:
+        check_store_visible(Elsewhere(), tmp_path)
+    message = str(info.value)
+    assert "2 of 3 workers cannot use it" in message
+    assert "tcp://b:1" in message and "does not exist" in message
+    assert "tcp://c:1" in message and "other content" in message
+    assert "ReadWriteMany" in message
+    assert _probe_store(str(tmp_path / "nothing"), "t").endswith("unmounted filesystem)")

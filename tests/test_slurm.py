@@ -23,7 +23,8 @@ dask_jobqueue = pytest.importorskip("dask_jobqueue")
 psutil = pytest.importorskip("psutil")
 
 from ntkscale import stax  # noqa: E402
-from ntkscale.cluster_backends import make_slurm_cluster, parse_slurm_options  # noqa: E402
+from ntkscale.cluster_backends import (  # noqa: E402
+    check_store_visible, make_slurm_cluster, parse_slurm_options)
 
 HOW_TO_START = "run `deploy/slurm/local-slurm.sh up` (as root) to boot a local single-node SLURM"
 
@@ -119,6 +120,7 @@ def test_gram_blocks_run_inside_slurm_jobs(partition, tmp_path):
             submitted = {job.job_id for job in cluster.workers.values()}
             assert len(submitted) == 2 and None not in submitted, submitted
             assert _queued(job_name) == submitted  # squeue lists exactly the jobs we submitted
+            assert check_store_visible(client, tmp_path) == 2  # the shared-store check, for real
 
             starts = list(range(0, len(x), 6))
             futures = client.map(_gram_rows, [kernel_fn.spec_json] * len(starts),

@@ -193,3 +193,37 @@ def test_sbatch_script_runs_a_whole_job(partition, tmp_path):
                                rtol=1e-12, atol=1e-12)
     job_id = done.stdout.split()[-1]
     assert _wait_for(lambda: job_id not in _run("squeue", "-h", "-o", "%i").split(), timeout=30)
+
+
+def test_tls_between_driver_and_slurm_workers(partition, tmp_path):
+    """`tls:` files -> Security -> a tls:// scheduler whose SLURM workers use the certificates."""
+    from distributed import Client  # noqa: PLC0415
+    from distributed.security import Security  # noqa: PLC0415
+
+    from ntkscale.cluster_backends import security_from_tls  # noqa: PLC0415
+
+    pytest.importorskip("cryptography")
+    made = Security.temporary()
+    for name, text in (("ca.pem", made.tls_ca_file), ("node.pem", made.tls_scheduler_cert),
+                       ("node-key.pem", made.tls_scheduler_key)):
+        (tmp_path / name).write_text(text)
+    security = security_from_tls({"ca_file": "ca.pem", "cert": "node.pem",
+                                  "key": "node-key.pem"}, tmp_path)
+    job_name = f"ntks-tls-{uuid.uuid4().hex[:8]}"
+    options = parse_slurm_options({
+        "kind": "slurm", "jobs": 1, "cores": 1, "memory": "1GB", "walltime": "00:10:00",
+        "partition": partition, "job_name": job_name, "python": sys.executable,
+        "log_directory": str(tmp_path / "logs"), "dashboard_address": ":0"})
+    cluster = make_slurm_cluster(options, security=security)
+    try:
+        assert cluster.scheduler_address.startswith("tls://")
+        assert "--tls-ca-file" in cluster.job_script()
+        with Client(cluster, security=security) as client:
+            client.wait_for_workers(1, timeout=180)
+            assert all(addr.startswith("tls://") for addr in client.scheduler_info()["workers"])
+            job_id = client.submit(lambda: __import__("os").environ.get("SLURM_JOB_ID"),
+                                   pure=False).result(timeout=60)
+            assert job_id in {job.job_id for job in cluster.workers.values()}
+    finally:
+        cluster.close()
+    assert _wait_for(lambda: not _queued(job_name), timeout=60)

@@ -34,7 +34,6 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numba
 import numpy as np
-from numba import prange
 
 from ..errors import SpecError
 
@@ -107,7 +106,7 @@ def _atan2_pos(y, x, halfpi, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14):
     return alpha if y <= x else halfpi - alpha
 
 
-@numba.njit(inline="always")
+@numba.njit(cache=True)
 def _valid(n, delta, circ):
     """Positions P of a slab whose partner P + δ is inside the image."""
     if circ:
@@ -115,25 +114,25 @@ def _valid(n, delta, circ):
     return max(0, -delta), min(n, n - delta)
 
 
-@numba.njit(inline="always")
+@numba.njit(cache=True)
 def _fill(dst, value):  # pragma: no cover - compiled
     for i in range(dst.shape[0]):
         dst[i] = value
 
 
-@numba.njit(inline="always")
+@numba.njit(cache=True)
 def _copy(dst, src):  # pragma: no cover - compiled
     for i in range(dst.shape[0]):
         dst[i] = src[i]
 
 
-@numba.njit(inline="always")
+@numba.njit(cache=True)
 def _add(dst, src):  # pragma: no cover - compiled
     for i in range(dst.shape[0]):
         dst[i] += src[i]
 
 
-@numba.njit(inline="always", fastmath=_FM)
+@numba.njit(cache=True, fastmath=_FM)
 def _affine(kr, tr, f0, f1, f2, f3, want_ntk, standard):  # pragma: no cover - compiled
     """Σ ← f0·K + f1; Θ ← Σ + f0·Θ ("ntk") or f2·K + f0·Θ + f3 ("standard")."""
     n = kr.shape[0]
@@ -177,7 +176,7 @@ def _abrelu1(c, sa, sb, f0, f1, one, zero, tol, halfpi, pi_,
     return f1 * s + dot * (ac if c >= zero else -ac), dot
 
 
-@numba.njit(inline="always", fastmath=_FM, error_model="numpy")
+@numba.njit(cache=True, fastmath=_FM, error_model="numpy")
 def _abrelu_row(kr, tr, sa, sb, f0, f1, want_ntk, consts):  # pragma: no cover
     """``_abrelu1`` on a row (Θ ← Θ·K̇)."""
     one = consts[1]
@@ -201,7 +200,7 @@ def _abrelu_row(kr, tr, sa, sb, f0, f1, want_ntk, consts):  # pragma: no cover
             kr[i] = k
 
 
-@numba.njit(inline="always")
+@numba.njit(cache=True)
 def _zero_outside(buf, base, L, plh, plw, Hp, Wp, h0, h1, w0, w1, zero):  # pragma: no cover
     """Zero every position of an ``Hp × Wp`` slab buffer except the valid
     rectangle ``[h0, h1) × [w0, w1)`` (interior coordinates)."""
@@ -214,7 +213,7 @@ def _zero_outside(buf, base, L, plh, plw, Hp, Wp, h0, h1, w0, w1, zero):  # prag
             _fill(row[(plw + w1) * L:Wp * L], zero)
 
 
-@numba.njit(inline="always", fastmath=_FM, error_model="numpy")
+@numba.njit(cache=True, fastmath=_FM, error_model="numpy")
 def _conv3_relu_row(ko, to, t0, t1, t2, u0, u1, u2, sa, sb, g0, g1, g2, g3, f0, f1,
                     want_ntk, ntk_zero, standard, consts):  # pragma: no cover - compiled
     """Fused: 3-tap column sum of the row sums (t: Σ, u: Θ), the Conv affine
@@ -255,7 +254,7 @@ def _conv3_relu_row(ko, to, t0, t1, t2, u0, u1, u2, sa, sb, g0, g1, g2, g3, f0, 
             to[i] = tn * dot
 
 
-@numba.njit(inline="always")
+@numba.njit(cache=True)
 def _row_sum(dst, a, lo, hi, rowstride, taps):  # pragma: no cover - compiled
     """dst = Σ_e a[lo + e·rowstride : hi + e·rowstride], e < taps."""
     if taps == 3:
@@ -270,7 +269,7 @@ def _row_sum(dst, a, lo, hi, rowstride, taps):  # pragma: no cover - compiled
             _add(dst, a[lo + e * rowstride:hi + e * rowstride])
 
 
-@numba.njit(inline="always", fastmath=_FM, error_model="numpy")
+@numba.njit(cache=True, fastmath=_FM, error_model="numpy")
 def _erf_row(kr, tr, qa, sa, qb, sb, f0, f1, f2, want_ntk, consts):  # pragma: no cover
     """a·erf(b·x) + c on a row (Williams 1997), as ``ErfImpl.dual``:
     K = a²(2/π)·atan2(2b²c, √D) + c₀², K̇ = a²b²(4/π)/√D with
@@ -535,12 +534,13 @@ def _group(L, xa, xb, va, vb, ops, fpar, sdim, spad, deltas, consts, circ, want_
                     _add(at, tb[ob + Q * L:ob + Q * L + L])
 
 
-@numba.njit(cache=True, parallel=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _slab_pairs(X1, X2, pi, pj, L, ops, fpar, sdim, spad, deltas, V1, V2, consts,
-                final_count, circ, want_ntk, out_k, out_t):  # pragma: no cover - compiled
-    """Kernel entries of the image pairs (pi[p], pj[p]), L pairs at a time."""
+                final_count, circ, want_ntk, out_k, out_t, g_start, g_stop):  # pragma: no cover
+    """Kernel entries of the image pairs (pi[p], pj[p]) of groups
+    ``g_start..g_stop`` (L pairs each); releases the GIL (threads share the
+    groups, see ``_run_pairs``)."""
     npairs = pi.shape[0]
-    ngroups = (npairs + L - 1) // L
     H0 = X1.shape[1]
     W0 = X1.shape[2]
     C = X1.shape[3]
@@ -556,7 +556,7 @@ def _slab_pairs(X1, X2, pi, pj, L, ops, fpar, sdim, spad, deltas, V1, V2, consts
     for o in range(nops):
         if ops[o, C_KIND] == K_CONV:
             maxt = max(maxt, sdim[o + 1, 0] * spad[o, 3])
-    for g in prange(ngroups):
+    for g in range(g_start, g_stop):
         kb = np.empty(2 * maxbuf * L, dt)
         tb = np.empty(2 * maxbuf * L, dt)
         tk = np.empty(maxt * L, dt)
@@ -592,7 +592,7 @@ def _slab_pairs(X1, X2, pi, pj, L, ops, fpar, sdim, spad, deltas, V1, V2, consts
                 out_t[p] = acc[L + k] * inv_count
 
 
-@numba.njit(inline="always")
+@numba.njit(cache=True)
 def _wrap_fill(buf, base, L, H, W, plh, plw, Hp, Wp):  # pragma: no cover - compiled
     """Fill the pad margins of a slab buffer with wrapped values (CIRCULAR)."""
     for r in range(Hp):
@@ -756,14 +756,35 @@ def _variances(layers: List[LayerImpl], prog: _Program, plan: ImagePlan, x: np.n
     return out
 
 
+def n_threads() -> int:
+    """Worker threads of the compiled path (numba's thread count)."""
+    return max(1, int(numba.get_num_threads()))
+
+
 def _run_pairs(prog: _Program, x1: np.ndarray, x2: np.ndarray, v1: np.ndarray, v2: np.ndarray,
                pi: np.ndarray, pj: np.ndarray, want_ntk: bool) -> Tuple[np.ndarray, np.ndarray]:
     out_k = np.empty(pi.shape[0], x1.dtype)
     out_t = np.empty(pi.shape[0], x1.dtype)
-    _slab_pairs(x1, x2, pi, pj, prog.lanes, prog.ops, prog.fpar, prog.sdim, prog.spad,
-                prog.deltas, v1, v2, prog.consts, x1.dtype.type(prog.count), prog.circ, want_ntk,
-                out_k, out_t)
+    ngroups = -(-pi.shape[0] // prog.lanes)
+    args = (x1, x2, pi, pj, prog.lanes, prog.ops, prog.fpar, prog.sdim, prog.spad, prog.deltas,
+            v1, v2, prog.consts, x1.dtype.type(prog.count), prog.circ, want_ntk, out_k, out_t)
+    threads = min(n_threads(), ngroups)
+    if threads <= 1:
+        _slab_pairs(*args, 0, ngroups)
+        return out_k, out_t
+    # Groups handed out in small interleaved chunks so slow and fast threads
+    # finish together (GIL released inside the compiled loop).
+    step = max(1, min(8, ngroups // (4 * threads)))
+    chunks = [(g, min(ngroups, g + step)) for g in range(0, ngroups, step)]
+    with _pool(threads) as pool:
+        list(pool.map(lambda c: _slab_pairs(*args, c[0], c[1]), chunks))
     return out_k, out_t
+
+
+def _pool(threads: int):
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ntkscale-conv")
 
 
 #: Image pairs per call of the compiled kernel (bounds the pair lists).

@@ -145,16 +145,19 @@ class _Ckpt:
 
 
 # --------------------------------------------------------------------------- core PCG
-def _pcg(op: Any, b: np.ndarray, x: np.ndarray, shifts: np.ndarray, groups: List[Tuple[np.ndarray, Any]],
+def _pcg(op: Any, b: np.ndarray, x: np.ndarray, shifts: np.ndarray, groups: Any,
          tol: np.ndarray, maxiter: int, callback: Any, ckpt: _Ckpt, resume: Optional[Dict[str, Any]],
          extra: Callable[[], Dict[str, Any]], it0: int, ridges_for_msg: np.ndarray):
     """Independent preconditioned CG on the columns of ``b``; column ``c``
-    solves ``(op + shifts[c] I) x = b``, preconditioned by its group's apply.
+    solves ``(op + shifts[c] I) x = b``, preconditioned by its group's apply
+    (``groups``: ``[(columns, apply)]``, or one callable ``(r, cols) -> z`` for all).
     Returns ``(x, iters, residual, history list, iterations done)``."""
     n, c = b.shape
     eps = float(np.finfo(b.dtype).eps)
 
     def prec(r: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        if callable(groups):  # one fused application for every column (and shift)
+            return groups(r, cols)
         z = np.empty_like(r)
         for idx, apply in groups:
             sel = np.isin(cols, idx)
@@ -276,21 +279,15 @@ def _multishift(op: Any, b: np.ndarray, sigmas: np.ndarray, tol: np.ndarray, max
             denom = alpha * bp * (zp - zc) + zp * ap * (1.0 + sig * alpha)
             zn = np.where(upd, zc * zp * ap / denom, zc)
             ratio = np.where(upd, zn / zc, 1.0)
-        alpha_s = alpha * ratio  # (s, |cols|)
-        for j in range(s):
-            u = upd[j]
-            if np.any(u):
-                cj = cols[u]
-                xs[j][:, cj] += ps[j][:, cj] * alpha_s[j, u]
+        alpha_s = np.where(upd, alpha * ratio, 0.0)  # (s, |cols|); frozen shifts do not move
+        # all shifts at once; plain slices (no fancy-index copies) while every column is live
+        sl = slice(None) if len(cols) == k else cols
+        xs[:, :, sl] += ps[:, :, sl] * alpha_s[:, None, :]
         r[:, cols] -= q * alpha
         rr_new = np.einsum("ij,ij->j", r[:, cols], r[:, cols])
         beta = rr_new / rr[cols]
         beta_s = beta * ratio ** 2
-        for j in range(s):
-            u = upd[j]
-            if np.any(u):
-                cj = cols[u]
-                ps[j][:, cj] = r[:, cj] * zn[j, u] + ps[j][:, cj] * beta_s[j, u]
+        ps[:, :, sl] = r[None, :, sl] * zn[:, None, :] + ps[:, :, sl] * beta_s[:, None, :]
         p[:, cols] = r[:, cols] + p[:, cols] * beta
         zeta_prev[:, cols], zeta[:, cols] = zc, zn
         alpha_prev[cols], beta_prev[cols], rr[cols] = alpha, beta, rr_new
@@ -387,7 +384,11 @@ def cg(A: Any, B: Any, x0: Any = None, *, rtol: float = 1e-6, atol: float = 0.0,
         history = np.array(hist)[:, inv, :]
     elif variant in ("single", "batched"):
         cols_shift = np.repeat(rid, k)
-        groups = [(np.arange(j * k, (j + 1) * k), _preconditioner(M, base_ridge + rid[j])) for j in range(s)]
+        if hasattr(M, "solve_shifted"):
+            col_mu = base_ridge + cols_shift
+            groups = lambda r, cols: M.solve_shifted(r, col_mu[cols])  # noqa: E731
+        else:
+            groups = [(np.arange(j * k, (j + 1) * k), _preconditioner(M, base_ridge + rid[j])) for j in range(s)]
         x = np.concatenate(list(xinit), axis=1) if s > 1 else xinit[0].copy()
         xcat, it_cols, rescat, hist, total = _pcg(
             op, np.tile(b, (1, s)), x, cols_shift, groups, np.tile(tol, s), maxiter, callback, ckpt, resume,

@@ -9,6 +9,7 @@ from .conv import Conv
 from .dense import Dense
 from .network import ApplyFn, InitFn, Kernel, KernelFn, Layer, from_spec, kernel_fn_from_spec, serial
 from .pooling import AvgPool, Flatten, GlobalAvgPool
+from . import presets  # noqa: E402  (stax.presets.myrtle, stax.presets.cntk)
 from .registry import canonical_spec, layer_names, spec_hash, spec_to_json
 
 __all__ = [

@@ -70,9 +70,9 @@ def window_geometry(size: int, window: int, stride: int, padding: str) -> Tuple[
 
 
 # --------------------------------------------------- array-API reference ops
-def _slice_axis(ndim: int, axis: int, sl: slice) -> Tuple[slice, ...]:
+def _slice_axis(ndim: int, axis: int, sl: slice) -> Tuple[Any, ...]:
     axis = axis % ndim
-    return (slice(None),) * axis + (sl,)
+    return (slice(None),) * axis + (sl,) + (slice(None),) * (ndim - axis - 1)
 
 
 def pad_axis(a: Any, axis: int, lo: int, hi: int, circular: bool, xp: Any) -> Any:

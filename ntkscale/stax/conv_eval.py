@@ -89,8 +89,8 @@ def plan_image_net(layers: Sequence[LayerImpl], input_shape: Tuple[int, ...]) ->
 
     if len(input_shape) != 3:
         raise InputError(
-            f"a convolutional network needs NHWC images (n, height, width, channels); got "
-            f"per-sample shape {tuple(input_shape)}"
+            f"layer 0 ({_name(layers[0])}) of this convolutional network needs NHWC images; "
+            f"got per-sample shape {tuple(input_shape)}, expected (height, width, channels)"
         )
     h0, w0, c0 = (int(s) for s in input_shape)
     hw: List[Optional[Tuple[int, int]]] = [(h0, w0)]

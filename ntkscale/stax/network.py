@@ -79,6 +79,18 @@ class _Bound:
     def is_image_net(self) -> bool:
         return any(getattr(layer, "image_layer", False) for layer in self._layers)
 
+    def _validate(self, x1: Any, x2: Any) -> Tuple[Any, Any, Any]:
+        """``validate_pair``; for image networks the error also names the
+        layer that receives the images."""
+        try:
+            return validate_pair(x1, x2, self.is_image_net)
+        except InputError as exc:
+            if not self.is_image_net:
+                raise
+            first = self._layers[0]
+            name = getattr(first, "describe", lambda: first.layer_name)()
+            raise InputError(f"{exc} (the network's input layer 0 is {name})") from None
+
     def __reduce__(self):
         return (type(self), (self._spec,))
 
@@ -132,7 +144,7 @@ class KernelFn(_Bound):
     def __call__(self, x1: Any, x2: Any = None, get: Union[None, str, Sequence[str]] = None, *,
                  memory_budget: Optional[int] = None, fast: bool = True) -> Any:
         names, form = parse_get(get)
-        x1, x2v, xp = validate_pair(x1, x2, self.is_image_net)
+        x1, x2v, xp = self._validate(x1, x2)
         from .evaluate import evaluate  # noqa: PLC0415 (avoid import cycle)
 
         out = evaluate(self._layers, x1, x2v, xp, want_ntk="ntk" in names,
@@ -143,7 +155,7 @@ class KernelFn(_Bound):
         """``k(x_i, x_i)`` for every row: the diagonal of ``kernel_fn(x, x)``
         without the n² work (posterior variances need it)."""
         names, form = parse_get(get)
-        x, _, xp = validate_pair(x, None, self.is_image_net)
+        x, _, xp = self._validate(x, None)
         from .evaluate import evaluate_diagonal  # noqa: PLC0415
 
         out = evaluate_diagonal(self._layers, x, xp, want_ntk="ntk" in names)

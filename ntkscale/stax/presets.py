@@ -1,0 +1,87 @@
+"""Preset convolutional architectures people compare kernels against.
+
+Each function returns a ``serial`` layer (``(init_fn, apply_fn, kernel_fn)``
+with its JSON spec); the docstrings give the exact layer list. ``width`` is
+the channel count of the finite-width network (``None``: kernel only; the
+infinite-width kernel ignores it in the ``"ntk"`` parameterization).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+from .activations import Relu
+from .conv import Conv
+from .dense import Dense
+from .network import Layer, serial
+from .pooling import AvgPool, Flatten, GlobalAvgPool
+
+SQRT2 = math.sqrt(2.0)
+
+#: Conv+Relu blocks per stage of Myrtle-``depth`` (neural-tangents' Myrtle
+#: example; Shankar et al. 2020). depth = conv layers + the readout Dense.
+MYRTLE_STAGES = {5: (2, 1, 1), 7: (2, 2, 2), 10: (3, 3, 3)}
+
+
+def myrtle(depth: int = 5, *, width: Optional[int] = None, W_std: float = SQRT2,
+           b_std: float = 0.0, out_dim: int = 10, final_pools: int = 3) -> Layer:
+    """Myrtle network (Shankar et al. 2020, "Neural Kernels Without Tangents"),
+    as in neural-tangents' Myrtle example; ``depth`` ∈ {5, 7, 10} counts the
+    Conv layers plus the readout Dense.
+
+    With ``c = Conv(width, (3, 3), padding="SAME", W_std=W_std, b_std=b_std)``
+    and ``p = AvgPool((2, 2), strides=(2, 2))`` (VALID), stages ``(a, b, d)``
+    = (2, 1, 1), (2, 2, 2), (3, 3, 3) for depth 5, 7, 10::
+
+        [c, Relu()] × a, p,
+        [c, Relu()] × b, p,
+        [c, Relu()] × d, p × final_pools,
+        Flatten(), Dense(out_dim, W_std, b_std)
+
+    ``final_pools=3`` is the CIFAR-10 (32×32) original: 32 → 16 → 8 → 4 → 2
+    → 1 pixels. Smaller images need fewer final pools (8×8: ``final_pools=1``);
+    a pool that would empty the image raises an error naming it.
+    """
+    if depth not in MYRTLE_STAGES:
+        raise ValueError(f"myrtle(depth={depth!r}): depth must be one of 5, 7, 10")
+    if final_pools < 0:
+        raise ValueError(f"myrtle(final_pools={final_pools!r}) must be >= 0")
+
+    def block():
+        return [Conv(width, (3, 3), padding="SAME", W_std=W_std, b_std=b_std), Relu()]
+
+    def pool():
+        return AvgPool((2, 2), strides=(2, 2), padding="VALID")
+
+    a, b, d = MYRTLE_STAGES[depth]
+    layers = block() * a + [pool()] + block() * b + [pool()] + block() * d
+    layers += [pool() for _ in range(final_pools)]
+    layers += [Flatten(), Dense(out_dim, W_std=W_std, b_std=b_std)]
+    return serial(*layers)
+
+
+def cntk(depth: int = 3, pooling: str = "gap", *, width: Optional[int] = None,
+         W_std: float = SQRT2, b_std: Optional[float] = 0.1, out_dim: int = 1,
+         filter_shape: Tuple[int, int] = (3, 3)) -> Layer:
+    """Convolutional NTK of Arora et al. 2019 ("On Exact Computation with an
+    Infinitely Wide Neural Net"): ``depth`` Conv+Relu blocks, then pooling and
+    a readout (depth as in our fully-connected presets: hidden blocks only)::
+
+        [Conv(width, filter_shape, padding="SAME", W_std=W_std, b_std=b_std), Relu()] × depth,
+        GlobalAvgPool()   (pooling="gap": CNTK-GAP)   or   Flatten()   (pooling="flatten": CNTK-V),
+        Dense(out_dim, W_std=W_std, b_std=b_std)
+
+    With ``"flatten"`` only matching pixels interact (the kernel of a locally
+    connected net), so it costs O(H·W) per pair instead of O(H²W²).
+    """
+    if depth < 1:
+        raise ValueError(f"cntk(depth={depth!r}) must be >= 1")
+    if pooling not in ("gap", "flatten"):
+        raise ValueError(f"cntk(pooling={pooling!r}): choose 'gap' or 'flatten'")
+    layers = []
+    for _ in range(depth):
+        layers += [Conv(width, filter_shape, padding="SAME", W_std=W_std, b_std=b_std), Relu()]
+    layers.append(GlobalAvgPool() if pooling == "gap" else Flatten())
+    layers.append(Dense(out_dim, W_std=W_std, b_std=b_std))
+    return serial(*layers)

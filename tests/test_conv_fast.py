@@ -1,0 +1,180 @@
+"""Parity of the compiled slab kernel (conv_fast) with the array-API
+reference path, on a sampled grid of conv networks (principle 13: sampled,
+not exhausted), plus its building blocks."""
+
+import math
+
+import numpy as np
+import pytest
+
+from ntkscale import stax
+from ntkscale.stax import conv_eval, conv_fast
+from ntkscale.stax.activations import ErfImpl, ReluImpl, LeakyReluImpl
+
+ACTS = [stax.Relu(), stax.LeakyRelu(0.2), stax.Abs(), stax.ABRelu(-0.3, 1.2), stax.Erf(),
+        stax.Erf(0.7, 1.3, 0.2), stax.Identity()]
+
+
+def sampled_nets(count, seed=0):
+    """Random conv nets the slab kernel supports: filters, strides, paddings,
+    activations, Dense on images, parameterizations, GAP/Flatten, flat tails."""
+    rng = np.random.default_rng(seed)
+    nets = []
+    for i in range(count):
+        circular = i % 5 == 4
+        padding = "CIRCULAR" if circular else ["SAME", "VALID", "SAME"][i % 3]
+        std = i % 4 == 3
+        param = "standard" if std else "ntk"
+        b_std = [0.1, None, 0.0][i % 3]
+        layers = []
+        for blk in range(int(rng.integers(1, 3 if padding == "VALID" else 4))):
+            fh, fw = (3, 3) if i % 2 == 0 else tuple(int(v) for v in rng.integers(1, 4, 2))
+            strides = None if (blk or padding != "SAME" or rng.uniform() < 0.5) else (2, 1)
+            layers += [stax.Conv(6, (fh, fw), strides=strides, padding=padding,
+                                 W_std=float(rng.uniform(0.8, 1.8)), b_std=b_std,
+                                 parameterization=param),
+                       ACTS[int(rng.integers(len(ACTS)))]]
+            if rng.uniform() < 0.2:
+                layers.append(stax.Dense(5, W_std=1.2, b_std=0.3, parameterization=param))
+        layers.append(stax.GlobalAvgPool() if i % 3 else stax.Flatten())
+        if rng.uniform() < 0.4:
+            layers += [stax.Dense(7, W_std=1.3, b_std=0.2, parameterization=param),
+                       ACTS[int(rng.integers(len(ACTS)))]]
+        layers.append(stax.Dense(1, W_std=1.1, b_std=0.1, parameterization=param))
+        nets.append(stax.serial(*layers))
+    return nets
+
+
+NETS = sampled_nets(14)
+
+
+def _images(rng, n, hw=(6, 6), c=2):
+    x = rng.uniform(-1, 1, size=(n,) + hw + (c,))
+    x[-1] = -2.0 * x[0]          # anti-parallel images
+    return x
+
+
+@pytest.mark.parametrize("i", range(len(NETS)))
+def test_fast_matches_reference(i, rng):
+    kf = NETS[i][2]
+    x1 = _images(rng, 5, (6, 5), 2)
+    x2 = _images(rng, 4, (6, 5), 2)
+    plan = conv_eval.plan_image_net(kf._layers, x1.shape[1:])
+    assert conv_fast.supports(kf._layers, plan, x1, np)
+    for a, b in ((x1, None), (x1, x2)):
+        fast = kf(a, b, ("nngp", "ntk"))
+        ref = kf(a, b, ("nngp", "ntk"), fast=False)
+        scale = np.abs(ref[1]).max()
+        np.testing.assert_allclose(fast[0], ref[0], rtol=1e-11, atol=1e-13 * np.abs(ref[0]).max())
+        np.testing.assert_allclose(fast[1], ref[1], rtol=1e-11, atol=1e-13 * scale)
+    nngp_only = kf(x1, x2, "nngp")
+    np.testing.assert_allclose(nngp_only, kf(x1, x2, "nngp", fast=False), rtol=1e-11,
+                               atol=1e-13 * np.abs(nngp_only).max())
+    diag = kf.diag(x1, ("nngp", "ntk"))
+    np.testing.assert_allclose(diag[1], np.diag(kf(x1, None, "ntk", fast=False)), rtol=1e-11)
+
+
+def test_lanes_and_chunks_do_not_change_results(rng, monkeypatch):
+    kf = stax.presets.cntk(2)[2]
+    x1, x2 = _images(rng, 11, (5, 5), 1), _images(rng, 6, (5, 5), 1)
+    base = kf(x1, x2, "ntk")
+    base_sym = kf(x1, None, "ntk")
+    for lanes, chunk in ((8, 64), (16, 64), (64, 64), (8, 9)):
+        monkeypatch.setattr(conv_fast, "LANES_MIN", lanes)
+        monkeypatch.setattr(conv_fast, "LANES_MAX", lanes)
+        monkeypatch.setattr(conv_fast, "CHUNK_PAIRS", chunk)
+        assert np.array_equal(kf(x1, x2, "ntk"), base)
+        assert np.array_equal(kf(x1, None, "ntk"), base_sym)
+    assert np.array_equal(base_sym, base_sym.T)
+
+
+def test_threads_do_not_change_results(rng, monkeypatch):
+    kf = stax.presets.cntk(2, b_std=None)[2]
+    x = _images(rng, 40, (4, 4), 1)
+    one = None
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(conv_fast, "n_threads", lambda t=threads: t)
+        out = kf(x, None, "ntk")
+        one = out if one is None else one
+        assert np.array_equal(out, one)
+
+
+def test_unsupported_nets_use_the_reference_path(rng):
+    x = _images(rng, 3, (4, 4), 1)
+    for layer in (stax.presets.myrtle(5, final_pools=0),
+                  stax.serial(stax.Conv(2, (3, 3), padding="SAME"), stax.Gelu(),
+                              stax.GlobalAvgPool(), stax.Dense(1)),
+                  stax.serial(stax.Conv(2, (3, 3), padding="SAME"), stax.Relu(),
+                              stax.Conv(2, (3, 3), padding="CIRCULAR"), stax.Relu(),
+                              stax.GlobalAvgPool(), stax.Dense(1))):
+        plan = conv_eval.plan_image_net(layer[2]._layers, x.shape[1:])
+        assert not conv_fast.supports(layer[2]._layers, plan, x, np)
+        np.testing.assert_array_equal(layer[2](x, None, "ntk"), layer[2](x, None, "ntk", fast=False))
+
+
+def test_float32_fast_path(rng):
+    kf = stax.presets.cntk(3)[2]
+    x = _images(rng, 9, (6, 6), 1)
+    out = kf(x.astype(np.float32), None, ("nngp", "ntk"))
+    ref = kf(x, None, ("nngp", "ntk"), fast=False)
+    assert out[0].dtype == np.float32
+    np.testing.assert_allclose(out[0], ref[0], rtol=3e-5)
+    np.testing.assert_allclose(out[1], ref[1], rtol=3e-5)
+
+
+def test_atan_polynomial_is_accurate():
+    t = np.linspace(0.0, math.tan(math.pi / 8), 20001)
+    z = t * t
+    r = np.zeros_like(t)
+    for c in conv_fast.ATAN_R:
+        r = r * z + c
+    approx = t + t * z * r
+    ulp = np.spacing(np.maximum(np.arctan(t), 1e-300))
+    assert np.max(np.abs(approx - np.arctan(t)) / ulp) <= 2.0
+
+
+@pytest.mark.parametrize("impl", [ReluImpl({"do_stabilize": False}),
+                                  LeakyReluImpl({"alpha": -0.4, "do_stabilize": False})])
+def test_abrelu_row_matches_closed_form(impl, rng):
+    """The scale-free vectorised dual against ``_ABReluFamily.dual``,
+    including exactly (anti)parallel, orthogonal, clipped and zero-norm pairs."""
+    q1 = rng.uniform(0.1, 3.0, 4000)
+    q2 = rng.uniform(0.1, 3.0, 4000)
+    norm = np.sqrt(q1 * q2)
+    rho = np.concatenate([rng.uniform(-1, 1, 3990),
+                          [1.0, -1.0, 0.0, 1 - 1e-15, -1 + 1e-15, 1 + 1e-15, 0.5, -0.5, 1e-9, -1e-9]])
+    c = rho * norm
+    q1[-1] = 0.0
+    c[-1] = 0.0
+    a, b = impl.slopes()
+    consts = np.array(conv_fast._CONSTS + (conv_fast.PARALLEL_TOLERANCE_EPS * np.finfo(float).eps,
+                                           1.0))
+    kr, tr = c.copy(), np.ones_like(c)
+    conv_fast._abrelu_row(kr, tr, np.sqrt(q1), np.sqrt(q2), (a * a + b * b) / 2,
+                          (a - b) ** 2 / (2 * np.pi), True, consts)
+    k, kdot = impl.dual(c, q1, q2, np, True)
+    np.testing.assert_allclose(kr, k, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(tr, kdot, rtol=1e-13, atol=1e-15)
+
+
+def test_erf_row_matches_closed_form(rng):
+    impl = ErfImpl({"a": 0.7, "b": 1.3, "c": 0.2})
+    q1 = rng.uniform(0.0, 3.0, 2000)
+    q2 = rng.uniform(0.1, 3.0, 2000)
+    c = rng.uniform(-1, 1, 2000) * np.sqrt(q1 * q2)
+    c[:3] = (np.sqrt(q1 * q2))[:3] * np.array([1.0, -1.0, 0.0])
+    consts = np.array(conv_fast._CONSTS + (conv_fast.PARALLEL_TOLERANCE_EPS * np.finfo(float).eps,
+                                           1.0))
+    kr, tr = c.copy(), np.ones_like(c)
+    conv_fast._erf_row(kr, tr, q1, np.sqrt(q1), q2, np.sqrt(q2), 0.7, 1.3, 0.2, True, consts)
+    k, kdot = impl.dual(c, q1, q2, np, True)
+    np.testing.assert_allclose(kr, k, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(tr, kdot, rtol=1e-13)
+
+
+def test_flops_per_pair_counts_slab_entries():
+    layers = stax.presets.cntk(3)[2]._layers
+    plan = conv_eval.plan_image_net(layers, (8, 8, 1))
+    flops = conv_fast.flops_per_pair(layers, plan)
+    # 4 stages of 8^4 pixel pairs; conv 14 + relu 37 flops per entry and layer
+    assert 3 * 8 ** 4 * 51 < flops <= 3 * 8 ** 4 * 51 + 5 * 8 ** 4

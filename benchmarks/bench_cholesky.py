@@ -174,6 +174,12 @@ def main() -> None:
         import dask.array as da
 
         tile = f.tile
+        if n % tile:
+            # dask.array.linalg.cholesky needs every chunk square, so n must be a multiple of
+            # the tile (ours takes ragged edge tiles): use the largest divisor of n <= tile
+            tile = max(d for d in range(1, tile + 1) if n % d == 0)
+            print(f"  (dask needs square chunks: n = {n} is not a multiple of {f.tile}, using tile {tile})")
+        result["dask_tile"] = tile
         src = da.from_zarr(a).rechunk((tile, tile))
         out = zarr.create_array(f"{args.workdir}/dask_L_{n}.zarr", shape=(n, n), chunks=(tile, tile),
                                 dtype=a.dtype, compressors=None, overwrite=True)

@@ -47,3 +47,21 @@ def test_single_plots_and_bad_history(tmp_path):
     assert _is_png(plot_metric_vs_ridge([0.0, 1.0], [{"test_mse": 1.0}, {"test_mse": 0.5}], str(tmp_path / "c.png")))
     with pytest.raises(ValueError, match="history must be"):
         plot_cg_residuals(np.ones(3), str(tmp_path / "d.png"))
+
+
+def test_solution_record_round_trip(tmp_path):
+    import zarr
+
+    from ntkscale.solvers import solve
+    from ntkscale.solvers.record import load_solution, save_solution
+
+    k = spd(60, 10)
+    res = solve(k, np.ones((60, 2)), ridges=[1e-2, 1e-1], rank=10)
+    g = zarr.open_group(str(tmp_path / "s.zarr"), mode="a").require_group("solver")
+    save_solution(g, res, {"relative_ridges": [1e-2, 1e-1]})
+    back = load_solution(zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["solver"])
+    np.testing.assert_array_equal(back["alpha"], res.alpha)
+    assert back["history"].shape[1:] == (2, 2)
+    assert back["attrs"]["solve"]["cg"]["converged"] and back["attrs"]["relative_ridges"] == [1e-2, 1e-1]
+    paths = write_report(str(tmp_path / "r"), history=back["history"], ridges=back["attrs"]["solve"]["ridges"])
+    assert _is_png(paths[0])

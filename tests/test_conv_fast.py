@@ -112,6 +112,7 @@ def test_unsupported_nets_use_the_reference_path(rng):
         np.testing.assert_array_equal(layer[2](x, None, "ntk"), layer[2](x, None, "ntk", fast=False))
 
 
+@pytest.mark.slow
 def test_float32_fast_path(rng):
     kf = stax.presets.cntk(3)[2]
     x = _images(rng, 9, (6, 6), 1)

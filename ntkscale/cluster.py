@@ -1,7 +1,10 @@
 """Cluster configs -> a ``distributed.Client``.
 
 ``kind: local``    a ``LocalCluster`` of worker processes (the default), closed
-                   again when the run ends.
+                   again when the run ends. Each worker gets ``threads_per_worker
+                   + io_threads`` Dask threads; at most ``threads_per_worker``
+                   of them compute at once (:func:`ntkscale.schedule.compute_gate`),
+                   the others write finished blocks meanwhile.
 ``kind: address``  a scheduler someone started (``dask scheduler`` +
                    ``dask worker``, a SLURM job, a Kubernetes DaskCluster):
                    ``address: tcp://host:8786`` or ``scheduler_file: path``.
@@ -39,7 +42,7 @@ def _local(cfg: Any) -> Iterator[Any]:
     from distributed import Client, LocalCluster  # noqa: PLC0415
 
     kwargs: Dict[str, Any] = dict(
-        n_workers=cfg.n_workers, threads_per_worker=cfg.threads_per_worker,
+        n_workers=cfg.n_workers, threads_per_worker=cfg.threads_per_worker + cfg.io_threads,
         memory_limit=cfg.memory_limit if cfg.memory_limit is not None else "auto",
         processes=cfg.processes, dashboard_address=cfg.dashboard_address,
     )

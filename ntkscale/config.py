@@ -14,6 +14,7 @@ A run configuration (``config.yaml``)::
     backend: auto                               # auto (CuPy on GPU workers) | numpy | cupy
     memory_budget: 2GiB                         # optional: per block task (planning)
     cluster: {kind: local, n_workers: 2, threads_per_worker: 1, memory_limit: 4GiB}
+    #   (io_threads: 1 extra thread per worker writes blocks while the others compute)
     #   or   {kind: address, address: "tcp://host:8786"}  (or scheduler_file: path)
     solver: {...}                               # optional; validated by ntkscale.solvers
     task: {...}                                 # optional; validated by the solver/estimator code
@@ -209,7 +210,9 @@ class LocalClusterConfig:
 
     kind: str = "local"
     n_workers: Optional[int] = None        # None: cores // threads_per_worker
-    threads_per_worker: int = 1
+    threads_per_worker: int = 1            # blocks computed at once per worker
+    io_threads: int = 1                    # extra threads per worker that write finished
+                                           # blocks while the others compute (0: none)
     memory_limit: Optional[int] = None     # bytes per worker; None: Dask's "auto"
     processes: bool = True
     dashboard_address: str = ":8787"    # Dask moves to a free port if it is taken
@@ -231,11 +234,12 @@ class AddressClusterConfig:
 
 
 def _local_cluster(sec: Section) -> LocalClusterConfig:
-    sec.check_keys(("kind", "n_workers", "threads_per_worker", "memory_limit", "processes",
-                    "dashboard_address"))
+    sec.check_keys(("kind", "n_workers", "threads_per_worker", "io_threads", "memory_limit",
+                    "processes", "dashboard_address"))
     dash = sec.string("dashboard_address", ":8787")  # ":0": any free port
     return LocalClusterConfig(
         n_workers=sec.int("n_workers"), threads_per_worker=sec.int("threads_per_worker", 1),
+        io_threads=sec.int("io_threads", 1, minimum=0),
         memory_limit=sec.bytes("memory_limit"), processes=sec.boolean("processes", True),
         dashboard_address=dash,
     )

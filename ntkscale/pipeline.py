@@ -36,7 +36,7 @@ from .config import AddressClusterConfig, LocalClusterConfig, RunConfig
 from .data import InputSet, load_inputs
 from .errors import NtkscaleError
 from .lock import StoreLock
-from .plan import Plan, choose_block_size, describe, effective_block_size
+from .plan import Plan, choose_block_size, describe, effective_block_size, make_plan
 from .schedule import Job, Progress, run_blocks
 from .store import (DEFAULT_CHECKSUM, FORMAT_VERSION, GramStore, StoreError, block_token,
                     check_compatible, now)
@@ -62,7 +62,9 @@ class RunReport:
     seconds: float
     entries_computed: int = 0
     stored_bytes: int = 0
-    task_seconds: float = 0.0
+    task_seconds: float = 0.0     # read + compute + write, summed over blocks
+    compute_seconds: float = 0.0  # kernel time alone, summed over blocks
+    blocks_seconds: float = 0.0   # wall time from the first submit to the last block
     slots: int = 0
     dashboard: Optional[str] = None
     run_id: str = ""
@@ -81,12 +83,22 @@ def task_memory(config: RunConfig) -> int:
         return config.memory_budget
     c = config.cluster
     if isinstance(c, LocalClusterConfig):
+        per_worker = c.threads_per_worker + c.io_threads   # blocks alive at once per worker
         if c.memory_limit:
-            return c.memory_limit // c.threads_per_worker
+            return c.memory_limit // per_worker
         import psutil  # noqa: PLC0415
 
-        return int(psutil.virtual_memory().total * 0.8) // max(1, c.slots)
+        n_workers = max(1, c.slots // c.threads_per_worker)
+        return int(psutil.virtual_memory().total * 0.8) // (n_workers * per_worker)
     return DEFAULT_TASK_MEMORY
+
+
+def compute_slots(config: RunConfig) -> Optional[int]:
+    """Blocks one worker may compute at once (None: as many as it has threads)."""
+    c = config.cluster
+    if isinstance(c, LocalClusterConfig) and c.io_threads:
+        return c.threads_per_worker
+    return None
 
 
 def planned_slots(config: RunConfig) -> int:
@@ -149,11 +161,7 @@ class GramPipeline:
         store = self._existing_store()
         if store is not None:
             check_compatible(store, want, recompute_test=self.recompute_test, replace_y=self.replace_y)
-            from .plan import make_plan  # noqa: PLC0415
-
             return make_plan(want["n_train"], want["n_test"] or store.n_test, store.block_size)
-        from .plan import make_plan  # noqa: PLC0415
-
         return make_plan(want["n_train"], want["n_test"], self.block_size(want["n_train"], want["n_test"]))
 
     def describe(self) -> Dict[str, Any]:
@@ -199,6 +207,8 @@ class GramPipeline:
                     fps = dict(store.meta["fingerprints"])
                     fps[which] = dict(fps[which], y=want["fingerprints"][which]["y"])
                     store.set_meta(fingerprints=fps)
+        for part in ("train", "test") if store.n_test else ("train",):
+            store.ensure_part_arrays(part)   # a run killed while creating the store
         keys = store.manifest.keys()
         for which, s in sets.items():
             if f"inputs-{which}" not in keys:
@@ -218,7 +228,8 @@ class GramPipeline:
             job = Job(store=str(store.path), spec_json=self.config.kernel.spec_json, get=store.kinds,
                       dtype=store.dtype, backend=self.config.backend,
                       checksum=store.meta.get("checksum", DEFAULT_CHECKSUM),
-                      memory_budget=task_memory(self.config) // 2, run_id=run_id)
+                      memory_budget=task_memory(self.config) // 2, run_id=run_id,
+                      compute_slots=compute_slots(self.config))
             report = compute_missing(store, job, self.config.cluster, client=client,
                                      progress=self.progress, stream=self.stream)
         report.seconds = time.perf_counter() - t0
@@ -248,20 +259,29 @@ def compute_missing(store: GramStore, job: Job, cluster: Any, *, client: Any = N
     given = client is not None
     with (contextlib.nullcontext(client) if given else open_client(cluster)) as client:
         if given or isinstance(cluster, AddressClusterConfig):
-            client.wait_for_workers(1, timeout=WAIT_FOR_WORKERS_S)
+            try:
+                client.wait_for_workers(1, timeout=WAIT_FOR_WORKERS_S)
+            except (TimeoutError, OSError) as exc:
+                raise NtkscaleError(f"no Dask worker joined the scheduler within {WAIT_FOR_WORKERS_S} s "
+                                    f"({type(exc).__name__}); start workers with `dask worker ADDRESS`") from None
         report.dashboard = dashboard_link(client)
         report.slots = total_threads(client)
+        if job.compute_slots:   # the io threads write, they do not compute
+            report.slots = min(report.slots, len(client.nthreads()) * job.compute_slots)
         say(f"Dask dashboard: {report.dashboard or 'not served (install bokeh for it)'}")
         say(f"computing {len(pending)} of {plan.n_blocks} blocks ({report.blocks_done_before} already "
             f"finished) on {report.slots} task slots, block size {store.block_size}")
         bar = Progress(plan.n_blocks, report.blocks_done_before, plan.computed_entries(pending),
                        stream=stream, enabled=progress)
+        t_blocks = time.perf_counter()
         results = run_blocks(client, job, pending, tokens, progress=bar)
+        report.blocks_seconds = time.perf_counter() - t_blocks
     report.records = results.records
     report.blocks_computed = len(results.records)
     report.entries_computed = sum(r["entries"] for r in results.records)
     report.stored_bytes = sum(r["stored_bytes"] for r in results.records)
     report.task_seconds = sum(r["read_s"] + r["compute_s"] + r["write_s"] for r in results.records)
+    report.compute_seconds = sum(r["compute_s"] for r in results.records)
     report.seconds = time.perf_counter() - t0
     if results.failed:
         shown = "; ".join(f"{k}: {v}" for k, v in list(results.failed.items())[:5])

@@ -12,11 +12,13 @@ are retried ``retries`` times (``Client.submit(retries=...)``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
 import socket
 import sys
+import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
@@ -39,6 +41,26 @@ class Job:
     checksum: str = "crc32"
     memory_budget: Optional[int] = None
     run_id: str = ""
+    compute_slots: Optional[int] = None   # per worker process; None: no gate
+
+
+_GATES: Dict[int, threading.BoundedSemaphore] = {}
+_GATES_LOCK = threading.Lock()
+
+
+def compute_gate(slots: Optional[int]) -> Any:
+    """At most ``slots`` block computations at once in this worker process.
+
+    A worker runs ``threads_per_worker + io_threads`` tasks at once; only the
+    compute phase of a task is gated, so while one task computes, another
+    writes its finished block to the store (disk time hidden behind compute,
+    no CPU oversubscription, at most one extra block in memory per io thread).
+    Hand-written because Dask resources gate whole tasks, not a phase of one.
+    """
+    if not slots:
+        return contextlib.nullcontext()
+    with _GATES_LOCK:
+        return _GATES.setdefault(slots, threading.BoundedSemaphore(slots))
 
 
 @functools.lru_cache(maxsize=8)
@@ -82,15 +104,18 @@ def run_block(job: Job, block: Block, token: str) -> Dict[str, Any]:
 
     x_rows = rows(block.row_set, block.rows)
     x_cols = None if block.is_diag or block.symmetric else rows("train", block.cols)
-    t1 = time.perf_counter()
-    if block.is_diag:
-        values = compute_diag(kernel_fn, x_rows, get=job.get, dtype=job.dtype, xp=xp)
-    else:
-        values = compute_block(kernel_fn, x_rows, x_cols, get=job.get, dtype=job.dtype, xp=xp,
-                               memory_budget=job.memory_budget)
-    t2 = time.perf_counter()
+    t_read = time.perf_counter()
+    with compute_gate(job.compute_slots):
+        t1 = time.perf_counter()
+        if block.is_diag:
+            values = compute_diag(kernel_fn, x_rows, get=job.get, dtype=job.dtype, xp=xp)
+        else:
+            values = compute_block(kernel_fn, x_rows, x_cols, get=job.get, dtype=job.dtype, xp=xp,
+                                   memory_budget=job.memory_budget)
+        t2 = time.perf_counter()
     record = {"block": block.key, "token": token, "run_id": job.run_id, "worker": _worker_address(),
-              "backend": backend, "read_s": round(t1 - t0, 6), "compute_s": round(t2 - t1, 6),
+              "backend": backend, "read_s": round(t_read - t0, 6), "wait_s": round(t1 - t_read, 6),
+              "compute_s": round(t2 - t1, 6),
               "finished": now()}
     record = write_block(job.store, block, values, record, job.checksum)
     record["write_s"] = round(time.perf_counter() - t2, 6)

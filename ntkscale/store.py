@@ -311,19 +311,24 @@ class GramStore:
         return self._group.require_group(name)
 
     # -- writing (engine side) ----------------------------------------------
-    def create_part_arrays(self, part: str) -> None:
-        """(Re)create the empty Gram and diagonal arrays of ``train`` or ``test``."""
+    def create_part_arrays(self, part: str, *, only_missing: bool = False) -> None:
+        """(Re)create the empty Gram and diagonal arrays of ``train`` or ``test``;
+        ``only_missing`` creates just those that do not exist (never erases blocks)."""
         n, m, b = self.n_train, self.n_test, self.block_size
         rows = n if part == "train" else m
         for kind in self.kinds:
-            self._group.create_array(
-                gram_path(part, kind), shape=(rows, n), chunks=chunk_shape(part, n, m, b),
-                dtype=self.dtype, fill_value=np.nan, compressors=None, overwrite=True,
-                dimension_names=[f"{part}_row", "train_col"])
-            self._group.create_array(
-                diag_path(part, kind), shape=(rows,), chunks=chunk_shape(f"diag-{part}", n, m, b),
-                dtype=self.dtype, fill_value=np.nan, compressors=None, overwrite=True,
-                dimension_names=[f"{part}_row"])
+            for path, shape, chunks, dims in (
+                    (gram_path(part, kind), (rows, n), chunk_shape(part, n, m, b), [f"{part}_row", "train_col"]),
+                    (diag_path(part, kind), (rows,), chunk_shape(f"diag-{part}", n, m, b), [f"{part}_row"])):
+                if only_missing and path in self._group:
+                    continue
+                self._group.create_array(path, shape=shape, chunks=chunks, dtype=self.dtype,
+                                         fill_value=np.nan, compressors=None, overwrite=True,
+                                         dimension_names=dims)
+
+    def ensure_part_arrays(self, part: str) -> None:
+        """Create a part's missing arrays (a run killed while creating the store)."""
+        self.create_part_arrays(part, only_missing=True)
 
     def write_inputs(self, which: str, x: Any, y: Optional[Any]) -> None:
         """Copy an input set into ``inputs/<which>/`` (streamed, B rows a chunk)."""
@@ -381,7 +386,12 @@ class GramStore:
         return None
 
 
-def transpose(a: np.ndarray, tile: int = 256) -> np.ndarray:
+#: Every block is written whole, so zarr's "is this chunk all fill value?" scan
+#: (a full pass over 64 MiB per chunk, slower than the write itself) is skipped.
+WRITE_CONFIG = {"write_empty_chunks": True}
+
+
+def transpose(a: np.ndarray, tile: int = 128) -> np.ndarray:
     """C-contiguous ``a.T``, copied tile by tile.
 
     Hand-written because ``np.ascontiguousarray(a.T)`` walks one side with a
@@ -404,9 +414,10 @@ def write_block(root: str, block: Block, values: Dict[str, np.ndarray], record: 
     (r0, r1), (c0, c1) = block.rows, block.cols
     for kind, a in values.items():
         if block.is_diag:
-            zarr.open_array(store=root, path=diag_path(block.row_set, kind), mode="r+")[r0:r1] = a
+            zarr.open_array(store=root, path=diag_path(block.row_set, kind), mode="r+",
+                            config=WRITE_CONFIG)[r0:r1] = a
             continue
-        arr = zarr.open_array(store=root, path=gram_path(block.part, kind), mode="r+")
+        arr = zarr.open_array(store=root, path=gram_path(block.part, kind), mode="r+", config=WRITE_CONFIG)
         arr[r0:r1, c0:c1] = a
         if block.mirrored:
             arr[c0:c1, r0:r1] = transpose(a)

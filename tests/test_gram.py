@@ -185,3 +185,17 @@ def test_zarr_inputs_and_image_batches(tmp_path, client):
     np.testing.assert_allclose(s.test_array()[...], kfn(xt, x, get="ntk"), rtol=1e-10)
     np.testing.assert_allclose(s.diag("train"), kfn.diag(x, get="ntk"), rtol=1e-10)
     assert s.inputs("train").shape == (11, 4, 4, 2) and s.y("train") is None
+
+
+def test_missing_arrays_are_recreated_without_touching_others(tmp_path, client):
+    """A run killed while it created the store left some arrays out: the rerun adds them."""
+    import zarr
+
+    data = make_data(tmp_path, n=20, m=6, d=3)
+    _, cfg = _run(tmp_path, data, client)
+    del zarr.open_group(cfg.store, mode="r+")["gram/test/ntk"]
+    m = Manifest(cfg.store)
+    m.delete([k for k in m.keys() if k.startswith("test-")])
+    report, _ = _run(tmp_path, data, client)
+    assert sorted(r["block"] for r in report.records) == ["test-0-0", "test-0-1"]
+    _check_equal(cfg.store, data, ["nngp", "ntk"], "float64", with_test=True)

@@ -1,0 +1,259 @@
+"""Distributed Gram engine vs the in-memory kernel, on one machine.
+
+    python benchmarks/bench_gram.py                 # n=16384, d=784, float32, 2 workers
+    python benchmarks/bench_gram.py --quick         # n=4096 (about a minute)
+
+FC ReLU depth 3 (3 × [Dense(W_std=√2, b_std=0.1), Relu] + Dense), NNGP and NTK
+in one pass. Measures:
+
+* in-memory ``kernel_fn(x, None, get=("nngp", "ntk"))`` with every core
+  (numba and BLAS threads = cores), in a fresh process: n² entries / s;
+* the Gram pipeline on a warm ``LocalCluster`` of 2 and of 1 single-threaded
+  worker processes (plus the default io thread each; and once without it),
+  end to end: input checks and fingerprints, the copy into the store, every
+  block computed, checksummed and written to Zarr, the manifest. n² stored
+  entries / s, and CPU seconds (workers + client) against the in-memory CPU
+  seconds, which is the fair comparison on a machine shared with other jobs;
+* scheduler overhead per block ((wall × slots − Σ task time) / blocks) on a
+  many-small-blocks run without io threads, and a no-op Dask round trip;
+* the store's write bandwidth per task next to ``dd`` on the same disk;
+* block size against time and worker peak memory.
+
+Each pipeline configuration runs ``--repeat`` times; the best is kept (the
+others are in the JSON). Results: ``benchmarks/results/gram.json`` (or
+``gram_quick.json``) and Markdown tables on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, print_table, save_result  # noqa: E402
+
+LAYERS = [["Dense", {"W_std": 2 ** 0.5, "b_std": 0.1}], ["Relu", {}]] * 3 + \
+         [["Dense", {"W_std": 2 ** 0.5, "b_std": 0.1}]]
+GET = ("nngp", "ntk")
+
+IN_MEMORY = """
+import json, sys, time, resource
+import numpy as np
+from ntkscale import stax
+layers, get = json.loads(sys.argv[2]), tuple(json.loads(sys.argv[3]))
+x = np.load(sys.argv[1])
+kfn = stax.from_spec(layers)[2]
+kfn(x[:64], None, get=get)                                   # JIT warm-up
+r0 = resource.getrusage(resource.RUSAGE_SELF)
+t = time.perf_counter()
+out = kfn(x, None, get=get)
+dt = time.perf_counter() - t
+r1 = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"seconds": dt, "entries_per_s": len(x) ** 2 / dt,
+                  "cpu_s": (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime),
+                  "peak_rss_mib": r1.ru_maxrss / 1024}))
+"""
+
+
+def in_memory(x_path: Path) -> Dict[str, Any]:
+    """kernel_fn on the whole x with every core, in a fresh process (its 2n² outputs
+    would otherwise count towards the workers' peak memory: Linux keeps ru_maxrss
+    across exec)."""
+    out = subprocess.run([sys.executable, "-c", IN_MEMORY, str(x_path), json.dumps(LAYERS), json.dumps(GET)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _maxrss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _cpu_s() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _config(tmp: Path, store: str, block: int, workers: int, memory: str, io_threads: int):
+    from ntkscale.config import RunConfig
+
+    raw = {"data": {"train": {"x": "x.npy"}}, "kernel": {"layers": LAYERS, "get": list(GET)},
+           "store": store, "block_size": block, "dtype": "float32",
+           "cluster": {"kind": "local", "n_workers": workers, "threads_per_worker": 1,
+                       "io_threads": io_threads, "memory_limit": memory, "dashboard_address": ":0"}}
+    return RunConfig.from_mapping(raw, tmp)
+
+
+def _warm(client: Any, cfg: Any, tmp: Path) -> None:
+    """Imports and numba JIT in every worker, on a 256-row Gram."""
+    from ntkscale.config import ArraySpec, DataConfig
+    from ntkscale.pipeline import GramPipeline
+
+    np.save(tmp / "warm.npy", np.load(tmp / "x.npy", mmap_mode="r")[:256])
+    wcfg = cfg.replace(store=str(tmp / "warm.zarr"), block_size=64,
+                       data=DataConfig(train=ArraySpec(x=str(tmp / "warm.npy"))))
+    shutil.rmtree(wcfg.store, ignore_errors=True)
+    GramPipeline(wcfg, progress=False).run(client=client)
+    shutil.rmtree(wcfg.store, ignore_errors=True)
+
+
+def pipeline_runs(tmp: Path, n: int, block: int, workers: int, memory: str, *, io_threads: int = 1,
+                  repeat: int = 1, label: str = "") -> Dict[str, Any]:
+    """``repeat`` end-to-end runs on one warm cluster; the best one, with all times."""
+    from ntkscale.cluster import open_client
+    from ntkscale.pipeline import GramPipeline
+
+    cfg = _config(tmp, f"run-{label}.zarr", block, workers, memory, io_threads)
+    t0 = time.perf_counter()
+    runs = []
+    with open_client(cfg.cluster) as client:
+        startup = time.perf_counter() - t0
+        _warm(client, cfg, tmp)
+        for _ in range(repeat):
+            shutil.rmtree(cfg.store, ignore_errors=True)
+            cpu0, ccpu0 = client.run(_cpu_s), _cpu_s()
+            t = time.perf_counter()
+            rep = GramPipeline(cfg, progress=False).run(client=client)
+            wall = time.perf_counter() - t
+            cpu = sum(v - cpu0[k] for k, v in client.run(_cpu_s).items()) + _cpu_s() - ccpu0
+            runs.append((wall, cpu, rep))
+        peak = max(client.run(_maxrss_mib).values())
+    shutil.rmtree(cfg.store, ignore_errors=True)
+    wall, cpu, rep = min(runs, key=lambda r: r[0])
+    write_s = sum(r["write_s"] for r in rep.records)
+    return {
+        "workers": workers, "io_threads": io_threads, "block_size": block, "blocks": rep.blocks_computed,
+        "seconds": wall, "all_seconds": [r[0] for r in runs], "cpu_s": cpu, "slots": rep.slots,
+        "blocks_seconds": rep.blocks_seconds, "cluster_startup_s": startup,
+        "entries_per_s": n * n / wall, "task_seconds": rep.task_seconds, "compute_s": rep.compute_seconds,
+        "compute_busy": rep.compute_seconds / (wall * rep.slots),
+        "read_s": sum(r["read_s"] for r in rep.records), "write_s": write_s,
+        "stored_gib": rep.stored_bytes / 2 ** 30,
+        "write_gib_per_s_per_task": rep.stored_bytes / write_s / 2 ** 30 if write_s else None,
+        "overhead_per_block_s": (rep.blocks_seconds * rep.slots - rep.task_seconds) / max(1, rep.blocks_computed),
+        "worker_peak_rss_mib": peak,
+    }
+
+
+def noop_round_trip(workers: int = 2, tasks: int = 2000) -> float:
+    """Seconds per trivial task (submit + schedule + run + result), per slot."""
+    from distributed import Client, LocalCluster, as_completed
+
+    with LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=":0") as c, Client(c) as cl:
+        cl.submit(lambda: None).result()
+        t = time.perf_counter()
+        for f in as_completed([cl.submit(lambda i: i, i, pure=False) for i in range(tasks)]):
+            f.result()
+        return (time.perf_counter() - t) * workers / tasks
+
+
+def dd(tmp: Path, gib: float) -> Dict[str, float]:
+    out = {}
+    count = max(1, int(gib * 16))
+    for name, extra in (("page_cache", []), ("fdatasync", ["conv=fdatasync"])):
+        path = tmp / "dd.bin"
+        t = time.perf_counter()
+        subprocess.run(["dd", "if=/dev/zero", f"of={path}", "bs=64M", f"count={count}", *extra],
+                       check=True, capture_output=True)
+        out[f"dd_{name}_gib_per_s"] = count / 16 / (time.perf_counter() - t)
+        path.unlink()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=16384)
+    ap.add_argument("--d", type=int, default=784)
+    ap.add_argument("--block", type=int, default=4096, help="block size of the main runs")
+    ap.add_argument("--sweep", default="2048,4096,8192", help="block sizes for the trade-off table")
+    ap.add_argument("--memory", default="4GiB", help="memory_limit per worker")
+    ap.add_argument("--repeat", type=int, default=2, help="runs per configuration (best kept)")
+    ap.add_argument("--quick", action="store_true", help="n=4096, block 1024, sweep 512,1024,2048")
+    ap.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
+    args = ap.parse_args()
+    if args.quick:
+        args.n, args.block, args.sweep = 4096, 1024, "512,1024,2048"
+    tmp = Path(tempfile.mkdtemp(prefix="bench_gram_", dir=args.dir))
+    say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        np.save(tmp / "x.npy", np.random.default_rng(0).standard_normal((args.n, args.d)).astype(np.float32))
+        res: Dict[str, Any] = {"machine": machine(), "n": args.n, "d": args.d, "dtype": "float32",
+                               "get": list(GET), "layers": LAYERS, "block": args.block}
+        say(f"in-memory kernel_fn on {os.cpu_count()} cores ...")
+        mem_runs = [in_memory(tmp / "x.npy") for _ in range(args.repeat)]
+        res["in_memory"] = dict(min(mem_runs, key=lambda r: r["seconds"]),
+                                all_seconds=[r["seconds"] for r in mem_runs])
+        runs: List[Dict[str, Any]] = []
+        for w, io in ((2, 1), (1, 1), (2, 0)):
+            say(f"pipeline: {w} worker(s) x 1 thread + {io} io thread, block {args.block} ...")
+            runs.append(pipeline_runs(tmp, args.n, args.block, w, args.memory, io_threads=io,
+                                      repeat=args.repeat, label=f"w{w}io{io}"))
+        res["pipeline"] = runs
+        two, one = runs[:2]
+        im = res["in_memory"]
+        res["ratio_vs_in_memory"] = two["entries_per_s"] / im["entries_per_s"]
+        res["cpu_ratio_vs_in_memory"] = im["cpu_s"] / two["cpu_s"]
+        res["speedup_2_vs_1_worker"] = two["entries_per_s"] / one["entries_per_s"]
+        sweep = []
+        for b in (int(s) for s in args.sweep.split(",")):
+            if b == args.block:
+                sweep.append(two)
+                continue
+            say(f"pipeline: 2 workers, block {b} ...")
+            sweep.append(pipeline_runs(tmp, args.n, b, 2, args.memory, label=f"b{b}"))
+        res["block_sweep"] = sweep
+        say("many small blocks (scheduler overhead) ...")
+        small_n = min(args.n, 4096)
+        np.save(tmp / "x.npy", np.random.default_rng(1).standard_normal((small_n, args.d)).astype(np.float32))
+        res["small_blocks"] = pipeline_runs(tmp, small_n, 128, 2, args.memory, io_threads=0, label="small")
+        res["noop_task_s_per_slot"] = noop_round_trip()
+        res.update(dd(tmp, min(2.0, two["stored_gib"])))
+        res["machine"]["load_1min_end"] = round(os.getloadavg()[0], 2)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    path = save_result("gram" if not args.quick else "gram_quick", res)
+    report(res)
+    print(f"\nsaved {path}")
+
+
+def report(res: Dict[str, Any]) -> None:
+    im, m = res["in_memory"], res["machine"]
+    print(f"\n## Gram engine: n={res['n']}, d={res['d']}, float32, NNGP+NTK, block {res['block']} "
+          f"({m['cores']} cores, load {m['load_1min']} -> {m['load_1min_end']})\n")
+    rows = [{"what": "in-memory kernel_fn, all cores", "wall s": im["seconds"], "CPU s": im["cpu_s"],
+             "Mentries/s": im["entries_per_s"] / 1e6}]
+    for r in res["pipeline"]:
+        rows.append({"what": f"pipeline, {r['workers']} worker(s) x 1 + {r['io_threads']} io thread",
+                     "wall s": r["seconds"], "CPU s": r["cpu_s"], "Mentries/s": r["entries_per_s"] / 1e6,
+                     "kernel busy": r["compute_busy"], "write GiB/s/task": r["write_gib_per_s_per_task"]})
+    print_table(rows, ["what", "wall s", "CPU s", "Mentries/s", "kernel busy", "write GiB/s/task"])
+    print(f"\n2 workers / in-memory: {res['ratio_vs_in_memory']:.2f} (wall), "
+          f"{res['cpu_ratio_vs_in_memory']:.2f} (CPU); 2 workers / 1 worker: {res['speedup_2_vs_1_worker']:.2f}")
+    print(f"scheduler overhead: {res['small_blocks']['overhead_per_block_s'] * 1e3:.1f} ms per block "
+          f"(B=128, {res['small_blocks']['blocks']} blocks); no-op Dask task "
+          f"{res['noop_task_s_per_slot'] * 1e3:.2f} ms per slot")
+    print(f"dd on the same disk: {res['dd_page_cache_gib_per_s']:.2f} GiB/s (page cache), "
+          f"{res['dd_fdatasync_gib_per_s']:.2f} GiB/s (fdatasync)\n")
+    print_table([{"block": r["block_size"], "blocks": r["blocks"], "wall s": r["seconds"],
+                  "Mentries/s": r["entries_per_s"] / 1e6, "kernel busy": r["compute_busy"],
+                  "task memory MiB (model)": r["block_size"] ** 2 * 4 * (len(GET) + 1) / 2 ** 20,
+                  "worker peak RSS MiB": r["worker_peak_rss_mib"]} for r in res["block_sweep"]],
+                ["block", "blocks", "wall s", "Mentries/s", "kernel busy", "task memory MiB (model)",
+                 "worker peak RSS MiB"])
+
+
+if __name__ == "__main__":
+    main()

@@ -193,6 +193,9 @@ class GramPipeline:
             actions = check_compatible(existing, want, recompute_test=self.recompute_test,
                                        replace_y=self.replace_y)
             store = GramStore.open(self.config.store, "r+")
+            if self.config.block_size and self.block_size(store.n_train, store.n_test) != store.block_size:
+                self._say(f"using the store's block size {store.block_size} (the config says "
+                          f"{self.config.block_size})")
             if "drop-test" in actions:
                 self._say(f"recomputing the test part of {store.path} (new test inputs)")
                 store.drop_part("test")
@@ -268,7 +271,8 @@ def compute_missing(store: GramStore, job: Job, cluster: Any, *, client: Any = N
         report.slots = total_threads(client)
         if job.compute_slots:   # the io threads write, they do not compute
             report.slots = min(report.slots, len(client.nthreads()) * job.compute_slots)
-        say(f"Dask dashboard: {report.dashboard or 'not served (install bokeh for it)'}")
+        say(f"Dask dashboard: {report.dashboard or 'not served'}"
+            + ("" if _has_bokeh() else " (install bokeh to see it)"))
         say(f"computing {len(pending)} of {plan.n_blocks} blocks ({report.blocks_done_before} already "
             f"finished) on {report.slots} task slots, block size {store.block_size}")
         bar = Progress(plan.n_blocks, report.blocks_done_before, plan.computed_entries(pending),
@@ -289,6 +293,12 @@ def compute_missing(store: GramStore, job: Job, cluster: Any, *, client: Any = N
                                f"{report.blocks_done_before + report.blocks_computed} finished blocks are "
                                "kept: rerun the same command to retry only the failed ones")
     return report
+
+
+def _has_bokeh() -> bool:
+    import importlib.util  # noqa: PLC0415
+
+    return importlib.util.find_spec("bokeh") is not None
 
 
 def repair(path: os.PathLike | str, cluster: Any = None, *, client: Any = None, backend: str = "auto",

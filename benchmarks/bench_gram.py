@@ -51,7 +51,7 @@ import json, sys, time, resource
 import numpy as np
 from ntkscale import stax
 layers, get = json.loads(sys.argv[2]), tuple(json.loads(sys.argv[3]))
-x = np.load(sys.argv[1])
+x = np.load(sys.argv[1], allow_pickle=False)
 kfn = stax.from_spec(layers)[2]
 kfn(x[:64], None, get=get)                                   # JIT warm-up
 r0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -102,7 +102,7 @@ def _warm(client: Any, cfg: Any, tmp: Path) -> None:
     from ntkscale.config import ArraySpec, DataConfig
     from ntkscale.pipeline import GramPipeline
 
-    np.save(tmp / "warm.npy", np.load(tmp / "x.npy", mmap_mode="r")[:256])
+    np.save(tmp / "warm.npy", np.load(tmp / "x.npy", mmap_mode="r", allow_pickle=False)[:256])
     wcfg = cfg.replace(store=str(tmp / "warm.zarr"), block_size=64,
                        data=DataConfig(train=ArraySpec(x=str(tmp / "warm.npy"))))
     shutil.rmtree(wcfg.store, ignore_errors=True)

@@ -62,8 +62,8 @@ def reference(data: Dict[str, Path], which: str = "train", layers=LAYERS) -> Dic
     from ntkscale import stax
 
     kfn = stax.from_spec(layers)[2]
-    x = np.load(data["x"])
-    x1 = np.load(data["xt"]) if which == "test" else x
+    x = np.load(data["x"], allow_pickle=False)
+    x1 = np.load(data["xt"], allow_pickle=False) if which == "test" else x
     nngp, ntk = kfn(x1, None if which == "train" else x, get=("nngp", "ntk"))
     dn, dt = kfn.diag(x1, get=("nngp", "ntk"))
     return {"nngp": nngp, "ntk": ntk, "diag_nngp": dn, "diag_ntk": dt}

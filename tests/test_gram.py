@@ -132,19 +132,22 @@ def test_changed_labels_need_replace_y(tmp_path, client):
     ("features", r"data.test.x .* per-sample shape \(4,\) but data.train.x .* has \(3,\)"),
     ("rank", r"data.train.x \(.*x.npy\) does not fit the kernel: .*2-D"),
     ("strings", r"data.train.x \(.*x.npy\) has dtype <U1"),
+    ("pickle", r"data.train.x: cannot read .*x.npy without pickle"),
 ])
 def test_bad_inputs_are_reported_before_any_work(tmp_path, damage, needle):
     data = make_data(tmp_path, n=10, m=4, d=3)
     if damage == "nan":
-        x = np.load(data["x"]); x[3, 1] = np.nan; np.save(data["x"], x)
+        x = np.load(data["x"], allow_pickle=False); x[3, 1] = np.nan; np.save(data["x"], x)
     elif damage == "inf_test":
-        x = np.load(data["xt"]); x[1, 0] = np.inf; np.save(data["xt"], x)
+        x = np.load(data["xt"], allow_pickle=False); x[1, 0] = np.inf; np.save(data["xt"], x)
     elif damage == "y_len":
         np.save(data["y"], np.zeros(9))
     elif damage == "features":
         np.save(data["xt"], np.zeros((4, 4)))
     elif damage == "rank":
         np.save(data["x"], np.zeros((10, 3, 2)))
+    elif damage == "pickle":
+        np.save(data["x"], np.array([{"a": 1}] * 10, dtype=object), allow_pickle=True)
     elif damage == "strings":
         np.save(data["x"], np.array([["a"] * 3] * 10))
     cfg = RunConfig.from_mapping(config_dict(data), tmp_path)

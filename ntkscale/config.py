@@ -231,6 +231,8 @@ class AddressClusterConfig:
     address: Optional[str] = None
     scheduler_file: Optional[str] = None
     slots: Optional[int] = None            # planning hint: task slots expected on the cluster
+    io_threads: int = 0                    # threads per worker that only write: start workers
+                                           # with --nthreads cores + io_threads
 
 
 def _local_cluster(sec: Section) -> LocalClusterConfig:
@@ -246,13 +248,14 @@ def _local_cluster(sec: Section) -> LocalClusterConfig:
 
 
 def _address_cluster(sec: Section, base: Path) -> AddressClusterConfig:
-    sec.check_keys(("kind", "address", "scheduler_file", "slots"))
+    sec.check_keys(("kind", "address", "scheduler_file", "slots", "io_threads"))
     address, sched_file = sec.string("address"), sec.string("scheduler_file")
     if (address is None) == (sched_file is None):
         raise sec.error("give exactly one of 'address' (e.g. tcp://host:8786) or 'scheduler_file'")
     if sched_file is not None:
         sched_file = str((base / sched_file).resolve())
-    return AddressClusterConfig(address=address, scheduler_file=sched_file, slots=sec.int("slots"))
+    return AddressClusterConfig(address=address, scheduler_file=sched_file, slots=sec.int("slots"),
+                                io_threads=sec.int("io_threads", 0, minimum=0))
 
 
 #: kind -> parser(section, base_dir) -> frozen config. ntkscale.cluster maps the

@@ -93,12 +93,9 @@ def task_memory(config: RunConfig) -> int:
     return DEFAULT_TASK_MEMORY
 
 
-def compute_slots(config: RunConfig) -> Optional[int]:
-    """Blocks one worker may compute at once (None: as many as it has threads)."""
-    c = config.cluster
-    if isinstance(c, LocalClusterConfig) and c.io_threads:
-        return c.threads_per_worker
-    return None
+def io_threads(config: RunConfig) -> int:
+    """Threads per worker that write finished blocks instead of computing."""
+    return int(getattr(config.cluster, "io_threads", 0) or 0)
 
 
 def planned_slots(config: RunConfig) -> int:
@@ -232,7 +229,7 @@ class GramPipeline:
                       dtype=store.dtype, backend=self.config.backend,
                       checksum=store.meta.get("checksum", DEFAULT_CHECKSUM),
                       memory_budget=task_memory(self.config) // 2, run_id=run_id,
-                      compute_slots=compute_slots(self.config))
+                      io_threads=io_threads(self.config))
             report = compute_missing(store, job, self.config.cluster, client=client,
                                      progress=self.progress, stream=self.stream)
         report.seconds = time.perf_counter() - t0
@@ -269,8 +266,8 @@ def compute_missing(store: GramStore, job: Job, cluster: Any, *, client: Any = N
                                     f"({type(exc).__name__}); start workers with `dask worker ADDRESS`") from None
         report.dashboard = dashboard_link(client)
         report.slots = total_threads(client)
-        if job.compute_slots:   # the io threads write, they do not compute
-            report.slots = min(report.slots, len(client.nthreads()) * job.compute_slots)
+        if job.io_threads:   # the io threads write, they do not compute
+            report.slots = sum(max(1, t - job.io_threads) for t in client.nthreads().values())
         say(f"Dask dashboard: {report.dashboard or 'not served'}"
             + ("" if _has_bokeh() else " (install bokeh to see it)"))
         say(f"computing {len(pending)} of {plan.n_blocks} blocks ({report.blocks_done_before} already "

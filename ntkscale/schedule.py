@@ -41,24 +41,35 @@ class Job:
     checksum: str = "crc32"
     memory_budget: Optional[int] = None
     run_id: str = ""
-    compute_slots: Optional[int] = None   # per worker process; None: no gate
+    io_threads: int = 0                   # worker threads that only write (see compute_gate)
 
 
 _GATES: Dict[int, threading.BoundedSemaphore] = {}
 _GATES_LOCK = threading.Lock()
 
 
-def compute_gate(slots: Optional[int]) -> Any:
-    """At most ``slots`` block computations at once in this worker process.
+def _worker_threads() -> int:
+    try:
+        from distributed import get_worker  # noqa: PLC0415
 
-    A worker runs ``threads_per_worker + io_threads`` tasks at once; only the
-    compute phase of a task is gated, so while one task computes, another
-    writes its finished block to the store (disk time hidden behind compute,
-    no CPU oversubscription, at most one extra block in memory per io thread).
-    Hand-written because Dask resources gate whole tasks, not a phase of one.
+        return int(get_worker().state.nthreads)
+    except (ImportError, ValueError, AttributeError):
+        return 1
+
+
+def compute_gate(io_threads: int) -> Any:
+    """At most ``nthreads - io_threads`` block computations at once in this worker.
+
+    A worker with ``threads_per_worker + io_threads`` Dask threads runs that
+    many block tasks at once; only their compute phase is gated, so while
+    some tasks compute, the others write their finished blocks to the store
+    (disk time hidden behind compute, no CPU oversubscription, at most
+    ``io_threads`` extra blocks in memory). Hand-written because Dask
+    resources gate whole tasks, not one phase of a task.
     """
-    if not slots:
+    if not io_threads:
         return contextlib.nullcontext()
+    slots = max(1, _worker_threads() - io_threads)
     with _GATES_LOCK:
         return _GATES.setdefault(slots, threading.BoundedSemaphore(slots))
 
@@ -105,7 +116,7 @@ def run_block(job: Job, block: Block, token: str) -> Dict[str, Any]:
     x_rows = rows(block.row_set, block.rows)
     x_cols = None if block.is_diag or block.symmetric else rows("train", block.cols)
     t_read = time.perf_counter()
-    with compute_gate(job.compute_slots):
+    with compute_gate(job.io_threads):
         t1 = time.perf_counter()
         if block.is_diag:
             values = compute_diag(kernel_fn, x_rows, get=job.get, dtype=job.dtype, xp=xp)

@@ -43,7 +43,7 @@ def scheduler(tmp_path):
     try:
         wait_for(sched_file.exists, timeout=60, what="the scheduler file")
         procs.append(_start(["worker", "--scheduler-file", str(sched_file), "--nworkers", "2",
-                             "--nthreads", "1", "--memory-limit", "1GiB", "--no-dashboard"],
+                             "--nthreads", "2", "--memory-limit", "1GiB", "--no-dashboard"],
                             tmp_path / "worker.log"))
         yield sched_file
     finally:
@@ -54,10 +54,12 @@ def scheduler(tmp_path):
 def test_address_cluster_gives_the_same_gram(tmp_path, scheduler, capsys):
     data = make_data(tmp_path, n=50, m=15, d=6)
     address = json.loads(scheduler.read_text())["address"]
-    cfg = write_config(tmp_path, config_dict(data, cluster={"kind": "address", "address": address}))
+    cfg = write_config(tmp_path, config_dict(data, cluster={"kind": "address", "address": address,
+                                                              "io_threads": 1}))
     r = cli("gram", str(cfg), "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
+    # 2 workers x 2 threads, one of which only writes: 2 compute slots
     assert report["blocks_computed"] == report["blocks_total"] and report["slots"] == 2
     s = GramStore.open(tmp_path / "run.zarr")
     ref, reft = reference(data), reference(data, "test")

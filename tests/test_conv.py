@@ -18,20 +18,24 @@ from ntkscale.errors import InputError, SpecError, UnsupportedOptionError
 from ntkscale.stax import conv_eval
 
 REFERENCE = Path(__file__).parent / "reference" / "nt_reference.npz"
+EXTRA = Path(__file__).parent / "reference" / "nt_conv_extra.npz"  # generate_nt_conv_extra.py
 _DATA = np.load(REFERENCE) if REFERENCE.exists() else None
+_EXTRA = np.load(EXTRA) if EXTRA.exists() else None
 CONV_CASES = sorted(
     k[:-len("__spec")] for k in (_DATA.files if _DATA is not None else [])
     if k.endswith("__spec") and (k.startswith("conv") or k.startswith("myrtle"))
 )
+EXTRA_CASES = json.loads(str(_EXTRA["__cases__"])) if _EXTRA is not None else []
 SQRT2 = math.sqrt(2.0)
 needs_reference = pytest.mark.skipif(_DATA is None, reason="reference file missing")
 
 
-def load_case(name):
-    spec = json.loads(str(_DATA[f"{name}__spec"]))
-    x1 = _DATA[f"{name}__x1"]
-    x2 = None if int(_DATA[f"{name}__x2_is_none"]) else _DATA[f"{name}__x2"]
-    return spec, x1, x2, _DATA[f"{name}__nngp"], _DATA[f"{name}__ntk"]
+def load_case(name, data=None):
+    data = _DATA if data is None else data
+    spec = json.loads(str(data[f"{name}__spec"]))
+    x1 = data[f"{name}__x1"]
+    x2 = None if int(data[f"{name}__x2_is_none"]) else data[f"{name}__x2"]
+    return spec, x1, x2, data[f"{name}__nngp"], data[f"{name}__ntk"]
 
 
 def assert_close_to_nt(out, ref, self_pairs):
@@ -69,6 +73,23 @@ def test_conv_against_neural_tangents(name, fast):
     self_pairs = np.eye(*nngp.shape, dtype=bool) if x2 is None else np.zeros(nngp.shape, bool)
     assert_close_to_nt(out[0], nngp, self_pairs)
     assert_close_to_nt(out[1], ntk, self_pairs)
+
+
+@pytest.mark.skipif(_EXTRA is None, reason="extra reference file missing")
+@pytest.mark.parametrize("name", EXTRA_CASES)
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])
+def test_conv_extra_cases_against_neural_tangents(name, fast):
+    """normalize_edges, CIRCULAR/strided pooling, Dense and activations on
+    images, flat activations after pooling, Myrtle-7, ... (x1[2] = −x1[0]/2:
+    anti-parallel images, compared like self pairs)."""
+    spec, x1, x2, nngp, ntk = load_case(name, _EXTRA)
+    out = stax.from_spec(spec)[2](x1, x2, ("nngp", "ntk"), fast=fast)
+    loose = np.zeros(nngp.shape, bool)
+    if x2 is None:
+        loose |= np.eye(*nngp.shape, dtype=bool)
+        loose[0, 2] = loose[2, 0] = True
+    assert_close_to_nt(out[0], nngp, loose)
+    assert_close_to_nt(out[1], ntk, loose)
 
 
 @needs_reference

@@ -24,6 +24,11 @@ from .store import GramStore, StoreError, input_path
 def status(path: os.PathLike | str) -> Dict[str, Any]:
     """Progress of a store: blocks done/total per part, the running run (if any),
     its rate and an ETA. Never writes."""
+    if not GramStore.is_store(path):
+        holder = lock_holder(path)
+        if holder is not None:   # a first run is creating the store right now
+            return {"store": str(path), "running": True, "holder": holder, "state": "creating",
+                    "blocks_done": 0, "blocks_total": None, "complete": False}
     store = GramStore.open(path, "r")
     plan = store.plan()
     keys = store.manifest.keys()
@@ -34,6 +39,7 @@ def status(path: os.PathLike | str) -> Dict[str, Any]:
     holder = lock_holder(store.path)
     out: Dict[str, Any] = {
         "store": str(store.path), "running": holder is not None, "holder": holder,
+        "state": "running" if holder is not None else "idle",
         "blocks_done": done, "blocks_total": plan.n_blocks, "complete": done == plan.n_blocks,
         "parts": parts, "n_train": store.n_train, "n_test": store.n_test,
         "block_size": store.block_size, "dtype": store.dtype, "get": list(store.kinds),

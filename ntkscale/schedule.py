@@ -161,7 +161,7 @@ class Progress:
         eta = (self.entries_todo - self.entries_done) / rate if rate > 0 else float("nan")
         pct = 100.0 * self.done / max(1, self.total)
         return (f"blocks {self.done}/{self.total} ({pct:.0f}%)  {rate:.3g} entries/s  "
-                f"elapsed {_hms(elapsed)}  ETA {_hms(eta) if frac < 1 else '0:00:00'}")
+                f"elapsed {_hms(elapsed)}  ETA {_hms(eta) if 0.01 <= frac < 1 else '0:00:00' if frac >= 1 else '?'}")
 
     def update(self, record: Optional[Dict[str, Any]]) -> None:
         self.done += 1

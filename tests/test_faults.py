@@ -16,7 +16,7 @@ from ntkscale.maintenance import verify
 from ntkscale.schedule import FAULT_DELAY_ENV
 from ntkscale.store import GramStore
 
-from .gram_util import (LAYERS, cli, config_dict, kill_group, make_data, manifest_keys, reference,
+from .gram_util import (LAYERS, cli, config_dict, kill_group, make_data, reference,
                         snapshot, start_cli, status_json, wait_for, write_config)
 
 pytestmark = pytest.mark.timeout(240)
@@ -94,15 +94,14 @@ def test_sigkill_a_worker_mid_run_completes_with_the_same_gram(world):
         workers = wait_for(lambda: _worker_processes(proc.pid), what="worker processes")
         assert len(workers) == 2
         os.kill(workers[0].pid, signal.SIGKILL)
+        st = status_json(store)
+        assert st["running"] and st["blocks_done"] < st["blocks_total"]      # killed mid-run
         assert proc.wait(timeout=180) == 0, (tmp / "killworker.log").read_text()
     finally:
         kill_group(proc)
     st = status_json(store)
     assert st["complete"] and not st["running"]
-    # the nanny restarted the killed worker: blocks were finished by 3 worker addresses
-    workers_seen = {GramStore.open(store).manifest.get(k).get("worker") for k in manifest_keys(store)
-                    if not k.startswith("inputs-")}
-    assert len(workers_seen) >= 3
+    assert "Restarting worker" in (tmp / "killworker.log").read_text()   # the nanny replaced it
     assert verify(store)["clean"]
     _assert_same(store, world[3])
 

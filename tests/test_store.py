@@ -184,8 +184,12 @@ def test_compatibility_add_test_and_get_superset(tmp_path):
 
 
 def test_lock_refuses_a_second_holder_and_names_it(tmp_path):
+    from ntkscale.maintenance import status
+
     root = tmp_path / "s.zarr"
     with StoreLock(root, command="ntkscale gram a.yaml"):
+        st = status(root)            # the first run is still creating the store
+        assert st["state"] == "creating" and st["holder"]["command"] == "ntkscale gram a.yaml"
         holder = lock_holder(root)
         assert holder["pid"] == os.getpid() and holder["command"] == "ntkscale gram a.yaml"
         with pytest.raises(StoreBusyError, match=r"in use by pid \d+ .*ntkscale gram a.yaml"):

@@ -182,6 +182,9 @@ def status_cmd(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(info)
         return 0
+    if info["state"] == "creating":
+        print(f"store      {info['store']}\nstate      being created by {describe_holder(info['holder'])}")
+        return 0
     pct = 100.0 * info["blocks_done"] / max(1, info["blocks_total"])
     print(f"store      {info['store']}")
     print(f"state      {'running: ' + describe_holder(info['holder']) if info['running'] else 'idle'}"

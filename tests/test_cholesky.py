@@ -131,3 +131,18 @@ def test_agrees_with_dask_array_linalg_cholesky():
         warnings.simplefilter("error")
         f = TiledCholesky(k, _group(), tile=50).factor()
     np.testing.assert_allclose(f.L[...], ref, atol=1e-12)
+
+
+def test_distributed_factor_and_solve_on_workers(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    k = spd(260, 80)
+    a = zarr.create_array(str(tmp_path / "k.zarr"), shape=k.shape, chunks=(64, 64), dtype="f8")
+    a[:] = k
+    b = np.random.default_rng(2).standard_normal((260, 3))
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  memory_limit="512MiB") as cluster, distributed.Client(cluster) as client:
+        f = TiledCholesky(a, _group(tmp_path), tile=64, ridge=1e-3, client=client).factor()
+        assert f.tiles_computed == 15
+        np.testing.assert_allclose(f.solve(b), reference(k, b, 1e-3), rtol=1e-8, atol=1e-10)
+        with pytest.raises(InputError, match="Zarr array"):
+            TiledCholesky(k, _group(), tile=64, client=client).factor()

@@ -25,7 +25,8 @@ Three steps, all pure (no I/O):
    pair: results are identical for every budget.
 
 ``fast=True`` on NumPy float inputs hands supported networks to the compiled
-path ``conv_fast`` (tested for parity against this one).
+path ``conv_fast`` (tested for parity against this one), on CuPy inputs to
+the CUDA path ``conv_cupy``.
 """
 
 from __future__ import annotations
@@ -350,6 +351,12 @@ def evaluate_image_diagonal(layers: List[LayerImpl], x: Any, xp: Any, *, want_nt
         if conv_fast.supports(layers, plan, x, xp):
             return conv_fast.evaluate_diagonal(layers, plan, x, want_ntk=want_ntk,
                                                memory_budget=memory_budget)
+        if _is_cupy(xp):
+            from . import conv_cupy  # noqa: PLC0415
+
+            if conv_cupy.supports(layers, plan, x, xp):
+                return conv_cupy.evaluate_diagonal(layers, plan, x, want_ntk=want_ntk,
+                                                   memory_budget=memory_budget)
     _, out = self_trajectory(layers, plan, x, xp, memory_budget, want_ntk=want_ntk)
     if want_ntk and not hasattr(out["ntk"], "shape"):
         out["ntk"] = xp.zeros_like(out["nngp"]) + out["ntk"]

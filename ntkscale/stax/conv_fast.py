@@ -613,10 +613,8 @@ def _image_end(layers: List[LayerImpl], plan: ImagePlan) -> int:
     raise AssertionError("image plan without a flat output")  # pragma: no cover
 
 
-def supports(layers: List[LayerImpl], plan: ImagePlan, x1: Any, xp: Any) -> bool:
-    """True when the compiled slab path handles this network and input."""
-    if not isinstance(x1, np.ndarray) or x1.dtype not in (np.float32, np.float64):
-        return False
+def network_supported(layers: List[LayerImpl], plan: ImagePlan) -> bool:
+    """True for the networks the slab formulation covers (any backend)."""
     end = _image_end(layers, plan)
     if not isinstance(layers[end], (GlobalAvgPoolImpl, FlattenImpl)):
         return False
@@ -634,6 +632,13 @@ def supports(layers: List[LayerImpl], plan: ImagePlan, x1: Any, xp: Any) -> bool
                 if h % layer.strides[0] or w % layer.strides[1]:
                     return False
     return True
+
+
+def supports(layers: List[LayerImpl], plan: ImagePlan, x1: Any, xp: Any) -> bool:
+    """True when the compiled CPU slab path handles this network and input."""
+    if not isinstance(x1, np.ndarray) or x1.dtype not in (np.float32, np.float64):
+        return False
+    return network_supported(layers, plan)
 
 
 class _Program:
@@ -734,24 +739,34 @@ class _Program:
         self.fpar = self.fpar.astype(dtype)
 
 
-def _variances(layers: List[LayerImpl], prog: _Program, plan: ImagePlan, x: np.ndarray) -> np.ndarray:
+def _module(x: Any) -> Any:
+    """The raw array module of ``x`` (numpy or cupy) for allocation/indexing."""
+    if isinstance(x, np.ndarray):
+        return np
+    import cupy  # noqa: PLC0415
+
+    return cupy
+
+
+def _variances(layers: List[LayerImpl], prog: _Program, plan: ImagePlan, x: Any,
+               xp: Any = None) -> Any:
     """Per-pixel self-variance entering every activation, ``(n, nvar)``:
-    the diagonal-only self recursion (exact without pooling)."""
+    the diagonal-only self recursion (exact without pooling), run by the
+    reference layer code on namespace ``xp``."""
+    xp = np if xp is None else xp
+    mod = _module(x)
     n = x.shape[0]
-    out = np.empty((n, max(prog.nvar, 1)), x.dtype)
-    var = np.sum(x * x, axis=-1) / x.shape[-1]
+    out = mod.empty((n, max(prog.nvar, 1)), x.dtype)
+    var = xp.sum(x * x, axis=-1) / x.shape[-1]
     state = KernelState(nngp=var, ntk=None, var1=var, var2=None, diagonal_batch=True,
                         width=int(x.shape[-1]), spatial=plan.hw[0], diagonal_spatial=True)
     voff = 0
     for l in range(prog.end):
         if l in prog.act_layers:
             h, w = plan.hw[l]
-            out[:, voff:voff + h * w] = np.reshape(state.var1, (n, h * w))
+            out[:, voff:voff + h * w] = xp.reshape(state.var1, (n, h * w))
             voff += h * w
-        layer = layers[l]
-        if prog.ops[l, C_STD] and state.width is None:
-            state = state.replace(width=1)  # only the NTK depends on widths
-        state = layer.kernel(state, np)
+        state = layers[l].kernel(state, xp)   # (Θ is not tracked here: widths unused)
         state = state.replace(var1=state.nngp)
     return out
 
@@ -812,17 +827,17 @@ def _pair_chunks(n1: int, n2: int, symmetric: bool, chunk: int):
         r0 = r1
 
 
-def _tail(layers: List[LayerImpl], prog: _Program, k: np.ndarray, t: Optional[np.ndarray],
-          var1: np.ndarray, var2: Optional[np.ndarray], diagonal_batch: bool,
-          want_ntk: bool) -> Dict[str, Any]:
+def _tail(layers: List[LayerImpl], prog: _Program, k: Any, t: Optional[Any], var1: Any,
+          var2: Optional[Any], diagonal_batch: bool, want_ntk: bool, xp: Any) -> Dict[str, Any]:
+    """The flat layers after GlobalAvgPool/Flatten (reference code)."""
     state = KernelState(nngp=k, ntk=t if want_ntk else None, var1=var1, var2=var2,
                         diagonal_batch=diagonal_batch, width=prog.width_out)
     for layer in layers[prog.end + 1:]:
-        state = layer.kernel(state, np)
+        state = layer.kernel(state, xp)
     out = {"nngp": state.nngp}
     if want_ntk:
         ntk = state.ntk
-        out["ntk"] = ntk if hasattr(ntk, "shape") else np.zeros_like(state.nngp) + ntk
+        out["ntk"] = ntk if hasattr(ntk, "shape") else xp.zeros_like(state.nngp) + ntk
     return out
 
 
@@ -830,26 +845,31 @@ def _needs_tail_variances(layers: List[LayerImpl], prog: _Program) -> bool:
     return any(isinstance(layer, Elementwise) for layer in layers[prog.end + 1:])
 
 
-def _self_values(prog: _Program, x: np.ndarray, v: np.ndarray, want_ntk: bool):
-    idx = np.arange(x.shape[0], dtype=np.int64)
-    return _run_pairs(prog, x, x, v, v, idx, idx, want_ntk)
+def evaluate(layers: List[LayerImpl], plan: ImagePlan, x1: Any, x2: Optional[Any], *,
+             want_ntk: bool, memory_budget: int, xp: Any = None, run_pairs: Any = None,
+             dtype_out: Any = None) -> Dict[str, Any]:
+    """All pairs of x1 and x2 (x2=None: x1, upper triangle mirrored).
 
-
-def evaluate(layers: List[LayerImpl], plan: ImagePlan, x1: np.ndarray, x2: Optional[np.ndarray], *,
-             want_ntk: bool, memory_budget: int) -> Dict[str, Any]:
-    """All pairs of x1 and x2 (x2=None: x1, upper triangle mirrored)."""
+    ``run_pairs(prog, x1, x2, v1, v2, pi, pj, want_ntk) -> (k, t)`` computes
+    the pooled entries of a list of pairs (default: the numba kernel; the
+    CuPy path passes its CUDA kernel); ``xp`` is the namespace of the inputs.
+    """
+    xp = np if xp is None else xp
+    run_pairs = _run_pairs if run_pairs is None else run_pairs
+    mod = _module(x1)
     symmetric = x2 is None
-    x1 = np.ascontiguousarray(x1)
-    x2f = x1 if symmetric else np.ascontiguousarray(x2)
-    prog = _Program(layers, plan, x1.dtype)
-    v1 = _variances(layers, prog, plan, x1)
-    v2 = v1 if symmetric else _variances(layers, prog, plan, x2f)
+    x1 = mod.ascontiguousarray(x1)
+    x2f = x1 if symmetric else mod.ascontiguousarray(x2)
+    prog = _Program(layers, plan, np.dtype(str(x1.dtype)))
+    v1 = _variances(layers, prog, plan, x1, xp)
+    v2 = v1 if symmetric else _variances(layers, prog, plan, x2f, xp)
     n1, n2 = x1.shape[0], x2f.shape[0]
-    k = np.empty((n1, n2), x1.dtype)
-    t = np.empty((n1, n2), x1.dtype) if want_ntk else None
+    k = mod.empty((n1, n2), x1.dtype)
+    t = mod.empty((n1, n2), x1.dtype) if want_ntk else None
     chunk = int(max(LANES_MAX, min(CHUNK_PAIRS, memory_budget // 64)))
     for pi, pj in _pair_chunks(n1, n2, symmetric, chunk):
-        ok, ot = _run_pairs(prog, x1, x2f, v1, v2, pi, pj, want_ntk)
+        pi, pj = mod.asarray(pi), mod.asarray(pj)
+        ok, ot = run_pairs(prog, x1, x2f, v1, v2, pi, pj, want_ntk)
         k[pi, pj] = ok
         if symmetric:
             k[pj, pi] = ok
@@ -857,24 +877,31 @@ def evaluate(layers: List[LayerImpl], plan: ImagePlan, x1: np.ndarray, x2: Optio
             t[pi, pj] = ot
             if symmetric:
                 t[pj, pi] = ot
-    tail_var1 = tail_var2 = None
     if _needs_tail_variances(layers, prog):
-        tail_var1 = np.diagonal(k).copy() if symmetric else _self_values(prog, x1, v1, False)[0]
-        tail_var2 = tail_var1 if symmetric else _self_values(prog, x2f, v2, False)[0]
+        idx1 = mod.arange(n1, dtype=mod.int64)
+        tail_var1 = (k[idx1, idx1].copy() if symmetric
+                     else run_pairs(prog, x1, x1, v1, v1, idx1, idx1, False)[0])
+        idx2 = mod.arange(n2, dtype=mod.int64)
+        tail_var2 = tail_var1 if symmetric else run_pairs(prog, x2f, x2f, v2, v2, idx2, idx2,
+                                                          False)[0]
     else:
-        tail_var1 = np.zeros(n1, x1.dtype)
-        tail_var2 = np.zeros(n2, x1.dtype)
-    return _tail(layers, prog, k, t, tail_var1, tail_var2, False, want_ntk)
+        tail_var1 = mod.zeros(n1, x1.dtype)
+        tail_var2 = mod.zeros(n2, x1.dtype)
+    return _tail(layers, prog, k, t, tail_var1, tail_var2, False, want_ntk, xp)
 
 
-def evaluate_diagonal(layers: List[LayerImpl], plan: ImagePlan, x: np.ndarray, *,
-                      want_ntk: bool, memory_budget: int) -> Dict[str, Any]:
+def evaluate_diagonal(layers: List[LayerImpl], plan: ImagePlan, x: Any, *, want_ntk: bool,
+                      memory_budget: int, xp: Any = None, run_pairs: Any = None) -> Dict[str, Any]:
     """``k(x_i, x_i)`` for every image."""
-    x = np.ascontiguousarray(x)
-    prog = _Program(layers, plan, x.dtype)
-    v = _variances(layers, prog, plan, x)
-    k, t = _self_values(prog, x, v, want_ntk)
-    return _tail(layers, prog, k, t, k.copy(), None, True, want_ntk)
+    xp = np if xp is None else xp
+    run_pairs = _run_pairs if run_pairs is None else run_pairs
+    mod = _module(x)
+    x = mod.ascontiguousarray(x)
+    prog = _Program(layers, plan, np.dtype(str(x.dtype)))
+    v = _variances(layers, prog, plan, x, xp)
+    idx = mod.arange(x.shape[0], dtype=mod.int64)
+    k, t = run_pairs(prog, x, x, v, v, idx, idx, want_ntk)
+    return _tail(layers, prog, k, t, k.copy(), None, True, want_ntk, xp)
 
 
 def flops_per_pair(layers: List[LayerImpl], plan: ImagePlan) -> float:

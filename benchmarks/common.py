@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
+# NTKSCALE_BENCH_RESULTS redirects every script's result files (the suite and its tests use it).
+RESULTS = Path(os.environ.get("NTKSCALE_BENCH_RESULTS", HERE / "results"))
 NT_VENV = Path(os.environ.get("NT_VENV", Path.home() / ".cache" / "ntkscale" / "nt-venv"))
 
 
@@ -63,7 +64,7 @@ def run_nt(args: List[str], timeout: float = 1800) -> Dict[str, Any]:
 
 
 def save_result(name: str, result: Dict[str, Any]) -> Path:
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2, default=float) + "\n")
     return path

@@ -16,6 +16,8 @@ in one pass. Measures:
   seconds, which is the fair comparison on a machine shared with other jobs;
 * scheduler overhead per block ((wall × slots − Σ task time) / blocks) on a
   many-small-blocks run without io threads, and a no-op Dask round trip;
+* the same 1- and 2-worker runs with the store on tmpfs (``--shm``), which
+  takes the disk out and shows how the compute scales;
 * the store's write bandwidth per task next to ``dd`` on the same disk;
 * block size against time and worker peak memory.
 
@@ -110,32 +112,26 @@ def _warm(client: Any, cfg: Any, tmp: Path) -> None:
     shutil.rmtree(wcfg.store, ignore_errors=True)
 
 
-def pipeline_runs(tmp: Path, n: int, block: int, workers: int, memory: str, *, io_threads: int = 1,
-                  repeat: int = 1, label: str = "") -> Dict[str, Any]:
-    """``repeat`` end-to-end runs on one warm cluster; the best one, with all times."""
-    from ntkscale.cluster import open_client
+def _one_run(client: Any, cfg: Any) -> tuple:
     from ntkscale.pipeline import GramPipeline
 
-    cfg = _config(tmp, f"run-{label}.zarr", block, workers, memory, io_threads)
-    t0 = time.perf_counter()
-    runs = []
-    with open_client(cfg.cluster) as client:
-        startup = time.perf_counter() - t0
-        _warm(client, cfg, tmp)
-        for _ in range(repeat):
-            shutil.rmtree(cfg.store, ignore_errors=True)
-            cpu0, ccpu0 = client.run(_cpu_s), _cpu_s()
-            t = time.perf_counter()
-            rep = GramPipeline(cfg, progress=False).run(client=client)
-            wall = time.perf_counter() - t
-            cpu = sum(v - cpu0[k] for k, v in client.run(_cpu_s).items()) + _cpu_s() - ccpu0
-            runs.append((wall, cpu, rep))
-        peak = max(client.run(_maxrss_mib).values())
     shutil.rmtree(cfg.store, ignore_errors=True)
+    cpu0, ccpu0 = client.run(_cpu_s), _cpu_s()
+    t = time.perf_counter()
+    rep = GramPipeline(cfg, progress=False).run(client=client)
+    wall = time.perf_counter() - t
+    cpu = sum(v - cpu0[k] for k, v in client.run(_cpu_s).items()) + _cpu_s() - ccpu0
+    shutil.rmtree(cfg.store, ignore_errors=True)
+    return wall, cpu, rep
+
+
+def _summary(n: int, cfg: Any, runs: List[tuple], startup: float, peak: float) -> Dict[str, Any]:
     wall, cpu, rep = min(runs, key=lambda r: r[0])
+    c = cfg.cluster
     write_s = sum(r["write_s"] for r in rep.records)
     return {
-        "workers": workers, "io_threads": io_threads, "block_size": block, "blocks": rep.blocks_computed,
+        "workers": c.n_workers, "io_threads": c.io_threads, "block_size": cfg.block_size,
+        "blocks": rep.blocks_computed, "store_dir": str(Path(cfg.store).parent),
         "seconds": wall, "all_seconds": [r[0] for r in runs], "cpu_s": cpu, "slots": rep.slots,
         "blocks_seconds": rep.blocks_seconds, "cluster_startup_s": startup,
         "entries_per_s": n * n / wall, "task_seconds": rep.task_seconds, "compute_s": rep.compute_seconds,
@@ -146,6 +142,46 @@ def pipeline_runs(tmp: Path, n: int, block: int, workers: int, memory: str, *, i
         "overhead_per_block_s": (rep.blocks_seconds * rep.slots - rep.task_seconds) / max(1, rep.blocks_computed),
         "worker_peak_rss_mib": peak,
     }
+
+
+def interleaved(tmp: Path, n: int, cfgs: List[Any], repeat: int, x_path: Path) -> tuple:
+    """Warm clusters for every config at once, then ``repeat`` rounds of
+    [in-memory, config 1, config 2, ...]: on a shared machine the load drifts,
+    and interleaving gives every variant the same drift. Best of each kept."""
+    import contextlib
+
+    from ntkscale.cluster import open_client
+
+    with contextlib.ExitStack() as stack:
+        clients, startups = [], []
+        for cfg in cfgs:
+            t0 = time.perf_counter()
+            clients.append(stack.enter_context(open_client(cfg.cluster)))
+            startups.append(time.perf_counter() - t0)
+            _warm(clients[-1], cfg, tmp)
+        mem_runs, runs = [], [[] for _ in cfgs]
+        for _ in range(repeat):
+            mem_runs.append(in_memory(x_path))
+            for k, (client, cfg) in enumerate(zip(clients, cfgs)):
+                runs[k].append(_one_run(client, cfg))
+        peaks = [max(c.run(_maxrss_mib).values()) for c in clients]
+    mem = dict(min(mem_runs, key=lambda r: r["seconds"]), all_seconds=[r["seconds"] for r in mem_runs])
+    return mem, [_summary(n, cfg, r, st, pk) for cfg, r, st, pk in zip(cfgs, runs, startups, peaks)]
+
+
+def pipeline_runs(tmp: Path, n: int, block: int, workers: int, memory: str, *, io_threads: int = 1,
+                  repeat: int = 1, label: str = "") -> Dict[str, Any]:
+    """``repeat`` end-to-end runs on one warm cluster; the best one, with all times."""
+    from ntkscale.cluster import open_client
+
+    cfg = _config(tmp, f"run-{label}.zarr", block, workers, memory, io_threads)
+    t0 = time.perf_counter()
+    with open_client(cfg.cluster) as client:
+        startup = time.perf_counter() - t0
+        _warm(client, cfg, tmp)
+        runs = [_one_run(client, cfg) for _ in range(repeat)]
+        peak = max(client.run(_maxrss_mib).values())
+    return _summary(n, cfg, runs, startup, peak)
 
 
 def noop_round_trip(workers: int = 2, tasks: int = 2000) -> float:
@@ -183,6 +219,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="runs per configuration (best kept)")
     ap.add_argument("--quick", action="store_true", help="n=4096, block 1024, sweep 512,1024,2048")
     ap.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
+    ap.add_argument("--shm", default="/dev/shm", help="tmpfs for the disk-free scaling runs ('' to skip)")
     args = ap.parse_args()
     if args.quick:
         args.n, args.block, args.sweep = 4096, 1024, "512,1024,2048"
@@ -192,21 +229,31 @@ def main() -> None:
         np.save(tmp / "x.npy", np.random.default_rng(0).standard_normal((args.n, args.d)).astype(np.float32))
         res: Dict[str, Any] = {"machine": machine(), "n": args.n, "d": args.d, "dtype": "float32",
                                "get": list(GET), "layers": LAYERS, "block": args.block}
-        say(f"in-memory kernel_fn on {os.cpu_count()} cores ...")
-        mem_runs = [in_memory(tmp / "x.npy") for _ in range(args.repeat)]
-        res["in_memory"] = dict(min(mem_runs, key=lambda r: r["seconds"]),
-                                all_seconds=[r["seconds"] for r in mem_runs])
-        runs: List[Dict[str, Any]] = []
-        for w, io in ((2, 1), (1, 1), (2, 0)):
-            say(f"pipeline: {w} worker(s) x 1 thread + {io} io thread, block {args.block} ...")
-            runs.append(pipeline_runs(tmp, args.n, args.block, w, args.memory, io_threads=io,
-                                      repeat=args.repeat, label=f"w{w}io{io}"))
-        res["pipeline"] = runs
+        say(f"in-memory kernel_fn and the pipeline, interleaved, {args.repeat} rounds ...")
+        shm = Path(tempfile.mkdtemp(prefix="bench_gram_", dir=args.shm)) if args.shm else None
+        try:
+            cfgs = [_config(tmp, f"run-w{w}io{io}.zarr", args.block, w, args.memory, io)
+                    for w, io in ((2, 1), (1, 1), (2, 0))]
+            if shm is not None:
+                # The same runs with the store in memory (tmpfs): the disk out of the way,
+                # so 1 -> 2 workers shows how the compute scales.
+                cfgs += [_config(tmp, str(shm / f"run-shm{w}.zarr"), args.block, w, args.memory, 1)
+                         for w in (2, 1)]
+            res["in_memory"], runs = interleaved(tmp, args.n, cfgs, args.repeat, tmp / "x.npy")
+        finally:
+            if shm is not None:
+                shutil.rmtree(shm, ignore_errors=True)
+        res["pipeline"], res["tmpfs"] = runs[:3], runs[3:]
         two, one = runs[:2]
         im = res["in_memory"]
         res["ratio_vs_in_memory"] = two["entries_per_s"] / im["entries_per_s"]
         res["cpu_ratio_vs_in_memory"] = im["cpu_s"] / two["cpu_s"]
         res["speedup_2_vs_1_worker"] = two["entries_per_s"] / one["entries_per_s"]
+        res["cpu_per_entry_1_vs_2_workers"] = one["cpu_s"] / two["cpu_s"]
+        if res["tmpfs"]:
+            res["tmpfs_speedup_2_vs_1_worker"] = (res["tmpfs"][0]["entries_per_s"]
+                                                  / res["tmpfs"][1]["entries_per_s"])
+            res["tmpfs_ratio_vs_in_memory"] = res["tmpfs"][0]["entries_per_s"] / im["entries_per_s"]
         sweep = []
         for b in (int(s) for s in args.sweep.split(",")):
             if b == args.block:
@@ -235,13 +282,18 @@ def report(res: Dict[str, Any]) -> None:
           f"({m['cores']} cores, load {m['load_1min']} -> {m['load_1min_end']})\n")
     rows = [{"what": "in-memory kernel_fn, all cores", "wall s": im["seconds"], "CPU s": im["cpu_s"],
              "Mentries/s": im["entries_per_s"] / 1e6}]
-    for r in res["pipeline"]:
-        rows.append({"what": f"pipeline, {r['workers']} worker(s) x 1 + {r['io_threads']} io thread",
+    for r in res["pipeline"] + res.get("tmpfs", []):
+        where = ", store on tmpfs" if r in res.get("tmpfs", []) else ""
+        rows.append({"what": f"pipeline, {r['workers']} worker(s) x 1 + {r['io_threads']} io thread{where}",
                      "wall s": r["seconds"], "CPU s": r["cpu_s"], "Mentries/s": r["entries_per_s"] / 1e6,
                      "kernel busy": r["compute_busy"], "write GiB/s/task": r["write_gib_per_s_per_task"]})
     print_table(rows, ["what", "wall s", "CPU s", "Mentries/s", "kernel busy", "write GiB/s/task"])
     print(f"\n2 workers / in-memory: {res['ratio_vs_in_memory']:.2f} (wall), "
-          f"{res['cpu_ratio_vs_in_memory']:.2f} (CPU); 2 workers / 1 worker: {res['speedup_2_vs_1_worker']:.2f}")
+          f"{res['cpu_ratio_vs_in_memory']:.2f} (CPU s); 2 workers / 1 worker: {res['speedup_2_vs_1_worker']:.2f} "
+          f"(wall), CPU s of 1 worker / 2 workers {res['cpu_per_entry_1_vs_2_workers']:.2f}")
+    if res.get("tmpfs"):
+        print(f"store on tmpfs: 2 workers / in-memory {res['tmpfs_ratio_vs_in_memory']:.2f}, "
+              f"2 workers / 1 worker {res['tmpfs_speedup_2_vs_1_worker']:.2f}")
     print(f"scheduler overhead: {res['small_blocks']['overhead_per_block_s'] * 1e3:.1f} ms per block "
           f"(B=128, {res['small_blocks']['blocks']} blocks); no-op Dask task "
           f"{res['noop_task_s_per_slot'] * 1e3:.2f} ms per slot")

@@ -207,6 +207,7 @@ class GramPipeline:
                     fps = dict(store.meta["fingerprints"])
                     fps[which] = dict(fps[which], y=want["fingerprints"][which]["y"])
                     store.set_meta(fingerprints=fps)
+        store.remove_partial_writes()        # chunk writes cut short by a killed run
         for part in ("train", "test") if store.n_test else ("train",):
             store.ensure_part_arrays(part)   # a run killed while creating the store
         keys = store.manifest.keys()

@@ -330,6 +330,22 @@ class GramStore:
         """Create a part's missing arrays (a run killed while creating the store)."""
         self.create_part_arrays(part, only_missing=True)
 
+    def remove_partial_writes(self) -> int:
+        """Delete the temporary files of chunk writes that a killed run left
+        behind (``*.partial``; zarr renames a chunk into place only when it is
+        complete). Call under the lock. Returns how many were removed."""
+        removed = 0
+        for top in ("gram", "diag", "inputs"):
+            for dirpath, _, files in os.walk(self.path / top):
+                for name in files:
+                    if name.endswith(".partial"):
+                        try:
+                            os.remove(os.path.join(dirpath, name))
+                            removed += 1
+                        except FileNotFoundError:
+                            pass
+        return removed
+
     def write_inputs(self, which: str, x: Any, y: Optional[Any]) -> None:
         """Copy an input set into ``inputs/<which>/`` (streamed, B rows a chunk)."""
         from .data import iter_row_chunks  # noqa: PLC0415

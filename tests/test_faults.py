@@ -140,6 +140,7 @@ def test_sigkill_the_whole_run_then_resume_computes_only_missing_blocks(world, c
     assert report["blocks_computed"] == total - done_before
     entries = GramStore.open(store).manifest.records()
     assert sum(e.get("run_id") == report["run_id"] for e in entries.values()) == total - done_before
+    assert not list(store.rglob("*.partial"))          # cut-short chunk writes were cleaned up
     _assert_same(store, world[3])
 
 

@@ -107,6 +107,17 @@ def test_stale_token_and_missing_entry(store):
     assert s.check_block(blk, None) == "missing"
 
 
+def test_partial_writes_are_removed(store):
+    junk = store.path / "gram" / "train" / "ntk" / "c" / "0" / "1.3f2a.partial"
+    junk.parent.mkdir(parents=True, exist_ok=True)
+    junk.write_bytes(b"half a chunk")
+    keep = store.path / "solver" / "x.partial"
+    keep.parent.mkdir()
+    keep.write_bytes(b"not ours")
+    assert GramStore.open(store.path, "r+").remove_partial_writes() == 1
+    assert not junk.exists() and keep.exists()
+
+
 def test_manifest_entries_are_zarr_groups(store):
     m = Manifest(store.path)
     m.put("train-9-9", {"checksums": {"ntk": "crc32:0"}})

@@ -357,6 +357,7 @@ class GramStore:
             dims = ["sample"] + [f"{name}_axis{k}" for k in range(1, len(shape))]
             z = self._group.create_array(input_path(which, name), shape=shape, dtype=arr.dtype,
                                          chunks=(max(1, min(self.block_size, shape[0])),) + shape[1:],
+                                         compressors=None,  # read by every block task: no decode cost
                                          overwrite=True, dimension_names=dims)
             for start, chunk in iter_row_chunks(arr):
                 z[start:start + len(chunk)] = chunk

@@ -91,6 +91,23 @@ def calibrate(kernel_fn: Any, x: Any, dtype: str, get: Any, rows: int = 256) -> 
     return best / (len(xs) * len(ys))
 
 
+def write_bandwidth(directory: str, nbytes: int = 64 << 20) -> float:
+    """Bytes/s of one file write (then deleted) in ``directory`` (the store's disk)."""
+    import os  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    os.makedirs(directory, exist_ok=True)
+    data = np.ones(nbytes // 8)
+    fd, path = tempfile.mkstemp(prefix=".ntkscale-plan-", dir=directory)
+    try:
+        t = time.perf_counter()
+        with os.fdopen(fd, "wb") as f:
+            f.write(memoryview(data).cast("B"))
+        return nbytes / max(time.perf_counter() - t, 1e-9)
+    finally:
+        os.remove(path)
+
+
 def _plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="run configuration (YAML or JSON)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
@@ -104,9 +121,17 @@ def plan_cmd(args: argparse.Namespace) -> int:
     pipe = GramPipeline(config, progress=False)
     info: Dict[str, Any] = pipe.describe()
     if not args.no_calibrate:
+        import os  # noqa: PLC0415
+
         per_entry = calibrate(pipe.kernel_fn, pipe.inputs()["train"].x, config.dtype, config.kernel.get)
+        bandwidth = write_bandwidth(os.path.dirname(config.store) or ".")
+        todo = info["blocks_todo"] / max(1, info["blocks_total"])
         info["calibration_s_per_entry"] = per_entry
-        info["estimated_s"] = info["entries_todo"] * per_entry / max(1, info["slots"])
+        info["write_bytes_per_s"] = bandwidth
+        info["compute_s"] = info["entries_todo"] * per_entry / max(1, info["slots"])
+        info["write_s"] = info["storage_bytes"] * todo / bandwidth
+        # writes overlap compute (io threads) but share the disk: the slower of the two
+        info["estimated_s"] = max(info["compute_s"], info["write_s"])
     if args.json:
         _print_json(info)
         return 0
@@ -123,9 +148,10 @@ def plan_cmd(args: argparse.Namespace) -> int:
           f"{info['flops_per_entry']:.0f} flops each)")
     print(f"memory     {_bytes(info['task_memory'])} per task, {info['slots']} task slots planned")
     if "estimated_s" in info:
-        print(f"estimate   ~{_duration(info['estimated_s'])} of compute on {info['slots']} slots "
-              f"(calibrated: {info['calibration_s_per_entry']:.3g} s per entry on one core; "
-              "store writes not included)")
+        print(f"estimate   ~{_duration(info['estimated_s'])} plus cluster start-up: compute "
+              f"{_duration(info['compute_s'])} on {info['slots']} slots ({info['calibration_s_per_entry']:.3g} s "
+              f"per entry on one core), writes {_duration(info['write_s'])} at "
+              f"{_bytes(info['write_bytes_per_s'])}/s (timed here)")
     return 0
 
 

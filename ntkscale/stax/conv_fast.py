@@ -53,10 +53,12 @@ from .pooling import FlattenImpl, GlobalAvgPoolImpl
 from .state import KernelState
 
 #: Image pairs processed together (one per lane of every inner loop): at
-#: least LANES_MIN, and as many more (up to LANES_MAX) as keep a group's
-#: scratch within SCRATCH_BYTES (about half an L2 cache).
+#: least LANES_MIN, and as many more (up to LANES_MAX) as keep a thread's
+#: scratch within SCRATCH_BYTES. Longer lanes amortise the per-row loop
+#: overhead (measured: 64 lanes ≈ 1.3× faster than 16 on 8×8 images); every
+#: thread still gets ≥ 4 groups (see ``_run_pairs``).
 LANES_MIN, LANES_MAX = 8, 64
-SCRATCH_BYTES = 512 << 10
+SCRATCH_BYTES = 8 << 20
 
 K_CONV, K_ABRELU, K_ERF, K_IDENT, K_AFFINE = range(5)
 _ACT_KINDS = {ReluImpl: K_ABRELU, LeakyReluImpl: K_ABRELU, AbsImpl: K_ABRELU,
@@ -780,10 +782,14 @@ def _run_pairs(prog: _Program, x1: np.ndarray, x2: np.ndarray, v1: np.ndarray, v
                pi: np.ndarray, pj: np.ndarray, want_ntk: bool) -> Tuple[np.ndarray, np.ndarray]:
     out_k = np.empty(pi.shape[0], x1.dtype)
     out_t = np.empty(pi.shape[0], x1.dtype)
-    ngroups = -(-pi.shape[0] // prog.lanes)
-    args = (x1, x2, pi, pj, prog.lanes, prog.ops, prog.fpar, prog.sdim, prog.spad, prog.deltas,
+    threads = n_threads()
+    lanes = prog.lanes
+    while lanes > LANES_MIN and pi.shape[0] < 4 * threads * lanes:
+        lanes //= 2          # keep every thread busy (results do not depend on lanes)
+    ngroups = -(-pi.shape[0] // lanes)
+    args = (x1, x2, pi, pj, lanes, prog.ops, prog.fpar, prog.sdim, prog.spad, prog.deltas,
             v1, v2, prog.consts, x1.dtype.type(prog.count), prog.circ, want_ntk, out_k, out_t)
-    threads = min(n_threads(), ngroups)
+    threads = min(threads, ngroups)
     if threads <= 1:
         _slab_pairs(*args, 0, ngroups)
         return out_k, out_t

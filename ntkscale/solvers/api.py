@@ -122,6 +122,7 @@ def solve(A: Any, Y: Any, *, ridges: Any = 0.0, method: str = "cg", rtol: float 
 
             group = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
         xs, computed = [], 0
+        client = client if client is not None else getattr(op, "client", None)
         for r in total:
             f = TiledCholesky(arr, group, ridge=float(r), tile=tile, client=client, num_workers=num_workers,
                               name=f"cholesky-{float(r):.6g}")

@@ -27,13 +27,30 @@ are solved by one of three variants (``ridge_path``):
     The ``s`` preconditioned systems iterate together as ``s*k`` columns of one
     product (one sweep over the Gram per iteration, ``s`` times the columns).
 
-``"auto"`` picks ``multishift`` without a preconditioner and ``batched`` with
-one: measured on the MNIST NTK (benchmarks/bench_cg.py, n = 4000, 10 classes,
-8 ridges 1e-6..1e-1 relative to the mean diagonal, Nyström rank 500) batched
-preconditioned CG took 1.0x-1.6x the time of one preconditioned solve at the
-smallest ridge, sequential warm-started solves ~2.5x, and unpreconditioned
-multi-shift CG ~1.0x of a plain (unpreconditioned) solve, i.e. about 8x the
-batched time. See ``DEFAULT_RIDGE_PATH`` and the benchmark for the numbers.
+``"auto"`` picks ``batched`` with a preconditioner and ``multishift``
+without one. Measured on the MNIST NTK (benchmarks/bench_cg.py: n = 4000,
+10 classes, 8 ridges 1e-6..1e-1 x mean diagonal, Nyström rank 500, rtol 1e-6,
+best of 3 on a shared 2-core machine, load 5-8):
+
+=================  ========  =================  ==================
+8 ridges           products  stored Gram (Zarr)  in-memory Gram
+=================  ========  =================  ==================
+one ridge, plain      217         30.4 s             7.9 s
+one ridge, Nyström     39          7.2 s             2.8 s
+multishift            217   36.2 s (1.19x)     12.4 s (1.58x)
+sequential            177   32.3 s (4.5x)      17.4 s (6.3x)
+batched                39    9.2 s (1.28x)     10.2 s (3.7x)
+=================  ========  =================  ==================
+
+(ratios against one ridge with the same method). Batched is the fastest in
+absolute time in both settings: it needs the sweeps of one preconditioned
+solve. When a sweep is bound by reading (stored) or recomputing (streamed) the
+Gram it costs about the same for 80 columns as for 10 (1.29x measured), so 8
+ridges cost ~1.3x one; in memory a sweep is a GEMM whose cost grows with the
+columns (2.3x for 80 vs 10), so batched costs ~3-4x one preconditioned ridge
+there, and multi-shift CG is the variant that keeps 8 ridges within ~1-1.6x of
+one (plain) ridge. Sequential warm starts save little: the smallest ridge still
+needs almost a full solve.
 """
 
 from __future__ import annotations

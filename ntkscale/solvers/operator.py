@@ -249,10 +249,9 @@ class GramOperator(scipy.sparse.linalg.LinearOperator):
         x = np.ascontiguousarray(x, dtype=dtype)
         self._stats["passes"] += 1
         self._stats["columns"] += x.shape[1]
-        if isinstance(self.source, ArraySource) and self.client is None:
-            y = np.asarray(self.source.array @ x) if self.source.dtype == dtype else \
-                np.asarray(self.source.array).astype(dtype) @ x
-        elif self.client is None:
+        if isinstance(self.source, ArraySource) and self.client is None and self.source.dtype == dtype:
+            y = np.asarray(self.source.array @ x)  # one BLAS call
+        elif self.client is None:  # by panels (also bounds the upcast copy of a float32 Gram)
             y = np.empty((self.shape[0], x.shape[1]), dtype=dtype)
             for i0, i1 in self.panels():
                 y[i0:i1] = _panel_matmat(self.source, i0, i1, x)

@@ -32,11 +32,12 @@ def test_plan_prints_blocks_storage_flops_and_estimate(tmp_path, capsys):
     assert main(["plan", str(cfg)]) == 0
     out = capsys.readouterr().out
     assert "block size 16: train 6 (upper triangle), test 3, diagonal 4 -> 13 tasks, 0 already done" in out
-    assert "storage" in out and "flops" in out and "estimate" in out and "calibrated" in out
+    assert "storage" in out and "flops" in out and "estimate" in out and "per entry on one core" in out
+    assert "(timed here)" in out
     assert main(["plan", str(cfg), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["blocks_total"] == 13 and info["storage_bytes"] == (40 * 40 + 12 * 40 + 52) * 8 * 2
-    assert info["estimated_s"] > 0 and not info["store_exists"]
+    assert info["estimated_s"] > 0 and info["write_bytes_per_s"] > 0 and not info["store_exists"]
     assert not (tmp_path / "run.zarr").exists()         # planning touches nothing
 
 

@@ -378,11 +378,18 @@ def pair_entries(layers: Sequence[LayerImpl], input_shape: Tuple[int, ...]) -> i
 def cost_per_entry(layers: Sequence[LayerImpl], input_shape: Tuple[int, ...]) -> Dict[str, float]:
     """Flops and bytes per kernel entry (one image pair) of an image network.
 
-    ``flops``: the reference recursion's arithmetic (first Gram of pixels plus
-    every layer on the covariance it sees). ``bytes``: temporaries of the
-    reference path per entry, in units of the itemsize (multiply by 4 or 8),
-    like the flat model; ``pair_entries``: covariance values per pair.
+    ``flops``: the arithmetic of the path that computes it: for networks the
+    compiled slab kernel covers (``conv_fast.network_supported``: Conv,
+    activations, Dense, then GlobalAvgPool/Flatten), its count
+    (``conv_fast.flops_per_pair``: only the pixel offsets strides reach,
+    only matching pixels for Flatten); otherwise the reference recursion's
+    (first Gram of pixels plus every layer on the covariance it sees), also
+    given as ``flops_reference``. ``bytes``: temporaries of the reference
+    path per entry, in units of the itemsize (multiply by 4 or 8), like the
+    flat model; ``pair_entries``: covariance values per pair.
     """
+    from . import conv_fast  # noqa: PLC0415
+
     plan = plan_image_net(layers, input_shape)
     h, w, c = plan.input_shape
     flops = 2.0 * c * plan.entries(0)
@@ -395,5 +402,11 @@ def cost_per_entry(layers: Sequence[LayerImpl], input_shape: Tuple[int, ...]) ->
         else:
             shape = plan.hw[l]
         flops += layer.flops_per_entry(shape)
-    return {"flops": float(flops), "bytes": float(plan.pair_entries * IMAGE_TEMPORARIES),
-            "pair_entries": float(plan.pair_entries)}
+    out = {"flops": float(flops), "flops_reference": float(flops),
+           "bytes": float(plan.pair_entries * IMAGE_TEMPORARIES),
+           "pair_entries": float(plan.pair_entries)}
+    if conv_fast.network_supported(list(layers), plan):
+        tail = sum(layer.flops_per_entry(()) for l, layer in enumerate(layers)
+                   if plan.layouts[l] == FLAT)
+        out["flops"] = float(conv_fast.flops_per_pair(list(layers), plan) + tail)
+    return out

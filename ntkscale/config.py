@@ -16,8 +16,8 @@ A run configuration (``config.yaml``)::
     cluster: {kind: local, n_workers: 2, threads_per_worker: 1, memory_limit: 4GiB}
     #   (io_threads: 1 extra thread per worker writes blocks while the others compute)
     #   or   {kind: address, address: "tcp://host:8786"}  (or scheduler_file: path)
-    solver: {...}                               # optional; validated by ntkscale.solvers
-    task: {...}                                 # optional; validated by the solver/estimator code
+    solver: {method: cg, ridge: 1e-6, ...}      # optional; see ntkscale.solver_config
+    task: auto                                  # auto | classification | regression
 
 Every key is checked: an unknown key is an error that names it (with the
 closest known key), a missing file names the key that points to it, and
@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 from .errors import ConfigError, SpecError
+from .solver_config import SolverConfig, parse_solver, parse_task
 
 GET_CHOICES = ("nngp", "ntk")
 DTYPES = ("float32", "float64")
@@ -309,8 +310,8 @@ class RunConfig:
     backend: str = "auto"
     memory_budget: Optional[int] = None
     cluster: ClusterConfig = LocalClusterConfig()
-    solver: Optional[Mapping[str, Any]] = None   # raw, validated by ntkscale.solvers
-    task: Optional[Mapping[str, Any]] = None     # raw, validated by the solver/estimator code
+    solver: Optional[SolverConfig] = None        # ntkscale.solver_config (None: the defaults)
+    task: Optional[str] = None                   # auto | classification | regression (None: auto)
     source: str = "<dict>"
 
     def replace(self, **changes: Any) -> "RunConfig":
@@ -332,8 +333,8 @@ class RunConfig:
             backend=top.choice("backend", BACKENDS, "auto"),
             memory_budget=top.bytes("memory_budget"),
             cluster=parse_cluster(top.get("cluster"), base, source),
-            solver=_raw_mapping(top, "solver"),
-            task=_raw_mapping(top, "task"),
+            solver=parse_solver(top.get("solver"), source),
+            task=parse_task(top.get("task"), source),
             source=source,
         )
 
@@ -341,7 +342,7 @@ class RunConfig:
         """Plain JSON-able form (absolute paths)."""
         out = dataclasses.asdict(self)
         out["kernel"] = {"layers": self.kernel.layers, "get": list(self.kernel.get)}
-        out["solver"], out["task"] = thaw(self.solver), thaw(self.task)
+        out["solver"] = None if self.solver is None else self.solver.to_dict()
         out.pop("source")
         return out
 

@@ -11,6 +11,7 @@ before any speed is reported. Network (depth 3, NT-CONVENTIONS)::
 
     python benchmarks/bench_cntk.py                    # 8x8 and 28x28, f64 and f32
     python benchmarks/bench_cntk.py --configs 8:64:64:float64 --breakdown
+    python benchmarks/bench_cntk.py --single-core      # both on one pinned core
 
 A configuration is ``hw:n_ours:n_nt:dtype``; entries/s counts all n² entries
 of the symmetric Gram ``kernel_fn(x, None, "ntk")`` (both libraries). Flops
@@ -55,12 +56,17 @@ def images(n: int, hw: int, dtype: str) -> np.ndarray:
     return np.random.default_rng(0).uniform(size=(n, hw, hw, 1)).astype(dtype)
 
 
-def run_nt(py: str, hw: int, n: int, dtype: str, repeats: int) -> tuple[dict, np.ndarray]:
+def run_nt(py: str, hw: int, n: int, dtype: str, repeats: int,
+           single_core: bool = False) -> tuple[dict, np.ndarray]:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "gram.npy")
         cmd = [py, str(HERE / "nt_worker.py"), "--net", "cntk", "--n", str(n), "--hw", str(hw),
                "--depth", "3", "--dtype", dtype, "--repeats", str(repeats), "--save", out]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        env = dict(os.environ)
+        if single_core:  # one core for XLA too: pinned, no Eigen thread pool
+            cmd = ["taskset", "-c", "0"] + cmd
+            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
         if proc.returncode != 0:
             raise RuntimeError(f"nt_worker failed:\n{proc.stderr[-2000:]}")
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1]
@@ -130,7 +136,7 @@ def peak_gflops(dtype: str, info: dict, override: float | None) -> float | None:
     if not info["mhz"]:
         return None
     per_cycle = 16 if dtype == "float64" else 32
-    return info["cores"] * info["mhz"] / 1e3 * per_cycle
+    return info["cores_used"] * info["mhz"] / 1e3 * per_cycle
 
 
 def main(argv=None) -> int:
@@ -141,9 +147,17 @@ def main(argv=None) -> int:
     ap.add_argument("--breakdown", action="store_true", help="time prep / kernel / conv-only")
     ap.add_argument("--peak-gflops", type=float, default=None, help="float64 peak of this machine")
     ap.add_argument("--out", default=None, help="append JSON results to this file")
+    ap.add_argument("--single-core", action="store_true",
+                    help="both libraries on core 0 with one thread (less disturbed by a busy machine)")
     args = ap.parse_args(argv)
+    if args.single_core:
+        os.sched_setaffinity(0, {0})
+        import numba  # noqa: PLC0415
+
+        numba.set_num_threads(1)
 
     info = cpu_info()
+    info["cores_used"] = 1 if args.single_core else info["cores"]
     py = None if args.no_nt else nt_python()
     if not args.no_nt and py is None:
         print("neural-tangents venv not found (run benchmarks/nt_venv.sh or pass --no-nt)")
@@ -163,7 +177,7 @@ def main(argv=None) -> int:
         rec = {"config": cfg, "hw": hw, "n": n, "n_nt": n_nt, "dtype": dtype, "date": stamp,
                "cpu": info, "load": os.getloadavg()}
         if py is not None:
-            nt, gram = run_nt(py, hw, n_nt, dtype, args.repeats)
+            nt, gram = run_nt(py, hw, n_nt, dtype, args.repeats, args.single_core)
             ours_small = kernel_fn(images(n_nt, hw, dtype), None, "ntk")
             err = float(np.max(np.abs(ours_small - gram) / np.abs(gram)))
             rec.update(nt_entries_per_s=nt["entries_per_s"], nt_seconds=nt["seconds_best"],

@@ -3,7 +3,7 @@
 Complements nt_reference.npz with cases it does not cover (AvgPool with
 normalize_edges / CIRCULAR / strides, Dense and activations on images, flat
 activations after pooling, non-square images, more activations, Myrtle-7,
-standard parameterization without bias). Same archive layout. Run with the
+standard parameterization without bias, Gelu/Sin/Identity on images). Same archive layout. Run with the
 neural-tangents venv's python (see benchmarks/nt_venv.sh):
 
     $(bash benchmarks/nt_venv.sh) tests/reference/generate_nt_conv_extra.py
@@ -63,6 +63,9 @@ def cases():
             c(filter_shape=(2, 2), padding="VALID"), RELU, gap, dense(1, S2, 0.1)],
         "conv1x1_first_gap": [
             c(filter_shape=(1, 1)), RELU, c(), RELU, gap, dense(1, S2, 0.1)],
+        "gelu_sin_identity_gap": [
+            c(), ["Gelu", {"approximate": False}], c(), ["Sin", {"a": 0.5, "b": 2.0, "c": 0.3}],
+            c(filter_shape=(2, 2)), ["Identity", {}], gap, dense(1, S2, 0.1)],
         "myrtle7_8x8": (
             [c(b_std=0.0), RELU] * 2 + [avgpool((2, 2), (2, 2), "VALID")]
             + [c(b_std=0.0), RELU] * 2 + [avgpool((2, 2), (2, 2), "VALID")]

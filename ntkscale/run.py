@@ -185,7 +185,7 @@ class RunPipeline:
                       f"split of the training rows ({sv.method})")
             sel = select_ridge(op, y, ridges, encoder=enc, validation_fraction=sv.validation_fraction,
                                seed=sv.seed, group=group if sv.method == "cholesky" else None,
-                               warn=False, **kw)
+                               warn=False, **{k: v for k, v in kw.items() if k != "seed"})
             record["chosen_index"] = int(sel.best_index)
             record["validation"] = {"metric": sel.metric, "metrics": _jsonable(sel.metrics),
                                     "n_fit": len(sel.fit_idx), "n_val": len(sel.val_idx)}

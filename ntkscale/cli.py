@@ -47,7 +47,7 @@ def _load_commands() -> None:
     """Import the modules that register subcommands (kept lazy for a fast --help)."""
     import importlib
 
-    for module in ("ntkscale.commands", "ntkscale.commands.gram",
+    for module in ("ntkscale.commands", "ntkscale.commands.gram", "ntkscale.commands.project",
                    "ntkscale.commands.run"):
         try:
             importlib.import_module(module)

@@ -1,0 +1,793 @@
+"""The benchmark suite: every comparison side by side in one run, results + README.
+
+    python -m benchmarks                      # full run (documented duration in README.md)
+    python -m benchmarks --quick              # smaller sizes, < 5 min on 2 cores
+    python -m benchmarks --only fc,cntk       # a subset (others keep their last results)
+    python -m benchmarks --list               # what there is
+
+Each benchmark is an existing script run as a subprocess with its own flags
+(``REGISTRY`` below: name → quick and full command, how to read its result
+file, the Markdown it contributes). The scripts check that what they time is
+correct (ntkscale against its peer, or against a reference) before they report
+a speed; a script that fails, or a peer that is missing, is reported with the
+reason instead of a number.
+
+Outputs (``--results-dir``, default ``benchmarks/results``):
+
+* ``suite.json``: machine, versions, date, and per benchmark its command,
+  status, duration, load average and parsed tables (merged: a ``--only`` run
+  replaces just its entries);
+* ``suite-raw/<quick|full>/``: each script's own result file (the scripts
+  write there through ``NTKSCALE_BENCH_RESULTS``) and its log;
+* ``costmodel_cpu.json``: the cost-model calibration;
+* plots in ``benchmarks/plots`` (``<results-dir>/plots`` with a custom
+  results dir) and the section of ``benchmarks/README.md`` between
+  ``<!-- suite:begin -->`` and ``<!-- suite:end -->`` (``<results-dir>/README.md``
+  with a custom results dir).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as _dt
+import importlib.metadata as md
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+PY = sys.executable
+BEGIN, END = "<!-- suite:begin -->", "<!-- suite:end -->"
+
+sys.path.insert(0, str(HERE))
+from common import NT_VENV, machine, nt_python  # noqa: E402
+
+
+@dataclasses.dataclass
+class Ctx:
+    quick: bool
+    results: Path
+    raw: Path
+    plots: Path
+    readme: Optional[Path]
+    scratch: Path
+    nt: Optional[Path]
+
+    @property
+    def mode(self) -> str:
+        return "quick" if self.quick else "full"
+
+    @property
+    def nt_flags(self) -> List[str]:
+        return [] if self.nt else ["--no-nt"]
+
+    @property
+    def nt_note(self) -> str:
+        return (f"neural-tangents comparison not run: its venv is not built at {NT_VENV} "
+                "(build it once with `bash benchmarks/nt_venv.sh`, ~2.8 GB)")
+
+
+Table = Dict[str, Any]  # {"caption": str, "columns": [...], "rows": [{...}]}
+
+
+@dataclasses.dataclass
+class Bench:
+    name: str
+    title: str
+    what: str
+    command: Callable[[Ctx], List[str]]
+    read: Callable[[Ctx], Dict[str, Any]]
+    quick_s: int
+    full_s: int
+    default: bool = True
+    precheck: Optional[Callable[[Ctx], Dict[str, Any]]] = None
+    before: Optional[Callable[[Ctx], None]] = None
+
+
+def _script(name: str) -> List[str]:
+    return [PY, str(HERE / name)]
+
+
+def _load(path: Path) -> Any:
+    if not path.exists():
+        raise RuntimeError(f"the script wrote no {path.name} in {path.parent}")
+    return json.loads(path.read_text())
+
+
+def _f(v: Any, digits: int = 3) -> Any:
+    """Round floats to ``digits`` significant figures for the tables."""
+    if isinstance(v, float):
+        if v != v:
+            return "nan"
+        return float(f"{v:.{digits}g}")
+    return v
+
+
+# ----------------------------------------------------------------------------- fc
+
+
+def fc_read(ctx: Ctx) -> Dict[str, Any]:
+    res = _load(ctx.raw / "fc.json")
+    rows, notes = [], []
+    for r in res["rows"]:
+        rows.append({"dtype": r["dtype"], "n": r["n"], "ntkscale s": _f(r["ours_s"]),
+                     "neural-tangents s": _f(r.get("nt_s", "not run")),
+                     "speedup": f"**{r['speedup_vs_nt']:.1f}×**" if "speedup_vs_nt" in r else "-",
+                     "ntkscale / GEMM": _f(r["ours_over_gemm"]), "NT / GEMM": _f(r.get("nt_over_gemm", "-")),
+                     "ntkscale peak MiB": _f(r["ours_peak_mib"]), "NT peak RSS MiB": _f(r.get("nt_peak_rss_mib", "-")),
+                     "max rel diff vs NT": _f(r.get("max_rel_diff_vs_nt", "-"), 2),
+                     "blocked vs at once": _f(r["blocked_vs_once_max_rel"], 2)})
+    if "nt_s" not in res["rows"][0]:
+        notes.append(ctx.nt_note)
+    else:
+        notes.append("Checked before timing: the two Grams agree (max rel ≤ 2e-3 float32, ≤ 1e-7 float64; the "
+                     "differences sit on the diagonal, where neural-tangents' angle is rounding noise).")
+    a = res["args"]
+    return {"tables": [{"caption": f"FC ReLU depth {a['depth']} NTK Gram `kernel_fn(x, None, 'ntk')`, n = {a['n']}, "
+                                   f"d = {a['d']}, best of {a['repeats']}", "rows": rows}],
+            "notes": notes, "load": res["machine"].get("load_1min")}
+
+
+# ----------------------------------------------------------------------------- cntk
+
+
+def cntk_before(ctx: Ctx) -> None:
+    (ctx.raw / "cntk.jsonl").unlink(missing_ok=True)
+
+
+def cntk_cmd(ctx: Ctx) -> List[str]:
+    configs = ["8:128:32:float64", "8:128:32:float32"] if ctx.quick else \
+        ["8:64:64:float64", "8:64:64:float32", "28:32:16:float64", "28:32:16:float32"]
+    return _script("bench_cntk.py") + ["--configs", *configs, "--repeats", "1" if ctx.quick else "3",
+                                       "--out", str(ctx.raw / "cntk.jsonl")] + ctx.nt_flags
+
+
+def cntk_read(ctx: Ctx) -> Dict[str, Any]:
+    path = ctx.raw / "cntk.jsonl"
+    if not path.exists():
+        raise RuntimeError("bench_cntk.py wrote no cntk.jsonl")
+    rows = []
+    recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for r in recs:
+        rows.append({"image": f"{r['hw']}×{r['hw']}×1", "dtype": r["dtype"], "n (ours / NT)": f"{r['n']} / {r['n_nt']}",
+                     "ntkscale entries/s": _f(r["entries_per_s"]),
+                     "NT entries/s": _f(r.get("nt_entries_per_s", "not run")),
+                     "speedup": f"**{r['ratio']:.1f}×**" if "ratio" in r else "-",
+                     "max rel err vs NT": _f(r.get("max_rel_err", "-"), 2),
+                     "flops/entry": _f(r["flops_per_entry"]), "GFLOP/s": _f(r["gflops"]),
+                     "% of peak": _f(100 * r["fraction_of_peak"], 2) if r.get("fraction_of_peak") else "-"})
+    notes = [ctx.nt_note] if recs and "ratio" not in recs[0] else [
+        "Checked before timing: the Grams agree with neural-tangents' (max rel ≤ 1e-7 float64, ≤ 2e-3 float32)."]
+    return {"tables": [{"caption": "CNTK-GAP depth 3 (`stax.presets.cntk(3)`) NTK Gram, all n² entries; "
+                                   "neural-tangents timed on its own n (entries/s compared)", "rows": rows}],
+            "notes": notes, "load": recs[0]["load"][0] if recs else None}
+
+
+# ----------------------------------------------------------------------------- estimator
+
+
+def estimator_cmd(ctx: Ctx, tiny: bool = False) -> List[str]:
+    if tiny:
+        return _script("bench_estimator.py") + ["--tiny"]
+    return _script("bench_estimator.py") + (["--quick"] if ctx.quick else []) + ctx.nt_flags
+
+
+def estimator_read(ctx: Ctx, tiny: bool = False) -> Dict[str, Any]:
+    res = _load(ctx.raw / ("estimator_tiny.json" if tiny else "estimator.json"))
+    tm = res["timing"]
+    rows = [{"what": r["what"], "fit s": _f(r["fit_s"]), "predict s": _f(r["predict_s"]),
+             "total s": _f(r["total_s"]), "max rel diff vs sklearn": _f(r["max_rel_diff_vs_sklearn"], 2)}
+            for r in tm["rows"]]
+    acc = []
+    for r in res["accuracy"]["rows"]:
+        acc.append({"dataset": r["dataset"], "kernel": r["kernel"], "ntkscale": r["ntkscale"],
+                    "neural-tangents (this run)": r.get("neural-tangents (this run)") or "-",
+                    "neural-tangents (recorded)": r.get("neural-tangents (recorded)") or "-",
+                    "note": r.get("note", "")})
+    notes = [f"Kernels for the timing rows: {tm['kernel_s']:.2f} s (FC3 NTK, {tm['n_train']} + "
+             f"{tm['n_test']}×{tm['n_train']} entries). Same predictions from all three rows (max rel ≤ 1e-6) "
+             "checked before timing."]
+    nt = res["accuracy"].get("nt")
+    if nt:
+        notes.append(f"neural-tangents {nt['nt']} (jax {nt['jax']}) ran the MNIST rows live on the same data: "
+                     f"its K(test, train) matches ours to {max(nt['kte_max_rel_diff_nngp'], nt['kte_max_rel_diff_ntk']):.1e} "
+                     "(max rel), and the accuracies agree within 0.002.")
+    elif not tiny:
+        notes.append(ctx.nt_note)
+    return {"tables": [{"caption": f"NTKRegressor vs scikit-learn KernelRidge, {tm['data']} {tm['n_train']}/"
+                                   f"{tm['n_test']}, FC3 NTK, float64, 10 outputs, ridge 1e-6 × mean diagonal",
+                        "rows": rows},
+                       {"caption": "Accuracy (kernel regression on centred one-hot targets, ridge 1e-6 relative)",
+                        "rows": acc}],
+            "notes": notes, "load": res["machine"].get("load_1min")}
+
+
+# ----------------------------------------------------------------------------- cholesky
+
+
+def cholesky_n(ctx: Ctx) -> int:
+    return 2048 if ctx.quick else 15000
+
+
+def cholesky_cmd(ctx: Ctx) -> List[str]:
+    extra = ["--tile", "512"] if ctx.quick else []
+    return _script("bench_cholesky.py") + ["--n", str(cholesky_n(ctx)), "--workdir", str(ctx.scratch / "cholesky"),
+                                           *extra]
+
+
+def cholesky_read(ctx: Ctx) -> Dict[str, Any]:
+    r = _load(ctx.raw / f"cholesky_{cholesky_n(ctx)}.json")
+    if not r["residual"] < 1e-10:
+        raise RuntimeError(f"tiled Cholesky solve residual {r['residual']:.3g} >= 1e-10")
+    row = {"n": r["n"], "dtype": r["dtype"], "scipy cho_factor s": _f(r.get("scipy_s", "-")),
+           "tiled s": _f(r["tiled_s"]), "tile": r["tile"], "tiles": r["tiles"],
+           "dask.array.linalg.cholesky s": _f(r.get("dask_s", "-")),
+           "tiled / scipy": _f(r.get("tiled_vs_scipy", "-")), "tiled / dask": _f(r.get("tiled_vs_dask", "-")),
+           "solve residual": _f(r["residual"], 2)}
+    return {"tables": [{"caption": "Tiled out-of-core Cholesky (Zarr in, Zarr out) vs scipy (in memory) and "
+                                   "dask.array.linalg.cholesky; SPD matrix G Gᵀ/256 + I", "rows": [row]}],
+            "notes": ["Checked: the relative residual of a 4-column solve through the tiled factor is < 1e-10."],
+            "load": r["machine"].get("load_1min")}
+
+
+# ----------------------------------------------------------------------------- cg
+
+
+def cg_cmd(ctx: Ctx) -> List[str]:
+    if ctx.quick:
+        return _script("bench_cg.py") + ["--n", "1000", "--rank", "100", "--ridges", "4", "--repeat", "1",
+                                         "--stored-n"]
+    return _script("bench_cg.py")
+
+
+def cg_read(ctx: Ctx) -> Dict[str, Any]:
+    res = _load(ctx.raw / "cg.json")
+    tables, bad = [], []
+    for run in res["runs"]:
+        rows = []
+        for r in run["solvers"]:
+            if r.get("converged") is False:
+                bad.append(f"{r['solver']} at n={run['n']}")
+            rows.append({"solver": r["solver"], "iterations": r.get("iterations", "-"),
+                         "iterations / plain": _f(r.get("iter_ratio", "-")), "build s": _f(r.get("build_s", "-")),
+                         "solve s": _f(r.get("solve_s", "-")), "total s": _f(r["total_s"])})
+        tables.append({"caption": f"MNIST FC3 NTK, n = {run['n']}, 10 right-hand sides, ridge 1e-6 × mean "
+                                  f"diagonal, rtol {run['rtol']}: time to solution", "rows": rows})
+        for label, rp in run.get("ridge_path", {}).items():
+            rows = [{"variant": r["variant"], "products": r["products"], "columns": r.get("columns", "-"),
+                     "seconds": _f(r["seconds"]), "vs one ridge": _f(r.get("ratio_vs_one_ridge") or "-")}
+                    for r in rp["rows"]]
+            for r in rp["rows"]:
+                if r.get("converged") is False:
+                    bad.append(f"{r['variant']} ({label}) at n={run['n']}")
+            tables.append({"caption": f"Ridge path, n = {run['n']}, Gram {label}", "rows": rows})
+    if bad:
+        raise RuntimeError("not converged: " + ", ".join(bad))
+    return {"tables": tables, "notes": ["Checked: every CG variant converged to its tolerance."],
+            "load": res["machine"].get("load_1min")}
+
+
+# ----------------------------------------------------------------------------- gram
+
+GRAM_CHECK = r"""
+import json, sys
+from pathlib import Path
+import numpy as np
+from ntkscale import stax
+from ntkscale.config import RunConfig
+from ntkscale.pipeline import GramPipeline
+from ntkscale.store import GramStore
+tmp = Path(sys.argv[1])
+tmp.mkdir(parents=True, exist_ok=True)
+layers = [["Dense", {"W_std": 2 ** 0.5, "b_std": 0.1}], ["Relu", {}]] * 3 + [["Dense", {"W_std": 2 ** 0.5, "b_std": 0.1}]]
+x = np.random.default_rng(0).standard_normal((300, 784)).astype(np.float32)
+np.save(tmp / "x.npy", x)
+raw = {"data": {"train": {"x": "x.npy"}}, "kernel": {"layers": layers, "get": ["nngp", "ntk"]},
+       "store": "check.zarr", "block_size": 128, "dtype": "float32",
+       "cluster": {"kind": "local", "n_workers": 2, "threads_per_worker": 1, "memory_limit": "1GiB",
+                   "dashboard_address": ":0"}}
+GramPipeline(RunConfig.from_mapping(raw, tmp), progress=False).run()
+s = GramStore.open(tmp / "check.zarr")
+ref = stax.from_spec(layers)[2](x, None, get=("nngp", "ntk"))
+err = max(float(np.max(np.abs(s.train_array(k)[...] - r)) / np.max(np.abs(r))) for k, r in zip(("nngp", "ntk"), ref))
+assert err < 1e-5, f"the pipeline's Gram differs from kernel_fn's: max rel {err:.3g}"
+print(json.dumps({"n": 300, "block_size": 128, "workers": 2, "max_rel_diff": err}))
+"""
+
+
+def gram_precheck(ctx: Ctx) -> Dict[str, Any]:
+    d = ctx.scratch / "gram-check"
+    out = subprocess.run([PY, "-c", GRAM_CHECK, str(d)], capture_output=True, text=True, cwd=REPO, timeout=600)
+    shutil.rmtree(d, ignore_errors=True)
+    if out.returncode != 0:
+        raise RuntimeError("the Gram pipeline check failed:\n" + out.stderr[-1500:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def gram_cmd(ctx: Ctx) -> List[str]:
+    if ctx.quick:
+        return _script("bench_gram.py") + ["--n", "2048", "--block", "1024", "--sweep", "512,1024", "--repeat", "1",
+                                           "--shm", "", "--dir", str(ctx.scratch)]
+    return _script("bench_gram.py") + ["--dir", str(ctx.scratch)]
+
+
+def gram_read(ctx: Ctx) -> Dict[str, Any]:
+    res = _load(ctx.raw / "gram.json")
+    im = res["in_memory"]
+    rows = [{"what": "in-memory kernel_fn, all cores", "wall s": _f(im["seconds"]), "CPU s": _f(im["cpu_s"]),
+             "M entries/s": _f(im["entries_per_s"] / 1e6)}]
+    tmpfs = res.get("tmpfs", [])
+    for r in res.get("pipeline", []) + tmpfs:
+        where = ", store on tmpfs" if r in tmpfs else ""
+        rows.append({"what": f"pipeline, {r['workers']} worker(s) + {r['io_threads']} io thread{where}",
+                     "wall s": _f(r["seconds"]), "CPU s": _f(r["cpu_s"]), "M entries/s": _f(r["entries_per_s"] / 1e6),
+                     "kernel busy": _f(r.get("compute_busy", "-"), 2),
+                     "write GiB/s/task": _f(r.get("write_gib_per_s_per_task") or "-", 2)})
+    sweep = [{"block": r["block_size"], "blocks": r["blocks"], "wall s": _f(r["seconds"]),
+              "M entries/s": _f(r["entries_per_s"] / 1e6), "worker peak RSS MiB": _f(r["worker_peak_rss_mib"])}
+             for r in res.get("block_sweep", [])]
+    notes = [f"2 workers / in-memory: {res['ratio_vs_in_memory']:.2f} (wall), "
+             f"{res.get('cpu_ratio_vs_in_memory', float('nan')):.2f} (CPU s); 2 workers / 1 worker: "
+             f"{res['speedup_2_vs_1_worker']:.2f} (wall)."]
+    if "dd_page_cache_gib_per_s" in res:
+        notes.append(f"Store bandwidth: `dd` on the same disk {res['dd_page_cache_gib_per_s']:.2f} GiB/s (page "
+                     f"cache), {res['dd_fdatasync_gib_per_s']:.2f} GiB/s (fdatasync); per-task Zarr writes in the "
+                     "table above.")
+    if "small_blocks" in res:
+        notes.append(f"Scheduler overhead {1e3 * res['small_blocks']['overhead_per_block_s']:.1f} ms per block "
+                     f"(block 128); a no-op Dask task {1e3 * res.get('noop_task_s_per_slot', float('nan')):.2f} ms "
+                     "per slot.")
+    check = ctx.raw / "gram_check.json"
+    if check.exists():
+        c = json.loads(check.read_text())
+        notes.insert(0, f"Checked before timing: a {c['n']}-row Gram through the pipeline ({c['workers']} workers, "
+                        f"block {c['block_size']}, Zarr store) equals `kernel_fn`'s (max rel {c['max_rel_diff']:.1e}).")
+    return {"tables": [{"caption": f"Gram engine end to end vs the in-memory kernel: FC3 NNGP+NTK, n = {res['n']}, "
+                                   f"d = {res['d']}, {res['dtype']}, block {res['block']}", "rows": rows},
+                       {"caption": "Block size (2 workers)", "rows": sweep}],
+            "notes": notes, "plots": ["gram_engine.png"] if (ctx.plots / "gram_engine.png").exists() else [],
+            "load": res["machine"].get("load_1min")}
+
+
+# ----------------------------------------------------------------------------- scaling
+
+
+def _gram_json(ctx: Ctx) -> Optional[Path]:
+    for p in (ctx.raw / "gram.json", HERE / "results" / "gram.json"):
+        if p.exists():
+            return p
+    return None
+
+
+def scaling_cmd(ctx: Ctx) -> List[str]:
+    cmd = _script("scaling.py") + ["--out", str(ctx.raw / "scaling.json"), "--plots", str(ctx.plots)]
+    g = _gram_json(ctx)
+    return cmd + (["--quick"] if ctx.quick else []) + (["--gram", str(g)] if g else [])
+
+
+def scaling_read(ctx: Ctx) -> Dict[str, Any]:
+    res = _load(ctx.raw / "scaling.json")
+    k = res["kernel"]
+
+    def pick(group, **kw):
+        return [r for r in k if r["group"] == group and all(r.get(a) == b for a, b in kw.items())]
+
+    fc = []
+    for dtype in ("float64", "float32"):
+        for r in pick("fc-n", dtype=dtype):
+            fc.append({"kernel": r["label"], "dtype": dtype, "n1 × n2": f"{r['n1']}×{r['n2']}",
+                       "CPU s": _f(r["cpu_s"]), "ns / entry": _f(r["s_per_entry"] * 1e9)})
+    conv = []
+    for r in sorted(pick("cntk-hw") + pick("cntk21") + pick("myrtle"), key=lambda r: (r["dtype"], r["group"],
+                                                                                    r.get("depth", 0), r["hw"])):
+        conv.append({"kernel": r["label"], "code path": r["path"], "dtype": r["dtype"],
+                     "n1 × n2": f"{r['n1']}×{r['n2']}", "CPU s": _f(r["cpu_s"]),
+                     "ms / entry": _f(r["s_per_entry"] * 1e3)})
+    solver = []
+    if res.get("solver"):
+        names = list(dict.fromkeys(r["solver"] for r in res["solver"]))
+        for n in sorted({r["n"] for r in res["solver"]}):
+            row = {"n": n}
+            for name in names:
+                m = [r for r in res["solver"] if r["n"] == n and r["solver"] == name]
+                row[f"{name} CPU s"] = _f(m[0]["cpu_s"]) if m else "-"
+            solver.append(row)
+    plots = [p for p in ("kernel_fc.png", "kernel_conv.png", "solvers.png", "gram_engine.png")
+             if (ctx.plots / p).exists()]
+    m = res["machine"]
+    notes = [f"One thread, CPU seconds (`time.process_time`), best of {res['repeats']}; load "
+             f"{m.get('load_1min')} → {m.get('load_1min_end')} on {m.get('cores')} cores. {len(k)} kernel "
+             "measurements, each checked against an independent evaluation (compiled paths vs the array-API "
+             "path, the array-API path vs its transpose) before it counts; every solver's residual checked.",
+             "The Gram-engine plot reads the `bench_gram.py` result of this run when the gram benchmark ran, "
+             "else the committed `results/gram.json`."]
+    return {"tables": [{"caption": "FC3 (d = 784) vs n, one thread", "rows": fc},
+                       {"caption": "Convolutional kernels at CIFAR-like sizes, one thread", "rows": conv},
+                       {"caption": "Solver CPU seconds to solution vs n (MNIST FC3 NTK, one thread)", "rows": solver}],
+            "notes": notes, "plots": plots, "load": m.get("load_1min")}
+
+
+# ----------------------------------------------------------------------------- cost model
+
+
+def _scaling_json(ctx: Ctx) -> Path:
+    for p in (ctx.raw / "scaling.json", ctx.results / "suite-raw" / ("full" if ctx.quick else "quick") / "scaling.json"):
+        if p.exists():
+            return p
+    return ctx.raw / "scaling.json"
+
+
+def costmodel_cmd(ctx: Ctx) -> List[str]:
+    return [PY, "-m", "ntkscale.costmodel", str(_scaling_json(ctx)), "--out", str(ctx.results / "costmodel_cpu.json"),
+            "--plot", str(ctx.plots / "costmodel_fit.png")]
+
+
+def costmodel_read(ctx: Ctx) -> Dict[str, Any]:
+    sys.path.insert(0, str(REPO))
+    from ntkscale.costmodel import summary_rows  # noqa: PLC0415
+
+    cal = _load(ctx.results / "costmodel_cpu.json")
+    f = cal["fit"]
+    rows = [{k: _f(v) for k, v in r.items()} for r in summary_rows(cal)]
+    targets = [{"kernel": p["label"], "dtype": p["dtype"], "path": p["path"], "measured s": _f(p["measured_s"]),
+                "predicted s": _f(p["predicted_s"]), "error": f"{100 * p['rel_err']:+.0f} %"}
+               for p in cal["points"] if p["input_shape"] == [32, 32, 3]]
+    notes = [f"{cal['label']}. Fit over {f['n_points']} measurements: median |error| "
+             f"{100 * f['median_abs_rel_err']:.1f} %, max {100 * f['max_abs_rel_err']:.0f} %, R² of log time "
+             f"{f['r2_log']:.4f}.",
+             "Model: seconds per call = entries × Σ a·feature + overhead per call, per dtype and code path; "
+             "features are `kernel_fn.cost(input_shape)` flops and bytes per entry (the FC input GEMM apart). "
+             "Layer types that run inside one compiled loop cannot be timed apart, so the model's layer types are "
+             "the code paths: flat layers (Dense/activations, numba), conv layers on the slab kernel "
+             "(CNTK), and image nets on the array-API path (AvgPool: Myrtle)."]
+    return {"tables": [{"caption": "Fitted rates per dtype and code path", "rows": rows},
+                       {"caption": "At the projection's target size (32×32×3): measured vs predicted", "rows": targets}],
+            "notes": notes, "plots": ["costmodel_fit.png"]}
+
+
+# ----------------------------------------------------------------------------- projection
+
+
+def projection_cmd(ctx: Ctx) -> List[str]:
+    return [PY, "-m", "ntkscale.projection", "--calibration", str(ctx.results / "costmodel_cpu.json"),
+            "--devices", "1,64", "--json-out", str(ctx.raw / "projection.json")]
+
+
+def projection_read(ctx: Ctx) -> Dict[str, Any]:
+    res = _load(ctx.raw / "projection.json")
+    rows = []
+    for r in res["rows"]:
+        rows.append({"net (CIFAR-10, 32×32×3)": r["net"], "dtype": r["dtype"], "code path": r["code_path"],
+                     "flops / entry": _f(r["flops_per_entry"]),
+                     "ntkscale core-s / entry": _f(r["ours_s_per_entry"]),
+                     "ntkscale core-hours, 50k train Gram": _f(r["ours_device_hours_50k"]),
+                     "wall on 64 cores": f"{r['wall_hours_50k_64'] / 24:.3g} days",
+                     "ntkscale core-hours, 60k × 60k": _f(r["ours_device_hours_60k"]),
+                     "neural-tangents V100 GPU-hours, 60k × 60k": _f(r["nt_gpu_hours_60k"]),
+                     "NT V100 s / entry": _f(r["nt_s_per_entry_v100"]),
+                     "cores per V100": _f(r["devices_per_v100"])})
+    notes = [res["rows"][0]["calibration"] + ". No GPU calibration exists (no GPU was lent to this task), so "
+             "`ntkscale project --device gpu` says so instead of guessing; the CPU figures are per core and the "
+             "wall column assumes 64 cores share the blocks evenly (compute only).",
+             "neural-tangents figures as published (quoted in issue 7): Myrtle-5/7/10 on 60k CIFAR-10 316 / 330 / "
+             "508 V100 GPU-hours in float64 (per-entry rate counts all 60000² entries); CNTK-GAP 21 layers 2.7 ms "
+             "per entry on a V100 in float32 (its 60k × 60k column is that rate × 60000²).",
+             "Myrtle runs on the array-API path (AvgPool is not in the compiled slab kernel yet), CNTK-GAP on the "
+             "compiled slab path; \"cores per V100\" is our core-seconds per entry over neural-tangents' V100 "
+             "seconds per entry.",
+             "Reproduce one: `ntkscale project --n 50000 --input-shape 32,32,3 --net myrtle5 --devices 8 --device cpu`."]
+    return {"tables": [{"caption": "Projected CIFAR-10 Gram runs from the CPU cost model, next to neural-tangents' "
+                                   "published figures", "rows": rows}], "notes": notes}
+
+
+# ----------------------------------------------------------------------------- registry
+
+REGISTRY: List[Bench] = [
+    Bench("fc", "FC kernel vs neural-tangents", "FC ReLU depth-3 NTK Gram throughput and memory, float32/float64",
+          lambda c: _script("bench_fc.py") + (["--n", "1024", "--repeats", "1"] if c.quick else []) + c.nt_flags,
+          fc_read, 40, 120),
+    Bench("cntk", "CNTK kernel vs neural-tangents", "CNTK-GAP depth 3 throughput, compiled slab kernel",
+          cntk_cmd, cntk_read, 45, 400, before=cntk_before),
+    Bench("estimator", "Estimators and accuracy", "NTKRegressor vs sklearn KernelRidge; MNIST/digits accuracy",
+          estimator_cmd, estimator_read, 45, 200),
+    Bench("cholesky", "Tiled Cholesky vs scipy and dask", "factorisation time, Zarr in/out",
+          cholesky_cmd, cholesky_read, 20, 240),
+    Bench("cg", "CG vs Cholesky", "plain / preconditioned / multi-shift CG, ridge paths",
+          cg_cmd, cg_read, 35, 400),
+    Bench("gram", "Gram engine", "pipeline end to end vs in-memory, 1 vs 2 workers, block size, store vs dd",
+          gram_cmd, gram_read, 70, 420, precheck=gram_precheck),
+    Bench("scaling", "Scaling study", "kernel time vs n, d, depth, image size; solver time vs n; plots",
+          scaling_cmd, scaling_read, 60, 400),
+    Bench("costmodel", "Cost model", "fit flops/bytes per entry to the scaling measurements",
+          costmodel_cmd, costmodel_read, 5, 5),
+    Bench("projection", "CIFAR-10 projection", "Myrtle-5/7/10 and CNTK-GAP 21 on 50k CIFAR-10 vs neural-tangents",
+          projection_cmd, projection_read, 5, 5),
+    Bench("tiny", "Smoke test", "estimator benchmark at tiny size (digits as vectors, 300/100)",
+          lambda c: estimator_cmd(c, tiny=True), lambda c: estimator_read(c, tiny=True), 15, 15, default=False),
+]
+BY_NAME = {b.name: b for b in REGISTRY}
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def versions(nt: Optional[Path]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for pkg in ("ntkscale", "numpy", "scipy", "numba", "dask", "distributed", "zarr", "scikit-learn", "matplotlib"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    out["python"] = sys.version.split()[0]
+    if nt is not None:
+        code = ("import importlib.metadata as m, json; print(json.dumps({p: m.version(p) for p in "
+                "('neural-tangents', 'jax', 'jaxlib')}))")
+        try:
+            got = subprocess.run([str(nt), "-c", code], capture_output=True, text=True, timeout=60)
+            out["nt_venv"] = json.loads(got.stdout.strip().splitlines()[-1])
+        except Exception as exc:  # pragma: no cover
+            out["nt_venv"] = f"unreadable ({exc})"
+    else:
+        out["nt_venv"] = None
+    return out
+
+
+def _stream(proc: subprocess.Popen, log, quiet: bool) -> None:
+    for line in proc.stdout:  # type: ignore[union-attr]
+        log.write(line)
+        log.flush()
+        if not quiet:
+            sys.stdout.write("  │ " + line)
+            sys.stdout.flush()
+
+
+def run_one(b: Bench, ctx: Ctx, quiet: bool = False) -> Dict[str, Any]:
+    entry: Dict[str, Any] = {"name": b.name, "title": b.title, "what": b.what, "mode": ctx.mode,
+                             "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                             "load_1min_start": round(os.getloadavg()[0], 2)}
+    t0 = time.perf_counter()
+    try:
+        cmd = b.command(ctx)
+    except Exception as exc:
+        return dict(entry, status="failed", reason=f"could not build the command: {exc}", seconds=0.0)
+    entry["command"] = shlex.join([("python" if c == PY else os.path.relpath(c, REPO) if c.startswith(str(REPO))
+                                    else c) for c in cmd])
+    print(f"\n== {b.name}: {b.title}\n   {entry['command']}", flush=True)
+    if b.before:
+        b.before(ctx)
+    if b.precheck:
+        try:
+            check = b.precheck(ctx)
+            (ctx.raw / f"{b.name}_check.json").write_text(json.dumps(check) + "\n")
+            print(f"   check: {json.dumps(check)}", flush=True)
+        except Exception as exc:
+            entry.update(status="failed", reason=f"correctness check failed, nothing timed: {exc}",
+                         seconds=time.perf_counter() - t0)
+            return entry
+    env = dict(os.environ, NTKSCALE_BENCH_RESULTS=str(ctx.raw), PYTHONUNBUFFERED="1")
+    log_path = ctx.raw / f"{b.name}.log"
+    timeout = (b.quick_s if ctx.quick else b.full_s) * 6 + 120
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+        reader = threading.Thread(target=_stream, args=(proc, log, quiet), daemon=True)
+        reader.start()
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)  # the script's own process group only
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            rc = None
+        reader.join(timeout=10)
+    entry["seconds"] = round(time.perf_counter() - t0, 1)
+    entry["load_1min_end"] = round(os.getloadavg()[0], 2)
+    tail = log_path.read_text().splitlines()[-15:]
+    if rc is None:
+        entry.update(status="failed", reason=f"timed out after {timeout} s; last output:\n" + "\n".join(tail))
+        return entry
+    if rc != 0:
+        entry.update(status="failed", reason=f"exit status {rc}; last output:\n" + "\n".join(tail))
+        return entry
+    try:
+        entry.update(b.read(ctx))
+        entry["status"] = "ok"
+    except Exception as exc:
+        entry.update(status="failed", reason=f"could not read or check its results: {exc}")
+    return entry
+
+
+# ----------------------------------------------------------------------------- Markdown
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def _dur(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min"
+
+
+def md_table(t: Table) -> List[str]:
+    rows = t["rows"]
+    if not rows:
+        return [f"*{t['caption']}: no rows*", ""]
+    cols = list(dict.fromkeys(c for r in rows for c in r))
+    out = [f"*{t['caption']}*", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(_cell(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return out + [""]
+
+
+def render(suite: Dict[str, Any], ctx: Ctx) -> str:
+    last = suite["last_run"]
+    m, v = last["machine"], last["versions"]
+    nt = v.get("nt_venv")
+    nt_txt = (f"neural-tangents {nt['neural-tangents']} / jax {nt['jax']} (CPU) in its venv" if isinstance(nt, dict)
+              else "neural-tangents venv not built")
+    rel = (lambda p: os.path.relpath(p, ctx.readme.parent)) if ctx.readme else (lambda p: str(p))
+    lines = [BEGIN, "", "## The suite: `python -m benchmarks`", "",
+             "<!-- generated by benchmarks/suite.py from results/suite.json: edit the code, not this section -->", "",
+             "One entry point runs every comparison side by side and rewrites this section:", "",
+             "```",
+             "python -m benchmarks --quick     # smaller sizes: under 5 minutes on 2 cores",
+             "python -m benchmarks             # full sizes (the per-script sections above)",
+             "python -m benchmarks --only fc,cntk --results-dir /tmp/r   # a subset, elsewhere",
+             "python -m benchmarks --list",
+             "```", "",
+             "neural-tangents is used when its venv is already built (`bash benchmarks/nt_venv.sh`, a separate "
+             "step); without it, the comparisons say so and report ntkscale alone. Every script asserts that what "
+             "it times is correct before it reports a speed; a failed check or a missing peer is reported with "
+             "its reason instead of a number. Results: `results/suite.json` (machine, versions, date, each "
+             "benchmark's command and tables), each script's own file under `results/suite-raw/<mode>/`, the "
+             "calibration `results/costmodel_cpu.json`, plots in `plots/`.", "",
+             f"Last run: **{last['mode']}**{' (--only ' + ','.join(last['only']) + ')' if last.get('only') else ''}, "
+             f"{last['date']}, {last['duration_s'] / 60:.1f} min; {m.get('cpu')}, {m.get('cores')} cores, "
+             f"{m.get('memory_gib')} GiB, load {m.get('load_1min')} → {last.get('load_1min_end')} (shared machine: "
+             f"absolute times are inflated, ratios and one-thread CPU seconds are what count); Python "
+             f"{v.get('python')}, numpy {v.get('numpy')}, scipy {v.get('scipy')}, numba {v.get('numba')}, dask "
+             f"{v.get('dask')}, zarr {v.get('zarr')}, scikit-learn {v.get('scikit-learn')}; {nt_txt}.", ""]
+    lines += ["| benchmark | what | status | mode | duration (last run) | expected quick / full |",
+              "|---|---|---|---|---|---|"]
+    for b in REGISTRY:
+        e = suite["benchmarks"].get(b.name)
+        if not b.default and e is None:
+            continue
+        st = "not run" if e is None else ("ok" if e["status"] == "ok" else f"**{e['status']}**")
+        took = f"{e.get('seconds', 0):.0f} s" if e else "-"
+        lines.append(f"| [{b.name}](#suite-{b.name}) | {b.what} | {st} | {e['mode'] if e else '-'} | {took} | "
+                     f"~{_dur(b.quick_s)} / ~{_dur(b.full_s)} |")
+    full_est = sum(b.full_s for b in REGISTRY if b.default)
+    lines += ["", f"The full run takes about {full_est / 60:.0f} minutes on this 2-core machine at its usual load "
+                  "(sum of the expected durations above, from the scripts' full-size runs); the quick run's "
+                  "measured duration is in the line above.", ""]
+    for b in REGISTRY:
+        e = suite["benchmarks"].get(b.name)
+        if e is None:
+            continue
+        lines += [f'<a id="suite-{b.name}"></a>', "", f"### {b.name}: {b.title}", "",
+                  f"`{e.get('command', '?')}` — {e['mode']}, {e['date']}, {e.get('seconds', 0):.0f} s, load "
+                  f"{e.get('load_1min_start')} → {e.get('load_1min_end')}", ""]
+        if e["status"] != "ok":
+            lines += [f"**{e['status']}**: this benchmark reports no numbers. Reason:", "", "```",
+                      *e.get("reason", "?").splitlines(), "```", ""]
+            continue
+        for t in e.get("tables", []):
+            lines += md_table(t)
+        for n in e.get("notes", []):
+            lines += [f"- {n}"]
+        if e.get("notes"):
+            lines.append("")
+        for p in e.get("plots", []):
+            lines += [f"![{p}]({rel(ctx.plots / p)})", ""]
+    lines.append(END)
+    return "\n".join(lines) + "\n"
+
+
+def write_readme(path: Path, section: str) -> None:
+    """Replace the text between the markers (append markers at the end if absent)."""
+    text = path.read_text() if path.exists() else ""
+    if BEGIN in text and END in text:
+        i, j = text.index(BEGIN), text.index(END) + len(END)
+        new = text[:i] + section.rstrip("\n") + text[j:]
+    else:
+        new = text + ("\n" if text and not text.endswith("\n") else "") + ("\n" if text else "") + section
+    path.write_text(new)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (under 5 minutes on 2 cores)")
+    ap.add_argument("--only", default=None, help="comma-separated benchmark names (see --list)")
+    ap.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    ap.add_argument("--results-dir", default=None, help="where results go (default: benchmarks/results)")
+    ap.add_argument("--readme", default=None, help="Markdown file whose suite section is rewritten")
+    ap.add_argument("--no-readme", action="store_true", help="leave every README alone")
+    ap.add_argument("--quiet", action="store_true", help="do not echo the scripts' output")
+    args = ap.parse_args(argv)
+
+    if args.list:
+        for b in REGISTRY:
+            print(f"{b.name:11s} {'' if b.default else '(only with --only) '}{b.title}: {b.what}; "
+                  f"~{b.quick_s} s quick, ~{b.full_s} s full")
+        return 0
+    if args.only:
+        names = [s.strip() for s in args.only.split(",") if s.strip()]
+        unknown = [n for n in names if n not in BY_NAME]
+        if unknown:
+            print(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BY_NAME)}", file=sys.stderr)
+            return 2
+        selected = [b for b in REGISTRY if b.name in names]
+    else:
+        selected = [b for b in REGISTRY if b.default]
+
+    custom = args.results_dir is not None
+    results = Path(args.results_dir).resolve() if custom else HERE / "results"
+    mode = "quick" if args.quick else "full"
+    readme = None if args.no_readme else (Path(args.readme) if args.readme else
+                                          (results / "README.md" if custom else HERE / "README.md"))
+    ctx = Ctx(quick=args.quick, results=results, raw=results / "suite-raw" / mode,
+              plots=(results / "plots") if custom else HERE / "plots", readme=readme,
+              scratch=Path(tempfile.mkdtemp(prefix="ntkscale-suite-", dir=os.environ.get("NTKSCALE_BENCH_DIR"))),
+              nt=nt_python())
+    ctx.raw.mkdir(parents=True, exist_ok=True)
+    ctx.plots.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    print(f"ntkscale benchmark suite, {mode}: {', '.join(b.name for b in selected)}; {info['cpu']}, "
+          f"{info['cores']} cores, load {info['load_1min']}")
+    if ctx.nt is None:
+        print(f"note: {ctx.nt_note}")
+    else:
+        print(f"neural-tangents venv found: {ctx.nt}")
+    t0 = time.perf_counter()
+    suite_path = results / "suite.json"
+    try:
+        suite = json.loads(suite_path.read_text())
+        suite.setdefault("benchmarks", {})
+    except (OSError, ValueError):
+        suite = {"benchmarks": {}}
+    statuses = {}
+    try:
+        for b in selected:
+            entry = run_one(b, ctx, quiet=args.quiet)
+            suite["benchmarks"][b.name] = entry
+            statuses[b.name] = entry["status"]
+            mark = "ok" if entry["status"] == "ok" else f"{entry['status'].upper()}: {entry.get('reason', '')}"
+            print(f"== {b.name}: {mark} ({entry.get('seconds', 0):.0f} s)", flush=True)
+    finally:
+        shutil.rmtree(ctx.scratch, ignore_errors=True)
+    suite["last_run"] = {"mode": mode, "only": [b.name for b in selected] if args.only else None,
+                         "date": info["date"], "duration_s": round(time.perf_counter() - t0, 1), "machine": info,
+                         "load_1min_end": round(os.getloadavg()[0], 2), "versions": versions(ctx.nt),
+                         "argv": sys.argv[1:] if argv is None else list(argv)}
+    suite["schema"] = 1
+    results.mkdir(parents=True, exist_ok=True)
+    suite_path.write_text(json.dumps(suite, indent=1, default=str) + "\n")
+    if readme is not None:
+        write_readme(readme, render(suite, ctx))
+    dur = suite["last_run"]["duration_s"]
+    print(f"\nsuite {mode}: {dur:.0f} s ({dur / 60:.1f} min); "
+          + ", ".join(f"{k} {v}" for k, v in statuses.items()))
+    print(f"results: {suite_path}" + (f"; README section: {readme}" if readme else ""))
+    return 0 if all(s == "ok" for s in statuses.values()) else 1

@@ -1,0 +1,46 @@
+"""The benchmark suite cannot rot: ``python -m benchmarks --quick --only tiny`` runs
+end to end (subprocess, result parsing, suite.json, the README section) into a
+temporary results directory, in a few seconds."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_suite_runs_the_tiny_benchmark(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--only", "tiny", "--quiet",
+                          "--results-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    suite = json.loads((tmp_path / "suite.json").read_text())
+    entry = suite["benchmarks"]["tiny"]
+    assert entry["status"] == "ok", entry.get("reason")
+    assert {"date", "machine", "versions"} <= set(suite["last_run"]) and suite["last_run"]["mode"] == "quick"
+    assert suite["last_run"]["machine"]["load_1min"] >= 0
+    acc = entry["tables"][1]["rows"]
+    assert all(r["ntkscale"] >= 0.9 for r in acc)
+    assert (tmp_path / "suite-raw" / "quick" / "estimator_tiny.json").exists()
+    readme = (tmp_path / "README.md").read_text()
+    assert readme.startswith("<!-- suite:begin -->") and readme.rstrip().endswith("<!-- suite:end -->")
+    assert "### tiny" in readme
+
+
+def test_suite_rejects_unknown_names(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "nope", "--results-dir", str(tmp_path)],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "unknown benchmark" in out.stderr
+
+
+def test_readme_section_is_replaced_between_markers_only(tmp_path):
+    sys.path.insert(0, str(REPO))
+    from benchmarks.suite import BEGIN, END, write_readme
+
+    path = tmp_path / "README.md"
+    path.write_text("# Title\n\ntext above\n")
+    write_readme(path, f"{BEGIN}\none\n{END}\n")
+    assert path.read_text() == f"# Title\n\ntext above\n\n{BEGIN}\none\n{END}\n"
+    path.write_text(path.read_text() + "text below\n")
+    write_readme(path, f"{BEGIN}\ntwo\n{END}\n")
+    assert path.read_text() == f"# Title\n\ntext above\n\n{BEGIN}\ntwo\n{END}\ntext below\n"

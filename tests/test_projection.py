@@ -1,0 +1,97 @@
+"""Cost model fit and the shapes-only projection (ntkscale.costmodel, ntkscale.projection)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ntkscale import NtkscaleError, costmodel, default_layers, stax
+from ntkscale.cli import main as cli_main
+from ntkscale.projection import CalibrationError, _grid_work, cifar10_table, project, resolve_net
+
+TRUE = {"flat": {"s_per_input_flop": 2e-11, "s_per_layer_flop": 1.5e-10, "s_per_byte": 1e-10,
+                 "overhead_s_per_call": 4e-4},
+        "slab": {"s_per_flop": 1e-10, "s_per_byte": 0.0, "overhead_s_per_call": 2e-3}}
+
+
+def _synthetic(dtype="float64"):
+    """Measurements generated from TRUE (plus 1 % deterministic noise)."""
+    meas, rng = [], np.random.default_rng(0)
+    nets = [(default_layers(depth)[2], (d,)) for depth in (1, 3, 8) for d in (16, 784, 3072)]
+    nets += [(stax.presets.cntk(depth)[2], (hw, hw, 3)) for depth in (1, 3) for hw in (4, 8, 16)]
+    for kfn, shape in nets:
+        for n in (16, 256):
+            feat = costmodel.features(kfn, shape, dtype)
+            coef = TRUE[feat["path"]]
+            per, over = costmodel._apply(coef, feat["path"], feat)
+            t = (n * n * per + over) * (1 + 0.01 * rng.standard_normal())
+            meas.append({"spec": kfn.spec, "input_shape": list(shape), "dtype": dtype, "n1": n, "n2": n, "cpu_s": t})
+    return meas
+
+
+def test_fit_recovers_the_coefficients():
+    cal = costmodel.fit(_synthetic(), machine={"cpu": "test"})
+    assert cal["fit"]["median_abs_rel_err"] < 0.02 and cal["fit"]["r2_log"] > 0.999
+    assert cal["label"].startswith("CPU calibration")
+    kfn = default_layers(5)[2]
+    want = 1000 * 1000 * costmodel._apply(TRUE["flat"], "flat", costmodel.features(kfn, (500,)))[0] + 4e-4
+    assert costmodel.predict_call(cal, kfn, (500,), 1000, 1000) == pytest.approx(want, rel=0.05)
+    assert {"flat", "slab"} <= set(cal["coefficients"]["float64"])
+
+
+def test_code_paths():
+    assert costmodel.code_path(default_layers(3), (10,)) == "flat"
+    assert costmodel.code_path(stax.presets.cntk(3), (8, 8, 1)) == "slab"
+    assert costmodel.code_path(stax.presets.myrtle(5), (32, 32, 3)) == "reference"
+
+
+def test_grid_entries_are_the_upper_triangle():
+    w = _grid_work(1000, 0, 300)
+    assert w["entries"] == 1000 * 1001 / 2 and w["calls"] == 4 * 5 / 2
+    assert _grid_work(1000, 70, 300)["entries"] == 1000 * 1001 / 2 + 70 * 1000
+
+
+@pytest.fixture
+def calibration(tmp_path):
+    cal = costmodel.fit(_synthetic(), machine={"cpu": "test"})
+    path = tmp_path / "costmodel_cpu.json"
+    costmodel.save(cal, path)
+    return path
+
+
+def test_project_scales_and_splits_over_devices(calibration):
+    a = project(10000, (784,), "fc3", "cpu", 1, "float64", calibration, block_size=1000)
+    b = project(20000, (784,), "fc3", "cpu", 8, "float64", calibration, block_size=1000)
+    assert a["code_path"] == "flat" and a["unit"] == "core"
+    assert b["device_hours"] / a["device_hours"] == pytest.approx(4, rel=0.02)
+    assert b["wall_hours"] == pytest.approx(b["device_hours"] / 8)
+    assert any("CPU calibration" in n for n in a["notes"])
+    json.dumps(a)  # JSON-able
+
+
+def test_project_names_and_errors(calibration, monkeypatch, tmp_path):
+    assert resolve_net("myrtle10", (32, 32, 3)).spec == stax.presets.myrtle(10)[2].spec
+    assert resolve_net("cntk-gap21", (32, 32, 3)).spec == stax.presets.cntk(21, "gap")[2].spec
+    with pytest.raises(NtkscaleError, match="unknown net"):
+        project(10, (8, 8, 3), "resnet50", "cpu", 1, "float32", calibration)
+    monkeypatch.setenv("NTKSCALE_CALIBRATION_DIR", str(tmp_path / "none"))
+    monkeypatch.setattr("ntkscale.projection.CALIBRATION_DIRS", [])
+    with pytest.raises(CalibrationError, match="no GPU calibration"):
+        project(50000, (32, 32, 3), "myrtle5", "gpu", 8, "float64")
+    with pytest.raises(CalibrationError, match="measured on a CPU"):
+        project(50000, (32, 32, 3), "cntk-gap21", "gpu", 8, "float32", calibration)
+
+
+def test_cifar_table_and_cli(calibration, capsys):
+    # The synthetic calibration has no array-API (Myrtle) coefficients: said plainly.
+    with pytest.raises(CalibrationError, match="reference code path"):
+        cifar10_table(calibration)
+    assert cli_main(["project", "--n", "50000", "--input-shape", "32,32,3", "--net", "cntk-gap21", "--devices", "8",
+                     "--device", "cpu", "--dtype", "float32", "--calibration", str(calibration), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n_devices"] == 8 and out["code_path"] == "slab" and out["device_hours"] > 0
+    assert cli_main(["project", "--n", "100", "--input-shape", "784", "--net", "fc3",
+                     "--calibration", str(calibration)]) == 0
+    assert "core-hours" in capsys.readouterr().out
+    assert cli_main(["project", "--n", "100", "--input-shape", "8,8,3", "--net", "myrtle5", "--device", "gpu",
+                     "--calibration", str(calibration)]) == 2

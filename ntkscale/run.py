@@ -200,6 +200,7 @@ class RunPipeline:
             self._say(f"solve: warning: {w.message}")
         record["solve"] = _jsonable(res.summary())
         record["seconds"] = time.perf_counter() - t0
+        record["gram_passes"] = int(getattr(op, "n_passes", 0))   # sweeps over the Gram in this process
         if res.info is not None:
             record["cg_iterations"] = int(res.info.iterations)
             record["cg_resumed_from"] = res.info.resumed_from
@@ -327,7 +328,7 @@ class RunPipeline:
             out = {"task": rec["task"], "method": rec["method"], "n_train": rec["n_train"], "n_test": 0}
         out["gram"] = {"blocks_computed": rep.blocks_computed, "blocks_done_before": rep.blocks_done_before,
                        "seconds": round(gram_s, 3)}
-        out["solve"] = {k: rec.get(k) for k in ("cg_iterations", "cg_resumed_from", "converged",
+        out["solve"] = {k: rec.get(k) for k in ("cg_iterations", "cg_resumed_from", "converged", "gram_passes",
                                                 "cholesky_tiles_computed", "seconds") if k in rec}
         out["seconds"] = round(time.perf_counter() - t0, 3)
         return _jsonable(out)

@@ -175,7 +175,7 @@ class RunPipeline:
                                   rank=max(1, min(sv.preconditioner.rank, n // 2)),
                                   ridge_path=sv.ridge_path, tile=sv.tile)
         record: Dict[str, Any] = {"identity": ident, "method": sv.method, "kind": self.kind(store),
-                                  "task": enc.task, "n_train": n, "mean_diagonal": mean_diag,
+                                  "task": enc.task, "n_train": n, "mean_diagonal": mean_diag, "tol": sv.tol,
                                   "ridges_relative": rel.tolist() if sv.ridge_relative else (rel / mean_diag).tolist(),
                                   "ridges_absolute": ridges.tolist(), "chosen_index": 0, "validation": None}
         if enc.task == "classification":

@@ -250,7 +250,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                                      if metrics else None)
     out = Path(args.output) if args.output else store.path.parent / f"{store.path.name}-report"
     paths = write_report(str(out), history=history, ridges=rec.get("ridges_absolute"),
-                         rtol=(rec.get("solve") or {}).get("cg", {}).get("rtol"), eigenvalues=eig,
+                         rtol=rec.get("tol") if rec.get("method") == "cg" else None, eigenvalues=eig,
                          ridge_metrics=rows, chosen=rec.get("chosen_index"),
                          relative_ridges=rec.get("ridges_relative"))
     for p in paths:

@@ -162,11 +162,11 @@ def interleaved(tmp: Path, n: int, cfgs: List[Any], repeat: int, x_path: Path) -
         mem_runs, runs = [], [[] for _ in cfgs]
         for _ in range(repeat):
             mem_runs.append(in_memory(x_path))
-            for k, (client, cfg) in enumerate(zip(clients, cfgs)):
+            for k, (client, cfg) in enumerate(zip(clients, cfgs, strict=True)):
                 runs[k].append(_one_run(client, cfg))
         peaks = [max(c.run(_maxrss_mib).values()) for c in clients]
     mem = dict(min(mem_runs, key=lambda r: r["seconds"]), all_seconds=[r["seconds"] for r in mem_runs])
-    return mem, [_summary(n, cfg, r, st, pk) for cfg, r, st, pk in zip(cfgs, runs, startups, peaks)]
+    return mem, [_summary(n, cfg, r, st, pk) for cfg, r, st, pk in zip(cfgs, runs, startups, peaks, strict=True)]
 
 
 def pipeline_runs(tmp: Path, n: int, block: int, workers: int, memory: str, *, io_threads: int = 1,

@@ -20,7 +20,7 @@ def _to_backend(x: Any, dtype: str, xp: Any) -> Any:
 
 
 def _to_host(out: Sequence[Any], get: Sequence[str], dtype: str) -> Dict[str, np.ndarray]:
-    return {name: np.ascontiguousarray(to_numpy(a), dtype=dtype) for name, a in zip(get, out)}
+    return {name: np.ascontiguousarray(to_numpy(a), dtype=dtype) for name, a in zip(get, out, strict=True)}
 
 
 def compute_block(kernel_fn: Any, x_rows: Any, x_cols: Optional[Any], *, get: Sequence[str],

@@ -83,7 +83,8 @@ def verify(path: os.PathLike | str, *, threads: Optional[int] = None,
     present = [b for b in plan.blocks if b.key in records]
     bad: Dict[str, str] = {}
     with concurrent.futures.ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
-        for block, problem in zip(present, pool.map(lambda b: store.check_block(b, records[b.key]), present)):
+        problems = pool.map(lambda b: store.check_block(b, records[b.key]), present)
+        for block, problem in zip(present, problems, strict=True):
             if problem is not None:
                 bad[block.key] = problem
     inputs: Dict[str, str] = {}

@@ -258,7 +258,8 @@ def compute_missing(store: GramStore, job: Job, cluster: Any, *, client: Any = N
         report.seconds = time.perf_counter() - t0
         return report
     given = client is not None
-    with (contextlib.nullcontext(client) if given else open_client(cluster)) as client:
+    with (contextlib.nullcontext(client) if given else open_client(cluster)) as dask_client:
+        client = dask_client
         if given or isinstance(cluster, AddressClusterConfig):
             try:
                 client.wait_for_workers(1, timeout=WAIT_FOR_WORKERS_S)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 import os
 import socket
 import sys
@@ -181,7 +182,7 @@ class Progress:
 
 
 def _hms(seconds: float) -> str:
-    if seconds != seconds or seconds == float("inf"):
+    if math.isnan(seconds) or math.isinf(seconds):
         return "?"
     s = int(round(seconds))
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"

@@ -462,7 +462,7 @@ def block_token(meta: Dict[str, Any], block: Block) -> str:
 
 
 def _layer_diff(want: list, have: list) -> str:
-    for i, (a, b) in enumerate(zip(want, have)):
+    for i, (a, b) in enumerate(zip(want, have, strict=False)):
         if a != b:
             return f"layer {i} is {json.dumps(a)} in the config but {json.dumps(b)} in the store"
     return f"the config has {len(want)} layers, the store {len(have)}"

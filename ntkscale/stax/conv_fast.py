@@ -11,12 +11,16 @@ closed form. ``GlobalAvgPool`` sums all slabs; ``Flatten`` needs only
 slab runs in L1/L2 cache instead of streaming ``H²W²``-sized arrays through
 memory, and every slab op is a short fixed-width loop.
 
-SIMD: 8 image pairs ride in the 8 lanes of every inner loop
-(``buf[position, lane]``), so all loops have a compile-time trip count of 8
-and vectorise without tails or gathers, whatever the image size. The
-ReLU-family angle is computed branch-free with a half-angle reduction and an
-11-term polynomial for ``atan`` on ``[0, tan(π/8)]`` (numba here has no SVML,
-so a libm ``atan2`` per entry would not vectorise). Erf uses the same atan.
+SIMD: a group of L image pairs (8–64) rides in the lanes of every inner
+loop (``buf[position · L + lane]``), so a slab row of W positions is one
+contiguous loop of W·L values that vectorises without gathers, whatever the
+image size. A 3-wide stride-1 Conv and the ReLU-family activation after it
+run in one fused row loop. The activation is scale-free (no division by the
+norm) and its angle branch-free: a half-angle reduction and an 11-term
+polynomial for ``atan`` on ``[0, tan(π/8)]`` (numba here has no SVML, so a
+libm ``atan2`` per entry would not vectorise); Erf uses the same atan. The
+kernels themselves are in ``conv_slab``; groups are shared by GIL-free
+worker threads.
 
 Supported: Conv (any filter and strides; SAME/VALID, or CIRCULAR everywhere
 with strides dividing the image), Dense on images, ReLU family

@@ -89,13 +89,13 @@ def test_cholesky_agrees_with_cg_and_reuses_tiles(solved, tmp_path):
 
 def test_run_json_regression_last_line(tmp_path, capsys):
     data = blobs(tmp_path, n=90, m=30, regression=True)
-    cfg = write(tmp_path, run_config(data, solver={"method": "cg", "ridge": 1e-3, "tol": 1e-8,
+    cfg = write(tmp_path, run_config(data, solver={"method": "cg", "ridge": 1e-3, "tol": 1e-8, "mode": "streamed",
                                                    "preconditioner": {"kind": "pivoted_cholesky", "rank": 16}}))
     assert main(["run", str(cfg), "--json"]) == 0
     out = capsys.readouterr()
     m = last_json(out.out)
     assert m["task"] == "regression" and 0 <= m["test_mse"] < 0.2 and m["test_r2"] > 0.5
-    assert "computing" in out.err and "solve:" in out.err      # progress on stderr
+    assert "computing" in out.err and "(streamed)" in out.err   # progress on stderr
     assert "ridges" not in m
 
 

@@ -28,17 +28,18 @@ from .errors import ConfigError
 #: Dask already sets OMP/MKL/OPENBLAS_NUM_THREADS=1 (distributed.nanny.pre-spawn-environ).
 WORKER_ENV = {"NUMBA_NUM_THREADS": "1"}
 
-ClientFactory = Callable[[Any], ContextManager[Any]]
+ClientFactory = Callable[..., ContextManager[Any]]
 CLIENT_FACTORIES: Dict[str, ClientFactory] = {}
 
 
 def register_client_factory(kind: str, factory: ClientFactory) -> None:
-    """``factory(cluster_config)`` is a context manager yielding a Client."""
+    """``factory(cluster_config, security=None)`` is a context manager yielding a Client
+    (``security``: a ``distributed.security.Security`` from the ``tls:`` section)."""
     CLIENT_FACTORIES[kind] = factory
 
 
 @contextlib.contextmanager
-def _local(cfg: Any) -> Iterator[Any]:
+def _local(cfg: Any, security: Any = None) -> Iterator[Any]:
     from distributed import Client, LocalCluster  # noqa: PLC0415
 
     kwargs: Dict[str, Any] = dict(
@@ -48,12 +49,15 @@ def _local(cfg: Any) -> Iterator[Any]:
     )
     if cfg.processes:
         kwargs["env"] = dict(WORKER_ENV)
-    with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
+    if security is not None:
+        kwargs["security"] = security
+        kwargs["protocol"] = "tls://"
+    with LocalCluster(**kwargs) as cluster, Client(cluster, security=security) as client:
         yield client
 
 
 @contextlib.contextmanager
-def _address(cfg: Any) -> Iterator[Any]:
+def _address(cfg: Any, security: Any = None) -> Iterator[Any]:
     from distributed import Client  # noqa: PLC0415
 
     import dask  # noqa: PLC0415
@@ -61,8 +65,8 @@ def _address(cfg: Any) -> Iterator[Any]:
     where = cfg.address or f"the scheduler in {cfg.scheduler_file}"
     timeout = dask.config.get("distributed.comm.timeouts.connect")
     try:
-        client = Client(cfg.address, timeout=timeout) if cfg.address else Client(
-            scheduler_file=cfg.scheduler_file, timeout=timeout)
+        client = Client(cfg.address, timeout=timeout, security=security) if cfg.address else Client(
+            scheduler_file=cfg.scheduler_file, timeout=timeout, security=security)
     except (OSError, TimeoutError, ValueError) as exc:
         raise ConfigError(f"cluster: cannot reach {where} ({type(exc).__name__}: {exc}); is "
                           "`dask scheduler` running and the address right?") from None
@@ -74,13 +78,15 @@ register_client_factory("local", _local)
 register_client_factory("address", _address)
 
 
-def open_client(cfg: Any) -> ContextManager[Any]:
+def open_client(cfg: Any, security: Any = None) -> ContextManager[Any]:
     """Context manager: a Client for ``cfg`` (closed, with its cluster, on exit)."""
+    from . import cluster_backends  # noqa: F401,PLC0415 (registers slurm and kubernetes)
+
     try:
         factory = CLIENT_FACTORIES[cfg.kind]
     except KeyError:
         raise ConfigError(f"cluster.kind {cfg.kind!r} has no client factory in this installation") from None
-    return factory(cfg)
+    return factory(cfg, security=security)
 
 
 def dashboard_link(client: Any) -> Optional[str]:

@@ -19,11 +19,12 @@ and the spec builder work without a SLURM or a Kubernetes cluster in reach.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 from .config import Section, parse_memory
 from .errors import ConfigError
@@ -605,3 +606,48 @@ def check_store_visible(client: Any, store_dir: Union[str, Path]) -> int:
             "Put the store on a filesystem every worker mounts at the same path (NFS, Lustre, "
             "GPFS, a ReadWriteMany volume), not on node-local disk.")
     return len(results)
+
+
+# ----------------------------------------------------------------------------- registration
+
+
+@contextlib.contextmanager
+def _slurm_client(opts: SlurmOptions, security: Any = None) -> Iterator[Any]:
+    from distributed import Client  # noqa: PLC0415
+
+    cluster = make_slurm_cluster(opts, security=security)
+    try:
+        with Client(cluster, security=security) as client:
+            yield client
+    finally:
+        cluster.close()
+
+
+@contextlib.contextmanager
+def _kubernetes_client(opts: KubernetesOptions, security: Any = None) -> Iterator[Any]:
+    from distributed import Client  # noqa: PLC0415
+
+    if security is not None:
+        raise ConfigError("tls: is not wired for cluster.kind 'kubernetes' here; mount the certificates "
+                          "from a Secret as described in deploy/kubernetes/README.md")
+    cluster = make_kubernetes_cluster(opts)
+    try:
+        with Client(cluster) as client:
+            yield client
+    finally:
+        cluster.close()
+
+
+def _register() -> None:
+    from . import cluster as _cluster  # noqa: PLC0415
+    from . import config as _config  # noqa: PLC0415
+
+    _config.register_cluster_kind(
+        "slurm", lambda sec, base: parse_slurm_options(sec, base, source=sec.source))
+    _config.register_cluster_kind(
+        "kubernetes", lambda sec, base: parse_kubernetes_options(sec, source=sec.source))
+    _cluster.register_client_factory("slurm", _slurm_client)
+    _cluster.register_client_factory("kubernetes", _kubernetes_client)
+
+
+_register()

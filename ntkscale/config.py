@@ -282,6 +282,8 @@ ClusterConfig = Union[LocalClusterConfig, AddressClusterConfig, Any]
 
 
 def parse_cluster(mapping: Any, base: Path, source: str) -> ClusterConfig:
+    from . import cluster_backends  # noqa: F401,PLC0415 (registers slurm and kubernetes)
+
     sec = Section({} if mapping is None else mapping, "cluster", source)
     kind = sec.get("kind", "local")
     if kind in RESERVED_CLUSTER_KINDS and kind not in CLUSTER_KINDS:
@@ -295,7 +297,7 @@ def parse_cluster(mapping: Any, base: Path, source: str) -> ClusterConfig:
 # ----------------------------------------------------------------------------- the run config
 
 TOP_LEVEL_KEYS = ("data", "kernel", "store", "block_size", "dtype", "backend", "memory_budget",
-                  "cluster", "solver", "task")
+                  "cluster", "tls", "solver", "task")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,6 +314,7 @@ class RunConfig:
     cluster: ClusterConfig = LocalClusterConfig()
     solver: Optional[SolverConfig] = None        # ntkscale.solver_config (None: the defaults)
     task: Optional[str] = None                   # auto | classification | regression (None: auto)
+    tls: Optional[Any] = None                    # ntkscale.cluster_backends.TLSOptions (None: plain tcp)
     source: str = "<dict>"
 
     def replace(self, **changes: Any) -> "RunConfig":
@@ -335,6 +338,7 @@ class RunConfig:
             cluster=parse_cluster(top.get("cluster"), base, source),
             solver=parse_solver(top.get("solver"), source),
             task=parse_task(top.get("task"), source),
+            tls=_parse_tls(top.get("tls"), base, source, check_files),
             source=source,
         )
 
@@ -345,6 +349,15 @@ class RunConfig:
         out["solver"] = None if self.solver is None else self.solver.to_dict()
         out.pop("source")
         return out
+
+
+def _parse_tls(mapping: Any, base: Path, source: str, check_files: bool) -> Optional[Any]:
+    """``tls:`` -> TLSOptions (certificate files, or ``temporary: true``)."""
+    if mapping is None:
+        return None
+    from .cluster_backends import parse_tls_options  # noqa: PLC0415
+
+    return parse_tls_options(mapping, base, source=source, check_files=check_files)
 
 
 def _raw_mapping(top: Section, key: str) -> Optional[Mapping[str, Any]]:

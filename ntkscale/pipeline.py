@@ -232,7 +232,8 @@ class GramPipeline:
                       memory_budget=task_memory(self.config) // 2, run_id=run_id,
                       io_threads=io_threads(self.config))
             report = compute_missing(store, job, self.config.cluster, client=client,
-                                     progress=self.progress, stream=self.stream)
+                                     progress=self.progress, stream=self.stream,
+                                     security=_security(self.config))
         report.seconds = time.perf_counter() - t0
         return report
 
@@ -241,8 +242,18 @@ class GramPipeline:
             print(message, file=self.stream or sys.stderr, flush=True)
 
 
+def _security(config: RunConfig) -> Any:
+    """``tls:`` -> ``distributed.security.Security`` (None without a tls section)."""
+    if config.tls is None:
+        return None
+    from .cluster_backends import security_from_tls  # noqa: PLC0415
+
+    return security_from_tls(config.tls)
+
+
 def compute_missing(store: GramStore, job: Job, cluster: Any, *, client: Any = None,
-                    progress: bool = True, stream: Optional[TextIO] = None) -> RunReport:
+                    progress: bool = True, stream: Optional[TextIO] = None,
+                    security: Any = None) -> RunReport:
     """Submit every block without a valid manifest entry (the caller holds the lock)."""
     t0 = time.perf_counter()
     plan = store.plan()
@@ -258,14 +269,18 @@ def compute_missing(store: GramStore, job: Job, cluster: Any, *, client: Any = N
         report.seconds = time.perf_counter() - t0
         return report
     given = client is not None
-    with (contextlib.nullcontext(client) if given else open_client(cluster)) as dask_client:
+    with (contextlib.nullcontext(client) if given else open_client(cluster, security)) as dask_client:
         client = dask_client
-        if given or isinstance(cluster, AddressClusterConfig):
+        remote = given or getattr(cluster, "kind", "local") != "local"
+        if remote:
             try:
                 client.wait_for_workers(1, timeout=WAIT_FOR_WORKERS_S)
             except (TimeoutError, OSError) as exc:
                 raise NtkscaleError(f"no Dask worker joined the scheduler within {WAIT_FOR_WORKERS_S} s "
                                     f"({type(exc).__name__}); start workers with `dask worker ADDRESS`") from None
+            from .cluster_backends import check_store_visible  # noqa: PLC0415
+
+            check_store_visible(client, store.path)  # fail fast: every worker must see the store
         report.dashboard = dashboard_link(client)
         report.slots = total_threads(client)
         if job.io_threads:   # the io threads write, they do not compute

@@ -227,3 +227,31 @@ def test_tls_between_driver_and_slurm_workers(partition, tmp_path):
     finally:
         cluster.close()
     assert _wait_for(lambda: not _queued(job_name), timeout=60)
+
+
+def test_gram_pipeline_with_cluster_kind_slurm(partition, tmp_path):
+    """`cluster: {kind: slurm}` in a run config: the Gram pipeline submits its own
+    SLURM jobs, computes every block there, and equals the in-memory kernel."""
+    from ntkscale.config import RunConfig  # noqa: PLC0415
+    from ntkscale.pipeline import GramPipeline  # noqa: PLC0415
+    from ntkscale.store import GramStore  # noqa: PLC0415
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((50, 6))
+    np.save(tmp_path / "x.npy", x)
+    job_name = f"ntkscale-pipe-{uuid.uuid4().hex[:6]}"
+    layers = [["Dense", {"W_std": 1.4, "b_std": 0.1}], ["Relu", {}], ["Dense", {"W_std": 1.4}]]
+    config = RunConfig.from_mapping({
+        "data": {"train": {"x": "x.npy"}},
+        "kernel": {"layers": layers, "get": "ntk"},
+        "store": "run.zarr", "block_size": 16, "dtype": "float64",
+        "cluster": {"kind": "slurm", "jobs": 1, "cores": 1, "processes": 1, "memory": "1GB",
+                    "walltime": "00:10:00", "partition": partition, "python": sys.executable,
+                    "job_name": job_name},
+    }, base_dir=tmp_path)
+    assert config.cluster.kind == "slurm"
+    GramPipeline(config, progress=False).run()
+    stored = np.asarray(GramStore.open(tmp_path / "run.zarr").train_array("ntk")[...])
+    expected = stax.from_spec(layers)[2](x, None, "ntk")
+    np.testing.assert_allclose(stored, expected, rtol=1e-12)
+    assert _wait_for(lambda: not _queued(job_name), 60), "the pipeline left SLURM jobs behind"

@@ -1,0 +1,68 @@
+"""`cluster:` kinds slurm/kubernetes and the `tls:` section in run configs."""
+
+import numpy as np
+import pytest
+
+from ntkscale.config import RunConfig
+from ntkscale.errors import ConfigError
+
+
+@pytest.fixture
+def base(tmp_path):
+    np.save(tmp_path / "x.npy", np.ones((4, 3)))
+    return tmp_path
+
+
+def _config(base, **extra):
+    mapping = {"data": {"train": {"x": "x.npy"}}, "kernel": {"layers": [["Dense", {}]]},
+               "store": "run.zarr", **extra}
+    return RunConfig.from_mapping(mapping, base_dir=base, source="run.yaml")
+
+
+def test_slurm_kind_parses_with_issue_keys(base):
+    pytest.importorskip("dask_jobqueue")
+    cfg = _config(base, cluster={"kind": "slurm", "jobs": 2, "cores": 1, "processes": 1, "memory": "2GB",
+                                 "walltime": "01:00:00", "partition": "gpu", "account": "myproj",
+                                 "gpus_per_job": 1, "interface": "ib0", "python": "/venv/bin/python",
+                                 "extra_sbatch": ["--constraint=h100"]})
+    assert cfg.cluster.kind == "slurm" and cfg.cluster.jobs == 2 and cfg.cluster.gpus_per_job == 1
+    with pytest.raises(ConfigError, match=r"cluster.jbos: unknown key; did you mean 'jobs'"):
+        _config(base, cluster={"kind": "slurm", "jbos": 2})
+
+
+def test_kubernetes_kind_parses_with_issue_keys(base):
+    cfg = _config(base, cluster={"kind": "kubernetes", "image": "ghcr.io/example/ntkscale:0.1",
+                                 "namespace": "ml", "n_workers": 4, "gpus_per_worker": 1,
+                                 "memory": "32GiB", "cpu": 8, "store_claim": "ntkscale-store",
+                                 "store_mount": "/data"})
+    assert cfg.cluster.kind == "kubernetes" and cfg.cluster.n_workers == 4
+    with pytest.raises(ConfigError, match=r"cluster.image: is required"):
+        _config(base, cluster={"kind": "kubernetes"})
+
+
+def test_tls_section(base, tmp_path):
+    cfg = _config(base, tls={"temporary": True})
+    assert cfg.tls.temporary
+    with pytest.raises(ConfigError, match=r"tls.ca_file: file .* does not exist"):
+        _config(base, tls={"ca_file": "missing.pem", "cert": "c.pem", "key": "k.pem"})
+    with pytest.raises(ConfigError, match=r"tls.certs: unknown key"):
+        _config(base, tls={"certs": "x"})
+
+
+def test_tls_local_cluster_runs_gram_over_tls(base):
+    """`tls: {temporary: true}` puts the local cluster on tls:// and the Gram is the same."""
+    from ntkscale.pipeline import GramPipeline
+    from ntkscale.store import GramStore
+    from ntkscale import stax
+
+    x = np.random.default_rng(0).standard_normal((20, 3))
+    np.save(base / "x.npy", x)
+    layers = [["Dense", {"W_std": 1.5}], ["Relu", {}], ["Dense", {}]]
+    cfg = RunConfig.from_mapping({"data": {"train": {"x": "x.npy"}}, "kernel": {"layers": layers, "get": "ntk"},
+                                  "store": "run.zarr", "block_size": 8,
+                                  "cluster": {"kind": "local", "n_workers": 1, "processes": False,
+                                              "dashboard_address": ":0"},
+                                  "tls": {"temporary": True}}, base_dir=base)
+    GramPipeline(cfg, progress=False).run()
+    stored = np.asarray(GramStore.open(base / "run.zarr").train_array("ntk")[...])
+    np.testing.assert_allclose(stored, stax.from_spec(layers)[2](x, None, "ntk"), rtol=1e-12)

@@ -69,7 +69,7 @@ def test_run_cg_matches_a_dense_solve(solved):
 
 
 def test_cholesky_agrees_with_cg_and_reuses_tiles(solved, tmp_path):
-    tmp, data, cfg, m = solved
+    tmp, data, _, m = solved
     for name in ("x", "y", "xt", "yt"):
         shutil.copy(data[name], tmp_path)
     shutil.copytree(tmp / "run.zarr", tmp_path / "run.zarr")
@@ -121,7 +121,7 @@ def test_ridge_list_selected_on_validation(tmp_path, capsys):
 
 
 def test_predict_new_inputs_and_report(solved, tmp_path, capsys):
-    tmp, data, cfg, m = solved
+    tmp, data, cfg, _ = solved
     xt = np.load(data["xt"])
     np.save(tmp_path / "new.npy", xt[:7])
     out = tmp_path / "pred.npy"
@@ -165,7 +165,7 @@ def test_nan_targets_and_unknown_test_classes_rejected_before_work(tmp_path):
 
 
 def test_store_without_the_gram_blocks(solved, tmp_path):
-    tmp, data, cfg, m = solved
+    tmp, data, _, _ = solved
     for name in ("x", "y", "xt", "yt"):
         shutil.copy(data[name], tmp_path)
     path = write(tmp_path, run_config(data))

@@ -79,6 +79,7 @@ def test_killed_run_resumes_from_gram_and_cg_checkpoint(tmp_path):
     fresh = RunPipeline(load_config(write(ref_dir, run_config(data, solver=solver))), progress=False).run()
 
     resumed = RunPipeline(load_config(cfg), progress=False).run()
+    print(f"\nresumed {resumed['solve']}, fresh {fresh['solve']}")
     assert resumed["gram"]["blocks_computed"] == 0 and fresh["gram"]["blocks_computed"] == 0
     after = GramStore.open(store).manifest.records()
     assert {k: r.get("run_id") for k, r in after.items()} == {k: r.get("run_id") for k, r in before.items()}

@@ -62,7 +62,7 @@ def test_config_is_frozen(tmp_path, data):
     (lambda c: c["kernel"].update(layers=[["Relux", {}]]), "kernel.layers: unknown layer 'Relux'"),
     (lambda c: c["cluster"].update(memory_limit="4 jiggabytes"), "cluster.memory_limit: must be a memory size"),
     (lambda c: c.update(block_size=0), "block_size: must be an integer >= 1"),
-    (lambda c: c.update(cluster={"kind": "slurm"}), "cluster.kind: kind 'slurm'"),
+    (lambda c: c.update(cluster={"kind": "slurm", "walltime": 5}), "cluster.walltime: must be a SLURM time"),
     (lambda c: c.update(cluster={"kind": "yarn"}), "cluster.kind: unknown kind 'yarn'"),
     (lambda c: c.update(cluster={"kind": "address"}), "cluster: give exactly one of 'address'"),
     (lambda c: c.update(solver=[1, 2]), "solver: must be a mapping"),

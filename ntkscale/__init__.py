@@ -1,4 +1,11 @@
-"""ntkscale: exact infinite-width NNGP/NTK kernels at scale, and kernel regression."""
+"""ntkscale: exact infinite-width NNGP/NTK kernels at scale, and kernel regression.
+
+``stax`` (kernels) and the scikit-learn estimators import eagerly; the Dask/Zarr
+pipeline objects (``GramPipeline``, ``GramStore``, ``RunPipeline``,
+``load_config``) load on first use so ``import ntkscale`` stays light.
+"""
+
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -7,12 +14,26 @@ from .errors import (  # noqa: E402
     ConfigError, InputError, NotPSDError, NtkscaleError, NumericalWarning, SpecError,
     SpecMismatchError, UnsupportedOptionError,
 )
+from .estimator import NTKClassifier, NTKRegressor, default_layers  # noqa: E402
+
+_LAZY = {
+    "GramPipeline": "ntkscale.pipeline",
+    "GramStore": "ntkscale.store",
+    "RunPipeline": "ntkscale.run",
+    "load_config": "ntkscale.config",
+    "RunConfig": "ntkscale.config",
+}
 
 __all__ = [
     "ConfigError", "InputError", "NotPSDError", "NtkscaleError", "NumericalWarning", "SpecError",
     "SpecMismatchError", "UnsupportedOptionError", "__version__", "stax",
+    "NTKClassifier", "NTKRegressor", "default_layers", *_LAZY,
 ]
 
-from .estimator import NTKClassifier, NTKRegressor, default_layers  # noqa: E402
 
-__all__ += ["NTKClassifier", "NTKRegressor", "default_layers"]
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib  # noqa: PLC0415
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ntkscale' has no attribute {name!r}")

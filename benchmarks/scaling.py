@@ -62,7 +62,7 @@ GET = ("nngp", "ntk")
 TOL = {"float64": 1e-9, "float32": 2e-3}
 S2 = math.sqrt(2.0)
 #: Smallest covariance array (bytes) the array-API path is timed with (see ``sized``).
-MIN_WORKING_SET = 32 << 20  # 16 MiB with --quick
+MIN_WORKING_SET = 32 << 20  # 8 MiB with --quick
 WORKING_SET = [MIN_WORKING_SET]
 
 
@@ -162,8 +162,9 @@ def sized(target: float, kernel_fn, shape, dtype: str, rng, n_max: int = 512):
         # than the caches, the regime of real Gram blocks (a few pairs fit in L2/L3).
         pair_bytes = kernel_fn.cost(tuple(shape))["pair_entries"] * np.dtype(dtype).itemsize
         entries = max(entries, WORKING_SET[0] / pair_bytes)
-    n2 = int(max(1, min(n_max, math.sqrt(entries))))
-    n1 = int(max(1, min(n_max, round(entries / n2 / g)))) * g
+    groups = max(1, round(entries / g))
+    n2 = int(max(1, min(groups, n_max, math.sqrt(entries))))
+    n1 = int(max(1, min(max(1, n_max // g), round(groups / n2)))) * g
     return n1, n2
 
 
@@ -199,16 +200,17 @@ def kernels(quick: bool, repeats: int, target: float) -> List[Dict[str, Any]]:
             n1, n2 = sized(target, kfn, (8, 8, 3), dtype, rng)
             recs.append(record("cntk-depth", f"CNTK-GAP{depth} 8x8x3", kfn, (8, 8, 3), dtype, n1, n2, repeats, rng,
                                hw=8, depth=depth))
-        # The projection's targets at full size; --quick times each in the dtype of
-        # neural-tangents' published figure only (CNTK-GAP 21: float32, Myrtle: float64).
+        # The projection's targets at full size; --quick times CNTK-GAP 21 in the dtype of
+        # neural-tangents' published figure only (float32), and Myrtle-5 alone in float32.
         if not quick or dtype == "float32":
             kfn = stax.presets.cntk(21, "gap")[2]
             n1, n2 = sized(target, kfn, (32, 32, 3), dtype, rng)
-            recs.append(record("cntk21", "CNTK-GAP21 32x32x3", kfn, (32, 32, 3), dtype, n1, n2, repeats, rng,
+            recs.append(record("cntk21", "CNTK-GAP21 32x32x3", kfn, (32, 32, 3), dtype, n1, n2,
+                               1 if quick else repeats, rng,
                                hw=32, depth=21))
-        for depth in (5, 7, 10):
+        for depth in ((5, 10) if quick else (5, 7, 10)):
             for hw in (8, 16, 32):
-                if quick and hw == 32 and dtype == "float32":
+                if quick and hw == 32 and dtype == "float32" and depth != 5:
                     continue
                 kfn = myrtle_for(depth, hw)
                 n1, n2 = sized(target, kfn, (hw, hw, 3), dtype, rng, n_max=256)
@@ -402,7 +404,11 @@ def make_plots(data: Dict[str, Any], plots: Path, gram: Optional[Path]) -> List[
         plot_solvers(data["solver"], plots / "solvers.png")
         made.append("solvers.png")
     if gram is not None and gram.exists():
-        plot_gram(json.loads(gram.read_text()), plots / "gram_engine.png", gram.name)
+        try:
+            source = str(gram.resolve().relative_to(HERE))
+        except ValueError:
+            source = gram.name
+        plot_gram(json.loads(gram.read_text()), plots / "gram_engine.png", source)
         made.append("gram_engine.png")
     return made
 
@@ -425,12 +431,12 @@ def main(argv=None) -> int:
         repeats = args.repeats or (2 if args.quick else 3)
         target = args.target or (0.05 if args.quick else 0.4)
         if args.quick:
-            WORKING_SET[0] = MIN_WORKING_SET // 2
+            WORKING_SET[0] = MIN_WORKING_SET // 4
         t0 = time.perf_counter()
         data = {"machine": machine(), "threads": 1, "timer": "time.process_time (CPU seconds, one thread)",
                 "quick": args.quick, "repeats": repeats, "kernel": kernels(args.quick, repeats, target)}
         if not args.no_solvers:
-            data["solver"] = solvers(args.quick, repeats)
+            data["solver"] = solvers(args.quick, 1 if args.quick else repeats)
         data["seconds"] = time.perf_counter() - t0
         data["machine"]["load_1min_end"] = round(os.getloadavg()[0], 2)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -187,7 +187,8 @@ def estimator_cmd(ctx: Ctx, tiny: bool = False) -> List[str]:
 def estimator_read(ctx: Ctx, tiny: bool = False) -> Dict[str, Any]:
     res = _load(ctx.raw / ("estimator_tiny.json" if tiny else "estimator.json"))
     tm = res["timing"]
-    rows = [{"what": r["what"], "fit s": _f(r["fit_s"]), "predict s": _f(r["predict_s"]),
+    rows = [{"what": r["what"], "fit s": _f(r["fit_s"]), "fit CPU s": _f(r.get("fit_cpu_s", "-")),
+             "predict s": _f(r["predict_s"]),
              "total s": _f(r["total_s"]), "max rel diff vs sklearn": _f(r["max_rel_diff_vs_sklearn"], 2)}
             for r in tm["rows"]]
     acc = []
@@ -318,7 +319,7 @@ def gram_precheck(ctx: Ctx) -> Dict[str, Any]:
 
 def gram_cmd(ctx: Ctx) -> List[str]:
     if ctx.quick:
-        return _script("bench_gram.py") + ["--n", "2048", "--block", "1024", "--sweep", "512,1024", "--repeat", "1",
+        return _script("bench_gram.py") + ["--n", "2048", "--block", "1024", "--sweep", "1024", "--repeat", "1",
                                            "--shm", "", "--dir", str(ctx.scratch)]
     return _script("bench_gram.py") + ["--dir", str(ctx.scratch)]
 
@@ -357,15 +358,17 @@ def gram_read(ctx: Ctx) -> Dict[str, Any]:
     return {"tables": [{"caption": f"Gram engine end to end vs the in-memory kernel: FC3 NNGP+NTK, n = {res['n']}, "
                                    f"d = {res['d']}, {res['dtype']}, block {res['block']}", "rows": rows},
                        {"caption": "Block size (2 workers)", "rows": sweep}],
-            "notes": notes, "plots": ["gram_engine.png"] if (ctx.plots / "gram_engine.png").exists() else [],
-            "load": res["machine"].get("load_1min")}
+            "notes": notes + ["Throughput plots: see the scaling section."], "load": res["machine"].get("load_1min")}
 
 
 # ----------------------------------------------------------------------------- scaling
 
 
 def _gram_json(ctx: Ctx) -> Optional[Path]:
-    for p in (ctx.raw / "gram.json", HERE / "results" / "gram.json"):
+    """The bench_gram result to plot: this run's in a full run; in a quick run the committed
+    full-size one when there is one (the quick sweep has one block size)."""
+    order = [ctx.raw / "gram.json", HERE / "results" / "gram.json"]
+    for p in (order[::-1] if ctx.quick else order):
         if p.exists():
             return p
     return None
@@ -411,8 +414,8 @@ def scaling_read(ctx: Ctx) -> Dict[str, Any]:
              f"{m.get('load_1min')} → {m.get('load_1min_end')} on {m.get('cores')} cores. {len(k)} kernel "
              "measurements, each checked against an independent evaluation (compiled paths vs the array-API "
              "path, the array-API path vs its transpose) before it counts; every solver's residual checked.",
-             "The Gram-engine plot reads the `bench_gram.py` result of this run when the gram benchmark ran, "
-             "else the committed `results/gram.json`."]
+             "The Gram-engine plot reads the full-size `results/gram.json` in a quick run (the quick sweep has "
+             "one block size) and this run's `bench_gram.py` result in a full run; its title names the source."]
     return {"tables": [{"caption": "FC3 (d = 784) vs n, one thread", "rows": fc},
                        {"caption": "Convolutional kernels at CIFAR-like sizes, one thread", "rows": conv},
                        {"caption": "Solver CPU seconds to solution vs n (MNIST FC3 NTK, one thread)", "rows": solver}],

@@ -14,11 +14,17 @@ that run them)::
     slab        Conv / activations / Dense on images,     flops, bytes
                 ending in GlobalAvgPool or Flatten
                 (compiled slab kernel, e.g. CNTK)
-    reference   other image nets, e.g. AvgPool (Myrtle)   flops, bytes
+    reference   other image nets, e.g. AvgPool (Myrtle)   flops, bytes, spill_bytes
                 (array-API path)
 
 ``bytes`` are ``cost()["bytes"]`` (temporaries, in itemsizes) × itemsize;
-``overhead`` is seconds per call, i.e. per Gram block. The coefficients are
+``overhead`` is seconds per call, i.e. per Gram block. The array-API path
+streams whole ``(H, H, W, W)`` covariances through every layer: while one
+pair's covariance fits the L2 cache that traffic is cheap, beyond it each
+byte costs a memory access, so ``spill_bytes`` = ``bytes`` when a pair's
+covariance (``pair_entries`` × itemsize) exceeds the calibrated machine's L2
+(``cache_bytes`` in the calibration), else 0. The compiled paths keep their
+working set in cache by design and need no such term. The coefficients are
 fitted per dtype and path by non-negative least squares on the *relative*
 error, from single-threaded measurements of CPU seconds (``time.process_time``
 with numba and BLAS on one thread), which a shared machine's load disturbs far
@@ -48,8 +54,23 @@ PATHS = ("flat", "slab", "reference")
 TERMS = {
     "flat": ("input_flops", "layer_flops", "bytes", "overhead"),
     "slab": ("flops", "bytes", "overhead"),
-    "reference": ("flops", "bytes", "overhead"),
+    "reference": ("flops", "bytes", "spill_bytes", "overhead"),
 }
+DEFAULT_CACHE_BYTES = 1 << 20
+
+
+def cache_bytes() -> int:
+    """L2 cache of this machine's first CPU (sysfs), 1 MiB if unknown."""
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    try:
+        for idx in sorted(base.glob("index*")):
+            if (idx / "level").read_text().strip() == "2":
+                size = (idx / "size").read_text().strip().upper()
+                mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1], 1)
+                return int(size.rstrip("KMG")) * mult
+    except (OSError, ValueError):
+        pass
+    return DEFAULT_CACHE_BYTES
 SCHEMA = 1
 
 
@@ -75,8 +96,10 @@ def code_path(kernel_fn: Any, input_shape: Sequence[int]) -> str:
     return "slab" if conv_fast.network_supported(kernel_fn._layers, plan) else "reference"
 
 
-def features(kernel_fn: Any, input_shape: Sequence[int], dtype: str = "float64") -> Dict[str, Any]:
-    """Per-entry features of the model (from ``kernel_fn.cost``) and the code path."""
+def features(kernel_fn: Any, input_shape: Sequence[int], dtype: str = "float64",
+             cache: int = DEFAULT_CACHE_BYTES) -> Dict[str, Any]:
+    """Per-entry features of the model (from ``kernel_fn.cost``) and the code path;
+    ``cache``: L2 bytes of the calibrated machine (for ``spill_bytes``)."""
     kernel_fn = _kernel_fn(kernel_fn)
     shape = tuple(int(s) for s in input_shape)
     cost = kernel_fn.cost(shape)
@@ -84,6 +107,8 @@ def features(kernel_fn: Any, input_shape: Sequence[int], dtype: str = "float64")
     path = code_path(kernel_fn, shape)
     out: Dict[str, Any] = {"path": path, "flops": float(cost["flops"]), "bytes": float(cost["bytes"]) * itemsize,
                            "pair_entries": float(cost.get("pair_entries", 1.0))}
+    pair_bytes = out["pair_entries"] * itemsize
+    out["spill_bytes"] = out["bytes"] if pair_bytes > cache else 0.0
     if path == "flat":
         d = float(np.prod(shape))
         out["input_flops"] = 2.0 * d
@@ -99,10 +124,10 @@ def _row(feat: Dict[str, Any], entries: float) -> np.ndarray:
 # ----------------------------------------------------------------------------- fit
 
 
-def _points(measurements: Iterable[Dict[str, Any]]) -> List[Dict[str, Any]]:
+def _points(measurements: Iterable[Dict[str, Any]], cache: int) -> List[Dict[str, Any]]:
     pts = []
     for m in measurements:
-        feat = features(m["spec"], m["input_shape"], m["dtype"])
+        feat = features(m["spec"], m["input_shape"], m["dtype"], cache)
         entries = float(m["n1"]) * float(m["n2"])
         pts.append(dict(m, path=feat["path"], entries=entries, feat=feat,
                         s_per_entry=float(m["cpu_s"]) / entries))
@@ -110,11 +135,13 @@ def _points(measurements: Iterable[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 
 def fit(measurements: Sequence[Dict[str, Any]], *, machine: Optional[Dict[str, Any]] = None,
-        kind: str = "cpu", label: Optional[str] = None) -> Dict[str, Any]:
-    """Fit the coefficients per (dtype, path); returns the calibration dict."""
+        kind: str = "cpu", label: Optional[str] = None, cache: Optional[int] = None) -> Dict[str, Any]:
+    """Fit the coefficients per (dtype, path); returns the calibration dict.
+    ``cache``: L2 bytes of the measured machine (default: this machine's)."""
     from scipy.optimize import nnls  # noqa: PLC0415
 
-    pts = _points(measurements)
+    cache = int(cache or cache_bytes())
+    pts = _points(measurements, cache)
     coef: Dict[str, Dict[str, Any]] = {}
     for dtype in sorted({p["dtype"] for p in pts}):
         for path in PATHS:
@@ -156,6 +183,7 @@ def fit(measurements: Sequence[Dict[str, Any]], *, machine: Optional[Dict[str, A
                            "CPU time)" if kind == "cpu" else f"{kind.upper()} calibration ({cpu})"),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine,
+        "cache_bytes": cache,
         "model": "seconds(call) = n1*n2 * sum_k a_k * feature_k + overhead_s_per_call; features from "
                  "kernel_fn.cost(input_shape) (bytes x itemsize); per dtype and code path",
         "paths": {p: list(TERMS[p]) for p in PATHS},
@@ -194,14 +222,14 @@ def _apply(coefs: Dict[str, float], path: str, feat: Dict[str, Any]) -> Tuple[fl
     for t in TERMS[path]:
         if t == "overhead":
             continue
-        per_entry += coefs[f"s_per_{t[:-1]}"] * feat[t]
+        per_entry += coefs.get(f"s_per_{t[:-1]}", 0.0) * feat[t]
     return per_entry, coefs["overhead_s_per_call"]
 
 
 def seconds_per_entry(calibration: Dict[str, Any], kernel_fn: Any, input_shape: Sequence[int],
                       dtype: str = "float64") -> Dict[str, Any]:
     """Predicted seconds per entry and per-call overhead, with the features used."""
-    feat = features(kernel_fn, input_shape, dtype)
+    feat = features(kernel_fn, input_shape, dtype, int(calibration.get("cache_bytes", DEFAULT_CACHE_BYTES)))
     coefs, used, notes = _terms_for(calibration, feat["path"], dtype)
     per_entry, overhead = _apply(coefs, feat["path"], feat)
     return {"s_per_entry": per_entry, "overhead_s_per_call": overhead, "path": feat["path"],
@@ -287,9 +315,10 @@ def summary_rows(calibration: Dict[str, Any]) -> List[Dict[str, Any]]:
             flop_keys = [k for k in co if k.startswith("s_per_") and "flop" in k]
             rates = ", ".join(f"{k[6:]} {1e-9 / co[k]:.3g} GFLOP/s" if co[k] > 0 else f"{k[6:]} free"
                               for k in flop_keys)
-            b = co.get("s_per_byte", 0.0)
+            byte_keys = [k for k in co if k.startswith("s_per_") and "byte" in k]
+            brates = ", ".join(f"{k[6:]} {1e-9 / co[k]:.3g} GB/s" for k in byte_keys if co[k] > 0) or "-"
             rows.append({"dtype": dtype, "path": path_name, "points": c["n_points"], "flop rates": rates,
-                         "byte rate": f"{1e-9 / b:.3g} GB/s" if b > 0 else "-",
+                         "byte rates": brates,
                          "overhead ms/call": 1e3 * co["overhead_s_per_call"],
                          "median |err|": f"{100 * c['median_abs_rel_err']:.0f} %",
                          "max |err|": f"{100 * c['max_abs_rel_err']:.0f} %"})

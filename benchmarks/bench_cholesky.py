@@ -100,6 +100,7 @@ def main() -> None:
     ap.add_argument("--memory-limit", default="2GiB")
     ap.add_argument("--no-scipy", action="store_true")
     ap.add_argument("--no-dask", action="store_true")
+    ap.add_argument("--repeat", type=int, default=1, help="interleaved scipy/tiled runs; best time of each")
     ap.add_argument("--workdir", default=os.environ.get("NTKSCALE_BENCH_DIR", "/tmp/ntkscale-bench"))
     args = ap.parse_args()
 
@@ -117,16 +118,7 @@ def main() -> None:
     mem_limit = parse_bytes(args.memory_limit)
 
     run_scipy = not args.no_scipy and not (n > 16000 and args.dtype == "float64")
-    if run_scipy:
-        import scipy.linalg
-
-        k = np.asarray(a[...])
-        t = time.perf_counter()
-        scipy.linalg.cho_factor(k, lower=True, check_finite=False)
-        result["scipy_s"] = time.perf_counter() - t
-        del k
-        print(f"scipy.linalg.cho_factor (in memory):     {result['scipy_s']:8.2f} s   {load()}", flush=True)
-    elif not args.no_scipy:
+    if not run_scipy and not args.no_scipy:
         print("scipy.linalg.cho_factor skipped: n > 16000 float64 crashes OpenBLAS on this machine")
 
     client = cluster = None
@@ -136,27 +128,47 @@ def main() -> None:
         cluster = LocalCluster(n_workers=args.n_workers, threads_per_worker=1, memory_limit=mem_limit,
                                processes=True, dashboard_address=None)
         client = Client(cluster)
-    group = zarr.open_group(f"{args.workdir}/factor_{n}.zarr", mode="w")
-    f = TiledCholesky(a, group, tile=args.tile, client=client, num_workers=args.workers, memory_limit=mem_limit,
-                      token=f"bench-{n}-{args.dtype}")
     where = (f"LocalCluster {args.n_workers} workers x {args.memory_limit}" if client is not None
              else f"threaded, {args.workers} thread(s)")
-    t = time.perf_counter()
-    if client is not None:
-        with PeakRSS(client) as peak:
+
+    def run_scipy_once() -> float:
+        import scipy.linalg
+
+        k = np.asarray(a[...])
+        t = time.perf_counter()
+        scipy.linalg.cho_factor(k, lower=True, check_finite=False)
+        return time.perf_counter() - t
+
+    def run_tiled_once():
+        group = zarr.open_group(f"{args.workdir}/factor_{n}.zarr", mode="w")  # fresh: nothing to resume
+        f = TiledCholesky(a, group, tile=args.tile, client=client, num_workers=args.workers,
+                          memory_limit=mem_limit, token=f"bench-{n}-{args.dtype}")
+        t = time.perf_counter()
+        if client is not None:
+            with PeakRSS(client) as peak:
+                f.factor()
+            result["peak_worker_rss_gib"] = max(peak.peak.values()) / 2**30 if peak.peak else None
+        else:
             f.factor()
-        result["peak_worker_rss_gib"] = max(peak.peak.values()) / 2**30 if peak.peak else None
-    else:
-        f.factor()
-    result["tiled_s"] = time.perf_counter() - t
-    result.update(tile=f.tile, tiles=f.tiles_total, where=where)
-    print(f"tiled Cholesky (Zarr -> Zarr, tile {f.tile}, {f.tiles_total} tiles, {where}): "
-          f"{result['tiled_s']:8.2f} s   {load()}", flush=True)
+        return f, time.perf_counter() - t
+
+    # interleaved repeats, best time of each: load from other jobs hits both alike
+    scipy_times, tiled_times = [], []
+    for rep in range(args.repeat):
+        if run_scipy:
+            scipy_times.append(run_scipy_once())
+            print(f"scipy.linalg.cho_factor (in memory):     {scipy_times[-1]:8.2f} s   {load()}", flush=True)
+        f, t = run_tiled_once()
+        tiled_times.append(t)
+        print(f"tiled Cholesky (Zarr -> Zarr, tile {f.tile}, {f.tiles_total} tiles, {where}): "
+              f"{t:8.2f} s   {load()}", flush=True)
+    result.update(tile=f.tile, tiles=f.tiles_total, where=where, tiled_s=min(tiled_times), tiled_runs=tiled_times)
     if result.get("peak_worker_rss_gib"):
         print(f"  peak worker RSS {result['peak_worker_rss_gib']:.2f} GiB (limit {args.memory_limit})")
-    if "scipy_s" in result:
+    if scipy_times:
+        result.update(scipy_s=min(scipy_times), scipy_runs=scipy_times)
         result["tiled_vs_scipy"] = result["tiled_s"] / result["scipy_s"]
-        print(f"  tiled / scipy = {result['tiled_vs_scipy']:.2f}x   (target <= 1.5x)")
+        print(f"  best of {args.repeat}: tiled / scipy = {result['tiled_vs_scipy']:.2f}x   (target <= 1.5x)")
 
     b = np.random.default_rng(1).standard_normal((n, 4))
     t = time.perf_counter()

@@ -342,7 +342,7 @@ def cg(A: Any, B: Any, x0: Any = None, *, rtol: float = 1e-6, atol: float = 0.0,
     x0 : initial guess, shaped like ``B`` (or ``(s, n, k)`` with ridges; not with multishift).
     rtol, atol : stop a column when ``||r|| <= max(rtol ||b||, atol)`` (SciPy's rule).
     maxiter : iterations (products) at most; default ``10 n`` as in SciPy.
-    M : preconditioner: an object with ``solve(R)`` (e.g. :class:`~ntkscale.solvers.nystrom.NystromPreconditioner`;
+    M : preconditioner: an object with ``solve(R)`` (e.g. :class:`~ntkscale.solvers.nystrom.LowRankPreconditioner`;
         with ``with_shift(mu)`` it is re-targeted to each ridge), SciPy's ``matmat``
         convention (``M`` approximates ``A^{-1}``), or a callable ``R -> M^{-1} R``.
     callback : called with the current iterate after each iteration.

@@ -247,7 +247,7 @@ def test_gram_pipeline_with_cluster_kind_slurm(partition, tmp_path):
         "store": "run.zarr", "block_size": 16, "dtype": "float64",
         "cluster": {"kind": "slurm", "jobs": 1, "cores": 1, "processes": 1, "memory": "1GB",
                     "walltime": "00:10:00", "partition": partition, "python": sys.executable,
-                    "job_name": job_name},
+                    "job_name": job_name, "log_directory": "logs", "dashboard_address": ":0"},
     }, base_dir=tmp_path)
     assert config.cluster.kind == "slurm"
     GramPipeline(config, progress=False).run()

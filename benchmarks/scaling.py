@@ -258,7 +258,7 @@ def solvers(quick: bool, repeats: int) -> List[Dict[str, Any]]:
             return cg(op, targets, rtol=1e-6, M=nystrom_preconditioner(op, rank))[0]
 
         for name, fn in (("scipy Cholesky", chol), ("tiled Cholesky", tiled), ("CG", plain),
-                         (f"CG + Nystrom (rank n/8)", nystrom)):
+                         ("CG + Nystrom (rank n/8)", nystrom)):
             best_cpu = best_wall = float("inf")
             for _ in range(repeats):
                 c, t = time.process_time(), time.perf_counter()

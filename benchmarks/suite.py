@@ -33,8 +33,8 @@ import dataclasses
 import datetime as _dt
 import importlib.metadata as md
 import json
+import math
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -109,7 +109,7 @@ def _load(path: Path) -> Any:
 def _f(v: Any, digits: int = 3) -> Any:
     """Round floats to ``digits`` significant figures for the tables."""
     if isinstance(v, float):
-        if v != v:
+        if math.isnan(v):
             return "nan"
         return float(f"{v:.{digits}g}")
     return v
@@ -297,14 +297,14 @@ x = np.random.default_rng(0).standard_normal((300, 784)).astype(np.float32)
 np.save(tmp / "x.npy", x)
 raw = {"data": {"train": {"x": "x.npy"}}, "kernel": {"layers": layers, "get": ["nngp", "ntk"]},
        "store": "check.zarr", "block_size": 128, "dtype": "float32",
-       "cluster": {"kind": "local", "n_workers": 2, "threads_per_worker": 1, "memory_limit": "1GiB",
+       "cluster": {"kind": "local", "n_workers": 2, "threads_per_worker": 1, "processes": False,
                    "dashboard_address": ":0"}}
 GramPipeline(RunConfig.from_mapping(raw, tmp), progress=False).run()
 s = GramStore.open(tmp / "check.zarr")
 ref = stax.from_spec(layers)[2](x, None, get=("nngp", "ntk"))
 err = max(float(np.max(np.abs(s.train_array(k)[...] - r)) / np.max(np.abs(r))) for k, r in zip(("nngp", "ntk"), ref))
 assert err < 1e-5, f"the pipeline's Gram differs from kernel_fn's: max rel {err:.3g}"
-print(json.dumps({"n": 300, "block_size": 128, "workers": 2, "max_rel_diff": err}))
+print(json.dumps({"n": 300, "block_size": 128, "workers": "2 (threads)", "max_rel_diff": err}))
 """
 
 
@@ -353,7 +353,7 @@ def gram_read(ctx: Ctx) -> Dict[str, Any]:
     check = ctx.raw / "gram_check.json"
     if check.exists():
         c = json.loads(check.read_text())
-        notes.insert(0, f"Checked before timing: a {c['n']}-row Gram through the pipeline ({c['workers']} workers, "
+        notes.insert(0, f"Checked before timing: a {c['n']}-row Gram through the pipeline (workers: {c['workers']}, "
                         f"block {c['block_size']}, Zarr store) equals `kernel_fn`'s (max rel {c['max_rel_diff']:.1e}).")
     return {"tables": [{"caption": f"Gram engine end to end vs the in-memory kernel: FC3 NNGP+NTK, n = {res['n']}, "
                                    f"d = {res['d']}, {res['dtype']}, block {res['block']}", "rows": rows},

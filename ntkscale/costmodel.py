@@ -116,6 +116,17 @@ def features(kernel_fn: Any, input_shape: Sequence[int], dtype: str = "float64",
     return out
 
 
+def cost_fingerprint() -> Dict[str, float]:
+    """``kernel_fn.cost`` flops of a few reference nets: a calibration is only valid
+    with the cost() it was fitted against (the projection says when it changed)."""
+    from . import stax  # noqa: PLC0415
+    from .estimator import default_layers  # noqa: PLC0415
+
+    nets = {"fc3 784": (default_layers(3), (784,)), "cntk3 8x8x3": (stax.presets.cntk(3), (8, 8, 3)),
+            "myrtle5 8x8x3": (stax.presets.myrtle(5, final_pools=1), (8, 8, 3))}
+    return {k: float(net[2].cost(shape)["flops"]) for k, (net, shape) in nets.items()}
+
+
 def _row(feat: Dict[str, Any], entries: float) -> np.ndarray:
     """Design-matrix row for one call, in seconds per entry."""
     return np.array([1.0 / entries if t == "overhead" else feat[t] for t in TERMS[feat["path"]]])
@@ -184,6 +195,7 @@ def fit(measurements: Sequence[Dict[str, Any]], *, machine: Optional[Dict[str, A
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine,
         "cache_bytes": cache,
+        "cost_fingerprint": cost_fingerprint(),
         "model": "seconds(call) = n1*n2 * sum_k a_k * feature_k + overhead_s_per_call; features from "
                  "kernel_fn.cost(input_shape) (bytes x itemsize); per dtype and code path",
         "paths": {p: list(TERMS[p]) for p in PATHS},
@@ -232,6 +244,9 @@ def seconds_per_entry(calibration: Dict[str, Any], kernel_fn: Any, input_shape: 
     feat = features(kernel_fn, input_shape, dtype, int(calibration.get("cache_bytes", DEFAULT_CACHE_BYTES)))
     coefs, used, notes = _terms_for(calibration, feat["path"], dtype)
     per_entry, overhead = _apply(coefs, feat["path"], feat)
+    if "cost_fingerprint" in calibration and calibration["cost_fingerprint"] != cost_fingerprint():
+        notes.append("kernel_fn.cost() has changed since this calibration was fitted; refit it with "
+                     "python -m benchmarks --only scaling,costmodel")
     return {"s_per_entry": per_entry, "overhead_s_per_call": overhead, "path": feat["path"],
             "calibration_dtype": used, "features": feat, "notes": notes}
 

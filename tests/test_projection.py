@@ -95,3 +95,10 @@ def test_cifar_table_and_cli(calibration, capsys):
     assert "core-hours" in capsys.readouterr().out
     assert cli_main(["project", "--n", "100", "--input-shape", "8,8,3", "--net", "myrtle5", "--device", "gpu",
                      "--calibration", str(calibration)]) == 2
+
+
+def test_projection_says_when_cost_changed(calibration):
+    cal = costmodel.load(calibration)
+    assert not any("changed" in n for n in project(1000, (784,), "fc3", calibration=cal)["notes"])
+    cal["cost_fingerprint"] = dict(cal["cost_fingerprint"], **{"fc3 784": 1.0})
+    assert any("cost() has changed" in n for n in project(1000, (784,), "fc3", calibration=cal)["notes"])

@@ -94,19 +94,6 @@ def resolve_net(net: NetLike, input_shape: Sequence[int]) -> Any:
                         "cntk-flattenDEPTH, fcDEPTH, or pass a kernel_fn")
 
 
-def _net_key(net: NetLike) -> Optional[str]:
-    if not isinstance(net, str):
-        return None
-    name = net.lower().replace("_", "-")
-    m = re.fullmatch(r"myrtle-?(5|7|10)", name)
-    if m:
-        return f"myrtle{m.group(1)}"
-    m = re.fullmatch(r"cntk(?:-(gap))?-?(\d+)", name)
-    if m:
-        return f"cntk-gap{m.group(2)}"
-    return name
-
-
 # ----------------------------------------------------------------------------- calibration
 
 

@@ -43,6 +43,11 @@ def config_dict(data: Dict[str, Path], store: str = "run.zarr", **over: Any) -> 
     }
     if "xt" in data:
         cfg["data"]["test"] = {"x": data["xt"].name, "y": data["yt"].name}
+    return apply_overrides(cfg, over)
+
+
+def apply_overrides(cfg: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
+    """Set top-level keys of a config dict; a value of None removes the key."""
     for key, value in over.items():
         if value is None:
             cfg.pop(key, None)

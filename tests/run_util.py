@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any, Dict
 
 import numpy as np
-import yaml
+
+from .gram_util import apply_overrides, write_config
 
 LAYERS = [["Dense", {"W_std": 1.414, "b_std": 0.1}], ["Relu", {}],
           ["Dense", {"W_std": 1.414, "b_std": 0.1}], ["Relu", {}],
@@ -41,18 +42,10 @@ def run_config(data: Dict[str, Path], **over: Any) -> Dict[str, Any]:
         "store": "run.zarr", "block_size": 32, "dtype": "float64", "cluster": dict(CLUSTER),
         "solver": {"method": "cg", "ridge": 1e-4, "tol": 1e-8, "preconditioner": {"kind": "nystrom", "rank": 20}},
     }
-    for key, value in over.items():
-        if value is None:
-            cfg.pop(key, None)
-        else:
-            cfg[key] = value
-    return cfg
+    return apply_overrides(cfg, over)
 
 
-def write(tmp: Path, cfg: Dict[str, Any], name: str = "config.yaml") -> Path:
-    path = tmp / name
-    path.write_text(yaml.safe_dump(cfg) if name.endswith(".yaml") else json.dumps(cfg))
-    return path
+write = write_config
 
 
 def last_json(stdout: str) -> Dict[str, Any]:

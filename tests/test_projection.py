@@ -102,3 +102,12 @@ def test_projection_says_when_cost_changed(calibration):
     assert not any("changed" in n for n in project(1000, (784,), "fc3", calibration=cal)["notes"])
     cal["cost_fingerprint"] = dict(cal["cost_fingerprint"], **{"fc3 784": 1.0})
     assert any("cost() has changed" in n for n in project(1000, (784,), "fc3", calibration=cal)["notes"])
+
+
+def test_plan_takes_shapes_instead_of_a_config(capsys):
+    from ntkscale.cli import main
+
+    assert main(["plan", "--n", "1000", "--input-shape", "784", "--net", "fc3", "--devices", "2"]) == 0
+    assert "core-hours" in capsys.readouterr().out
+    assert main(["plan"]) == 2
+    assert "--n, --input-shape, --net" in capsys.readouterr().err

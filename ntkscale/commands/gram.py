@@ -109,14 +109,29 @@ def write_bandwidth(directory: str, nbytes: int = 64 << 20) -> float:
 
 
 def _plan_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="run configuration (YAML or JSON)")
+    from .project import add_shape_arguments  # noqa: PLC0415
+
+    p.add_argument("config", nargs="?", help="run configuration (YAML or JSON); or give shapes "
+                   "instead (--n, --input-shape, --net, --devices, --device) for a projection")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--no-calibrate", action="store_true", help="skip the timing of one small block")
+    add_shape_arguments(p.add_argument_group("shapes instead of data (as `ntkscale project`)"), required=False)
 
 
 def plan_cmd(args: argparse.Namespace) -> int:
     from ..pipeline import GramPipeline  # noqa: PLC0415
 
+    if args.config is None:
+        missing = [flag for flag, value in (("--n", args.n), ("--input-shape", args.input_shape),
+                                            ("--net", args.net)) if value is None]
+        if missing:
+            from ..errors import ConfigError  # noqa: PLC0415
+
+            raise ConfigError("plan needs a CONFIG file, or shapes instead of data: give "
+                              f"{', '.join(missing)} (e.g. --n 50000 --input-shape 32,32,3 --net myrtle5)")
+        from .project import project_cmd  # noqa: PLC0415
+
+        return project_cmd(args)
     config = _config(args)
     pipe = GramPipeline(config, progress=False)
     info: Dict[str, Any] = pipe.describe()

@@ -24,11 +24,12 @@ def _duration(h: float) -> str:
     return f"{h / 24:.1f} days"
 
 
-def _args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--n", type=int, required=True, help="training examples (the n x n Gram)")
+def add_shape_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """The shape flags shared by ``project`` and ``plan`` (which takes them instead of a config)."""
+    p.add_argument("--n", type=int, required=required, help="training examples (the n x n Gram)")
     p.add_argument("--n-test", type=int, default=0, help="test examples (K(test, train) rows)")
-    p.add_argument("--input-shape", required=True, help="per-example shape, e.g. 32,32,3 or 784")
-    p.add_argument("--net", required=True,
+    p.add_argument("--input-shape", required=required, help="per-example shape, e.g. 32,32,3 or 784")
+    p.add_argument("--net", required=required,
                    help="myrtle5 | myrtle7 | myrtle10 | cntk-gapDEPTH (e.g. cntk-gap21) | cntk-flattenDEPTH | fcDEPTH")
     p.add_argument("--devices", type=int, default=1, help="number of GPUs or CPU cores")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
@@ -36,6 +37,10 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--get", default="nngp,ntk", help="kernels computed (nngp,ntk | ntk | nngp)")
     p.add_argument("--block-size", type=int, default=None, help="default: the planner's choice")
     p.add_argument("--calibration", default=None, help="cost-model calibration JSON (default: costmodel_<device>.json)")
+
+
+def _args(p: argparse.ArgumentParser) -> None:
+    add_shape_arguments(p)
     p.add_argument("--json", action="store_true", help="print the projection as JSON")
 
 

@@ -83,3 +83,8 @@ def to_numpy(array: Any) -> np.ndarray:
     except Exception:
         # array-api-strict refuses implicit conversion; go through DLPack.
         return np.from_dlpack(array)
+
+
+def itemsize(array: Any) -> int:
+    """Bytes per element of a floating array in any namespace."""
+    return namespace_of(array).finfo(array.dtype).bits // 8

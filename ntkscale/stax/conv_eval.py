@@ -37,7 +37,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..backend import is_numpy_namespace
+from ..backend import is_numpy_namespace, itemsize
 from ..errors import InputError, SpecError
 from .layer import LayerImpl
 from .state import KernelState
@@ -176,13 +176,6 @@ def _to_diag(state: KernelState, xp: Any) -> KernelState:
 
 
 # ------------------------------------------------------ self trajectories
-def _itemsize(x: Any) -> int:
-    dt = x.dtype
-    if hasattr(dt, "itemsize"):
-        return int(dt.itemsize)
-    return int(np.dtype(str(dt).replace("array_api_strict.", "")).itemsize)
-
-
 def _self_batch(layers: Sequence[LayerImpl], plan: ImagePlan, x: Any, xp: Any,
                 want_ntk: bool) -> Tuple[List[Any], KernelState]:
     from .conv import spatial_diagonal  # noqa: PLC0415
@@ -222,7 +215,7 @@ def self_trajectory(layers: Sequence[LayerImpl], plan: ImagePlan, x: Any, xp: An
     ``(n, H_l, W_l)`` or ``(n,)``) and the final ``k(x_i, x_i)``."""
     n = x.shape[0]
     per_sample = max(1, max(_self_entries(plan, l) for l in range(len(plan.layouts))))
-    rows = batch or int(max(1, min(n, budget // (per_sample * _itemsize(x) * IMAGE_TEMPORARIES))))
+    rows = batch or int(max(1, min(n, budget // (per_sample * itemsize(x) * IMAGE_TEMPORARIES))))
     trajs, finals, ntks = [], [], []
     for r0 in range(0, n, rows):
         traj, state = _self_batch(layers, plan, x[r0:r0 + rows, ...], xp, want_ntk)
@@ -305,7 +298,7 @@ def evaluate_image(layers: List[LayerImpl], x1: Any, x2: Optional[Any], xp: Any,
     n1, n2 = x1.shape[0], x2f.shape[0]
     traj1, _ = self_trajectory(layers, plan, x1, xp, memory_budget)
     traj2 = traj1 if symmetric else self_trajectory(layers, plan, x2f, xp, memory_budget)[0]
-    pair_bytes = plan.pair_entries * _itemsize(x1) * IMAGE_TEMPORARIES
+    pair_bytes = plan.pair_entries * itemsize(x1) * IMAGE_TEMPORARIES
     rb, cb = tile or tile_shape(n1, n2, pair_bytes, memory_budget, symmetric)
     if symmetric:
         cb = rb

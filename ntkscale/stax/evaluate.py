@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..backend import is_numpy_namespace
+from ..backend import is_numpy_namespace, itemsize
 from .layer import LayerImpl
 from .state import KernelState
 
@@ -75,8 +75,8 @@ def _outputs(state: KernelState, xp: Any, want_ntk: bool) -> Dict[str, Any]:
     return out
 
 
-def _block_rows(n1: int, n2: int, per_pair_entries: int, itemsize: int, budget: int) -> int:
-    per_row = max(1, n2 * per_pair_entries * itemsize * REFERENCE_TEMPORARIES)
+def _block_rows(n1: int, n2: int, per_pair_entries: int, value_bytes: int, budget: int) -> int:
+    per_row = max(1, n2 * per_pair_entries * value_bytes * REFERENCE_TEMPORARIES)
     return int(max(1, min(n1, budget // per_row)))
 
 
@@ -101,7 +101,7 @@ def evaluate(layers: List[LayerImpl], x1: Any, x2: Optional[Any], xp: Any, *, wa
     n1, n2 = x1.shape[0], x2full.shape[0]
     budget = memory_budget or default_memory_budget()
     per_pair = pair_entries(layers, tuple(x1.shape[1:]))
-    rows = block_rows or _block_rows(n1, n2, per_pair, _itemsize(x1), budget)
+    rows = block_rows or _block_rows(n1, n2, per_pair, itemsize(x1), budget)
     blocks: List[Dict[str, Any]] = []
     for r0 in range(0, n1, rows):
         xb = x1[r0:r0 + rows, ...]
@@ -111,10 +111,6 @@ def evaluate(layers: List[LayerImpl], x1: Any, x2: Optional[Any], xp: Any, *, wa
         return blocks[0]
     return {key: _concat([b[key] for b in blocks], xp) for key in blocks[0]}
 
-
-def _itemsize(x: Any) -> int:
-    return int(np.dtype(str(x.dtype).replace("array_api_strict.", "")).itemsize) if not hasattr(
-        x.dtype, "itemsize") else int(x.dtype.itemsize)
 
 
 def _concat(parts: List[Any], xp: Any) -> Any:

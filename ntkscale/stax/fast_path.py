@@ -74,14 +74,12 @@ def _layer_variances(layers: List[LayerImpl], var: np.ndarray) -> np.ndarray:
     """Self-variance entering each layer, shape (L, n), via the reference maps."""
     from .state import KernelState  # noqa: PLC0415
 
-    xp = np
     out = np.empty((len(layers), var.shape[0]), np.float64)
+    # ntk=None: widths (standard parameterization) only enter the NTK.
     state = KernelState(nngp=var, ntk=None, var1=var, var2=None, diagonal_batch=True, width=None)
     for l, layer in enumerate(layers):
         out[l] = state.var1
-        if type(layer) is DenseImpl and layer.params["parameterization"] == "standard":
-            state = state.replace(width=1)  # width only affects the NTK, not variances
-        state = layer.kernel(state, xp)
+        state = layer.kernel(state, np)
     return out
 
 

@@ -9,11 +9,16 @@ in one pass. Measures:
 * in-memory ``kernel_fn(x, None, get=("nngp", "ntk"))`` with every core
   (numba and BLAS threads = cores), in a fresh process: n² entries / s;
 * the Gram pipeline on a warm ``LocalCluster`` of 2 and of 1 single-threaded
-  worker processes (plus the default io thread each; and once without it),
-  end to end: input checks and fingerprints, the copy into the store, every
-  block computed, checksummed and written to Zarr, the manifest. n² stored
+  worker processes, end to end: input checks and fingerprints, the copy into
+  the store, every block computed, checksummed and written to Zarr, the
+  manifest. n² stored
   entries / s, and CPU seconds (workers + client) against the in-memory CPU
-  seconds, which is the fair comparison on a machine shared with other jobs;
+  seconds, which is the fair comparison on a machine shared with other jobs.
+  "2 workers" is the default config (one computing thread and one writer
+  thread, ``io_threads: 1``, per worker); "1 worker" is one single-threaded
+  worker without a writer, i.e. one core, the baseline for the scaling ratio.
+  Two more rows: one worker with its writer thread (which uses the second
+  core for the writes: ~1.5 cores), and two workers without writers;
 * scheduler overhead per block ((wall × slots − Σ task time) / blocks) on a
   many-small-blocks run without io threads, and a no-op Dask round trip;
 * the same 1- and 2-worker runs with the store on tmpfs (``--shm``), which
@@ -21,8 +26,10 @@ in one pass. Measures:
 * the store's write bandwidth per task next to ``dd`` on the same disk;
 * block size against time and worker peak memory.
 
-Each pipeline configuration runs ``--repeat`` times; the best is kept (the
-others are in the JSON). Results: ``benchmarks/results/gram.json`` (or
+Each pipeline configuration runs ``--repeat`` times, interleaved with the
+others in an order rotated every round, each run after ``sync`` (no earlier
+run's writeback inside its time); the best is kept (all times and the median
+are in the JSON). Results: ``benchmarks/results/gram.json`` (or
 ``gram_quick.json``) and Markdown tables on stdout.
 """
 
@@ -67,10 +74,19 @@ print(json.dumps({"seconds": dt, "entries_per_s": len(x) ** 2 / dt,
 """
 
 
+def settle() -> None:
+    """Flush every dirty page before a timed run: the 2 GiB the previous run
+    wrote would otherwise be written back to disk during this one, and the
+    kernel's writeback would slow whichever variant happens to run next."""
+    os.sync()
+    time.sleep(0.5)
+
+
 def in_memory(x_path: Path) -> Dict[str, Any]:
     """kernel_fn on the whole x with every core, in a fresh process (its 2n² outputs
     would otherwise count towards the workers' peak memory: Linux keeps ru_maxrss
     across exec)."""
+    settle()
     out = subprocess.run([sys.executable, "-c", IN_MEMORY, str(x_path), json.dumps(LAYERS), json.dumps(GET)],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -116,6 +132,7 @@ def _one_run(client: Any, cfg: Any) -> tuple:
     from ntkscale.pipeline import GramPipeline
 
     shutil.rmtree(cfg.store, ignore_errors=True)
+    settle()
     cpu0, ccpu0 = client.run(_cpu_s), _cpu_s()
     t = time.perf_counter()
     rep = GramPipeline(cfg, progress=False).run(client=client)
@@ -132,7 +149,8 @@ def _summary(n: int, cfg: Any, runs: List[tuple], startup: float, peak: float) -
     return {
         "workers": c.n_workers, "io_threads": c.io_threads, "block_size": cfg.block_size,
         "blocks": rep.blocks_computed, "store_dir": str(Path(cfg.store).parent),
-        "seconds": wall, "all_seconds": [r[0] for r in runs], "cpu_s": cpu, "slots": rep.slots,
+        "seconds": wall, "all_seconds": [r[0] for r in runs],
+        "median_seconds": float(np.median([r[0] for r in runs])), "cpu_s": cpu, "slots": rep.slots,
         "blocks_seconds": rep.blocks_seconds, "cluster_startup_s": startup,
         "entries_per_s": n * n / wall, "task_seconds": rep.task_seconds, "compute_s": rep.compute_seconds,
         "compute_busy": rep.compute_seconds / (wall * rep.slots),
@@ -145,28 +163,35 @@ def _summary(n: int, cfg: Any, runs: List[tuple], startup: float, peak: float) -
 
 
 def interleaved(tmp: Path, n: int, cfgs: List[Any], repeat: int, x_path: Path) -> tuple:
-    """Warm clusters for every config at once, then ``repeat`` rounds of
-    [in-memory, config 1, config 2, ...]: on a shared machine the load drifts,
-    and interleaving gives every variant the same drift. Best of each kept."""
-    import contextlib
+    """``repeat`` rounds of [in-memory, config 1, config 2, ...] (config order
+    rotated every round): on a shared machine the load drifts, and interleaving
+    gives every variant the same drift. Best of each kept.
 
+    Each run gets a cluster of its own, started and warmed up before the clock
+    starts and closed after it: clusters kept alive between runs are not idle
+    (an idle 2-worker LocalCluster costs ~5 % of this 2-core machine, six of
+    them 21 %), which would tax the variants that use every core."""
     from ntkscale.cluster import open_client
 
-    with contextlib.ExitStack() as stack:
-        clients, startups = [], []
-        for cfg in cfgs:
+    mem_runs, runs = [], [[] for _ in cfgs]
+    startups: List[List[float]] = [[] for _ in cfgs]
+    peaks = [0.0 for _ in cfgs]
+    for r in range(repeat):
+        mem_runs.append(in_memory(x_path))
+        for k in _rotated(len(cfgs), r):   # every variant runs first in some round
             t0 = time.perf_counter()
-            clients.append(stack.enter_context(open_client(cfg.cluster)))
-            startups.append(time.perf_counter() - t0)
-            _warm(clients[-1], cfg, tmp)
-        mem_runs, runs = [], [[] for _ in cfgs]
-        for _ in range(repeat):
-            mem_runs.append(in_memory(x_path))
-            for k, (client, cfg) in enumerate(zip(clients, cfgs, strict=True)):
-                runs[k].append(_one_run(client, cfg))
-        peaks = [max(c.run(_maxrss_mib).values()) for c in clients]
+            with open_client(cfgs[k].cluster) as client:
+                startups[k].append(time.perf_counter() - t0)
+                _warm(client, cfgs[k], tmp)
+                runs[k].append(_one_run(client, cfgs[k]))
+                peaks[k] = max(peaks[k], max(client.run(_maxrss_mib).values()))
     mem = dict(min(mem_runs, key=lambda r: r["seconds"]), all_seconds=[r["seconds"] for r in mem_runs])
-    return mem, [_summary(n, cfg, r, st, pk) for cfg, r, st, pk in zip(cfgs, runs, startups, peaks, strict=True)]
+    return mem, [_summary(n, cfg, r, float(np.median(st)), pk)
+                 for cfg, r, st, pk in zip(cfgs, runs, startups, peaks, strict=True)]
+
+
+def _rotated(n: int, shift: int) -> List[int]:
+    return [(k + shift) % n for k in range(n)]
 
 
 def pipeline_runs(tmp: Path, n: int, block: int, workers: int, memory: str, *, io_threads: int = 1,
@@ -233,22 +258,23 @@ def main() -> None:
         shm = Path(tempfile.mkdtemp(prefix="bench_gram_", dir=args.shm)) if args.shm else None
         try:
             cfgs = [_config(tmp, f"run-w{w}io{io}.zarr", args.block, w, args.memory, io)
-                    for w, io in ((2, 1), (1, 1), (2, 0))]
+                    for w, io in ((2, 1), (1, 0), (1, 1), (2, 0))]
             if shm is not None:
                 # The same runs with the store in memory (tmpfs): the disk out of the way,
                 # so 1 -> 2 workers shows how the compute scales.
-                cfgs += [_config(tmp, str(shm / f"run-shm{w}.zarr"), args.block, w, args.memory, 1)
-                         for w in (2, 1)]
+                cfgs += [_config(tmp, str(shm / f"run-shm{w}.zarr"), args.block, w, args.memory, io)
+                         for w, io in ((2, 1), (1, 0))]
             res["in_memory"], runs = interleaved(tmp, args.n, cfgs, args.repeat, tmp / "x.npy")
         finally:
             if shm is not None:
                 shutil.rmtree(shm, ignore_errors=True)
-        res["pipeline"], res["tmpfs"] = runs[:3], runs[3:]
+        res["pipeline"], res["tmpfs"] = runs[:4], runs[4:]
         two, one = runs[:2]
         im = res["in_memory"]
         res["ratio_vs_in_memory"] = two["entries_per_s"] / im["entries_per_s"]
         res["cpu_ratio_vs_in_memory"] = im["cpu_s"] / two["cpu_s"]
         res["speedup_2_vs_1_worker"] = two["entries_per_s"] / one["entries_per_s"]
+        res["median_speedup_2_vs_1_worker"] = one["median_seconds"] / two["median_seconds"]
         res["cpu_per_entry_1_vs_2_workers"] = one["cpu_s"] / two["cpu_s"]
         if res["tmpfs"]:
             res["tmpfs_speedup_2_vs_1_worker"] = (res["tmpfs"][0]["entries_per_s"]
@@ -290,7 +316,8 @@ def report(res: Dict[str, Any]) -> None:
     print_table(rows, ["what", "wall s", "CPU s", "Mentries/s", "kernel busy", "write GiB/s/task"])
     print(f"\n2 workers / in-memory: {res['ratio_vs_in_memory']:.2f} (wall), "
           f"{res['cpu_ratio_vs_in_memory']:.2f} (CPU s); 2 workers / 1 worker: {res['speedup_2_vs_1_worker']:.2f} "
-          f"(wall), CPU s of 1 worker / 2 workers {res['cpu_per_entry_1_vs_2_workers']:.2f}")
+          f"(wall, best; {res['median_speedup_2_vs_1_worker']:.2f} median), CPU s of 1 worker / 2 workers "
+          f"{res['cpu_per_entry_1_vs_2_workers']:.2f}")
     if res.get("tmpfs"):
         print(f"store on tmpfs: 2 workers / in-memory {res['tmpfs_ratio_vs_in_memory']:.2f}, "
               f"2 workers / 1 worker {res['tmpfs_speedup_2_vs_1_worker']:.2f}")

@@ -30,13 +30,14 @@ Store groups written here (docs/store.md reserves them)::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, TextIO
+from typing import Any, Dict, Iterator, List, Optional, TextIO
 
 import numpy as np
 
@@ -46,6 +47,22 @@ from .solver_config import SolverConfig
 from .store import GramStore, StoreError
 
 SOLVE_FORMAT = 1
+
+
+def _check_new_inputs(x: Any, x_train: np.ndarray) -> np.ndarray:
+    """New inputs (``--x``) as the training dtype, or an error naming the problem."""
+    x = np.asarray(x)
+    if x.dtype.kind not in "biuf":
+        raise InputError(f"--x has dtype {x.dtype}; expected numbers")
+    if x.ndim < 2 or x.shape[1:] != x_train.shape[1:]:
+        raise InputError(f"--x has shape {x.shape}; its samples must have the training shape "
+                         f"{x_train.shape[1:]} (n, {', '.join(map(str, x_train.shape[1:]))})")
+    x = x.astype(x_train.dtype)
+    bad = ~np.all(np.isfinite(x.reshape(len(x), -1)), axis=1)
+    if np.any(bad):
+        raise InputError(f"--x has non-finite values in {int(bad.sum())} rows "
+                         f"(first {np.nonzero(bad)[0][:5].tolist()}); clean or impute them")
+    return x
 
 
 def _jsonable(v: Any) -> Any:
@@ -117,7 +134,8 @@ class RunPipeline:
     def identity(self, store: GramStore) -> str:
         """What a finished solve depends on (not checkpoint_every)."""
         s = self.solver.to_dict()
-        s.pop("checkpoint_every", None)
+        for key in ("checkpoint_every", "products"):   # how, not what: the same solution
+            s.pop(key, None)
         doc = {"format": SOLVE_FORMAT, "spec_hash": store.spec_hash, "train": store.fingerprint("train"),
                "kind": self.kind(store), "solver": s, "task": self.task}
         return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
@@ -128,7 +146,31 @@ class RunPipeline:
         kind = self.kind(store)
         x = np.asarray(store.inputs("train")[...]) if self.solver.mode != "stored" else None
         return make_operator(mode=self.solver.mode, array=store.train_array(kind), diagonal=store.diag("train", kind),
-                             kernel_fn=store.kernel_fn() if x is not None else None, x=x, get=kind)
+                             kernel_fn=store.kernel_fn() if x is not None else None, x=x, get=kind,
+                             client=self.client if self.products_on_cluster else None)
+
+    @property
+    def products_on_cluster(self) -> bool:
+        """Gram products and Cholesky tiles run as tasks on the run's cluster (``solver.products``)."""
+        return self.solver.on_cluster(self.config.cluster.kind)
+
+    @contextlib.contextmanager
+    def cluster(self) -> Iterator[Any]:
+        """The run's Dask client for the solver stage: the one given, else one opened
+        from ``cluster:`` (and closed again) when the products run on the cluster,
+        else None (the driver does them)."""
+        if self.client is not None or not self.products_on_cluster:
+            yield self.client
+            return
+        from .cluster import open_client  # noqa: PLC0415
+        from .pipeline import _security  # noqa: PLC0415
+
+        with open_client(self.config.cluster, security=_security(self.config)) as client:
+            self.client = client
+            try:
+                yield client
+            finally:
+                self.client = None
 
     # -- stages --------------------------------------------------------------------
     def gram(self) -> Any:
@@ -146,7 +188,7 @@ class RunPipeline:
         self.check_complete(store, "train")
         enc = self.encoder(store)          # y checked (NaN, one class) before any work
         ident = self.identity(store)
-        with StoreLock(self.config.store, command="ntkscale solve"):
+        with StoreLock(self.config.store, command="ntkscale solve"), self.cluster():
             store = self.open_store("r+")
             group = store.group("solver")
             prev = dict(group.attrs).get("run") or {}
@@ -190,8 +232,10 @@ class RunPipeline:
             record["validation"] = {"metric": sel.metric, "metrics": _jsonable(sel.metrics),
                                     "n_fit": len(sel.fit_idx), "n_val": len(sel.val_idx)}
         ckpt = ZarrCheckpoint(group, "cg_checkpoint") if sv.method == "cg" else None
-        self._say(f"solve: {sv.method} on the {n}x{n} {self.kind(store)} Gram ({op.mode}), "
-                  f"{Y.shape[1]} right-hand side(s), ridge(s) {', '.join(f'{r:.3g}' for r in ridges)}")
+        where = "cluster" if getattr(op, "client", None) is not None else "driver"
+        record["products"] = where
+        self._say(f"solve: {sv.method} on the {n}x{n} {self.kind(store)} Gram ({op.mode}; products on the "
+                  f"{where}), {Y.shape[1]} right-hand side(s), ridge(s) {', '.join(f'{r:.3g}' for r in ridges)}")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", NumericalWarning)
             res = solve(op, Y, ridges=ridges, checkpoint=ckpt, checkpoint_every=sv.checkpoint_every,
@@ -293,22 +337,68 @@ class RunPipeline:
         sol = self.load_solution(store)
         enc = self.encoder(store)
         x_train = np.asarray(store.inputs("train")[...])
-        x = np.asarray(x)
-        if x.dtype.kind not in "biuf":
-            raise InputError(f"--x has dtype {x.dtype}; expected numbers")
-        if x.ndim < 2 or x.shape[1:] != x_train.shape[1:]:
-            raise InputError(f"--x has shape {x.shape}; its samples must have the training shape "
-                             f"{x_train.shape[1:]} (n, {', '.join(map(str, x_train.shape[1:]))})")
-        x = x.astype(x_train.dtype)
-        bad = ~np.all(np.isfinite(x.reshape(len(x), -1)), axis=1)
-        if np.any(bad):
-            raise InputError(f"--x has non-finite values in {int(bad.sum())} rows "
-                             f"(first {np.nonzero(bad)[0][:5].tolist()}); clean or impute them")
+        x = _check_new_inputs(x, x_train)
         chosen = int(sol["record"].get("chosen_index", 0))
         kind = self.kind(store)
         scores = predict(None, sol["alpha"][chosen], kernel_fn=store.kernel_fn(), x_test=x, x_train=x_train,
                          get=kind)
         return enc.decode(scores)
+
+    def variance(self, x: Any = None, *, block: int = 512) -> np.ndarray:
+        """Posterior variance at every test point (the config's test set, or new inputs ``x``)
+        for the kernel the solver used and its chosen ridge: the NNGP posterior
+        (Rasmussen & Williams 2006, Eq. 2.26), or for the NTK the NTK-GP at t = inf
+        (Lee et al. 2019, Eq. 16), which also needs the NNGP (``kernel.get: [nngp, ntk]``).
+
+        The stored cross Gram is used for the test set; for ``x`` only ``K(x, train)``
+        is computed. Each ``block`` of test points costs one solve with ``block``
+        right-hand sides (a Cholesky solve reuses the stored factor tiles).
+        """
+        from .predict import cross_operator, nngp_posterior_variance, ntk_posterior_variance  # noqa: PLC0415
+
+        store = self.open_store("r")
+        record = self.load_solution(store)["record"]
+        kind = self.kind(store)
+        if kind == "ntk" and "nngp" not in store.kinds:
+            raise InputError(f"{store.path} holds only the NTK; the NTK-GP variance needs the NNGP too: set "
+                             "kernel.get: [nngp, ntk] and use a new store (or solve with kernel.get: nngp)")
+        if x is None:
+            self.check_complete(store, "test")
+            crosses = {k: store.test_array(k) for k in ("nngp", kind)}
+            test_diag = store.diag("test", "nngp")
+        else:
+            x_train = np.asarray(store.inputs("train")[...])
+            x = _check_new_inputs(x, x_train)
+            kfn = store.kernel_fn()
+            crosses = {k: cross_operator(kernel_fn=kfn, x_test=x, x_train=x_train, get=k) for k in ("nngp", kind)}
+            test_diag = np.asarray(kfn.diag(x, get="nngp"))
+        ridge = float(record["ridges_absolute"][int(record.get("chosen_index", 0))])
+        with self.cluster():
+            op = self.operator(store)
+            solve_rhs = self._ridge_solver(store, op, ridge)
+            if kind == "nngp":
+                return nngp_posterior_variance(test_diag, crosses["nngp"], solve_rhs, block=block)
+            return ntk_posterior_variance(test_diag, crosses["nngp"], crosses["ntk"], store.train_array("nngp"),
+                                          solve_rhs, block=block)
+
+    def _ridge_solver(self, store: GramStore, op: Any, ridge: float) -> Any:
+        """``B -> (K + ridge I)^{-1} B`` with the run's solver settings (a Cholesky
+        factor already in the store is reused, not recomputed)."""
+        from .solvers.api import solve  # noqa: PLC0415
+
+        sv, n = self.solver, op.shape[0]
+        group = None
+        if sv.method == "cholesky":
+            try:
+                group = store.group("solver")["cholesky"]     # the solve's factor tiles
+            except KeyError:
+                import zarr  # noqa: PLC0415
+
+                group = zarr.open_group(zarr.storage.MemoryStore(), mode="w")  # factored once, here
+        kw: Dict[str, Any] = dict(method=sv.method, rtol=sv.tol, maxiter=sv.maxiter, seed=sv.seed,
+                                  preconditioner=sv.preconditioner.kind,
+                                  rank=max(1, min(sv.preconditioner.rank, n // 2)), tile=sv.tile, warn=False)
+        return lambda b: solve(op, b, ridges=[ridge], group=group, **kw).alpha[0]
 
     def run(self) -> Dict[str, Any]:
         """plan -> gram -> solve -> predict; returns the metrics (also saved in the store)."""
@@ -316,10 +406,11 @@ class RunPipeline:
         # every check that needs no work first: solver settings are typed at load,
         # inputs (and y) are checked by the Gram stage before any block runs
         self._check_targets()
-        t = time.perf_counter()
-        rep = self.gram()
-        gram_s = time.perf_counter() - t
-        rec = self.solve()
+        with self.cluster():    # one cluster for the Gram and the solver when both use it
+            t = time.perf_counter()
+            rep = self.gram()
+            gram_s = time.perf_counter() - t
+            rec = self.solve()
         out: Dict[str, Any] = {}
         store = self.open_store("r")
         if store.n_test:

@@ -14,6 +14,7 @@ solver:
   checkpoint_every: 10         # CG iterations between checkpoints in the store
   tile: 2048                   # Cholesky tile (default: planned from memory)
   mode: stored                 # operator: stored | streamed | auto
+  products: auto               # where Gram products run: driver | cluster | auto
 task: auto                     # auto | classification | regression
 ```
 
@@ -33,10 +34,14 @@ from .errors import ConfigError
 METHODS = ("cg", "cholesky")
 PRECONDITIONERS = ("nystrom", "pivoted_cholesky", "none")
 MODES = ("stored", "streamed", "auto")
+#: Where the solver's Gram products (CG) and Cholesky tiles run: in the driver
+#: process, or as tasks on the run's Dask cluster (workers read the Zarr panels
+#: themselves). auto: the cluster when it is not the local one.
+PRODUCTS = ("auto", "driver", "cluster")
 RIDGE_PATHS = ("auto", "multishift", "sequential", "batched")
 TASKS = ("auto", "classification", "regression")
 SOLVER_KEYS = ("method", "ridge", "ridge_relative", "tol", "maxiter", "preconditioner", "ridge_path",
-               "validation_fraction", "seed", "checkpoint_every", "tile", "mode")
+               "validation_fraction", "seed", "checkpoint_every", "tile", "mode", "products")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +67,11 @@ class SolverConfig:
     checkpoint_every: int = 10
     tile: Optional[int] = None
     mode: str = "stored"
+    products: str = "auto"
+
+    def on_cluster(self, cluster_kind: str) -> bool:
+        """Run the products on the Dask cluster (``products``; auto: a non-local cluster)."""
+        return self.products == "cluster" or (self.products == "auto" and cluster_kind != "local")
 
     def to_dict(self) -> Dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -136,6 +146,7 @@ def parse_solver(mapping: Any, source: str = "<dict>") -> Optional[SolverConfig]
         maxiter=sec.int("maxiter"), preconditioner=precond, ridge_path=sec.choice("ridge_path", RIDGE_PATHS, "auto"),
         validation_fraction=fraction, seed=int(seed), checkpoint_every=sec.int("checkpoint_every", 10),
         tile=sec.int("tile"), mode=sec.choice("mode", MODES, "stored"),
+        products=sec.choice("products", PRODUCTS, "auto"),
     )
 
 

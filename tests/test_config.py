@@ -115,3 +115,4 @@ def test_empty_and_malformed_files(tmp_path):
         load_config(tmp_path / "b.yaml")
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")
+

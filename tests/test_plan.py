@@ -77,3 +77,17 @@ def test_describe_counts_done_blocks():
 def test_bad_sizes():
     with pytest.raises(ValueError):
         make_plan(0, 0, 8)
+
+
+def test_blocks_are_submitted_largest_first():
+    from ntkscale.schedule import block_cost, submission_order
+
+    plan = make_plan(10, 7, 4)          # ragged train and test grids, diagonal segments
+    order = submission_order(plan.blocks)
+    assert sorted(b.key for b in order) == sorted(b.key for b in plan.blocks)
+    costs = [block_cost(b) for b in order]
+    assert costs == sorted(costs, reverse=True)
+    assert order[0].mirrored and order[0].shape == (4, 4)     # full off-diagonal train block
+    assert order[-1].is_diag and order[-1].shape == (2,)      # the ragged diagonal segment last
+    ties = [b.key for b in order if block_cost(b) == costs[0]]
+    assert ties == [b.key for b in plan.blocks if block_cost(b) == costs[0]]  # stable

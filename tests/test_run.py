@@ -95,7 +95,7 @@ def test_run_json_regression_last_line(tmp_path, capsys):
     out = capsys.readouterr()
     m = last_json(out.out)
     assert m["task"] == "regression" and 0 <= m["test_mse"] < 0.2 and m["test_r2"] > 0.5
-    assert "computing" in out.err and "(streamed)" in out.err   # progress on stderr
+    assert "computing" in out.err and "(streamed;" in out.err   # progress on stderr
     assert "ridges" not in m
 
 
@@ -185,3 +185,81 @@ def test_demo_smoke(tmp_path, capsys):
     cfg = load_config(tmp_path / "demo" / "config.yaml")
     assert cfg.solver.ridge == (1e-6,) and cfg.solver.preconditioner.kind == "nystrom"
     assert json.loads(cfg.kernel.spec_json)[0][1]["W_std"] == pytest.approx(2 ** 0.5)
+
+
+def test_solver_products_on_the_cluster_equal_the_driver_ones(solved, tmp_path):
+    """solver.products: cluster runs the CG products (and Cholesky tiles) as tasks
+    that read the Zarr panels on the workers; the solution is the driver's."""
+    tmp, data, _, m = solved
+    for name in ("x", "y", "xt", "yt"):
+        shutil.copy(data[name], tmp_path)
+    shutil.copytree(tmp / "run.zarr", tmp_path / "run.zarr")
+    GramStore.open(tmp_path / "run.zarr", "r+").group("solver").attrs.update({"run": {}})  # solve again
+    solver = {"method": "cg", "ridge": 1e-4, "tol": 1e-8, "preconditioner": {"kind": "nystrom", "rank": 20},
+              "products": "cluster"}
+    cfg = RunConfig.from_mapping(run_config(data, solver=solver), tmp_path)
+    pipe = RunPipeline(cfg, progress=False)
+    assert pipe.products_on_cluster and pipe.client is None
+    out = pipe.run()
+    assert pipe.client is None                        # the run's own cluster is closed again
+    rec = dict(GramStore.open(tmp_path / "run.zarr").group("solver").attrs)["run"]
+    assert rec["products"] == "cluster" and rec["gram_passes"] > 0 and out["gram"]["blocks_computed"] == 0
+    # the same solve identity as the driver's (products say how, not what)
+    assert rec["identity"] == RunPipeline(cfg.replace(solver=cfg.solver.__class__(
+        **{**cfg.solver.__dict__, "products": "driver"})), progress=False).identity(GramStore.open(tmp_path / "run.zarr"))
+    ours = np.asarray(GramStore.open(tmp_path / "run.zarr").group("predict")["scores"][0])
+    driver = np.asarray(GramStore.open(tmp / "run.zarr").group("predict")["scores"][0])
+    np.testing.assert_allclose(ours, driver, rtol=1e-6, atol=1e-8)
+    assert out["test_accuracy"] == m["test_accuracy"]
+    # products: auto keeps a local cluster's products in the driver; other kinds use the cluster
+    assert not cfg.solver.__class__().on_cluster("local") and cfg.solver.__class__().on_cluster("slurm")
+
+
+def _dense_variances(store, ridge):
+    """NNGP and NTK-GP (t = inf) posterior variances from the dense stored arrays."""
+    K, Kx = np.asarray(store.train_array("nngp")[...]), np.asarray(store.test_array("nngp")[...])
+    T, Tx = np.asarray(store.train_array("ntk")[...]), np.asarray(store.test_array("ntk")[...])
+    d = store.diag("test", "nngp")
+    eye = np.eye(len(K))
+    nngp = d - np.einsum("ij,ji->i", Kx, np.linalg.solve(K + ridge * eye, Kx.T))
+    a = np.linalg.solve(T + ridge * eye, Tx.T)
+    ntk = d + np.einsum("ij,ij->j", a, K @ a) - 2 * np.einsum("ij,ji->i", Kx, a)
+    return nngp, ntk
+
+
+@pytest.mark.parametrize("method", ["cholesky", "cg"])
+def test_posterior_variance_from_the_cli_matches_the_dense_formula(tmp_path, capsys, method):
+    data = blobs(tmp_path, n=80, m=25, regression=True)
+    solver = {"method": method, "ridge": 1e-2, "tol": 1e-10, "preconditioner": {"kind": "nystrom", "rank": 20}}
+    cfg = write(tmp_path, run_config(data, solver=solver, kernel={"layers": run_config(data)["kernel"]["layers"],
+                                                                  "get": ["nngp", "ntk"]}))
+    assert main(["run", str(cfg), "--quiet"]) == 0
+    store = GramStore.open(tmp_path / "run.zarr")
+    rec = dict(store.group("solver").attrs)["run"]
+    _, want = _dense_variances(store, rec["ridges_absolute"][0])
+    capsys.readouterr()
+    assert main(["predict", str(cfg), "--variance", str(tmp_path / "var.npy"), "--json", "--quiet"]) == 0
+    m = last_json(capsys.readouterr().out)
+    got = np.load(tmp_path / "var.npy")
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8)
+    assert m["variance"]["file"] == str(tmp_path / "var.npy") and m["variance"]["min"] >= -1e-8
+    # new inputs: only K(x, train) is computed; the test set as --x gives the same variances
+    assert main(["predict", str(cfg), "--x", str(data["xt"]), "-o", str(tmp_path / "p.npy"),
+                 "--variance", str(tmp_path / "var_new.npy"), "--quiet"]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "var_new.npy"), want, rtol=1e-6, atol=1e-8)
+
+
+def test_nngp_posterior_variance_and_ntk_only_store(solved, tmp_path):
+    tmp, data, cfg, _ = solved
+    with pytest.raises(InputError, match=r"the NTK-GP variance needs the NNGP too: set kernel.get: \[nngp, ntk\]"):
+        RunPipeline(load_config(cfg), progress=False).variance()
+    data = blobs(tmp_path, n=60, m=20)
+    path = write(tmp_path, run_config(data, kernel={"layers": run_config(data)["kernel"]["layers"], "get": "nngp"},
+                                      solver={"method": "cholesky", "ridge": 1e-3}))
+    pipe = RunPipeline(load_config(path), progress=False)
+    pipe.run()
+    store = GramStore.open(tmp_path / "run.zarr")
+    K, Kx = np.asarray(store.train_array("nngp")[...]), np.asarray(store.test_array("nngp")[...])
+    ridge = dict(store.group("solver").attrs)["run"]["ridges_absolute"][0]
+    want = store.diag("test", "nngp") - np.einsum("ij,ji->i", Kx, np.linalg.solve(K + ridge * np.eye(len(K)), Kx.T))
+    np.testing.assert_allclose(pipe.variance(block=7), want, rtol=1e-6, atol=1e-9)

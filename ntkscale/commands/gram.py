@@ -145,8 +145,12 @@ def plan_cmd(args: argparse.Namespace) -> int:
         info["write_bytes_per_s"] = bandwidth
         info["compute_s"] = info["entries_todo"] * per_entry / max(1, info["slots"])
         info["write_s"] = info["storage_bytes"] * todo / bandwidth
-        # writes overlap compute (io threads) but share the disk: the slower of the two
-        info["estimated_s"] = max(info["compute_s"], info["write_s"])
+        # with io threads writes overlap compute (the slower of the two); without,
+        # every task computes and then writes, so the two add up
+        from ..pipeline import io_threads  # noqa: PLC0415
+
+        overlap = io_threads(config) > 0
+        info["estimated_s"] = (max if overlap else (lambda a, b: a + b))(info["compute_s"], info["write_s"])
     if args.json:
         _print_json(info)
         return 0

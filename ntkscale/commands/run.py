@@ -86,6 +86,9 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="run configuration (YAML or JSON)")
     p.add_argument("--x", metavar="NEW.npy", help="new inputs to predict (default: the config's test set)")
     p.add_argument("-o", "--output", metavar="PRED.npy", help="write the predicted labels/values here")
+    p.add_argument("--variance", metavar="VAR.npy",
+                   help="also write the posterior variance of every test point here (NNGP posterior, or "
+                        "NTK-GP at t=inf, which needs kernel.get: [nngp, ntk])")
     p.add_argument("--json", action="store_true", help="metrics as JSON on the last line")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
@@ -104,13 +107,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
         np.save(args.output, np.asarray(pred), allow_pickle=False)
         _say(f"predicted {len(pred)} inputs in {time.perf_counter() - t:.1f} s (new cross-kernel blocks only)")
         print(f"wrote {args.output} ({len(pred)} predictions)")
+        if args.variance:
+            _write_variance(pipe, args.variance, x)
         return 0
     m = pipe.predict()
     if args.output:
         store = pipe.open_store("r")
         np.save(args.output, np.asarray(store.group("predict")["labels"][...]), allow_pickle=False)
+    if args.variance:
+        m["variance"] = _write_variance(pipe, args.variance, None)
     _emit(m, args.json)
     return 0
+
+
+def _write_variance(pipe: Any, path: str, x: Any) -> Dict[str, Any]:
+    t = time.perf_counter()
+    var = np.asarray(pipe.variance(x))
+    np.save(path, var, allow_pickle=False)
+    summary = {"file": path, "mean": float(np.mean(var)), "min": float(np.min(var)), "max": float(np.max(var))}
+    _say(f"posterior variance of {len(var)} points in {time.perf_counter() - t:.1f} s: mean {summary['mean']:.4g}, "
+         f"min {summary['min']:.4g}, max {summary['max']:.4g} -> {path}")
+    return summary
 
 
 cmd_predict.arguments = _predict_args

@@ -14,17 +14,19 @@ in one pass. Measures:
   manifest. n² stored
   entries / s, and CPU seconds (workers + client) against the in-memory CPU
   seconds, which is the fair comparison on a machine shared with other jobs.
-  "2 workers" is the default config (one computing thread and one writer
-  thread, ``io_threads: 1``, per worker); "1 worker" is one single-threaded
-  worker without a writer, i.e. one core, the baseline for the scaling ratio.
-  Two more rows: one worker with its writer thread (which uses the second
-  core for the writes: ~1.5 cores), and two workers without writers;
+  "2 workers" is the default config (``io_threads: auto``: no writer threads
+  when every core computes); "1 worker" is one single-threaded worker without
+  a writer, i.e. one core, the baseline for the scaling ratio. Two more rows:
+  one worker with a writer thread (``io_threads: 1``, which is what ``auto``
+  gives one worker on a 2-core machine: the writes use the second core, ~1.5
+  cores in all), and two workers with writer threads;
 * scheduler overhead per block ((wall × slots − Σ task time) / blocks) on a
   many-small-blocks run without io threads, and a no-op Dask round trip;
 * the same 1- and 2-worker runs with the store on tmpfs (``--shm``), which
   takes the disk out and shows how the compute scales;
 * the store's write bandwidth per task next to ``dd`` on the same disk;
-* block size against time and worker peak memory.
+* block size against time and worker peak memory (2 workers, interleaved
+  with the runs above).
 
 Each pipeline configuration runs ``--repeat`` times, interleaved with the
 others in an order rotated every round, each run after ``sync`` (no earlier
@@ -105,7 +107,7 @@ def _cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _config(tmp: Path, store: str, block: int, workers: int, memory: str, io_threads: int):
+def _config(tmp: Path, store: str, block: int, workers: int, memory: str, io_threads: Any):
     from ntkscale.config import RunConfig
 
     raw = {"data": {"train": {"x": "x.npy"}}, "kernel": {"layers": LAYERS, "get": list(GET)},
@@ -194,7 +196,7 @@ def _rotated(n: int, shift: int) -> List[int]:
     return [(k + shift) % n for k in range(n)]
 
 
-def pipeline_runs(tmp: Path, n: int, block: int, workers: int, memory: str, *, io_threads: int = 1,
+def pipeline_runs(tmp: Path, n: int, block: int, workers: int, memory: str, *, io_threads: Any = "auto",
                   repeat: int = 1, label: str = "") -> Dict[str, Any]:
     """``repeat`` end-to-end runs on one warm cluster; the best one, with all times."""
     from ntkscale.cluster import open_client
@@ -241,9 +243,11 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=4096, help="block size of the main runs")
     ap.add_argument("--sweep", default="2048,4096,8192", help="block sizes for the trade-off table")
     ap.add_argument("--memory", default="4GiB", help="memory_limit per worker")
-    ap.add_argument("--repeat", type=int, default=2, help="runs per configuration (best kept)")
+    ap.add_argument("--repeat", type=int, default=5, help="runs per configuration (best and median kept)")
     ap.add_argument("--quick", action="store_true", help="n=4096, block 1024, sweep 512,1024,2048")
     ap.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
+    ap.add_argument("--name", default=None, help="result file name (default: gram for the default sizes, "
+                    "gram_quick, else gram_n<N>_b<B>)")
     ap.add_argument("--shm", default="/dev/shm", help="tmpfs for the disk-free scaling runs ('' to skip)")
     args = ap.parse_args()
     if args.quick:
@@ -258,17 +262,22 @@ def main() -> None:
         shm = Path(tempfile.mkdtemp(prefix="bench_gram_", dir=args.shm)) if args.shm else None
         try:
             cfgs = [_config(tmp, f"run-w{w}io{io}.zarr", args.block, w, args.memory, io)
-                    for w, io in ((2, 1), (1, 0), (1, 1), (2, 0))]
+                    for w, io in ((2, "auto"), (1, 0), (1, 1), (2, 1))]
+            n_disk = len(cfgs)
             if shm is not None:
                 # The same runs with the store in memory (tmpfs): the disk out of the way,
                 # so 1 -> 2 workers shows how the compute scales.
                 cfgs += [_config(tmp, str(shm / f"run-shm{w}.zarr"), args.block, w, args.memory, io)
-                         for w, io in ((2, 1), (1, 0))]
+                         for w, io in ((2, "auto"), (1, 0))]
+            n_main = len(cfgs)
+            # the block-size trade-off: 2 workers (default config) at the other sizes, same protocol
+            sizes = [int(b) for b in args.sweep.split(",")]
+            cfgs += [_config(tmp, f"run-b{b}.zarr", b, 2, args.memory, "auto") for b in sizes if b != args.block]
             res["in_memory"], runs = interleaved(tmp, args.n, cfgs, args.repeat, tmp / "x.npy")
         finally:
             if shm is not None:
                 shutil.rmtree(shm, ignore_errors=True)
-        res["pipeline"], res["tmpfs"] = runs[:4], runs[4:]
+        res["pipeline"], res["tmpfs"], others = runs[:n_disk], runs[n_disk:n_main], runs[n_main:]
         two, one = runs[:2]
         im = res["in_memory"]
         res["ratio_vs_in_memory"] = two["entries_per_s"] / im["entries_per_s"]
@@ -280,14 +289,7 @@ def main() -> None:
             res["tmpfs_speedup_2_vs_1_worker"] = (res["tmpfs"][0]["entries_per_s"]
                                                   / res["tmpfs"][1]["entries_per_s"])
             res["tmpfs_ratio_vs_in_memory"] = res["tmpfs"][0]["entries_per_s"] / im["entries_per_s"]
-        sweep = []
-        for b in (int(s) for s in args.sweep.split(",")):
-            if b == args.block:
-                sweep.append(two)
-                continue
-            say(f"pipeline: 2 workers, block {b} ...")
-            sweep.append(pipeline_runs(tmp, args.n, b, 2, args.memory, label=f"b{b}"))
-        res["block_sweep"] = sweep
+        res["block_sweep"] = sorted([two] + others, key=lambda r: r["block_size"])
         say("many small blocks (scheduler overhead) ...")
         small_n = min(args.n, 4096)
         np.save(tmp / "x.npy", np.random.default_rng(1).standard_normal((small_n, args.d)).astype(np.float32))
@@ -297,7 +299,10 @@ def main() -> None:
         res["machine"]["load_1min_end"] = round(os.getloadavg()[0], 2)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    path = save_result("gram" if not args.quick else "gram_quick", res)
+    # only the issue's configuration writes results/gram.json (docs and plots read it)
+    default = (args.n, args.d, args.block) == (16384, 784, 4096)
+    name = args.name or ("gram_quick" if args.quick else "gram" if default else f"gram_n{args.n}_b{args.block}")
+    path = save_result(name, res)
     report(res)
     print(f"\nsaved {path}")
 

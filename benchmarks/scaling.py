@@ -377,12 +377,18 @@ def plot_gram(res: Dict[str, Any], path: Path, source: str) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     ax = axes[1]
+    n2 = res["n"] ** 2 / 1e6
     labels, vals = ["in-memory"], [im]
+    runs = [[n2 / t for t in res["in_memory"].get("all_seconds", [])]]
     for r in res.get("pipeline", []) + res.get("tmpfs", []):
         where = " tmpfs" if r in res.get("tmpfs", []) else ""
         labels.append(f"{r['workers']}w io{r['io_threads']}{where}")
         vals.append(r["entries_per_s"] / 1e6)
-    ax.bar(range(len(vals)), vals, color=["0.5"] + ["tab:blue"] * (len(vals) - 1))
+        runs.append([n2 / t for t in r.get("all_seconds", [])])
+    ax.bar(range(len(vals)), vals, color=["0.5"] + ["tab:blue"] * (len(vals) - 1), label="best run")
+    for k, pts in enumerate(runs):   # every repeat, to show the spread the best hides
+        ax.plot([k] * len(pts), pts, "k.", ms=4, label="each run" if k == 0 and pts else None)
+    ax.legend(fontsize=8)
     ax.set_xticks(range(len(vals)))
     ax.set_xticklabels(labels, rotation=30, fontsize=8)
     ax.set_ylabel("M entries / s (wall)")

@@ -116,3 +116,20 @@ def test_empty_and_malformed_files(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")
 
+
+
+def test_io_threads_auto_uses_spare_cores_only(tmp_path, data):
+    from ntkscale.config import auto_io_threads
+
+    assert auto_io_threads(2, 1, cores=2) == 0          # every core computes
+    assert auto_io_threads(1, 1, cores=2) == 1          # a spare core for the writer
+    assert auto_io_threads(None, 1, cores=16) == 0      # default: a worker per core
+    assert auto_io_threads(4, 3, cores=16) == 1         # 4 spare cores: one per worker
+    assert auto_io_threads(4, 3, cores=15) == 0         # 3 spare cores for 4 workers
+    raw = config_dict(data, cluster={"kind": "local", "n_workers": 1, "io_threads": "auto"})
+    assert RunConfig.from_mapping(raw, tmp_path).cluster.io_threads == auto_io_threads(1, 1)
+    raw["cluster"]["io_threads"] = 0
+    assert RunConfig.from_mapping(raw, tmp_path).cluster.io_threads == 0
+    raw["cluster"]["io_threads"] = "many"
+    with pytest.raises(ConfigError, match="cluster.io_threads: must be 'auto' or an integer >= 0"):
+        RunConfig.from_mapping(raw, tmp_path)

@@ -311,14 +311,16 @@ def report(res: Dict[str, Any]) -> None:
     im, m = res["in_memory"], res["machine"]
     print(f"\n## Gram engine: n={res['n']}, d={res['d']}, float32, NNGP+NTK, block {res['block']} "
           f"({m['cores']} cores, load {m['load_1min']} -> {m['load_1min_end']})\n")
-    rows = [{"what": "in-memory kernel_fn, all cores", "wall s": im["seconds"], "CPU s": im["cpu_s"],
+    rows = [{"what": "in-memory kernel_fn, all cores", "wall s": im["seconds"],
+             "median s": float(np.median(im["all_seconds"])), "CPU s": im["cpu_s"],
              "Mentries/s": im["entries_per_s"] / 1e6}]
     for r in res["pipeline"] + res.get("tmpfs", []):
         where = ", store on tmpfs" if r in res.get("tmpfs", []) else ""
         rows.append({"what": f"pipeline, {r['workers']} worker(s) x 1 + {r['io_threads']} io thread{where}",
-                     "wall s": r["seconds"], "CPU s": r["cpu_s"], "Mentries/s": r["entries_per_s"] / 1e6,
+                     "wall s": r["seconds"], "median s": r.get("median_seconds", r["seconds"]), "CPU s": r["cpu_s"],
+                     "Mentries/s": r["entries_per_s"] / 1e6,
                      "kernel busy": r["compute_busy"], "write GiB/s/task": r["write_gib_per_s_per_task"]})
-    print_table(rows, ["what", "wall s", "CPU s", "Mentries/s", "kernel busy", "write GiB/s/task"])
+    print_table(rows, ["what", "wall s", "median s", "CPU s", "Mentries/s", "kernel busy", "write GiB/s/task"])
     print(f"\n2 workers / in-memory: {res['ratio_vs_in_memory']:.2f} (wall), "
           f"{res['cpu_ratio_vs_in_memory']:.2f} (CPU s); 2 workers / 1 worker: {res['speedup_2_vs_1_worker']:.2f} "
           f"(wall, best; {res['median_speedup_2_vs_1_worker']:.2f} median), CPU s of 1 worker / 2 workers "
@@ -332,10 +334,11 @@ def report(res: Dict[str, Any]) -> None:
     print(f"dd on the same disk: {res['dd_page_cache_gib_per_s']:.2f} GiB/s (page cache), "
           f"{res['dd_fdatasync_gib_per_s']:.2f} GiB/s (fdatasync)\n")
     print_table([{"block": r["block_size"], "blocks": r["blocks"], "wall s": r["seconds"],
+                  "median s": r.get("median_seconds", r["seconds"]),
                   "Mentries/s": r["entries_per_s"] / 1e6, "kernel busy": r["compute_busy"],
                   "task memory MiB (model)": r["block_size"] ** 2 * 4 * (len(GET) + 1) / 2 ** 20,
                   "worker peak RSS MiB": r["worker_peak_rss_mib"]} for r in res["block_sweep"]],
-                ["block", "blocks", "wall s", "Mentries/s", "kernel busy", "task memory MiB (model)",
+                ["block", "blocks", "wall s", "median s", "Mentries/s", "kernel busy", "task memory MiB (model)",
                  "worker peak RSS MiB"])
 
 

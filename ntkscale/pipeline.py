@@ -251,6 +251,19 @@ def _security(config: RunConfig) -> Any:
     return security_from_tls(config.tls)
 
 
+def wait_until_ready(client: Any, store_path: Any) -> None:
+    """A remote cluster is usable: a worker has joined (within ``WAIT_FOR_WORKERS_S``)
+    and every worker sees the store at ``store_path`` (fail fast, naming them)."""
+    try:
+        client.wait_for_workers(1, timeout=WAIT_FOR_WORKERS_S)
+    except (TimeoutError, OSError) as exc:
+        raise NtkscaleError(f"no Dask worker joined the scheduler within {WAIT_FOR_WORKERS_S} s "
+                            f"({type(exc).__name__}); start workers with `dask worker ADDRESS`") from None
+    from .cluster_backends import check_store_visible  # noqa: PLC0415
+
+    check_store_visible(client, store_path)
+
+
 def compute_missing(store: GramStore, job: Job, cluster: Any, *, client: Any = None,
                     progress: bool = True, stream: Optional[TextIO] = None,
                     security: Any = None) -> RunReport:
@@ -273,14 +286,7 @@ def compute_missing(store: GramStore, job: Job, cluster: Any, *, client: Any = N
         client = dask_client
         remote = given or getattr(cluster, "kind", "local") != "local"
         if remote:
-            try:
-                client.wait_for_workers(1, timeout=WAIT_FOR_WORKERS_S)
-            except (TimeoutError, OSError) as exc:
-                raise NtkscaleError(f"no Dask worker joined the scheduler within {WAIT_FOR_WORKERS_S} s "
-                                    f"({type(exc).__name__}); start workers with `dask worker ADDRESS`") from None
-            from .cluster_backends import check_store_visible  # noqa: PLC0415
-
-            check_store_visible(client, store.path)  # fail fast: every worker must see the store
+            wait_until_ready(client, store.path)
         report.dashboard = dashboard_link(client)
         report.slots = total_threads(client)
         if job.io_threads:   # the io threads write, they do not compute

@@ -163,9 +163,11 @@ class RunPipeline:
             yield self.client
             return
         from .cluster import open_client  # noqa: PLC0415
-        from .pipeline import _security  # noqa: PLC0415
+        from .pipeline import _security, wait_until_ready  # noqa: PLC0415
 
         with open_client(self.config.cluster, security=_security(self.config)) as client:
+            if self.config.cluster.kind != "local" and Path(self.config.store).exists():
+                wait_until_ready(client, Path(self.config.store).resolve())
             self.client = client
             try:
                 yield client

@@ -255,3 +255,45 @@ def test_gram_pipeline_with_cluster_kind_slurm(partition, tmp_path):
     expected = stax.from_spec(layers)[2](x, None, "ntk")
     np.testing.assert_allclose(stored, expected, rtol=1e-12)
     assert _wait_for(lambda: not _queued(job_name), 60), "the pipeline left SLURM jobs behind"
+
+
+def test_run_solves_on_the_slurm_workers(partition, tmp_path):
+    """`ntkscale run` with `cluster: {kind: slurm}`: one SLURM cluster serves the Gram
+    and the solver (products: auto -> on the cluster for a non-local kind): CG
+    products and predictions equal those of a solve in the driver."""
+    from ntkscale.config import RunConfig  # noqa: PLC0415
+    from ntkscale.run import RunPipeline  # noqa: PLC0415
+    from ntkscale.store import GramStore  # noqa: PLC0415
+
+    rng = np.random.default_rng(4)
+    centres = rng.standard_normal((2, 5)) * 2
+    lab = rng.integers(0, 2, 60)
+    x = centres[lab] + 0.5 * rng.standard_normal((60, 5))
+    for name, a in {"x": x[:45], "y": lab[:45], "xt": x[45:], "yt": lab[45:]}.items():
+        np.save(tmp_path / f"{name}.npy", a)
+    job_name = f"ntkscale-run-{uuid.uuid4().hex[:6]}"
+    raw = {
+        "data": {"train": {"x": "x.npy", "y": "y.npy"}, "test": {"x": "xt.npy", "y": "yt.npy"}},
+        "kernel": {"layers": [["Dense", {"W_std": 1.4, "b_std": 0.1}], ["Relu", {}], ["Dense", {"W_std": 1.4}]],
+                   "get": "ntk"},
+        "store": "run.zarr", "block_size": 16, "dtype": "float64",
+        "cluster": {"kind": "slurm", "jobs": 1, "cores": 1, "processes": 1, "memory": "1GB",
+                    "walltime": "00:10:00", "partition": partition, "python": sys.executable,
+                    "job_name": job_name, "log_directory": "logs", "dashboard_address": ":0"},
+        "solver": {"method": "cg", "ridge": 1e-3, "tol": 1e-10, "preconditioner": "none"},
+    }
+    out = RunPipeline(RunConfig.from_mapping(raw, base_dir=tmp_path), progress=False).run()
+    store = GramStore.open(tmp_path / "run.zarr")
+    rec = dict(store.group("solver").attrs)["run"]
+    assert rec["products"] == "cluster" and out["gram"]["blocks_computed"] > 0
+    on_cluster = np.asarray(store.group("predict")["scores"][0])
+    raw["solver"]["products"] = "driver"
+    GramStore.open(tmp_path / "run.zarr", "r+").group("solver").attrs.update({"run": {}})
+    again = RunPipeline(RunConfig.from_mapping(raw, base_dir=tmp_path), progress=False).run()
+    assert again["gram"]["blocks_computed"] == 0
+    rec = dict(GramStore.open(tmp_path / "run.zarr").group("solver").attrs)["run"]
+    assert rec["products"] == "driver"
+    np.testing.assert_allclose(np.asarray(GramStore.open(tmp_path / "run.zarr").group("predict")["scores"][0]),
+                               on_cluster, rtol=1e-8, atol=1e-10)
+    assert out["test_accuracy"] == again["test_accuracy"]
+    assert _wait_for(lambda: not _queued(job_name), 60), "the run left SLURM jobs behind"

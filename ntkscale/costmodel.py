@@ -85,26 +85,28 @@ def _kernel_fn(net: Any) -> Any:
     return from_spec(net)[2]
 
 
-def code_path(kernel_fn: Any, input_shape: Sequence[int]) -> str:
-    """Which engine computes ``kernel_fn`` on NumPy inputs of per-example ``input_shape``."""
+def code_path(kernel_fn: Any, input_shape: Sequence[int], kind: str = "cpu") -> str:
+    """Which engine computes ``kernel_fn`` on inputs of per-example ``input_shape``:
+    NumPy (``kind="cpu"``) or CuPy (``"gpu"``: its slab kernel has no AvgPool)."""
     kernel_fn = _kernel_fn(kernel_fn)
     if not kernel_fn.is_image_net:
         return "flat"
     from .stax import conv_eval, conv_fast  # noqa: PLC0415
 
     plan = conv_eval.plan_image_net(kernel_fn._layers, tuple(int(s) for s in input_shape))
-    return "slab" if conv_fast.network_supported(kernel_fn._layers, plan) else "reference"
+    slab = conv_fast.network_supported(kernel_fn._layers, plan, pooling=kind != "gpu")
+    return "slab" if slab else "reference"
 
 
 def features(kernel_fn: Any, input_shape: Sequence[int], dtype: str = "float64",
-             cache: int = DEFAULT_CACHE_BYTES) -> Dict[str, Any]:
-    """Per-entry features of the model (from ``kernel_fn.cost``) and the code path;
-    ``cache``: L2 bytes of the calibrated machine (for ``spill_bytes``)."""
+             cache: int = DEFAULT_CACHE_BYTES, kind: str = "cpu") -> Dict[str, Any]:
+    """Per-entry features of the model (from ``kernel_fn.cost``) and the code path
+    on device ``kind``; ``cache``: L2 bytes of the calibrated machine (for ``spill_bytes``)."""
     kernel_fn = _kernel_fn(kernel_fn)
     shape = tuple(int(s) for s in input_shape)
     cost = kernel_fn.cost(shape)
     itemsize = np.dtype(dtype).itemsize
-    path = code_path(kernel_fn, shape)
+    path = code_path(kernel_fn, shape, kind)
     out: Dict[str, Any] = {"path": path, "flops": float(cost["flops"]), "bytes": float(cost["bytes"]) * itemsize,
                            "pair_entries": float(cost.get("pair_entries", 1.0))}
     pair_bytes = out["pair_entries"] * itemsize
@@ -135,10 +137,10 @@ def _row(feat: Dict[str, Any], entries: float) -> np.ndarray:
 # ----------------------------------------------------------------------------- fit
 
 
-def _points(measurements: Iterable[Dict[str, Any]], cache: int) -> List[Dict[str, Any]]:
+def _points(measurements: Iterable[Dict[str, Any]], cache: int, kind: str = "cpu") -> List[Dict[str, Any]]:
     pts = []
     for m in measurements:
-        feat = features(m["spec"], m["input_shape"], m["dtype"], cache)
+        feat = features(m["spec"], m["input_shape"], m["dtype"], cache, kind)
         entries = float(m["n1"]) * float(m["n2"])
         pts.append(dict(m, path=feat["path"], entries=entries, feat=feat,
                         s_per_entry=float(m["cpu_s"]) / entries))
@@ -152,7 +154,7 @@ def fit(measurements: Sequence[Dict[str, Any]], *, machine: Optional[Dict[str, A
     from scipy.optimize import nnls  # noqa: PLC0415
 
     cache = int(cache or cache_bytes())
-    pts = _points(measurements, cache)
+    pts = _points(measurements, cache, kind)
     coef: Dict[str, Dict[str, Any]] = {}
     for dtype in sorted({p["dtype"] for p in pts}):
         for path in PATHS:
@@ -241,7 +243,8 @@ def _apply(coefs: Dict[str, float], path: str, feat: Dict[str, Any]) -> Tuple[fl
 def seconds_per_entry(calibration: Dict[str, Any], kernel_fn: Any, input_shape: Sequence[int],
                       dtype: str = "float64") -> Dict[str, Any]:
     """Predicted seconds per entry and per-call overhead, with the features used."""
-    feat = features(kernel_fn, input_shape, dtype, int(calibration.get("cache_bytes", DEFAULT_CACHE_BYTES)))
+    feat = features(kernel_fn, input_shape, dtype, int(calibration.get("cache_bytes", DEFAULT_CACHE_BYTES)),
+                    calibration.get("kind", "cpu"))
     coefs, used, notes = _terms_for(calibration, feat["path"], dtype)
     per_entry, overhead = _apply(coefs, feat["path"], feat)
     if "cost_fingerprint" in calibration and calibration["cost_fingerprint"] != cost_fingerprint():

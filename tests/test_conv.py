@@ -15,7 +15,7 @@ import pytest
 
 from ntkscale import stax
 from ntkscale.errors import InputError, SpecError, UnsupportedOptionError
-from ntkscale.stax import conv_eval
+from ntkscale.stax import conv_eval, conv_fast
 
 REFERENCE = Path(__file__).parent / "reference" / "nt_reference.npz"
 EXTRA = Path(__file__).parent / "reference" / "nt_conv_extra.npz"  # generate_nt_conv_extra.py
@@ -88,6 +88,40 @@ def test_conv_extra_cases_against_neural_tangents(name, fast):
     if x2 is None:
         loose |= np.eye(*nngp.shape, dtype=bool)
         loose[0, 2] = loose[2, 0] = True
+    assert_close_to_nt(out[0], nngp, loose)
+    assert_close_to_nt(out[1], ntk, loose)
+
+
+def _pooled_slab_cases():
+    cases = [(n, None) for n in CONV_CASES] + [(n, "extra") for n in EXTRA_CASES]
+    out = []
+    for name, which in cases:
+        spec = load_case(name, _EXTRA if which else None)[0]
+        if any(l[0] == "AvgPool" for l in spec) and "CIRCULAR" not in json.dumps(spec):
+            out.append((name, which))
+    return out
+
+
+@pytest.mark.parametrize("name,which", _pooled_slab_cases())
+def test_pooling_cases_run_on_the_slab_path(name, which, monkeypatch):
+    """The neural-tangents AvgPool cases (Myrtle-5/7, VALID/SAME pools,
+    normalize_edges) go through the compiled slab path, not the reference."""
+    spec, x1, x2, nngp, ntk = load_case(name, _EXTRA if which else None)
+    kernel_fn = stax.from_spec(spec)[2]
+    plan = conv_eval.plan_image_net(kernel_fn._layers, x1.shape[1:])
+    assert conv_fast.supports(kernel_fn._layers, plan, x1, np)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("reference path used")
+
+    monkeypatch.setattr(conv_eval, "_pair_tile", refuse)
+    monkeypatch.setattr(conv_eval, "self_trajectory", refuse)
+    out = kernel_fn(x1, x2, ("nngp", "ntk"))
+    loose = np.zeros(nngp.shape, bool)
+    if x2 is None:
+        loose |= np.eye(*nngp.shape, dtype=bool)
+        if which:
+            loose[0, 2] = loose[2, 0] = True
     assert_close_to_nt(out[0], nngp, loose)
     assert_close_to_nt(out[1], ntk, loose)
 

@@ -74,6 +74,82 @@ def test_fast_matches_reference(i, rng):
     np.testing.assert_allclose(diag[1], np.diag(kf(x1, None, "ntk", fast=False)), rtol=1e-11)
 
 
+def pooled_nets():
+    """Nets with AvgPool the slab kernel runs (no CIRCULAR): Myrtle-5/7 and
+    variants: SAME/VALID and strided/stride-1 pools, normalize_edges,
+    GAP/Flatten ends, an AvgPool before any Conv (Θ still zero) and one
+    right after a Dense on images, strided and VALID convs, Erf/LeakyRelu/
+    ABRelu, the standard parameterization, a flat activation tail."""
+    def conv(**kw):
+        return stax.Conv(3, (3, 3), padding="SAME", W_std=1.4, b_std=0.1, **kw)
+
+    return {
+        "myrtle5_8x8": (stax.presets.myrtle(5, final_pools=1), (8, 8), 3),
+        "myrtle7_8x8": (stax.presets.myrtle(7, final_pools=1), (8, 8), 1),
+        "myrtle5_16x16": (stax.presets.myrtle(5, final_pools=2), (16, 16), 2),
+        "same_pools_gap": (stax.serial(
+            conv(), stax.Relu(), stax.AvgPool((2, 2), padding="SAME"), conv(), stax.Erf(),
+            stax.AvgPool((3, 3), strides=(2, 2), padding="SAME", normalize_edges=True),
+            conv(), stax.Relu(), stax.GlobalAvgPool(), stax.Dense(1)), (8, 8), 2),
+        "pool_first_standard": (stax.serial(
+            stax.AvgPool((2, 2), strides=(2, 2)),
+            stax.Conv(4, (3, 3), padding="VALID", b_std=None, parameterization="standard"),
+            stax.LeakyRelu(0.2), stax.Dense(5, W_std=1.2, b_std=0.3, parameterization="standard"),
+            stax.AvgPool((2, 2)), stax.Flatten(),
+            stax.Dense(3, W_std=1.3, b_std=0.2, parameterization="standard"), stax.Erf(),
+            stax.Dense(1, parameterization="standard")), (16, 12), 1),
+        "strided_conv_valid_pool": (stax.serial(
+            stax.Conv(4, (3, 3), strides=(2, 2), padding="SAME", b_std=0.2), stax.Relu(),
+            stax.AvgPool((3, 3), strides=(2, 2)), stax.Conv(4, (2, 2), padding="VALID"),
+            stax.ABRelu(-0.3, 1.2), stax.GlobalAvgPool(), stax.Dense(1)), (16, 16), 3),
+    }
+
+
+POOLED = pooled_nets()
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", sorted(POOLED))
+def test_pooled_fast_matches_reference(name, dtype, rng):
+    """AvgPool nets run on the slab path (stages of slabs joined by pooling
+    gathers) and agree with the reference path; 11 images (66 symmetric
+    pairs) and 11 × 5 do not fill the lanes."""
+    layer, hw, c = POOLED[name]
+    kf = layer[2]
+    x1 = _images(rng, 11, hw, c).astype(dtype)
+    x2 = _images(rng, 5, hw, c).astype(dtype)
+    plan = conv_eval.plan_image_net(kf._layers, x1.shape[1:])
+    assert conv_fast.supports(kf._layers, plan, x1, np)
+    assert not conv_fast.network_supported(kf._layers, plan, pooling=False)   # (CuPy path)
+    rtol = 1e-11 if dtype == "float64" else 1e-5
+    for a, b in ((x1, None), (x1, x2)):
+        fast = kf(a, b, ("nngp", "ntk"))
+        ref = kf(a, b, ("nngp", "ntk"), fast=False)
+        for f, r in zip(fast, ref):
+            assert f.dtype == np.dtype(dtype)
+            np.testing.assert_allclose(f, r, rtol=rtol, atol=rtol * 1e-2 * np.abs(r).max())
+    nngp_only = kf(x1, x2, "nngp")
+    np.testing.assert_allclose(nngp_only, kf(x1, x2, "nngp", fast=False), rtol=rtol,
+                               atol=rtol * 1e-2 * np.abs(nngp_only).max())
+    diag = kf.diag(x1, ("nngp", "ntk"))
+    ref = kf(x1, None, ("nngp", "ntk"), fast=False)
+    np.testing.assert_allclose(diag[0], np.diag(ref[0]), rtol=rtol)
+    np.testing.assert_allclose(diag[1], np.diag(ref[1]), rtol=rtol)
+
+
+def test_pooled_results_do_not_depend_on_lanes_or_threads(rng, monkeypatch):
+    kf = POOLED["same_pools_gap"][0][2]
+    x1, x2 = _images(rng, 13, (8, 8), 2), _images(rng, 4, (8, 8), 2)
+    base, base_sym = kf(x1, x2, "ntk"), kf(x1, None, "ntk")
+    for lanes, threads in ((8, 1), (16, 2), (64, 3)):
+        monkeypatch.setattr(conv_fast, "LANES_MIN", lanes)
+        monkeypatch.setattr(conv_fast, "LANES_MAX", lanes)
+        monkeypatch.setattr(conv_fast, "n_threads", lambda t=threads: t)
+        assert np.array_equal(kf(x1, x2, "ntk"), base)
+        assert np.array_equal(kf(x1, None, "ntk"), base_sym)
+    assert np.array_equal(base_sym, base_sym.T)
+
+
 def test_lanes_and_chunks_do_not_change_results(rng, monkeypatch):
     kf = stax.presets.cntk(2)[2]
     x1, x2 = _images(rng, 11, (5, 5), 1), _images(rng, 6, (5, 5), 1)
@@ -101,7 +177,11 @@ def test_threads_do_not_change_results(rng, monkeypatch):
 
 def test_unsupported_nets_use_the_reference_path(rng):
     x = _images(rng, 3, (4, 4), 1)
-    for layer in (stax.presets.myrtle(5, final_pools=0),
+    for layer in (stax.serial(stax.Conv(2, (3, 3), padding="CIRCULAR"), stax.Relu(),
+                              stax.AvgPool((2, 2), (2, 2), padding="CIRCULAR"), stax.Flatten(),
+                              stax.Dense(1)),
+                  stax.serial(stax.Conv(2, (3, 3), padding="CIRCULAR"), stax.Relu(),
+                              stax.AvgPool((2, 2), (2, 2)), stax.Flatten(), stax.Dense(1)),
                   stax.serial(stax.Conv(2, (3, 3), padding="SAME"), stax.Gelu(),
                               stax.GlobalAvgPool(), stax.Dense(1)),
                   stax.serial(stax.Conv(2, (3, 3), padding="SAME"), stax.Relu(),
@@ -179,3 +259,16 @@ def test_flops_per_pair_counts_slab_entries():
     flops = conv_fast.flops_per_pair(layers, plan)
     # 4 stages of 8^4 pixel pairs; conv 14 + relu 37 flops per entry and layer
     assert 3 * 8 ** 4 * 51 < flops <= 3 * 8 ** 4 * 51 + 5 * 8 ** 4
+
+
+def test_flops_per_pair_of_a_pooled_net():
+    """Myrtle-5 on 8×8: every pixel pair through 2 Conv+Relu, then the 4×4
+    stage (all pairs), then the 2×2 stage (its 9 offsets), plus K0 (7 per
+    pair of pixels) and the pooling (2 per pooled pair, 6 per divided one)."""
+    layers = stax.presets.myrtle(5, final_pools=1)[2]._layers
+    plan = conv_eval.plan_image_net(layers, (8, 8, 3))
+    flops = conv_fast.flops_per_pair(layers, plan)
+    body = 2 * 8 ** 4 * 51 + 4 ** 4 * 51 + 2 ** 4 * 51
+    assert body + 9 * 8 ** 4 < flops < body + 10 * 8 ** 4
+    cost = conv_eval.cost_per_entry(layers, (8, 8, 3))
+    assert flops <= cost["flops"] < flops + 100   # plus the readout Dense

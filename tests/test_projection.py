@@ -42,7 +42,13 @@ def test_fit_recovers_the_coefficients():
 def test_code_paths():
     assert costmodel.code_path(default_layers(3), (10,)) == "flat"
     assert costmodel.code_path(stax.presets.cntk(3), (8, 8, 1)) == "slab"
-    assert costmodel.code_path(stax.presets.myrtle(5), (32, 32, 3)) == "reference"
+    assert costmodel.code_path(stax.presets.myrtle(5), (32, 32, 3)) == "slab"
+    assert costmodel.code_path(stax.presets.myrtle(5), (32, 32, 3), "gpu") == "reference"  # CuPy: no AvgPool
+    assert costmodel.code_path(stax.presets.cntk(3), (8, 8, 1), "gpu") == "slab"
+    circular_pool = stax.serial(stax.Conv(1, (3, 3), padding="CIRCULAR"), stax.Relu(),
+                                stax.AvgPool((2, 2), (2, 2), "CIRCULAR"), stax.Flatten(),
+                                stax.Dense(1))
+    assert costmodel.code_path(circular_pool, (8, 8, 3)) == "reference"
 
 
 def test_grid_entries_are_the_upper_triangle():
@@ -83,9 +89,13 @@ def test_project_names_and_errors(calibration, monkeypatch, tmp_path):
 
 
 def test_cifar_table_and_cli(calibration, capsys):
-    # The synthetic calibration has no array-API (Myrtle) coefficients: said plainly.
+    # On the CPU Myrtle and CNTK-GAP run on the slab path; the synthetic calibration
+    # has no array-API coefficients (a CIRCULAR-pooling net needs them): said plainly.
+    assert {row["code_path"] for row in cifar10_table(calibration)} == {"slab"}
+    circular_pool = stax.serial(stax.Conv(1, (3, 3), padding="CIRCULAR"), stax.Relu(),
+                                stax.AvgPool((2, 2), (2, 2), "CIRCULAR"), stax.Flatten(), stax.Dense(1))
     with pytest.raises(CalibrationError, match="reference code path"):
-        cifar10_table(calibration)
+        project(1000, (8, 8, 3), circular_pool, "cpu", 1, "float64", calibration)
     assert cli_main(["project", "--n", "50000", "--input-shape", "32,32,3", "--net", "cntk-gap21", "--devices", "8",
                      "--device", "cpu", "--dtype", "float32", "--calibration", str(calibration), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

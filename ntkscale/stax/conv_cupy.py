@@ -258,13 +258,13 @@ def shared_bytes(prog: Any, itemsize: int) -> int:
 
 
 def supports(layers: List[LayerImpl], plan: ImagePlan, x1: Any, xp: Any) -> bool:
-    """CuPy float32/float64 input, a slab-supported network whose slab fits
-    in shared memory."""
+    """CuPy float32/float64 input, a slab-supported network without AvgPool
+    (this kernel has no pooling stages) whose slab fits in shared memory."""
     from . import conv_fast  # noqa: PLC0415
 
     if type(x1).__module__.split(".")[0] != "cupy" or str(x1.dtype) not in ("float32", "float64"):
         return False
-    if not conv_fast.network_supported(layers, plan):
+    if not conv_fast.network_supported(layers, plan, pooling=False):
         return False
     prog = conv_fast._Program(layers, plan, np.dtype(str(x1.dtype)))
     return shared_bytes(prog, np.dtype(str(x1.dtype)).itemsize) <= MAX_SHARED

@@ -24,9 +24,10 @@ Three steps, all pure (no I/O):
    result is exactly symmetric. The tiling never changes the arithmetic of a
    pair: results are identical for every budget.
 
-``fast=True`` on NumPy float inputs hands supported networks to the compiled
-path ``conv_fast`` (tested for parity against this one), on CuPy inputs to
-the CUDA path ``conv_cupy``.
+``fast=True`` on NumPy float inputs hands supported networks (AvgPool
+included, e.g. Myrtle) to the compiled path ``conv_fast`` (tested for parity
+against this one), on CuPy inputs to the CUDA path ``conv_cupy`` (no
+AvgPool).
 """
 
 from __future__ import annotations
@@ -373,9 +374,9 @@ def cost_per_entry(layers: Sequence[LayerImpl], input_shape: Tuple[int, ...]) ->
 
     ``flops``: the arithmetic of the path that computes it: for networks the
     compiled slab kernel covers (``conv_fast.network_supported``: Conv,
-    activations, Dense, then GlobalAvgPool/Flatten), its count
-    (``conv_fast.flops_per_pair``: only the pixel offsets strides reach,
-    only matching pixels for Flatten); otherwise the reference recursion's
+    activations, Dense, AvgPool, then GlobalAvgPool/Flatten), its count
+    (``conv_fast.flops_per_pair``: only the pixel offsets strides and pools
+    reach, only matching pixels for Flatten); otherwise the reference recursion's
     (first Gram of pixels plus every layer on the covariance it sees), also
     given as ``flops_reference``. ``bytes``: temporaries of the reference
     path per entry, in units of the itemsize (multiply by 4 or 8), like the

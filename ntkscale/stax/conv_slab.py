@@ -1,5 +1,12 @@
 """Numba kernels of the compiled conv path (see ``conv_fast`` for the method).
 
+Everything here is hand-written loops compiled by numba rather than NumPy
+array expressions: a slab is a few KiB and each op a short loop over it, so
+per-call overhead and temporaries of array expressions would dominate, and
+fusing (a Conv's sums, its affine map and the activation in one pass; the
+pooling scatter straight into the next stage's sums) keeps the data in
+cache. Planning (which slabs, offsets and divisors) is in ``conv_fast``.
+
 Layout: buffers are flat, position-major and lane-minor (``buf[pos * L + k]``,
 lane k = image pair k of a group), and every hot loop runs over an array
 *view* starting at 0 (a slab row × L lanes): numba then drops its
@@ -23,8 +30,8 @@ except Exception:  # pragma: no cover - older/newer llvmlite
     pass
 
 #: op kinds and integer op columns of an encoded program (``conv_fast._Program``)
-K_CONV, K_ABRELU, K_ERF, K_IDENT, K_AFFINE = range(5)
-# integer op columns
+K_CONV, K_ABRELU, K_ERF, K_IDENT, K_AFFINE, K_POOL = range(6)
+# integer op columns (K_POOL: C_FH/C_FW window, C_SH/C_SW strides)
 (C_KIND, C_FH, C_FW, C_SH, C_SW, C_VOFF, C_STD) = range(7)
 _NCOLS = 7
 
@@ -258,10 +265,184 @@ def _erf_row(kr, tr, qa, sa, qb, sb, f0, f1, f2, want_ntk, consts):  # pragma: n
         if want_ntk:
             tr[i] = tr[i] * (f0 * f0 * b2 * two * two / pi_ / root)
 
+@numba.njit(cache=True)
+def _capture(L, kb, cb, va, vb, voff, nvl, H, W, plh, plw, Wp):  # pragma: no cover - compiled
+    """Self pairs: the δ = 0 slab entering an activation holds the image's
+    per-pixel variance q; store (q, √q) in ``va`` and ``vb``."""
+    for P in range(H):
+        ob = cb + ((P + plh) * Wp + plw) * L
+        src = kb[ob:ob + W * L]
+        ia = (voff + P * W) * L
+        qa = va[ia:ia + W * L]
+        sa = va[nvl + ia:nvl + ia + W * L]
+        qb = vb[ia:ia + W * L]
+        sb = vb[nvl + ia:nvl + ia + W * L]
+        for i in range(src.shape[0]):
+            q = src[i]
+            r = math.sqrt(q)
+            qa[i] = q
+            sa[i] = r
+            qb[i] = q
+            sb[i] = r
+
+
+@numba.njit(cache=True, fastmath=_FM, error_model="numpy")
+def _pool_load(L, kb, tb, d, o, st, sdim, spad, deltas, pinv, accoff, pk, pt, use_t,
+               zero):  # pragma: no cover - compiled
+    """Slab d (entering op o, first of stage ``st`` > 0) from the window sums
+    into buffer 0 of ``kb``/``tb`` (zero margins), divided by the window
+    sizes: ``pinv[st, 0, P]·pinv[st, 0, P + δh]·pinv[st, 1, Q]·pinv[st, 1, Q + δw]``."""
+    H = sdim[o, 0]
+    W = sdim[o, 1]
+    plh = spad[o, 0]
+    plw = spad[o, 1]
+    Wp = spad[o, 3]
+    dh = deltas[d, o, 0]
+    dw = deltas[d, o, 1]
+    _fill(kb[0:spad[o, 2] * Wp * L], zero)
+    if use_t:
+        _fill(tb[0:spad[o, 2] * Wp * L], zero)
+    h0, h1 = _valid(H, dh, False)
+    w0, w1 = _valid(W, dw, False)
+    nw = w1 - w0
+    base = accoff[d] * L
+    for P in range(h0, h1):
+        fr = pinv[st, 0, P] * pinv[st, 0, P + dh]
+        ob = ((P + plh) * Wp + plw) * L
+        ib = base + (P - h0) * nw * L
+        for Q in range(w0, w1):
+            f = fr * (pinv[st, 1, Q] * pinv[st, 1, Q + dw])
+            ko = kb[ob + Q * L:ob + Q * L + L]
+            src = pk[ib + (Q - w0) * L:ib + (Q - w0) * L + L]
+            for k in range(L):
+                ko[k] = src[k] * f
+            if use_t:
+                to = tb[ob + Q * L:ob + Q * L + L]
+                srt = pt[ib + (Q - w0) * L:ib + (Q - w0) * L + L]
+                for k in range(L):
+                    to[k] = srt[k] * f
+
+
+@numba.njit(cache=True)
+def _window_range(n_out, lo, hi, stride, shift):  # pragma: no cover - compiled
+    """Positions P in [0, n_out) with lo ≤ stride·P + shift < hi."""
+    p0 = max(0, -((shift - lo) // stride))
+    p1 = min(n_out, -((shift - hi) // stride))
+    return p0, max(p0, p1)
+
+
+@numba.njit(cache=True)
+def _strided_add(dst, src, ob, ib, q0, q1, stride, L):  # pragma: no cover - compiled
+    """dst[ob + Q·L + k] += src[ib + stride·Q·L + k] for Q in [q0, q1), k < L."""
+    for Q in range(q0, q1):
+        d = dst[ob + Q * L:ob + Q * L + L]
+        r = src[ib + stride * Q * L:ib + stride * Q * L + L]
+        for k in range(L):
+            d[k] += r[k]
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _pool_scatter(L, kb, tb, cb, d, o, st, ops, sdim, spad, deltas, pools, lut, accoff, pk, pt,
+                  use_t):  # pragma: no cover - compiled
+    """Add slab d (entering the AvgPool op o; in ``kb[cb:]``) to the window
+    sums of the slabs of stage ``st`` it feeds. The input pair
+    (sP + a − lo, sP' + a' − lo), P' = P + δ', lies in slab δ = sδ' + a' − a:
+    every window offset pair (a, a') with s | δ − a' + a adds the slab's
+    entries to slab δ' = (δ − a' + a) / s (where stage ``st`` needs it)."""
+    H = sdim[o, 0]
+    W = sdim[o, 1]
+    Ho = sdim[o + 1, 0]
+    Wo = sdim[o + 1, 1]
+    plh = spad[o, 0]
+    plw = spad[o, 1]
+    Wp = spad[o, 3]
+    kh = ops[o, C_FH]
+    kw = ops[o, C_FW]
+    sh = ops[o, C_SH]
+    sw = ops[o, C_SW]
+    loh = pools[st, 0]
+    low = pools[st, 1]
+    R = (lut.shape[1] - 1) // 2
+    dh = deltas[d, o, 0]
+    dw = deltas[d, o, 1]
+    ih0, ih1 = _valid(H, dh, False)
+    iw0, iw1 = _valid(W, dw, False)
+    for a in range(kh):
+        for a2 in range(kh):
+            nh = dh - a2 + a
+            if nh % sh != 0:
+                continue
+            eh = nh // sh
+            if eh <= -Ho or eh >= Ho:
+                continue
+            vh0, vh1 = _valid(Ho, eh, False)
+            p0, p1 = _window_range(Ho, ih0, ih1, sh, a - loh)
+            p0 = max(p0, vh0)
+            p1 = min(p1, vh1)
+            for b in range(kw):
+                for b2 in range(kw):
+                    nw = dw - b2 + b
+                    if nw % sw != 0:
+                        continue
+                    ew = nw // sw
+                    if ew <= -Wo or ew >= Wo:
+                        continue
+                    e = lut[st, eh + R, ew + R]
+                    if e < 0:
+                        continue
+                    vw0, vw1 = _valid(Wo, ew, False)
+                    q0, q1 = _window_range(Wo, iw0, iw1, sw, b - low)
+                    q0 = max(q0, vw0)
+                    q1 = min(q1, vw1)
+                    nrow = vw1 - vw0
+                    for P in range(p0, p1):
+                        ib = cb + ((sh * P + a - loh + plh) * Wp + plw + b - low) * L
+                        ob = (accoff[e] + (P - vh0) * nrow - vw0) * L
+                        _strided_add(pk, kb, ob, ib, q0, q1, sw, L)
+                        if use_t:
+                            _strided_add(pt, tb, ob, ib, q0, q1, sw, L)
+
+
+@numba.njit(cache=True, fastmath=_FM, error_model="numpy")
+def _k0_slab(L, xa, xb, C, H0, W0, spad, deltas, d, circ, cf, zero, kb):  # pragma: no cover
+    """Slab d of the first stage: K0 = <x_a, x_b> / C into ``kb`` (buffer 0)."""
+    plh = spad[0, 0]
+    plw = spad[0, 1]
+    Wp = spad[0, 3]
+    dh = deltas[d, 0, 0]
+    dw = deltas[d, 0, 1]
+    _fill(kb[0:spad[0, 2] * Wp * L], zero)
+    h0, h1 = _valid(H0, dh, circ)
+    w0, w1 = _valid(W0, dw, circ)
+    for P in range(h0, h1):
+        Pb = (P + dh) % H0
+        ob = ((P + plh) * Wp + plw) * L
+        for c in range(C):
+            ia = ((c * H0 + P) * W0) * L
+            if circ and dw != 0:
+                for Q in range(w0, w1):
+                    ib = ((c * H0 + Pb) * W0 + (Q + dw) % W0) * L
+                    ko = kb[ob + Q * L:ob + Q * L + L]
+                    xr = xa[ia + Q * L:ia + Q * L + L]
+                    yr = xb[ib:ib + L]
+                    for k in range(L):
+                        ko[k] += xr[k] * yr[k]
+            else:
+                ib = ((c * H0 + Pb) * W0 + dw) * L
+                ko = kb[ob + w0 * L:ob + w1 * L]
+                xr = xa[ia + w0 * L:ia + w1 * L]
+                yr = xb[ib + w0 * L:ib + w1 * L]
+                for i in range(ko.shape[0]):
+                    ko[i] += xr[i] * yr[i]
+        ko = kb[ob + w0 * L:ob + w1 * L]
+        for i in range(ko.shape[0]):
+            ko[i] = ko[i] / cf
+
 
 @numba.njit(cache=True, fastmath=_FM, error_model="numpy")
 def _group(L, xa, xb, va, vb, ops, fpar, sdim, spad, deltas, consts, circ, want_ntk,
-           kb, tb, tk, tt, acc):  # pragma: no cover - compiled
+           kb, tb, tk, tt, acc, stages, pools, pinv, lut, accoff, pk, pt,
+           selfvar):  # pragma: no cover - compiled
     """All slabs of one group of L image pairs (lane k = pair k).
 
     Buffers are flat, position-major, lane-minor (``buf[pos * L + k]``), so
@@ -270,9 +451,15 @@ def _group(L, xa, xb, va, vb, ops, fpar, sdim, spad, deltas, consts, circ, want_
     ``[c, h, w, lane]``; ``va``/``vb``: per activation pixel
     ``[(q, √q), pixel, lane]``. ``acc[0:L]``/``acc[L:2L]`` receive the
     sums of Σ and Θ over the final slabs.
+
+    Stages ``stages[s] = (o0, o1, d0, d1)`` (ops ``o0..o1-1``, slabs
+    ``d0..d1-1``) are separated by AvgPool ops ``o1``: every slab of stage s
+    adds its window sums to the pooled slabs ``pk``/``pt`` (``_pool_scatter``)
+    that stage s + 1 starts from (``_pool_load``). ``selfvar`` (pairs (i, i);
+    slab d0 of every stage has δ = 0): the variances entering each
+    activation are copied from that slab before the stage's other slabs
+    read them (``_capture``).
     """
-    nops = ops.shape[0]
-    ndelta = deltas.shape[0]
     H0 = sdim[0, 0]
     W0 = sdim[0, 1]
     C = xa.shape[0] // (H0 * W0 * L)
@@ -280,220 +467,214 @@ def _group(L, xa, xb, va, vb, ops, fpar, sdim, spad, deltas, consts, circ, want_
     zero = consts[0]
     cf = consts[16]
     bufsize = kb.shape[0] // 2
+    nstages = stages.shape[0]
     _fill(acc, zero)
-    for d in range(ndelta):
-        # ---- stage 0: K0 = <x_a, x_b> / C on the slab
-        plh = spad[0, 0]
-        plw = spad[0, 1]
-        Wp = spad[0, 3]
-        dh = deltas[d, 0, 0]
-        dw = deltas[d, 0, 1]
-        cur = 0
-        _fill(kb[0:spad[0, 2] * Wp * L], zero)
-        h0, h1 = _valid(H0, dh, circ)
-        w0, w1 = _valid(W0, dw, circ)
-        for P in range(h0, h1):
-            Pb = (P + dh) % H0
-            ob = ((P + plh) * Wp + plw) * L
-            for c in range(C):
-                ia = ((c * H0 + P) * W0) * L
-                if circ and dw != 0:
-                    for Q in range(w0, w1):
-                        ib = ((c * H0 + Pb) * W0 + (Q + dw) % W0) * L
-                        ko = kb[ob + Q * L:ob + Q * L + L]
-                        xr = xa[ia + Q * L:ia + Q * L + L]
-                        yr = xb[ib:ib + L]
-                        for k in range(L):
-                            ko[k] += xr[k] * yr[k]
-                else:
-                    ib = ((c * H0 + Pb) * W0 + dw) * L
-                    ko = kb[ob + w0 * L:ob + w1 * L]
-                    xr = xa[ia + w0 * L:ia + w1 * L]
-                    yr = xb[ib + w0 * L:ib + w1 * L]
-                    for i in range(ko.shape[0]):
-                        ko[i] += xr[i] * yr[i]
-            ko = kb[ob + w0 * L:ob + w1 * L]
-            for i in range(ko.shape[0]):
-                ko[i] = ko[i] / cf
-        ntk_zero = True
-        skip = False
-        for o in range(nops):
-            if skip:
-                skip = False
-                continue
-            kind = ops[o, C_KIND]
-            H = sdim[o, 0]
-            W = sdim[o, 1]
-            plh = spad[o, 0]
-            plw = spad[o, 1]
-            Hp = spad[o, 2]
-            Wp = spad[o, 3]
-            dh = deltas[d, o, 0]
-            dw = deltas[d, o, 1]
-            f0 = fpar[o, 0]
-            f1 = fpar[o, 1]
-            f2 = fpar[o, 2]
-            f3 = fpar[o, 3]
-            cb = cur * bufsize
-            if kind == K_CONV:
-                Ho = sdim[o + 1, 0]
-                Wo = sdim[o + 1, 1]
-                qlh = spad[o + 1, 0]
-                qlw = spad[o + 1, 1]
-                Hq = spad[o + 1, 2]
-                Wq = spad[o + 1, 3]
-                fh = ops[o, C_FH]
-                fw = ops[o, C_FW]
-                sh = ops[o, C_SH]
-                sw = ops[o, C_SW]
-                nb = (1 - cur) * bufsize
-                use_t = want_ntk and not ntk_zero
-                fuse = (not circ and fw == 3 and sw == 1 and o + 1 < nops
-                        and ops[o + 1, C_KIND] == K_ABRELU)
-                if fuse:
+    if nstages > 1:
+        _fill(pk, zero)
+        if want_ntk:
+            _fill(pt, zero)
+    stage_ntk_zero = True
+    for st in range(nstages):
+        o_first = stages[st, 0]
+        o_last = stages[st, 1]
+        ntk_zero = stage_ntk_zero
+        for d in range(stages[st, 2], stages[st, 3]):
+            capture = selfvar and d == stages[st, 2]
+            ntk_zero = stage_ntk_zero
+            cur = 0
+            if st == 0:
+                _k0_slab(L, xa, xb, C, H0, W0, spad, deltas, d, circ, cf, zero, kb)
+            else:
+                _pool_load(L, kb, tb, d, o_first, st, sdim, spad, deltas, pinv, accoff, pk, pt,
+                           want_ntk and not ntk_zero, zero)
+            skip = False
+            for o in range(o_first, o_last):
+                if skip:
+                    skip = False
+                    continue
+                kind = ops[o, C_KIND]
+                H = sdim[o, 0]
+                W = sdim[o, 1]
+                plh = spad[o, 0]
+                plw = spad[o, 1]
+                Hp = spad[o, 2]
+                Wp = spad[o, 3]
+                dh = deltas[d, o, 0]
+                dw = deltas[d, o, 1]
+                f0 = fpar[o, 0]
+                f1 = fpar[o, 1]
+                f2 = fpar[o, 2]
+                f3 = fpar[o, 3]
+                cb = cur * bufsize
+                if kind == K_CONV:
+                    Ho = sdim[o + 1, 0]
+                    Wo = sdim[o + 1, 1]
+                    qlh = spad[o + 1, 0]
+                    qlw = spad[o + 1, 1]
+                    Hq = spad[o + 1, 2]
+                    Wq = spad[o + 1, 3]
+                    fh = ops[o, C_FH]
+                    fw = ops[o, C_FW]
+                    sh = ops[o, C_SH]
+                    sw = ops[o, C_SW]
+                    nb = (1 - cur) * bufsize
+                    use_t = want_ntk and not ntk_zero
+                    fuse = (not circ and fw == 3 and sw == 1 and o + 1 < o_last
+                            and ops[o + 1, C_KIND] == K_ABRELU and not capture)
+                    if fuse:
+                        h0, h1 = _valid(Ho, deltas[d, o + 1, 0], circ)
+                        w0, w1 = _valid(Wo, deltas[d, o + 1, 1], circ)
+                        _zero_outside(kb, nb, L, qlh, qlw, Hq, Wq, h0, h1, w0, w1, zero)
+                        if want_ntk:
+                            _zero_outside(tb, nb, L, qlh, qlw, Hq, Wq, h0, h1, w0, w1, zero)
+                        a0 = fpar[o + 1, 0]
+                        a1 = fpar[o + 1, 1]
+                        voff = ops[o + 1, C_VOFF]
+                        dho = deltas[d, o + 1, 0]
+                        dwo = deltas[d, o + 1, 1]
+                        n_ = (w1 - w0) * L
+                        j0 = w0 * L
+                        j1 = (w1 + 2) * L
+                        for P in range(h0, h1):
+                            r0 = cb + sh * P * Wp * L
+                            _row_sum(tk[j0:j1], kb, r0 + j0, r0 + j1, Wp * L, fh)
+                            if use_t:
+                                _row_sum(tt[j0:j1], tb, r0 + j0, r0 + j1, Wp * L, fh)
+                            ob = nb + ((P + qlh) * Wq + qlw + w0) * L
+                            ia = (voff + P * Wo + w0) * L
+                            ib = (voff + (P + dho) * Wo + w0 + dwo) * L
+                            _conv3_relu_row(kb[ob:ob + n_], tb[ob:ob + n_],
+                                            tk[j0:j0 + n_], tk[j0 + L:j0 + L + n_],
+                                            tk[j0 + 2 * L:j0 + 2 * L + n_],
+                                            tt[j0:j0 + n_], tt[j0 + L:j0 + L + n_],
+                                            tt[j0 + 2 * L:j0 + 2 * L + n_],
+                                            va[nvl + ia:nvl + ia + n_], vb[nvl + ib:nvl + ib + n_],
+                                            f0, f1, f2, f3, a0, a1, want_ntk, not use_t,
+                                            ops[o, C_STD] != 0, consts)
+                        cur = 1 - cur
+                        if want_ntk:
+                            ntk_zero = False
+                        skip = True
+                        continue
+                    if circ:
+                        _wrap_fill(kb, cb, L, H, W, plh, plw, Hp, Wp)
+                        if use_t:
+                            _wrap_fill(tb, cb, L, H, W, plh, plw, Hp, Wp)
+                    _fill(kb[nb:nb + Hq * Wq * L], zero)
+                    if want_ntk:
+                        _fill(tb[nb:nb + Hq * Wq * L], zero)
                     h0, h1 = _valid(Ho, deltas[d, o + 1, 0], circ)
                     w0, w1 = _valid(Wo, deltas[d, o + 1, 1], circ)
-                    _zero_outside(kb, nb, L, qlh, qlw, Hq, Wq, h0, h1, w0, w1, zero)
-                    if want_ntk:
-                        _zero_outside(tb, nb, L, qlh, qlw, Hq, Wq, h0, h1, w0, w1, zero)
-                    a0 = fpar[o + 1, 0]
-                    a1 = fpar[o + 1, 1]
-                    voff = ops[o + 1, C_VOFF]
-                    dho = deltas[d, o + 1, 0]
-                    dwo = deltas[d, o + 1, 1]
-                    n_ = (w1 - w0) * L
-                    j0 = w0 * L
-                    j1 = (w1 + 2) * L
-                    for P in range(h0, h1):
-                        r0 = cb + sh * P * Wp * L
-                        _row_sum(tk[j0:j1], kb, r0 + j0, r0 + j1, Wp * L, fh)
-                        if use_t:
-                            _row_sum(tt[j0:j1], tb, r0 + j0, r0 + j1, Wp * L, fh)
-                        ob = nb + ((P + qlh) * Wq + qlw + w0) * L
-                        ia = (voff + P * Wo + w0) * L
-                        ib = (voff + (P + dho) * Wo + w0 + dwo) * L
-                        _conv3_relu_row(kb[ob:ob + n_], tb[ob:ob + n_],
-                                        tk[j0:j0 + n_], tk[j0 + L:j0 + L + n_],
-                                        tk[j0 + 2 * L:j0 + 2 * L + n_],
-                                        tt[j0:j0 + n_], tt[j0 + L:j0 + L + n_],
-                                        tt[j0 + 2 * L:j0 + 2 * L + n_],
-                                        va[nvl + ia:nvl + ia + n_], vb[nvl + ib:nvl + ib + n_],
-                                        f0, f1, f2, f3, a0, a1, want_ntk, not use_t,
-                                        ops[o, C_STD] != 0, consts)
+                    if h0 < h1 and w0 < w1:
+                        j0 = sw * w0 * L
+                        j1 = (sw * (w1 - 1) + fw) * L
+                        for P in range(h0, h1):
+                            # pass 1: sum the fh input rows of output row P
+                            tr = (P - h0) * Wp * L
+                            r0 = cb + sh * P * Wp * L
+                            trow = tk[tr + j0:tr + j1]
+                            _copy(trow, kb[r0 + j0:r0 + j1])
+                            for e in range(1, fh):
+                                re = r0 + e * Wp * L
+                                _add(trow, kb[re + j0:re + j1])
+                            if use_t:
+                                trow2 = tt[tr + j0:tr + j1]
+                                _copy(trow2, tb[r0 + j0:r0 + j1])
+                                for e in range(1, fh):
+                                    re = r0 + e * Wp * L
+                                    _add(trow2, tb[re + j0:re + j1])
+                            # pass 2: sum fw columns, then the affine map
+                            ob = nb + ((P + qlh) * Wq + qlw) * L
+                            krow = kb[ob + w0 * L:ob + w1 * L]
+                            t_row = tb[ob + w0 * L:ob + w1 * L]
+                            if sw == 1:
+                                for e in range(fw):
+                                    te = tr + (w0 + e) * L
+                                    _add(krow, tk[te:te + krow.shape[0]])
+                                    if use_t:
+                                        _add(t_row, tt[te:te + krow.shape[0]])
+                            else:
+                                for Q in range(w0, w1):
+                                    kq = kb[ob + Q * L:ob + Q * L + L]
+                                    tq = tb[ob + Q * L:ob + Q * L + L]
+                                    for e in range(fw):
+                                        te = tr + (sw * Q + e) * L
+                                        _add(kq, tk[te:te + L])
+                                        if use_t:
+                                            _add(tq, tt[te:te + L])
+                            _affine(krow, t_row, f0, f1, f2, f3, want_ntk, ops[o, C_STD] != 0)
                     cur = 1 - cur
                     if want_ntk:
                         ntk_zero = False
-                    skip = True
                     continue
-                if circ:
-                    _wrap_fill(kb, cb, L, H, W, plh, plw, Hp, Wp)
-                    if use_t:
-                        _wrap_fill(tb, cb, L, H, W, plh, plw, Hp, Wp)
-                _fill(kb[nb:nb + Hq * Wq * L], zero)
-                if want_ntk:
-                    _fill(tb[nb:nb + Hq * Wq * L], zero)
-                h0, h1 = _valid(Ho, deltas[d, o + 1, 0], circ)
-                w0, w1 = _valid(Wo, deltas[d, o + 1, 1], circ)
-                if h0 < h1 and w0 < w1:
-                    j0 = sw * w0 * L
-                    j1 = (sw * (w1 - 1) + fw) * L
-                    for P in range(h0, h1):
-                        # pass 1: sum the fh input rows of output row P
-                        tr = (P - h0) * Wp * L
-                        r0 = cb + sh * P * Wp * L
-                        trow = tk[tr + j0:tr + j1]
-                        _copy(trow, kb[r0 + j0:r0 + j1])
-                        for e in range(1, fh):
-                            re = r0 + e * Wp * L
-                            _add(trow, kb[re + j0:re + j1])
-                        if use_t:
-                            trow2 = tt[tr + j0:tr + j1]
-                            _copy(trow2, tb[r0 + j0:r0 + j1])
-                            for e in range(1, fh):
-                                re = r0 + e * Wp * L
-                                _add(trow2, tb[re + j0:re + j1])
-                        # pass 2: sum fw columns, then the affine map
-                        ob = nb + ((P + qlh) * Wq + qlw) * L
-                        krow = kb[ob + w0 * L:ob + w1 * L]
-                        t_row = tb[ob + w0 * L:ob + w1 * L]
-                        if sw == 1:
-                            for e in range(fw):
-                                te = tr + (w0 + e) * L
-                                _add(krow, tk[te:te + krow.shape[0]])
-                                if use_t:
-                                    _add(t_row, tt[te:te + krow.shape[0]])
+                # ---- pointwise ops on the valid part of the slab
+                h0, h1 = _valid(H, dh, circ)
+                w0, w1 = _valid(W, dw, circ)
+                if kind == K_AFFINE and want_ntk and ntk_zero:
+                    _fill(tb[cb:cb + Hp * Wp * L], zero)
+                voff = ops[o, C_VOFF]
+                if capture and (kind == K_ABRELU or kind == K_ERF):
+                    _capture(L, kb, cb, va, vb, voff, nvl, H, W, plh, plw, Wp)
+                for P in range(h0, h1):
+                    Pb = (P + dh) % H
+                    ob = cb + ((P + plh) * Wp + plw) * L
+                    ia = (voff + P * W) * L
+                    segs = 2 if (circ and dw != 0) else 1
+                    for seg in range(segs):
+                        # in CIRCULAR slabs the partner column wraps once
+                        if segs == 1:
+                            m0, m1, ib = w0 * L, w1 * L, (voff + Pb * W + dw) * L
+                        elif seg == 0:
+                            m0, m1, ib = 0, (W - dw) * L, (voff + Pb * W + dw) * L
                         else:
-                            for Q in range(w0, w1):
-                                kq = kb[ob + Q * L:ob + Q * L + L]
-                                tq = tb[ob + Q * L:ob + Q * L + L]
-                                for e in range(fw):
-                                    te = tr + (sw * Q + e) * L
-                                    _add(kq, tk[te:te + L])
-                                    if use_t:
-                                        _add(tq, tt[te:te + L])
-                        _affine(krow, t_row, f0, f1, f2, f3, want_ntk, ops[o, C_STD] != 0)
-                cur = 1 - cur
-                if want_ntk:
+                            m0, m1, ib = (W - dw) * L, W * L, (voff + Pb * W + dw - W) * L
+                        kr = kb[ob + m0:ob + m1]
+                        trr = tb[ob + m0:ob + m1]
+                        if kind == K_ABRELU:
+                            _abrelu_row(kr, trr, va[nvl + ia + m0:nvl + ia + m1],
+                                        vb[nvl + ib + m0:nvl + ib + m1],
+                                        f0, f1, want_ntk, consts)
+                        elif kind == K_ERF:
+                            _erf_row(kr, trr, va[ia + m0:ia + m1], va[nvl + ia + m0:nvl + ia + m1],
+                                     vb[ib + m0:ib + m1], vb[nvl + ib + m0:nvl + ib + m1],
+                                     f0, f1, f2, want_ntk, consts)
+                        elif kind == K_AFFINE:
+                            _affine(kr, trr, f0, f1, f2, f3, want_ntk, ops[o, C_STD] != 0)
+                if kind == K_AFFINE and want_ntk:
                     ntk_zero = False
+            if st + 1 < nstages:
+                _pool_scatter(L, kb, tb, cur * bufsize, d, o_last, st + 1, ops, sdim, spad,
+                              deltas, pools, lut, accoff, pk, pt, want_ntk and not ntk_zero)
                 continue
-            # ---- pointwise ops on the valid part of the slab
-            h0, h1 = _valid(H, dh, circ)
-            w0, w1 = _valid(W, dw, circ)
-            if kind == K_AFFINE and want_ntk and ntk_zero:
-                _fill(tb[cb:cb + Hp * Wp * L], zero)
-            voff = ops[o, C_VOFF]
+            # ---- final reduction (GlobalAvgPool: every slab; Flatten: δ = 0)
+            H = sdim[o_last, 0]
+            W = sdim[o_last, 1]
+            plh = spad[o_last, 0]
+            plw = spad[o_last, 1]
+            Wp = spad[o_last, 3]
+            cb = cur * bufsize
+            h0, h1 = _valid(H, deltas[d, o_last, 0], circ)
+            w0, w1 = _valid(W, deltas[d, o_last, 1], circ)
+            ak = acc[0:L]
+            at = acc[L:2 * L]
             for P in range(h0, h1):
-                Pb = (P + dh) % H
                 ob = cb + ((P + plh) * Wp + plw) * L
-                ia = (voff + P * W) * L
-                segs = 2 if (circ and dw != 0) else 1
-                for seg in range(segs):
-                    # in CIRCULAR slabs the partner column wraps once
-                    if segs == 1:
-                        m0, m1, ib = w0 * L, w1 * L, (voff + Pb * W + dw) * L
-                    elif seg == 0:
-                        m0, m1, ib = 0, (W - dw) * L, (voff + Pb * W + dw) * L
-                    else:
-                        m0, m1, ib = (W - dw) * L, W * L, (voff + Pb * W + dw - W) * L
-                    kr = kb[ob + m0:ob + m1]
-                    trr = tb[ob + m0:ob + m1]
-                    if kind == K_ABRELU:
-                        _abrelu_row(kr, trr, va[nvl + ia + m0:nvl + ia + m1],
-                                    vb[nvl + ib + m0:nvl + ib + m1],
-                                    f0, f1, want_ntk, consts)
-                    elif kind == K_ERF:
-                        _erf_row(kr, trr, va[ia + m0:ia + m1], va[nvl + ia + m0:nvl + ia + m1],
-                                 vb[ib + m0:ib + m1], vb[nvl + ib + m0:nvl + ib + m1],
-                                 f0, f1, f2, want_ntk, consts)
-                    elif kind == K_AFFINE:
-                        _affine(kr, trr, f0, f1, f2, f3, want_ntk, ops[o, C_STD] != 0)
-            if kind == K_AFFINE and want_ntk:
-                ntk_zero = False
-        # ---- final reduction (GlobalAvgPool: every slab; Flatten: δ = 0)
-        H = sdim[nops, 0]
-        W = sdim[nops, 1]
-        plh = spad[nops, 0]
-        plw = spad[nops, 1]
-        Wp = spad[nops, 3]
-        cb = cur * bufsize
-        h0, h1 = _valid(H, deltas[d, nops, 0], circ)
-        w0, w1 = _valid(W, deltas[d, nops, 1], circ)
-        ak = acc[0:L]
-        at = acc[L:2 * L]
-        for P in range(h0, h1):
-            ob = cb + ((P + plh) * Wp + plw) * L
-            for Q in range(w0, w1):
-                _add(ak, kb[ob + Q * L:ob + Q * L + L])
-                if want_ntk and not ntk_zero:
-                    _add(at, tb[ob + Q * L:ob + Q * L + L])
+                for Q in range(w0, w1):
+                    _add(ak, kb[ob + Q * L:ob + Q * L + L])
+                    if want_ntk and not ntk_zero:
+                        _add(at, tb[ob + Q * L:ob + Q * L + L])
+        stage_ntk_zero = ntk_zero
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _slab_pairs(X1, X2, pi, pj, L, ops, fpar, sdim, spad, deltas, V1, V2, consts,
-                final_count, circ, want_ntk, out_k, out_t, g_start, g_stop):  # pragma: no cover
+                final_count, circ, want_ntk, out_k, out_t, g_start, g_stop,
+                stages, pools, pinv, lut, accoff, accsize, selfvar, out_v):  # pragma: no cover
     """Kernel entries of the image pairs (pi[p], pj[p]) of groups
     ``g_start..g_stop`` (L pairs each); releases the GIL (threads share the
-    groups, see ``_run_pairs``)."""
+    groups, see ``_run_pairs``). ``selfvar``: pairs (i, i) whose activation
+    variances come from their own δ = 0 slabs (``V1``/``V2`` unused), written
+    to ``out_v[p]``."""
     npairs = pi.shape[0]
     H0 = X1.shape[1]
     W0 = X1.shape[2]
@@ -510,6 +691,8 @@ def _slab_pairs(X1, X2, pi, pj, L, ops, fpar, sdim, spad, deltas, V1, V2, consts
     for o in range(nops):
         if ops[o, C_KIND] == K_CONV:
             maxt = max(maxt, sdim[o + 1, 0] * spad[o, 3])
+    pk = np.empty(max(accsize, 1) * L, dt)   # window sums of the pooled stages
+    pt = np.empty(max(accsize, 1) * L, dt)
     for g in range(g_start, g_stop):
         kb = np.empty(2 * maxbuf * L, dt)
         tb = np.empty(2 * maxbuf * L, dt)
@@ -530,7 +713,7 @@ def _slab_pairs(X1, X2, pi, pj, L, ops, fpar, sdim, spad, deltas, V1, V2, consts
                         m = ((c * H0 + h) * W0 + w) * L + k
                         xa[m] = X1[i, h, w, c]
                         xb[m] = X2[j, h, w, c]
-            for v in range(nv):
+            for v in range(nv if not selfvar else 0):
                 q = V1[i, v]
                 va[v * L + k] = q
                 va[(nv + v) * L + k] = math.sqrt(q)
@@ -538,12 +721,15 @@ def _slab_pairs(X1, X2, pi, pj, L, ops, fpar, sdim, spad, deltas, V1, V2, consts
                 vb[v * L + k] = q
                 vb[(nv + v) * L + k] = math.sqrt(q)
         _group(L, xa, xb, va, vb, ops, fpar, sdim, spad, deltas, consts, circ, want_ntk,
-               kb, tb, tk, tt, acc)
+               kb, tb, tk, tt, acc, stages, pools, pinv, lut, accoff, pk, pt, selfvar)
         for k in range(L):
             p = g * L + k
             if p < npairs:
                 out_k[p] = acc[k] * inv_count
                 out_t[p] = acc[L + k] * inv_count
+                if selfvar:
+                    for v in range(nv):
+                        out_v[p, v] = va[v * L + k]
 
 
 @numba.njit(cache=True)

@@ -1,4 +1,4 @@
-"""CNTK-GAP throughput: ntkscale's compiled slab kernel vs neural-tangents 0.6.5.
+"""CNTK-GAP and Myrtle throughput: ntkscale's compiled slab kernel vs neural-tangents 0.6.5.
 
 Side by side in one run: for each configuration, neural-tangents runs in its
 own venv (``benchmarks/nt_worker.py --net cntk``, subprocess, timed after a
@@ -12,6 +12,12 @@ before any speed is reported. Network (depth 3, NT-CONVENTIONS)::
     python benchmarks/bench_cntk.py                    # 8x8 and 28x28, f64 and f32
     python benchmarks/bench_cntk.py --configs 8:64:64:float64 --breakdown
     python benchmarks/bench_cntk.py --single-core      # both on one pinned core
+    python benchmarks/bench_cntk.py --net myrtle5      # Myrtle-5 on (n, hw, hw, 3) images
+
+``--net myrtle5|myrtle7|myrtle10``: ``stax.presets.myrtle(depth, b_std=0,
+final_pools=log2(hw) - 2)`` (its AvgPool stages on the compiled path too),
+on ``default_rng(0).uniform((n, hw, hw, 3))``; neural-tangents runs the same
+layers (``nt_worker.py --net myrtle``).
 
 A configuration is ``hw:n_ours:n_nt:dtype``; entries/s counts all n² entries
 of the symmetric Gram ``kernel_fn(x, None, "ntk")`` (both libraries). Flops
@@ -43,6 +49,7 @@ from ntkscale import stax  # noqa: E402
 from ntkscale.stax import conv_eval, conv_fast  # noqa: E402
 
 DEFAULT_CONFIGS = ["8:64:64:float64", "8:64:64:float32", "28:32:16:float64", "28:32:16:float32"]
+MYRTLE_CONFIGS = ["8:64:32:float64", "8:64:32:float32", "16:16:8:float64", "16:16:8:float32"]
 TOLERANCE = {"float64": 1e-7, "float32": 2e-3}
 
 
@@ -52,16 +59,26 @@ def nt_python() -> str | None:
     return str(py) if py.exists() else None
 
 
-def images(n: int, hw: int, dtype: str) -> np.ndarray:
-    return np.random.default_rng(0).uniform(size=(n, hw, hw, 1)).astype(dtype)
+def images(n: int, hw: int, dtype: str, channels: int = 1) -> np.ndarray:
+    return np.random.default_rng(0).uniform(size=(n, hw, hw, channels)).astype(dtype)
 
 
-def run_nt(py: str, hw: int, n: int, dtype: str, repeats: int,
-           single_core: bool = False) -> tuple[dict, np.ndarray]:
+def net_setup(net: str, hw: int) -> tuple:
+    """(ntkscale kernel_fn, image channels, nt_worker.py arguments) of a benchmark net."""
+    if net == "cntk":
+        return stax.presets.cntk(3, "gap")[2], 1, ["--net", "cntk", "--depth", "3"]
+    depth = int(net.removeprefix("myrtle"))
+    pools = int(round(np.log2(hw))) - 2          # 8 -> 1, 16 -> 2, 32 -> 3 (down to 1 pixel)
+    return (stax.presets.myrtle(depth, b_std=0.0, final_pools=pools)[2], 3,
+            ["--net", "myrtle", "--depth", str(depth), "--final-pools", str(pools)])
+
+
+def run_nt(py: str, hw: int, n: int, dtype: str, repeats: int, single_core: bool = False,
+           net_args: tuple = ("--net", "cntk", "--depth", "3")) -> tuple[dict, np.ndarray]:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "gram.npy")
-        cmd = [py, str(HERE / "nt_worker.py"), "--net", "cntk", "--n", str(n), "--hw", str(hw),
-               "--depth", "3", "--dtype", dtype, "--repeats", str(repeats), "--save", out]
+        cmd = [py, str(HERE / "nt_worker.py"), *net_args, "--n", str(n), "--hw", str(hw),
+               "--dtype", dtype, "--repeats", str(repeats), "--save", out]
         env = dict(os.environ)
         if single_core:  # one core for XLA too: pinned, no Eigen thread pool
             cmd = ["taskset", "-c", "0"] + cmd
@@ -157,7 +174,10 @@ def peak_gflops(dtype: str, info: dict, override: float | None) -> float | None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
+    ap.add_argument("--net", default="cntk", choices=("cntk", "myrtle5", "myrtle7", "myrtle10"))
+    ap.add_argument("--configs", nargs="+", default=None,
+                    help=f"hw:n_ours:n_nt:dtype (default cntk {' '.join(DEFAULT_CONFIGS)}; "
+                         f"myrtle {' '.join(MYRTLE_CONFIGS)})")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-nt", action="store_true", help="skip neural-tangents (speed only)")
     ap.add_argument("--breakdown", action="store_true", help="time prep / kernel / conv-only")
@@ -178,7 +198,7 @@ def main(argv=None) -> int:
     if not args.no_nt and py is None:
         print("neural-tangents venv not found (run benchmarks/nt_venv.sh or pass --no-nt)")
         return 2
-    kernel_fn = stax.presets.cntk(3, "gap")[2]
+    configs = args.configs or (DEFAULT_CONFIGS if args.net == "cntk" else MYRTLE_CONFIGS)
     stamp = datetime.datetime.now().isoformat(timespec="seconds")
     print(f"# {stamp}  {info['model']}  {info['cores']} cores  {info['mhz']} MHz  "
           f"numba threads {conv_fast.n_threads()}  load {os.getloadavg()}")
@@ -186,15 +206,16 @@ def main(argv=None) -> int:
               f"{'flops/entry':>11} {'GFLOP/s':>8} {'% peak':>7}")
     print(header)
     results = []
-    for cfg in args.configs:
+    for cfg in configs:
         hw, n, n_nt, dtype = cfg.split(":")
         hw, n, n_nt = int(hw), int(n), int(n_nt)
-        x = images(n, hw, dtype)
-        rec = {"config": cfg, "hw": hw, "n": n, "n_nt": n_nt, "dtype": dtype, "date": stamp,
+        kernel_fn, channels, net_args = net_setup(args.net, hw)
+        x = images(n, hw, dtype, channels)
+        rec = {"net": args.net, "config": cfg, "hw": hw, "n": n, "n_nt": n_nt, "dtype": dtype, "date": stamp,
                "cpu": info, "load": os.getloadavg()}
         if py is not None:
-            nt, gram = run_nt(py, hw, n_nt, dtype, args.repeats, args.single_core)
-            ours_small = kernel_fn(images(n_nt, hw, dtype), None, "ntk")
+            nt, gram = run_nt(py, hw, n_nt, dtype, args.repeats, args.single_core, tuple(net_args))
+            ours_small = kernel_fn(images(n_nt, hw, dtype, channels), None, "ntk")
             err = float(np.max(np.abs(ours_small - gram) / np.abs(gram)))
             rec.update(nt_entries_per_s=nt["entries_per_s"], nt_seconds=nt["seconds_best"],
                        max_rel_err=err)

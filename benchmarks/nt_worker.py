@@ -5,13 +5,18 @@ Run with the neural-tangents venv's python (see benchmarks/nt_venv.sh), e.g.
     PY=$(bash benchmarks/nt_venv.sh)
     $PY benchmarks/nt_worker.py --net fc --n 4096 --d 784 --depth 3 --dtype float32
     $PY benchmarks/nt_worker.py --net cntk --n 64 --hw 8 --depth 3 --dtype float64
+    $PY benchmarks/nt_worker.py --net myrtle --n 32 --hw 8 --depth 5 --final-pools 1
 
 Nets (depth L = L hidden blocks + readout, see shared NT-CONVENTIONS):
   fc:   L x [Dense(512, W_std=sqrt(2), b_std=0.1), Relu], Dense(1, same stds)
   cntk: L x [Conv(512, (3, 3), padding="SAME", same stds), Relu], GlobalAvgPool,
         Dense(1, same stds)
+  myrtle: depth 5/7/10 (stages (2,1,1), (2,2,2), (3,3,3)): [Conv(512, (3, 3),
+        SAME, W_std=sqrt(2), b_std=0), Relu] x a, AvgPool((2,2),(2,2)), ... x b,
+        AvgPool, ... x d, AvgPool x final_pools, Flatten, Dense(1, same stds)
+        (neural-tangents' Myrtle example; = ntkscale.stax.presets.myrtle)
 Data: numpy default_rng(0); fc: standard normal (n, d); cntk: uniform [0, 1)
-(n, hw, hw, 1). Times the full n x n gram kernel_fn(x, None, get) after one
+(n, hw, hw, 1); myrtle: uniform [0, 1) (n, hw, hw, 3). Times the full n x n gram kernel_fn(x, None, get) after one
 excluded warm-up (which includes jit compilation).
 """
 
@@ -30,7 +35,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--net", choices=("fc", "cntk"), required=True)
+    ap.add_argument("--net", choices=("fc", "cntk", "myrtle"), required=True)
+    ap.add_argument("--final-pools", type=int, default=3, help="myrtle: pools after the last stage")
     ap.add_argument("--n", type=int, required=True)
     ap.add_argument("--d", type=int, default=784, help="input dim (fc)")
     ap.add_argument("--hw", type=int, default=8, help="image height = width (cntk)")
@@ -60,13 +66,21 @@ def main(argv=None):
         for _ in range(args.depth):
             layers += [stax.Dense(args.width, W_std=s2, b_std=0.1), stax.Relu()]
         x = np.random.default_rng(0).standard_normal((args.n, args.d))
-    else:
+    elif args.net == "cntk":
         for _ in range(args.depth):
             layers += [stax.Conv(args.width, (3, 3), padding="SAME", W_std=s2, b_std=0.1),
                        stax.Relu()]
         layers += [stax.GlobalAvgPool()]
         x = np.random.default_rng(0).uniform(size=(args.n, args.hw, args.hw, 1))
-    layers += [stax.Dense(1, W_std=s2, b_std=0.1)]
+    else:
+        stages = {5: (2, 1, 1), 7: (2, 2, 2), 10: (3, 3, 3)}[args.depth]
+        block = [stax.Conv(args.width, (3, 3), padding="SAME", W_std=s2, b_std=0.0), stax.Relu()]
+        pool = stax.AvgPool((2, 2), strides=(2, 2), padding="VALID")
+        layers = block * stages[0] + [pool] + block * stages[1] + [pool] + block * stages[2]
+        layers += [pool] * args.final_pools + [stax.Flatten()]
+        x = np.random.default_rng(0).uniform(size=(args.n, args.hw, args.hw, 3))
+    readout_b = 0.0 if args.net == "myrtle" else 0.1
+    layers += [stax.Dense(1, W_std=s2, b_std=readout_b)]
     _, _, kernel_fn = stax.serial(*layers)
 
     x = jax.numpy.asarray(x.astype(args.dtype))
@@ -100,7 +114,7 @@ def main(argv=None):
         "net": args.net,
         "depth": args.depth,
         "d": args.d if args.net == "fc" else None,
-        "hw": args.hw if args.net == "cntk" else None,
+        "hw": args.hw if args.net != "fc" else None,
         "dtype": args.dtype,
         "get": args.get,
         "repeats": args.repeats,

@@ -135,13 +135,9 @@ def record(group: str, label: str, kernel_fn, shape, dtype: str, n1: int, n2: in
 
 def lanes(kernel_fn, shape, dtype: str) -> int:
     """Pairs the slab kernel processes together (1 on other paths): a call pays for whole groups."""
-    from ntkscale.costmodel import code_path
-    from ntkscale.stax import conv_eval, conv_fast
+    from ntkscale.costmodel import features
 
-    if code_path(kernel_fn, shape) != "slab":
-        return 1
-    plan = conv_eval.plan_image_net(kernel_fn._layers, tuple(shape))
-    return int(conv_fast._Program(kernel_fn._layers, plan, np.dtype(dtype)).lanes)
+    return int(features(kernel_fn, shape, dtype).get("lanes", 1))
 
 
 def sized(target: float, kernel_fn, shape, dtype: str, rng, n_max: int = 512):
@@ -153,9 +149,11 @@ def sized(target: float, kernel_fn, shape, dtype: str, rng, n_max: int = 512):
     kernel_fn(a, b, get=GET)
     c = time.process_time()
     kernel_fn(a, b, get=GET)
-    per = max((time.process_time() - c) / g, 1e-9)
+    from ntkscale.costmodel import code_path, pairs_per_entry
+
+    # (the pooled path also runs each input's self pair: g + 1 more pairs here)
+    per = max((time.process_time() - c) / (g * pairs_per_entry(code_path(kernel_fn, shape), g, 1)), 1e-9)
     entries = max(g, target / per)
-    from ntkscale.costmodel import code_path
 
     if code_path(kernel_fn, shape) == "reference":
         # The array-API path streams (pairs, H, H, W, W) arrays: time it with arrays larger
@@ -186,7 +184,7 @@ def kernels(quick: bool, repeats: int, target: float) -> List[Dict[str, Any]]:
         for depth in depths:
             recs.append(record("fc-depth", f"FC{depth} d=784", fc(depth), (784,), dtype, n_mid, n_mid, repeats, rng,
                                n=n_mid, d=784, depth=depth))
-    print("CNTK-GAP (slab path) and Myrtle (array-API path), one thread:", flush=True)
+    print("CNTK-GAP (slab path) and Myrtle (pooled slab path), one thread:", flush=True)
     hws = [4, 8, 16, 32] if quick else [4, 6, 8, 12, 16, 20, 24, 32]
     cdepths = [1, 3, 6] if quick else [1, 2, 3, 5, 8, 12]
     for dtype in ("float64", "float32"):

@@ -453,10 +453,13 @@ def costmodel_read(ctx: Ctx) -> Dict[str, Any]:
              f"{100 * f['median_abs_rel_err']:.1f} %, max {100 * f['max_abs_rel_err']:.0f} %, R² of log time "
              f"{f['r2_log']:.4f}.",
              "Model: seconds per call = entries × Σ a·feature + overhead per call, per dtype and code path; "
-             "features are `kernel_fn.cost(input_shape)` flops and bytes per entry (the FC input GEMM apart). "
+             "features are `kernel_fn.cost(input_shape)` flops and bytes per entry (the FC input GEMM apart; "
+             "the slab kernels add flops / lanes, the share paid once per group of pairs it vectorises over). "
              "Layer types that run inside one compiled loop cannot be timed apart, so the model's layer types are "
              "the code paths: flat layers (Dense/activations, numba), conv layers on the slab kernel "
-             "(CNTK), and image nets on the array-API path (AvgPool: Myrtle)."]
+             "(CNTK), the slab kernel with AvgPool stages (pooled: Myrtle; a call also runs each input's "
+             "self pair, n1·n2 + n1 + n2 pairs, which the fit counts), and other image nets on the array-API "
+             "path."]
     return {"tables": [{"caption": "Fitted rates per dtype and code path", "rows": rows},
                        {"caption": "At the projection's target size (32×32×3): measured vs predicted", "rows": targets}],
             "notes": notes, "plots": ["costmodel_fit.png"]}
@@ -489,7 +492,7 @@ def projection_read(ctx: Ctx) -> Dict[str, Any]:
              "neural-tangents figures as published (quoted in issue 7): Myrtle-5/7/10 on 60k CIFAR-10 316 / 330 / "
              "508 V100 GPU-hours in float64 (per-entry rate counts all 60000² entries); CNTK-GAP 21 layers 2.7 ms "
              "per entry on a V100 in float32 (its 60k × 60k column is that rate × 60000²).",
-             "Myrtle runs on the array-API path (AvgPool is not in the compiled slab kernel yet), CNTK-GAP on the "
+             "Myrtle runs on the compiled slab kernel with AvgPool stages (\"pooled\"), CNTK-GAP on the "
              "compiled slab path; \"cores per V100\" is our core-seconds per entry over neural-tangents' V100 "
              "seconds per entry.",
              "Reproduce one: `ntkscale project --n 50000 --input-shape 32,32,3 --net myrtle5 --devices 8 --device cpu`."]

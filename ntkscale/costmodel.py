@@ -11,14 +11,26 @@ that run them)::
     path        runs                                      features (per entry)
     flat        Dense + activations on n1 × n2            input_flops (the X Xᵀ GEMM, 2d),
                 (numba fast path)                         layer_flops, bytes
-    slab        Conv / activations / Dense on images,     flops, bytes
+    slab        Conv / activations / Dense on images,     flops, lane_flops
                 ending in GlobalAvgPool or Flatten
                 (compiled slab kernel, e.g. CNTK)
-    reference   other image nets, e.g. AvgPool (Myrtle)   flops, bytes, spill_bytes
-                (array-API path)
+    pooled      the same with AvgPool stages (Myrtle):    flops, lane_flops
+                slab stages joined by pooling scatters
+                (compiled slab kernel, NumPy only)
+    reference   other image nets, e.g. circular pooling   flops, bytes, spill_bytes
+                or AvgPool on CuPy (array-API path)
 
 ``bytes`` are ``cost()["bytes"]`` (temporaries, in itemsizes) × itemsize;
-``overhead`` is seconds per call, i.e. per Gram block. The array-API path
+``overhead`` is seconds per call, i.e. per Gram block. The compiled slab
+kernel vectorises over ``lanes`` pairs at a time; part of its work (index
+arithmetic, loop control, slab bounds) is paid once per lane group, so its
+rows carry ``lane_flops`` = flops / lanes besides ``flops``, with the lanes a
+call of that many pairs actually runs (a small call narrows them, as the
+kernel does to keep every thread busy). A pooled call also
+evaluates every input's self pair once (activation variances after a pool
+need the image's own pooled covariance): an n1 × n2 call runs n1·n2 + n1 + n2
+pairs, which the pooled path's rows count (the per-entry rate it reports is
+the large-block limit). The array-API path
 streams whole ``(H, H, W, W)`` covariances through every layer: while one
 pair's covariance fits the L2 cache that traffic is cheap, beyond it each
 byte costs a memory access, so ``spill_bytes`` = ``bytes`` when a pair's
@@ -49,11 +61,12 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-PATHS = ("flat", "slab", "reference")
+PATHS = ("flat", "slab", "pooled", "reference")
 #: Feature names of each path, in design-matrix order (``overhead`` is per call).
 TERMS = {
     "flat": ("input_flops", "layer_flops", "bytes", "overhead"),
-    "slab": ("flops", "bytes", "overhead"),
+    "slab": ("flops", "lane_flops", "overhead"),
+    "pooled": ("flops", "lane_flops", "overhead"),
     "reference": ("flops", "bytes", "spill_bytes", "overhead"),
 }
 DEFAULT_CACHE_BYTES = 1 << 20
@@ -94,8 +107,38 @@ def code_path(kernel_fn: Any, input_shape: Sequence[int], kind: str = "cpu") -> 
     from .stax import conv_eval, conv_fast  # noqa: PLC0415
 
     plan = conv_eval.plan_image_net(kernel_fn._layers, tuple(int(s) for s in input_shape))
-    slab = conv_fast.network_supported(kernel_fn._layers, plan, pooling=kind != "gpu")
-    return "slab" if slab else "reference"
+    if not conv_fast.network_supported(kernel_fn._layers, plan, pooling=kind != "gpu"):
+        return "reference"
+    pooled = conv_fast._Program(kernel_fn._layers, plan, np.dtype(np.float64)).pooled
+    return "pooled" if pooled else "slab"
+
+
+def _slab_lanes(kernel_fn: Any, input_shape: Tuple[int, ...], dtype: str) -> int:
+    """Pairs the compiled slab kernel runs together on a large call."""
+    from .stax import conv_eval, conv_fast  # noqa: PLC0415
+
+    plan = conv_eval.plan_image_net(kernel_fn._layers, input_shape)
+    return int(conv_fast._Program(kernel_fn._layers, plan, np.dtype(dtype)).lanes)
+
+
+def effective_lanes(lanes: int, pairs: float, threads: int = 1) -> int:
+    """Lanes the slab kernel runs for a call of ``pairs`` pairs on ``threads``
+    threads: it halves them (down to its minimum) until every thread gets four
+    lane groups (``conv_fast._run_pairs``)."""
+    from .stax.conv_fast import LANES_MIN  # noqa: PLC0415
+
+    lanes = int(lanes)
+    while lanes > LANES_MIN and pairs < 4 * threads * lanes:
+        lanes //= 2
+    return lanes
+
+
+def pairs_per_entry(path: str, n1: int, n2: int) -> float:
+    """Image pairs a ``n1 × n2`` call evaluates per entry: the pooled path adds
+    every input's self pair (n1 + n2 of them) to the n1·n2 cross pairs."""
+    if path != "pooled":
+        return 1.0
+    return 1.0 + (n1 + n2) / (float(n1) * float(n2))
 
 
 def features(kernel_fn: Any, input_shape: Sequence[int], dtype: str = "float64",
@@ -111,6 +154,9 @@ def features(kernel_fn: Any, input_shape: Sequence[int], dtype: str = "float64",
                            "pair_entries": float(cost.get("pair_entries", 1.0))}
     pair_bytes = out["pair_entries"] * itemsize
     out["spill_bytes"] = out["bytes"] if pair_bytes > cache else 0.0
+    if path in ("slab", "pooled"):
+        out["lanes"] = _slab_lanes(kernel_fn, shape, dtype)
+        out["lane_flops"] = out["flops"] / out["lanes"]
     if path == "flat":
         d = float(np.prod(shape))
         out["input_flops"] = 2.0 * d
@@ -129,9 +175,14 @@ def cost_fingerprint() -> Dict[str, float]:
     return {k: float(net[2].cost(shape)["flops"]) for k, (net, shape) in nets.items()}
 
 
-def _row(feat: Dict[str, Any], entries: float) -> np.ndarray:
-    """Design-matrix row for one call, in seconds per entry."""
-    return np.array([1.0 / entries if t == "overhead" else feat[t] for t in TERMS[feat["path"]]])
+def _row(feat: Dict[str, Any], n1: int, n2: int) -> np.ndarray:
+    """Design-matrix row for one n1 × n2 call, in seconds per entry."""
+    entries = float(n1) * float(n2)
+    pairs = pairs_per_entry(feat["path"], n1, n2)
+    feat = dict(feat)
+    if "lanes" in feat:   # a small call narrows the lane groups
+        feat["lane_flops"] = feat["flops"] / effective_lanes(feat["lanes"], entries)
+    return np.array([1.0 / entries if t == "overhead" else feat[t] * pairs for t in TERMS[feat["path"]]])
 
 
 # ----------------------------------------------------------------------------- fit
@@ -161,7 +212,7 @@ def fit(measurements: Sequence[Dict[str, Any]], *, machine: Optional[Dict[str, A
             group = [p for p in pts if p["dtype"] == dtype and p["path"] == path]
             if not group:
                 continue
-            a = np.array([_row(p["feat"], p["entries"]) for p in group])
+            a = np.array([_row(p["feat"], p["n1"], p["n2"]) for p in group])
             y = np.array([p["s_per_entry"] for p in group])
             # Relative error: divide each row by its measurement. Columns are scaled to
             # unit norm first (flops ~1e8 next to an overhead column ~1e-6).
@@ -247,6 +298,10 @@ def seconds_per_entry(calibration: Dict[str, Any], kernel_fn: Any, input_shape: 
                     calibration.get("kind", "cpu"))
     coefs, used, notes = _terms_for(calibration, feat["path"], dtype)
     per_entry, overhead = _apply(coefs, feat["path"], feat)
+    if calibration.get("paths", {}).get(feat["path"], list(TERMS[feat["path"]])) != list(TERMS[feat["path"]]):
+        notes.append(f"this calibration fitted the {feat['path']} path with other terms "
+                     f"({', '.join(calibration['paths'][feat['path']])}); refit it with "
+                     "python -m benchmarks --only scaling,costmodel")
     if "cost_fingerprint" in calibration and calibration["cost_fingerprint"] != cost_fingerprint():
         notes.append("kernel_fn.cost() has changed since this calibration was fitted; refit it with "
                      "python -m benchmarks --only scaling,costmodel")
@@ -258,7 +313,10 @@ def predict_call(calibration: Dict[str, Any], kernel_fn: Any, input_shape: Seque
                  dtype: str = "float64") -> float:
     """Predicted seconds of one ``kernel_fn(x1, x2)`` call with n1 × n2 entries."""
     p = seconds_per_entry(calibration, kernel_fn, input_shape, dtype)
-    return n1 * n2 * p["s_per_entry"] + p["overhead_s_per_call"]
+    coefs, _, _ = _terms_for(calibration, p["path"], dtype)
+    per_entry = float(_row(p["features"], n1, n2)[:-1] @ np.array(
+        [coefs.get(f"s_per_{t[:-1]}", 0.0) for t in TERMS[p["path"]][:-1]]))
+    return n1 * n2 * per_entry + p["overhead_s_per_call"]
 
 
 def save(calibration: Dict[str, Any], path: "str | Path") -> Path:
@@ -289,7 +347,7 @@ def plot_fit(calibration: Dict[str, Any], path: "str | Path") -> Path:
 
     pts = calibration["points"]
     fig, ax = plt.subplots(figsize=(6.2, 5.2))
-    colours = {"flat": "tab:blue", "slab": "tab:orange", "reference": "tab:green"}
+    colours = {"flat": "tab:blue", "slab": "tab:orange", "pooled": "tab:red", "reference": "tab:green"}
     markers = {"float64": "o", "float32": "^"}
     for path_name in PATHS:
         for dtype in ("float64", "float32"):

@@ -179,8 +179,11 @@ def project(n: int, input_shape: Sequence[int], net: NetLike, device_kind: str =
                                                 memory_per_task=int(memory_per_task), slots=int(n_devices)))
     work = _grid_work(int(n), int(n_test), block)
     calls = work["calls"] + work["diag_calls"]
-    # Diagonal entries k(x, x) cost about what an off-diagonal entry costs.
-    device_s = (work["entries"] + work["diag_entries"]) * per["s_per_entry"] + calls * per["overhead_s_per_call"]
+    # Diagonal entries k(x, x) cost about what an off-diagonal entry costs; the pooled
+    # path also runs each block's inputs' self pairs (at most 2 × block per call).
+    self_pairs = 2 * block * work["calls"] if per["path"] == "pooled" else 0
+    device_s = ((work["entries"] + work["diag_entries"] + self_pairs) * per["s_per_entry"]
+                + calls * per["overhead_s_per_call"])
     cost = kernel_fn.cost(shape)
     unit = "core" if device_kind == "cpu" else "GPU"
     notes = list(per["notes"])

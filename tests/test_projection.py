@@ -11,7 +11,8 @@ from ntkscale.projection import CalibrationError, _grid_work, cifar10_table, pro
 
 TRUE = {"flat": {"s_per_input_flop": 2e-11, "s_per_layer_flop": 1.5e-10, "s_per_byte": 1e-10,
                  "overhead_s_per_call": 4e-4},
-        "slab": {"s_per_flop": 1e-10, "s_per_byte": 0.0, "overhead_s_per_call": 2e-3}}
+        "slab": {"s_per_flop": 1e-10, "s_per_lane_flop": 2e-10, "overhead_s_per_call": 2e-3},
+        "pooled": {"s_per_flop": 3e-10, "s_per_lane_flop": 4e-10, "overhead_s_per_call": 5e-3}}
 
 
 def _synthetic(dtype="float64"):
@@ -19,12 +20,15 @@ def _synthetic(dtype="float64"):
     meas, rng = [], np.random.default_rng(0)
     nets = [(default_layers(depth)[2], (d,)) for depth in (1, 3, 8) for d in (16, 784, 3072)]
     nets += [(stax.presets.cntk(depth)[2], (hw, hw, 3)) for depth in (1, 3) for hw in (4, 8, 16)]
+    nets += [(stax.presets.myrtle(depth, final_pools=1)[2], (hw, hw, 3)) for depth in (5, 7) for hw in (8, 16)]
     for kfn, shape in nets:
-        for n in (16, 256):
+        for n in (4, 16, 256):
             feat = costmodel.features(kfn, shape, dtype)
             coef = TRUE[feat["path"]]
-            per, over = costmodel._apply(coef, feat["path"], feat)
-            t = (n * n * per + over) * (1 + 0.01 * rng.standard_normal())
+            row = costmodel._row(feat, n, n)   # pooled: self pairs; small calls: fewer lanes
+            t = float(row @ [coef.get(f"s_per_{k[:-1]}", 0.0) if k != "overhead" else coef["overhead_s_per_call"]
+                             for k in costmodel.TERMS[feat["path"]]]) * n * n
+            t *= 1 + 0.01 * rng.standard_normal()
             meas.append({"spec": kfn.spec, "input_shape": list(shape), "dtype": dtype, "n1": n, "n2": n, "cpu_s": t})
     return meas
 
@@ -36,13 +40,23 @@ def test_fit_recovers_the_coefficients():
     kfn = default_layers(5)[2]
     want = 1000 * 1000 * costmodel._apply(TRUE["flat"], "flat", costmodel.features(kfn, (500,)))[0] + 4e-4
     assert costmodel.predict_call(cal, kfn, (500,), 1000, 1000) == pytest.approx(want, rel=0.05)
-    assert {"flat", "slab"} <= set(cal["coefficients"]["float64"])
+    assert {"flat", "slab", "pooled"} <= set(cal["coefficients"]["float64"])
+    for path, coefs in cal["coefficients"]["float64"].items():
+        assert coefs["coefficients"]["s_per_flop" if path != "flat" else "s_per_layer_flop"] == pytest.approx(
+            TRUE[path]["s_per_flop" if path != "flat" else "s_per_layer_flop"], rel=0.05), path
+    # A pooled call of n1 × n2 entries runs n1 + n2 self pairs on top.
+    myrtle, shape = stax.presets.myrtle(5, final_pools=1)[2], (8, 8, 3)
+    feat = costmodel.features(myrtle, shape)
+    lanes = costmodel.effective_lanes(feat["lanes"], 16)          # 16 pairs: narrowed lane groups
+    assert lanes < feat["lanes"]
+    per = TRUE["pooled"]["s_per_flop"] * feat["flops"] + TRUE["pooled"]["s_per_lane_flop"] * feat["flops"] / lanes
+    assert costmodel.predict_call(cal, myrtle, shape, 8, 2) == pytest.approx((16 + 10) * per + 5e-3, rel=0.05)
 
 
 def test_code_paths():
     assert costmodel.code_path(default_layers(3), (10,)) == "flat"
     assert costmodel.code_path(stax.presets.cntk(3), (8, 8, 1)) == "slab"
-    assert costmodel.code_path(stax.presets.myrtle(5), (32, 32, 3)) == "slab"
+    assert costmodel.code_path(stax.presets.myrtle(5), (32, 32, 3)) == "pooled"   # AvgPool stages
     assert costmodel.code_path(stax.presets.myrtle(5), (32, 32, 3), "gpu") == "reference"  # CuPy: no AvgPool
     assert costmodel.code_path(stax.presets.cntk(3), (8, 8, 1), "gpu") == "slab"
     circular_pool = stax.serial(stax.Conv(1, (3, 3), padding="CIRCULAR"), stax.Relu(),
@@ -91,7 +105,7 @@ def test_project_names_and_errors(calibration, monkeypatch, tmp_path):
 def test_cifar_table_and_cli(calibration, capsys):
     # On the CPU Myrtle and CNTK-GAP run on the slab path; the synthetic calibration
     # has no array-API coefficients (a CIRCULAR-pooling net needs them): said plainly.
-    assert {row["code_path"] for row in cifar10_table(calibration)} == {"slab"}
+    assert {row["code_path"] for row in cifar10_table(calibration)} == {"slab", "pooled"}
     circular_pool = stax.serial(stax.Conv(1, (3, 3), padding="CIRCULAR"), stax.Relu(),
                                 stax.AvgPool((2, 2), (2, 2), "CIRCULAR"), stax.Flatten(), stax.Dense(1))
     with pytest.raises(CalibrationError, match="reference code path"):

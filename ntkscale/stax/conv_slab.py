@@ -332,6 +332,24 @@ def _window_range(n_out, lo, hi, stride, shift):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True)
+def _pool_axis(delta, a, a2, stride, n_out, i0, i1, lo):  # pragma: no cover - compiled
+    """One axis of the window offset pair (a, a') of an AvgPool scatter from
+    input slab δ: ``(ok, e, v0, v1, p0, p1)`` with the pooled slab offset
+    e = (δ − a' + a) / s (ok False when s ∤ δ − a' + a or e is outside the
+    output), its valid positions [v0, v1), and the output positions [p0, p1)
+    whose window, at offset a, reads an input row in [i0, i1)."""
+    nd = delta - a2 + a
+    if nd % stride != 0:
+        return False, 0, 0, 0, 0, 0
+    e = nd // stride
+    if e <= -n_out or e >= n_out:
+        return False, 0, 0, 0, 0, 0
+    v0, v1 = _valid(n_out, e, False)
+    p0, p1 = _window_range(n_out, i0, i1, stride, a - lo)
+    return True, e, v0, v1, max(p0, v0), min(p1, v1)
+
+
+@numba.njit(cache=True)
 def _strided_add(dst, src, ob, ib, q0, q1, stride, L):  # pragma: no cover - compiled
     """dst[ob + Q·L + k] += src[ib + stride·Q·L + k] for Q in [q0, q1), k < L."""
     for Q in range(q0, q1):
@@ -369,31 +387,17 @@ def _pool_scatter(L, kb, tb, cb, d, o, st, ops, sdim, spad, deltas, pools, lut, 
     iw0, iw1 = _valid(W, dw, False)
     for a in range(kh):
         for a2 in range(kh):
-            nh = dh - a2 + a
-            if nh % sh != 0:
+            okh, eh, vh0, _, p0, p1 = _pool_axis(dh, a, a2, sh, Ho, ih0, ih1, loh)
+            if not okh:
                 continue
-            eh = nh // sh
-            if eh <= -Ho or eh >= Ho:
-                continue
-            vh0, vh1 = _valid(Ho, eh, False)
-            p0, p1 = _window_range(Ho, ih0, ih1, sh, a - loh)
-            p0 = max(p0, vh0)
-            p1 = min(p1, vh1)
             for b in range(kw):
                 for b2 in range(kw):
-                    nw = dw - b2 + b
-                    if nw % sw != 0:
-                        continue
-                    ew = nw // sw
-                    if ew <= -Wo or ew >= Wo:
+                    okw, ew, vw0, vw1, q0, q1 = _pool_axis(dw, b, b2, sw, Wo, iw0, iw1, low)
+                    if not okw:
                         continue
                     e = lut[st, eh + R, ew + R]
                     if e < 0:
                         continue
-                    vw0, vw1 = _valid(Wo, ew, False)
-                    q0, q1 = _window_range(Wo, iw0, iw1, sw, b - low)
-                    q0 = max(q0, vw0)
-                    q1 = min(q1, vw1)
                     nrow = vw1 - vw0
                     for P in range(p0, p1):
                         ib = cb + ((sh * P + a - loh + plh) * Wp + plw + b - low) * L

@@ -4,7 +4,8 @@
                    again when the run ends. Each worker gets ``threads_per_worker
                    + io_threads`` Dask threads; at most ``threads_per_worker``
                    of them compute at once (:func:`ntkscale.schedule.compute_gate`),
-                   the others write finished blocks meanwhile.
+                   the others write finished blocks meanwhile. With ``gpus``
+                   there is one worker per listed CUDA device, pinned to it.
 ``kind: address``  a scheduler someone started (``dask scheduler`` +
                    ``dask worker``, a SLURM job, a Kubernetes DaskCluster):
                    ``address: tcp://host:8786`` or ``scheduler_file: path``.
@@ -49,6 +50,14 @@ def _local(cfg: Any, security: Any = None) -> Iterator[Any]:
     )
     if cfg.processes:
         kwargs["env"] = dict(WORKER_ENV)
+    if cfg.gpus:
+        # One worker process per device: each sees the whole list and its preload
+        # keeps its own entry (worker i -> gpus[i]) before CuPy initialises CUDA.
+        # dask-cuda's LocalCUDACluster does the same, but would add a dependency (and
+        # its own worker class) for what one environment variable does here.
+        kwargs["env"].update(CUDA_VISIBLE_DEVICES=",".join(cfg.gpus),
+                             NTKSCALE_WORKERS_PER_JOB=str(len(cfg.gpus)))
+        kwargs["preload"] = ["ntkscale.worker_gpu"]
     if security is not None:
         kwargs["security"] = security
         kwargs["protocol"] = "tls://"

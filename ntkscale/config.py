@@ -219,8 +219,12 @@ class LocalClusterConfig:
     memory_limit: Optional[int] = None     # bytes per worker; None: Dask's "auto"
     processes: bool = True
     dashboard_address: str = ":8787"    # Dask moves to a free port if it is taken
+    gpus: Tuple[str, ...] = ()             # CUDA devices: one worker process per device,
+                                           # pinned to it (ntkscale.worker_gpu)
 
     def __post_init__(self) -> None:
+        if self.gpus and self.n_workers is None:
+            object.__setattr__(self, "n_workers", len(self.gpus))
         if self.io_threads is None:
             object.__setattr__(self, "io_threads", auto_io_threads(self.n_workers, self.threads_per_worker))
 
@@ -237,8 +241,8 @@ def auto_io_threads(n_workers: Optional[int], threads_per_worker: int, cores: Op
     Measured in benchmarks/bench_gram.py (2-core machine, store on disk): one
     worker with a writer thread on the spare core runs 1.6x faster than
     without; two workers (no spare core) run as fast without writers as with
-    them (median 5.5 s vs 6.0 s over ten runs each, the sign flipping between
-    sessions) and keep one block less in memory per worker.
+    them (median 5.73 s vs 5.85 s over 15 runs each) and keep one block less
+    in memory per worker.
     """
     cores = cores or os.cpu_count() or 1
     workers = n_workers or max(1, cores // threads_per_worker)
@@ -267,15 +271,62 @@ def _io_threads(sec: Section) -> Optional[int]:
     return int(value)
 
 
+def visible_gpus(env: Optional[Dict[str, str]] = None) -> Tuple[str, ...]:
+    """CUDA devices this process may use: ``CUDA_VISIBLE_DEVICES`` when set,
+    else every device CuPy counts (empty without CuPy or a GPU)."""
+    env = os.environ if env is None else env
+    if "CUDA_VISIBLE_DEVICES" in env:
+        return tuple(d.strip() for d in env["CUDA_VISIBLE_DEVICES"].split(",") if d.strip())
+    try:
+        import cupy  # noqa: PLC0415 (only asked for gpus: all)
+
+        return tuple(str(i) for i in range(cupy.cuda.runtime.getDeviceCount()))
+    except Exception:  # no CuPy, no driver, no device
+        return ()
+
+
+def _gpus(sec: Section) -> Tuple[str, ...]:
+    """``gpus``: ``all``, a count N (the first N visible devices) or a list of device ids."""
+    value = sec.get("gpus", 0)
+    if value == "all" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        visible = visible_gpus()
+        want = len(visible) if value == "all" else value
+        if not visible or want > len(visible):
+            raise sec.error(f"asks for {value} GPU(s) but {len(visible)} are visible (CUDA_VISIBLE_DEVICES "
+                            f"or CuPy); install ntkscale[gpu] on a machine with NVIDIA GPUs, name the "
+                            "devices (gpus: [0, 1]) or leave gpus out for CPU workers", "gpus")
+        return visible[:want]
+    if value == 0 and not isinstance(value, bool):
+        return ()
+    if isinstance(value, list) and value and all(
+            (isinstance(d, int) and not isinstance(d, bool) and d >= 0) or (isinstance(d, str) and d.strip())
+            for d in value):
+        devices = tuple(str(d).strip() for d in value)
+        if len(set(devices)) != len(devices):
+            raise sec.error(f"lists a device twice: {value!r}", "gpus")
+        return devices
+    raise sec.error(f"must be 'all', a number of GPUs or a list of device ids (e.g. [0, 1]), got {value!r}",
+                    "gpus")
+
+
 def _local_cluster(sec: Section) -> LocalClusterConfig:
     sec.check_keys(("kind", "n_workers", "threads_per_worker", "io_threads", "memory_limit",
-                    "processes", "dashboard_address"))
+                    "processes", "dashboard_address", "gpus"))
     dash = sec.string("dashboard_address", ":8787")  # ":0": any free port
+    gpus = _gpus(sec)
+    n_workers = sec.int("n_workers")
+    processes = sec.boolean("processes", True)
+    if gpus and n_workers is not None and n_workers != len(gpus):
+        raise sec.error(f"is {n_workers} but gpus names {len(gpus)} device(s); a GPU cluster runs one worker "
+                        "per GPU: drop n_workers or make it match", "n_workers")
+    if gpus and not processes:
+        raise sec.error("gpus needs worker processes (each pins its own device); drop processes: false",
+                        "processes")
     return LocalClusterConfig(
-        n_workers=sec.int("n_workers"), threads_per_worker=sec.int("threads_per_worker", 1),
+        n_workers=n_workers, threads_per_worker=sec.int("threads_per_worker", 1),
         io_threads=_io_threads(sec),
-        memory_limit=sec.bytes("memory_limit"), processes=sec.boolean("processes", True),
-        dashboard_address=dash,
+        memory_limit=sec.bytes("memory_limit"), processes=processes,
+        dashboard_address=dash, gpus=gpus,
     )
 
 

@@ -1,5 +1,7 @@
 """Dask worker preload: each worker process of a multi-GPU job takes one GPU.
 
+Used by SLURM jobs with several GPUs and by ``cluster: {kind: local, gpus: ...}``.
+
 A SLURM job with ``gpus_per_job: N`` runs ``N`` worker processes (``dask worker --nworkers
 N``), named ``<job>-0`` ... ``<job>-(N-1)``; SLURM gives the job ``CUDA_VISIBLE_DEVICES``
 for its N GPUs. ``--preload ntkscale.worker_gpu`` narrows ``CUDA_VISIBLE_DEVICES`` to the
@@ -20,12 +22,13 @@ logger = logging.getLogger(__name__)
 def device_for_worker(name: str, env: Mapping[str, str]) -> Optional[str]:
     """The CUDA device (as listed in ``CUDA_VISIBLE_DEVICES``) for worker ``name``, or None.
 
-    The local index is the worker name's numeric suffix; with ``NTKSCALE_WORKERS_PER_JOB``
-    set it must be below that count.
+    The local index is the worker name's numeric suffix (``<job>-i``), or the
+    name itself for a ``LocalCluster`` worker (named ``0``, ``1``, ...); with
+    ``NTKSCALE_WORKERS_PER_JOB`` set it must be below that count.
     """
     per_job = int(env.get("NTKSCALE_WORKERS_PER_JOB", "0") or 0)
     head, _, tail = str(name).rpartition("-")
-    if not head or not tail.isdigit():
+    if not tail.isdigit() or (not head and str(name) != tail):
         return None
     index = int(tail)
     if per_job and index >= per_job:

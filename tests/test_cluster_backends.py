@@ -173,6 +173,8 @@ def test_tls_files_map_onto_security_and_connect(tmp_path):
     ("SLURMCluster-3-2", {"CUDA_VISIBLE_DEVICES": "2,3"}, None),
     ("SLURMCluster-3-2", {"NTKSCALE_WORKERS_PER_JOB": "2"}, None),
     ("worker", {"CUDA_VISIBLE_DEVICES": "0,1"}, None),
+    ("1", {"CUDA_VISIBLE_DEVICES": "3,5"}, "5"),          # LocalCluster workers are named 0, 1, ...
+    ("-1", {"CUDA_VISIBLE_DEVICES": "3,5"}, None),
 ])
 def test_device_for_worker(name, env, expected):
     assert device_for_worker(name, env) == expected

@@ -66,3 +66,47 @@ def test_tls_local_cluster_runs_gram_over_tls(base):
     GramPipeline(cfg, progress=False).run()
     stored = np.asarray(GramStore.open(base / "run.zarr").train_array("ntk")[...])
     np.testing.assert_allclose(stored, stax.from_spec(layers)[2](x, None, "ntk"), rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------- local GPUs
+
+
+def test_local_gpus_parse_and_refusals(base, monkeypatch):
+    cfg = _config(base, cluster={"kind": "local", "gpus": [2, "5"]})
+    assert cfg.cluster.gpus == ("2", "5") and cfg.cluster.n_workers == 2 and cfg.cluster.slots == 2
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6,7")
+    assert _config(base, cluster={"kind": "local", "gpus": "all"}).cluster.gpus == ("4", "6", "7")
+    assert _config(base, cluster={"kind": "local", "gpus": 2}).cluster.gpus == ("4", "6")
+    assert _config(base, cluster={"kind": "local"}).cluster.gpus == ()
+    with pytest.raises(ConfigError, match=r"cluster.gpus: asks for 4 GPU\(s\) but 3 are visible"):
+        _config(base, cluster={"kind": "local", "gpus": 4})
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(ConfigError, match=r"cluster.gpus: asks for all GPU\(s\) but 0 are visible.*ntkscale\[gpu\]"):
+        _config(base, cluster={"kind": "local", "gpus": "all"})
+    with pytest.raises(ConfigError, match=r"cluster.n_workers: is 3 but gpus names 2 device\(s\)"):
+        _config(base, cluster={"kind": "local", "gpus": [0, 1], "n_workers": 3})
+    with pytest.raises(ConfigError, match=r"cluster.gpus: lists a device twice"):
+        _config(base, cluster={"kind": "local", "gpus": [0, 0]})
+    with pytest.raises(ConfigError, match=r"cluster.gpus: must be 'all', a number of GPUs or a list"):
+        _config(base, cluster={"kind": "local", "gpus": [-1]})
+    with pytest.raises(ConfigError, match=r"cluster.processes: gpus needs worker processes"):
+        _config(base, cluster={"kind": "local", "gpus": [0], "processes": False})
+
+
+def test_local_gpu_workers_each_see_their_own_device(base):
+    """Real worker processes: worker i keeps only gpus[i] in CUDA_VISIBLE_DEVICES
+    (set by the preload before anything could initialise CUDA)."""
+    from ntkscale.cluster import open_client
+
+    cfg = _config(base, cluster={"kind": "local", "gpus": [3, 5], "memory_limit": "1GiB",
+                                 "dashboard_address": ":0"})
+
+    def visible():
+        import os
+        return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+    with open_client(cfg.cluster) as client:
+        client.wait_for_workers(2, timeout=60)
+        seen = client.run(visible)
+        names = {w["name"] for w in client.scheduler_info()["workers"].values()}
+    assert sorted(seen.values()) == ["3", "5"] and names == {0, 1}

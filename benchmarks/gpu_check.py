@@ -8,7 +8,11 @@
    and float32 (rtol 2e-4 of the largest entry).
 2. FC throughput: FC ReLU depth 3 NTK Gram, n = 16384, d = 784, float32 and
    float64, entries/s per GPU (all n² entries, row blocks sized from GPU memory).
-3. Conv: runs ``benchmarks/gpu_check_conv.py`` (CNTK parity and CNTK-GAP
+3. Gram pipeline on ``cluster: {kind: local, gpus: all}`` (one worker per
+   GPU, ``backend: cupy``): FC ReLU depth 3, NNGP + NTK, n = 16384, d = 784,
+   float32, block 4096, into a Zarr store; end-to-end entries/s and parity of
+   stored rows with the NumPy ``kernel_fn``.
+4. Conv: runs ``benchmarks/gpu_check_conv.py`` (CNTK parity and CNTK-GAP
    depth 3 throughput on 32×32×3).
 
 Without CuPy or a GPU it says so and exits 2 (nothing is measured).
@@ -76,10 +80,44 @@ def main() -> int:
         results[f"throughput_fc_{dtype}"] = row
         print(json.dumps(row), flush=True)
         del out, x
+    row = pipeline_check(n_gpus)
+    ok &= row["ok"]
+    results["pipeline_fc"] = row
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "gpu_check_fc.json").write_text(json.dumps(results, indent=2))
     conv = subprocess.run([sys.executable, str(Path(__file__).with_name("gpu_check_conv.py"))])
     return 0 if ok and conv.returncode == 0 else 1
+
+
+def pipeline_check(n_gpus: int, n: int = 16384, d: int = 784) -> dict:
+    """The Gram engine on one worker per GPU: end-to-end rate and stored-row parity."""
+    import tempfile
+
+    from ntkscale.config import RunConfig
+    from ntkscale.pipeline import GramPipeline
+    from ntkscale.store import GramStore
+
+    layers = [["Dense", {"W_std": 2 ** 0.5, "b_std": 0.1}], ["Relu", {}]] * 3 + [
+        ["Dense", {"W_std": 2 ** 0.5, "b_std": 0.1}]]
+    x = np.random.default_rng(1).standard_normal((n, d)).astype("float32")
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(Path(tmp, "x.npy"), x)
+        cfg = RunConfig.from_mapping({
+            "data": {"train": {"x": "x.npy"}}, "kernel": {"layers": layers, "get": ["nngp", "ntk"]},
+            "store": "run.zarr", "block_size": 4096, "dtype": "float32", "backend": "cupy",
+            "cluster": {"kind": "local", "gpus": "all", "dashboard_address": ":0"}}, base_dir=Path(tmp))
+        t0 = time.perf_counter()
+        report = GramPipeline(cfg, progress=False).run()
+        sec = time.perf_counter() - t0
+        stored = GramStore.open(Path(tmp, "run.zarr")).train_array("ntk")
+        rows = np.asarray(stored[:256])
+        ref = stax.from_spec(layers)[2](x[:256].astype("float64"), x.astype("float64"), "ntk")
+    rel = float(np.abs(rows - ref).max() / np.abs(ref).max())
+    row = {"bench": f"pipeline fc3 nngp+ntk n={n} d={d} float32 block 4096, {n_gpus} GPU worker(s)",
+           "seconds": sec, "entries_per_s": n * n / sec, "blocks": report.blocks_computed,
+           "compute_seconds": report.compute_seconds, "max_rel_vs_numpy_f64": rel, "ok": rel < 2e-4}
+    print(json.dumps(row), flush=True)
+    return row
 
 
 if __name__ == "__main__":

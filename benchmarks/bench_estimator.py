@@ -140,29 +140,20 @@ def timing(n_train: int, n_test: int, repeats: int, data=mnist) -> Dict[str, Any
     (k, kt), t_kernel = best(lambda: (kfn(x, None, "ntk"), kfn(xt, x, "ntk")), repeats)
     alpha = 1e-6 * float(np.mean(np.diag(k)))
 
-    def ours_pre():
-        t, c = time.perf_counter(), time.process_time()
-        est = NTKRegressor(kernel="precomputed", ridge=1e-6).fit(k, targets)
-        t_fit, c_fit = time.perf_counter() - t, time.process_time() - c
-        t = time.perf_counter()
-        pred = est.predict(kt)
-        return pred, t_fit, time.perf_counter() - t, c_fit
+    def fit_predict(make, fit_x, predict_x):
+        """One estimator: (prediction, fit wall s, predict wall s, fit CPU s)."""
+        def run():
+            t, c = time.perf_counter(), time.process_time()
+            est = make().fit(fit_x, targets)
+            t_fit, c_fit = time.perf_counter() - t, time.process_time() - c
+            t = time.perf_counter()
+            pred = est.predict(predict_x)
+            return pred, t_fit, time.perf_counter() - t, c_fit
+        return run
 
-    def sklearn_pre():
-        t, c = time.perf_counter(), time.process_time()
-        est = KernelRidge(alpha=alpha, kernel="precomputed").fit(k, targets)
-        t_fit, c_fit = time.perf_counter() - t, time.process_time() - c
-        t = time.perf_counter()
-        pred = est.predict(kt)
-        return pred, t_fit, time.perf_counter() - t, c_fit
-
-    def ours_e2e():
-        t, c = time.perf_counter(), time.process_time()
-        est = NTKRegressor(kernel=kfn, ridge=1e-6).fit(x, targets)
-        t_fit, c_fit = time.perf_counter() - t, time.process_time() - c
-        t = time.perf_counter()
-        pred = est.predict(xt)
-        return pred, t_fit, time.perf_counter() - t, c_fit
+    ours_pre = fit_predict(lambda: NTKRegressor(kernel="precomputed", ridge=1e-6), k, kt)
+    sklearn_pre = fit_predict(lambda: KernelRidge(alpha=alpha, kernel="precomputed"), k, kt)
+    ours_e2e = fit_predict(lambda: NTKRegressor(kernel=kfn, ridge=1e-6), x, xt)
 
     # Warm-up on a small problem: first-call costs (imports, validation caches) are not the solvers'.
     NTKRegressor(kernel="precomputed").fit(k[:50, :50], targets[:50]).predict(kt[:5, :50])

@@ -18,8 +18,9 @@ entries, both kernels in one pass as the Gram engine computes them):
   depth at 8×8, float64 and float32, plus CNTK-GAP 21 at 32×32×3; the
   compiled slab path;
 * Myrtle-5/7/10 (``stax.presets.myrtle``) at 8×8, 16×16 and 32×32×3; the
-  array-API path (AvgPool is not in the compiled path), timed with covariance
-  arrays of at least 32 MiB so they stream from memory as in real blocks.
+  compiled slab kernel with AvgPool stages (the "pooled" path). Nets on the
+  array-API path are timed with covariance arrays of at least 32 MiB so they
+  stream from memory as in real blocks.
 
 Image sizes pick n so a call takes about ``--target`` CPU seconds. Each timed
 kernel is checked before it counts: the compiled paths against the array-API
@@ -151,11 +152,12 @@ def sized(target: float, kernel_fn, shape, dtype: str, rng, n_max: int = 512):
     kernel_fn(a, b, get=GET)
     from ntkscale.costmodel import code_path, pairs_per_entry
 
+    path = code_path(kernel_fn, shape)
     # (the pooled path also runs each input's self pair: g + 1 more pairs here)
-    per = max((time.process_time() - c) / (g * pairs_per_entry(code_path(kernel_fn, shape), g, 1)), 1e-9)
+    per = max((time.process_time() - c) / (g * pairs_per_entry(path, g, 1)), 1e-9)
     entries = max(g, target / per)
 
-    if code_path(kernel_fn, shape) == "reference":
+    if path == "reference":
         # The array-API path streams (pairs, H, H, W, W) arrays: time it with arrays larger
         # than the caches, the regime of real Gram blocks (a few pairs fit in L2/L3).
         pair_bytes = kernel_fn.cost(tuple(shape))["pair_entries"] * np.dtype(dtype).itemsize
@@ -321,7 +323,7 @@ def plot_conv(recs, path: Path) -> None:
             sel = sorted((r for r in recs if r["group"] == "myrtle" and r["depth"] == depth and r["dtype"] == dtype),
                          key=lambda r: r["hw"])
             ax.plot([r["hw"] for r in sel], [r["s_per_entry"] for r in sel], "s" + ls, c=c,
-                    label=f"Myrtle-{depth} (array-API), {dtype}")
+                    label=f"Myrtle-{depth} (pooled slab), {dtype}")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("image height = width (3 channels)")

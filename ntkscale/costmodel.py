@@ -101,24 +101,22 @@ def _kernel_fn(net: Any) -> Any:
 def code_path(kernel_fn: Any, input_shape: Sequence[int], kind: str = "cpu") -> str:
     """Which engine computes ``kernel_fn`` on inputs of per-example ``input_shape``:
     NumPy (``kind="cpu"``) or CuPy (``"gpu"``: its slab kernel has no AvgPool)."""
-    kernel_fn = _kernel_fn(kernel_fn)
+    return _path_and_lanes(_kernel_fn(kernel_fn), input_shape, kind)[0]
+
+
+def _path_and_lanes(kernel_fn: Any, input_shape: Sequence[int], kind: str = "cpu",
+                    dtype: str = "float64") -> Tuple[str, int]:
+    """The code path, and the pairs the compiled slab kernel runs together on a
+    large call (1 off the slab paths)."""
     if not kernel_fn.is_image_net:
-        return "flat"
+        return "flat", 1
     from .stax import conv_eval, conv_fast  # noqa: PLC0415
 
     plan = conv_eval.plan_image_net(kernel_fn._layers, tuple(int(s) for s in input_shape))
     if not conv_fast.network_supported(kernel_fn._layers, plan, pooling=kind != "gpu"):
-        return "reference"
-    pooled = conv_fast._Program(kernel_fn._layers, plan, np.dtype(np.float64)).pooled
-    return "pooled" if pooled else "slab"
-
-
-def _slab_lanes(kernel_fn: Any, input_shape: Tuple[int, ...], dtype: str) -> int:
-    """Pairs the compiled slab kernel runs together on a large call."""
-    from .stax import conv_eval, conv_fast  # noqa: PLC0415
-
-    plan = conv_eval.plan_image_net(kernel_fn._layers, input_shape)
-    return int(conv_fast._Program(kernel_fn._layers, plan, np.dtype(dtype)).lanes)
+        return "reference", 1
+    prog = conv_fast._Program(kernel_fn._layers, plan, np.dtype(dtype))
+    return ("pooled" if prog.pooled else "slab"), int(prog.lanes)
 
 
 def effective_lanes(lanes: int, pairs: float, threads: int = 1) -> int:
@@ -149,14 +147,14 @@ def features(kernel_fn: Any, input_shape: Sequence[int], dtype: str = "float64",
     shape = tuple(int(s) for s in input_shape)
     cost = kernel_fn.cost(shape)
     itemsize = np.dtype(dtype).itemsize
-    path = code_path(kernel_fn, shape, kind)
+    path, lanes = _path_and_lanes(kernel_fn, shape, kind, dtype)
     out: Dict[str, Any] = {"path": path, "flops": float(cost["flops"]), "bytes": float(cost["bytes"]) * itemsize,
                            "pair_entries": float(cost.get("pair_entries", 1.0))}
     pair_bytes = out["pair_entries"] * itemsize
     out["spill_bytes"] = out["bytes"] if pair_bytes > cache else 0.0
     if path in ("slab", "pooled"):
-        out["lanes"] = _slab_lanes(kernel_fn, shape, dtype)
-        out["lane_flops"] = out["flops"] / out["lanes"]
+        out["lanes"] = lanes
+        out["lane_flops"] = out["flops"] / lanes
     if path == "flat":
         d = float(np.prod(shape))
         out["input_flops"] = 2.0 * d
@@ -175,14 +173,23 @@ def cost_fingerprint() -> Dict[str, float]:
     return {k: float(net[2].cost(shape)["flops"]) for k, (net, shape) in nets.items()}
 
 
+def _call_features(feat: Dict[str, Any], n1: int, n2: int) -> Dict[str, Any]:
+    """Per-entry features of one n1 × n2 call: a small call narrows the slab
+    kernel's lane groups, and a pooled call adds its self pairs."""
+    out = dict(feat)
+    if "lanes" in out:
+        out["lane_flops"] = out["flops"] / effective_lanes(out["lanes"], float(n1) * float(n2))
+    pairs = pairs_per_entry(out["path"], n1, n2)
+    for t in TERMS[out["path"]]:
+        if t != "overhead":
+            out[t] = out[t] * pairs
+    return out
+
+
 def _row(feat: Dict[str, Any], n1: int, n2: int) -> np.ndarray:
     """Design-matrix row for one n1 × n2 call, in seconds per entry."""
-    entries = float(n1) * float(n2)
-    pairs = pairs_per_entry(feat["path"], n1, n2)
-    feat = dict(feat)
-    if "lanes" in feat:   # a small call narrows the lane groups
-        feat["lane_flops"] = feat["flops"] / effective_lanes(feat["lanes"], entries)
-    return np.array([1.0 / entries if t == "overhead" else feat[t] * pairs for t in TERMS[feat["path"]]])
+    call = _call_features(feat, n1, n2)
+    return np.array([1.0 / (float(n1) * float(n2)) if t == "overhead" else call[t] for t in TERMS[feat["path"]]])
 
 
 # ----------------------------------------------------------------------------- fit
@@ -306,17 +313,15 @@ def seconds_per_entry(calibration: Dict[str, Any], kernel_fn: Any, input_shape: 
         notes.append("kernel_fn.cost() has changed since this calibration was fitted; refit it with "
                      "python -m benchmarks --only scaling,costmodel")
     return {"s_per_entry": per_entry, "overhead_s_per_call": overhead, "path": feat["path"],
-            "calibration_dtype": used, "features": feat, "notes": notes}
+            "calibration_dtype": used, "features": feat, "coefficients": coefs, "notes": notes}
 
 
 def predict_call(calibration: Dict[str, Any], kernel_fn: Any, input_shape: Sequence[int], n1: int, n2: int,
                  dtype: str = "float64") -> float:
     """Predicted seconds of one ``kernel_fn(x1, x2)`` call with n1 × n2 entries."""
     p = seconds_per_entry(calibration, kernel_fn, input_shape, dtype)
-    coefs, _, _ = _terms_for(calibration, p["path"], dtype)
-    per_entry = float(_row(p["features"], n1, n2)[:-1] @ np.array(
-        [coefs.get(f"s_per_{t[:-1]}", 0.0) for t in TERMS[p["path"]][:-1]]))
-    return n1 * n2 * per_entry + p["overhead_s_per_call"]
+    per_entry, overhead = _apply(p["coefficients"], p["path"], _call_features(p["features"], n1, n2))
+    return n1 * n2 * per_entry + overhead
 
 
 def save(calibration: Dict[str, Any], path: "str | Path") -> Path:

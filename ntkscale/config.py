@@ -239,10 +239,10 @@ def auto_io_threads(n_workers: Optional[int], threads_per_worker: int, cores: Op
     threads leave a spare core for each worker's writer, else none.
 
     Measured in benchmarks/bench_gram.py (2-core machine, store on disk): one
-    worker with a writer thread on the spare core runs 1.6x faster than
-    without; two workers (no spare core) run as fast without writers as with
-    them (median 5.73 s vs 5.85 s over 15 runs each) and keep one block less
-    in memory per worker.
+    worker with a writer thread on the spare core runs 1.45x faster than
+    without; two workers (no spare core) run no faster with writers (median
+    4.02 s with vs 3.76 s without, 5 runs each) and keep one block less in
+    memory per worker.
     """
     cores = cores or os.cpu_count() or 1
     workers = n_workers or max(1, cores // threads_per_worker)

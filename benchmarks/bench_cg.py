@@ -35,7 +35,7 @@ from common import machine, print_table, save_result  # noqa: E402
 
 from ntkscale import stax  # noqa: E402
 from ntkscale.solvers import GramOperator, TiledCholesky, cg  # noqa: E402
-from ntkscale.solvers.nystrom import nystrom_preconditioner, pivoted_cholesky_preconditioner  # noqa: E402
+from ntkscale.solvers.nystrom import (nystrom_preconditioner, pivoted_cholesky_preconditioner)  # noqa: E402
 
 
 def mnist_ntk(n: int):

@@ -46,7 +46,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from ntkscale import stax  # noqa: E402
-from ntkscale.stax import conv_eval, conv_fast  # noqa: E402
+from ntkscale.stax.engine import reference_image as conv_eval
+from ntkscale.stax.engine import cpu_slab as conv_fast  # noqa: E402
 
 DEFAULT_CONFIGS = ["8:64:64:float64", "8:64:64:float32", "28:32:16:float64", "28:32:16:float32"]
 MYRTLE_CONFIGS = ["8:64:32:float64", "8:64:32:float32", "16:16:8:float64", "16:16:8:float32"]

@@ -108,7 +108,7 @@ def _cpu_s() -> float:
 
 
 def _config(tmp: Path, store: str, block: int, workers: int, memory: str, io_threads: Any):
-    from ntkscale.config import RunConfig
+    from ntkscale.config.run import RunConfig
 
     raw = {"data": {"train": {"x": "x.npy"}}, "kernel": {"layers": LAYERS, "get": list(GET)},
            "store": store, "block_size": block, "dtype": "float32",
@@ -119,8 +119,8 @@ def _config(tmp: Path, store: str, block: int, workers: int, memory: str, io_thr
 
 def _warm(client: Any, cfg: Any, tmp: Path) -> None:
     """Imports and numba JIT in every worker, on a 256-row Gram."""
-    from ntkscale.config import ArraySpec, DataConfig
-    from ntkscale.pipeline import GramPipeline
+    from ntkscale.config.run import ArraySpec, DataConfig
+    from ntkscale.stages.gram import GramPipeline
 
     np.save(tmp / "warm.npy", np.load(tmp / "x.npy", mmap_mode="r", allow_pickle=False)[:256])
     wcfg = cfg.replace(store=str(tmp / "warm.zarr"), block_size=64,
@@ -131,7 +131,7 @@ def _warm(client: Any, cfg: Any, tmp: Path) -> None:
 
 
 def _one_run(client: Any, cfg: Any) -> tuple:
-    from ntkscale.pipeline import GramPipeline
+    from ntkscale.stages.gram import GramPipeline
 
     shutil.rmtree(cfg.store, ignore_errors=True)
     settle()
@@ -173,7 +173,7 @@ def interleaved(tmp: Path, n: int, cfgs: List[Any], repeat: int, x_path: Path) -
     starts and closed after it: clusters kept alive between runs are not idle
     (an idle 2-worker LocalCluster costs ~5 % of this 2-core machine, six of
     them 21 %), which would tax the variants that use every core."""
-    from ntkscale.cluster import open_client
+    from ntkscale.cluster.client import open_client
 
     mem_runs, runs = [], [[] for _ in cfgs]
     startups: List[List[float]] = [[] for _ in cfgs]
@@ -199,7 +199,7 @@ def _rotated(n: int, shift: int) -> List[int]:
 def pipeline_runs(tmp: Path, n: int, block: int, workers: int, memory: str, *, io_threads: Any = "auto",
                   repeat: int = 1, label: str = "") -> Dict[str, Any]:
     """``repeat`` end-to-end runs on one warm cluster; the best one, with all times."""
-    from ntkscale.cluster import open_client
+    from ntkscale.cluster.client import open_client
 
     cfg = _config(tmp, f"run-{label}.zarr", block, workers, memory, io_threads)
     t0 = time.perf_counter()

@@ -93,9 +93,9 @@ def pipeline_check(n_gpus: int, n: int = 16384, d: int = 784) -> dict:
     """The Gram engine on one worker per GPU: end-to-end rate and stored-row parity."""
     import tempfile
 
-    from ntkscale.config import RunConfig
-    from ntkscale.pipeline import GramPipeline
-    from ntkscale.store import GramStore
+    from ntkscale.config.run import RunConfig
+    from ntkscale.stages.gram import GramPipeline
+    from ntkscale.store.gram_store import GramStore
 
     layers = [["Dense", {"W_std": 2 ** 0.5, "b_std": 0.1}], ["Relu", {}]] * 3 + [
         ["Dense", {"W_std": 2 ** 0.5, "b_std": 0.1}]]

@@ -7,7 +7,7 @@ Everything runs on ONE thread (numba, BLAS and OpenMP pinned to 1 before they
 load) and is timed in CPU seconds of this process (``time.process_time``, best
 of ``--repeats``), so the numbers mean "seconds on one core" even on a machine
 shared with other jobs; wall seconds and the load average are recorded too.
-These measurements calibrate ``ntkscale.costmodel``.
+These measurements calibrate ``ntkscale.costs.model``.
 
 Kernels (``kernel_fn(x1, x2, get=("nngp", "ntk"))`` with x1 ≠ x2, n1 × n2
 entries, both kernels in one pass as the Gram engine computes them):
@@ -120,7 +120,7 @@ def record(group: str, label: str, kernel_fn, shape, dtype: str, n1: int, n2: in
            rng: np.random.Generator, **extra) -> Dict[str, Any]:
     x1 = rng.standard_normal((n1,) + tuple(shape)).astype(dtype)
     x2 = rng.standard_normal((n2,) + tuple(shape)).astype(dtype)
-    from ntkscale.costmodel import code_path
+    from ntkscale.costs.model import code_path
 
     path = code_path(kernel_fn, shape)
     t = time_kernel(kernel_fn, x1, x2, repeats)
@@ -136,7 +136,7 @@ def record(group: str, label: str, kernel_fn, shape, dtype: str, n1: int, n2: in
 
 def lanes(kernel_fn, shape, dtype: str) -> int:
     """Pairs the slab kernel processes together (1 on other paths): a call pays for whole groups."""
-    from ntkscale.costmodel import features
+    from ntkscale.costs.model import features
 
     return int(features(kernel_fn, shape, dtype).get("lanes", 1))
 
@@ -150,7 +150,7 @@ def sized(target: float, kernel_fn, shape, dtype: str, rng, n_max: int = 512):
     kernel_fn(a, b, get=GET)
     c = time.process_time()
     kernel_fn(a, b, get=GET)
-    from ntkscale.costmodel import code_path, pairs_per_entry
+    from ntkscale.costs.model import code_path, pairs_per_entry
 
     path = code_path(kernel_fn, shape)
     # (the pooled path also runs each input's self pair: g + 1 more pairs here)

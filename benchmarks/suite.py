@@ -287,9 +287,9 @@ import json, sys
 from pathlib import Path
 import numpy as np
 from ntkscale import stax
-from ntkscale.config import RunConfig
-from ntkscale.pipeline import GramPipeline
-from ntkscale.store import GramStore
+from ntkscale.config.run import RunConfig
+from ntkscale.stages.gram import GramPipeline
+from ntkscale.store.gram_store import GramStore
 tmp = Path(sys.argv[1])
 tmp.mkdir(parents=True, exist_ok=True)
 layers = [["Dense", {"W_std": 2 ** 0.5, "b_std": 0.1}], ["Relu", {}]] * 3 + [["Dense", {"W_std": 2 ** 0.5, "b_std": 0.1}]]
@@ -435,13 +435,13 @@ def _scaling_json(ctx: Ctx) -> Path:
 
 
 def costmodel_cmd(ctx: Ctx) -> List[str]:
-    return [PY, "-m", "ntkscale.costmodel", str(_scaling_json(ctx)), "--out", str(ctx.results / "costmodel_cpu.json"),
+    return [PY, "-m", "ntkscale.costs.model", str(_scaling_json(ctx)), "--out", str(ctx.results / "costmodel_cpu.json"),
             "--plot", str(ctx.plots / "costmodel_fit.png")]
 
 
 def costmodel_read(ctx: Ctx) -> Dict[str, Any]:
     sys.path.insert(0, str(REPO))
-    from ntkscale.costmodel import summary_rows  # noqa: PLC0415
+    from ntkscale.costs.model import summary_rows  # noqa: PLC0415
 
     cal = _load(ctx.results / "costmodel_cpu.json")
     f = cal["fit"]
@@ -469,7 +469,7 @@ def costmodel_read(ctx: Ctx) -> Dict[str, Any]:
 
 
 def projection_cmd(ctx: Ctx) -> List[str]:
-    return [PY, "-m", "ntkscale.projection", "--calibration", str(ctx.results / "costmodel_cpu.json"),
+    return [PY, "-m", "ntkscale.costs.projection", "--calibration", str(ctx.results / "costmodel_cpu.json"),
             "--devices", "1,64", "--json-out", str(ctx.raw / "projection.json")]
 
 

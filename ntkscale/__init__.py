@@ -10,18 +10,16 @@ from typing import Any
 __version__ = "0.1.0"
 
 from . import stax  # noqa: E402
-from .errors import (  # noqa: E402
-    ConfigError, InputError, NotPSDError, NtkscaleError, NumericalWarning, SpecError,
-    SpecMismatchError, UnsupportedOptionError,
-)
+from .errors import (ConfigError, InputError, NotPSDError, NtkscaleError, NumericalWarning,
+    SpecError, SpecMismatchError, UnsupportedOptionError)
 from .estimator import NTKClassifier, NTKRegressor, default_layers  # noqa: E402
 
 _LAZY = {
-    "GramPipeline": "ntkscale.pipeline",
-    "GramStore": "ntkscale.store",
-    "RunPipeline": "ntkscale.run",
-    "load_config": "ntkscale.config",
-    "RunConfig": "ntkscale.config",
+    "GramPipeline": "ntkscale.stages.gram",
+    "GramStore": "ntkscale.store.gram_store",
+    "RunPipeline": "ntkscale.stages.run",
+    "load_config": "ntkscale.config.run",
+    "RunConfig": "ntkscale.config.run",
 }
 
 __all__ = [

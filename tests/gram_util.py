@@ -84,8 +84,8 @@ def snapshot(root: Path) -> Dict[str, str]:
     return out
 
 
-#: ``python -m ntkscale.cli`` would load cli.py twice (as __main__ and as ntkscale.cli).
-CLI = [sys.executable, "-c", "import sys; from ntkscale.cli import main; sys.exit(main())"]
+#: ``python -m ntkscale.cli.main`` would load cli.py twice (as __main__ and as ntkscale.cli.main).
+CLI = [sys.executable, "-c", "import sys; from ntkscale.cli.main import main; sys.exit(main())"]
 
 
 def cli(*args: str, cwd: Optional[Path] = None, env: Optional[Dict[str, str]] = None,
@@ -125,8 +125,8 @@ def wait_for(pred: Callable[[], Any], timeout: float = 60, every: float = 0.1, w
 
 
 def status_json(store: Path) -> Optional[Dict[str, Any]]:
-    from ntkscale.maintenance import status
-    from ntkscale.store import GramStore
+    from ntkscale.store.maintenance import status
+    from ntkscale.store.gram_store import GramStore
 
     if not GramStore.is_store(store):
         return None
@@ -134,6 +134,6 @@ def status_json(store: Path) -> Optional[Dict[str, Any]]:
 
 
 def manifest_keys(store: Path) -> List[str]:
-    from ntkscale.store import Manifest
+    from ntkscale.store.gram_store import Manifest
 
     return sorted(Manifest(store).keys())

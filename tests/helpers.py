@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from ntkscale import stax
-from ntkscale.stax.registry import entry
+from ntkscale.stax.spec import entry
 
 SQRT2 = math.sqrt(2.0)
 

@@ -10,7 +10,8 @@ import scipy.linalg
 import scipy.sparse.linalg
 
 from ntkscale.errors import InputError, NotPSDError, NumericalWarning
-from ntkscale.solvers import GramOperator, MemoryCheckpoint, ZarrCheckpoint, cg, nystrom_preconditioner
+from ntkscale.solvers import (GramOperator, MemoryCheckpoint, ZarrCheckpoint, cg,
+    nystrom_preconditioner)
 
 from .solver_contract import SolverContract, reference, spd
 

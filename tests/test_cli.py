@@ -2,7 +2,7 @@ import subprocess
 import sys
 
 from ntkscale import __version__
-from ntkscale.cli import main
+from ntkscale.cli.main import main
 
 
 def test_version_and_help(capsys):

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from ntkscale.cli import main
+from ntkscale.cli.main import main
 
 from .gram_util import config_dict, make_data, reference, snapshot, write_config
 
@@ -93,7 +93,7 @@ def test_rerun_computes_nothing(done, capsys):
 def test_incomplete_store_export_lists_missing_blocks(tmp_path, capsys):
     import shutil
 
-    from ntkscale.store import Manifest
+    from ntkscale.store.gram_store import Manifest
 
     data = make_data(tmp_path, n=40, m=0, d=4)
     cfg = _cfg(tmp_path, data, kernel={"layers": config_dict(data)["kernel"]["layers"], "get": "ntk"})

@@ -1,14 +1,13 @@
-"""ntkscale.cluster_backends offline: option validation, SLURM job scripts, TLS, GPU pinning."""
+"""ntkscale.cluster.backends offline: option validation, SLURM job scripts, TLS, GPU pinning."""
 
 from __future__ import annotations
 
 import pytest
 
-from ntkscale.cluster_backends import (
-    parse_kubernetes_options, parse_slurm_options, parse_tls_options, security_from_tls,
-    slurm_cluster_kwargs, k8s_quantity)
+from ntkscale.cluster.backends import (parse_kubernetes_options, parse_slurm_options,
+    parse_tls_options, security_from_tls, slurm_cluster_kwargs, k8s_quantity)
 from ntkscale.errors import ConfigError
-from ntkscale.worker_gpu import device_for_worker
+from ntkscale.cluster.gpu import device_for_worker
 
 SLURM = {"kind": "slurm", "jobs": 2, "cores": 4, "processes": 2, "memory": "16GB",
          "walltime": "02:00:00", "partition": "gpu", "account": "myproj", "gpus_per_job": 2,
@@ -71,7 +70,7 @@ def test_slurm_job_script():
         assert line in script, (line, script)
     assert "/opt/venv/bin/python -m distributed.cli.dask_worker" in script
     assert "--nworkers 2" in script and "--nthreads 2" in script
-    assert "--preload ntkscale.worker_gpu" in script
+    assert "--preload ntkscale.cluster.gpu" in script
 
 
 # ----------------------------------------------------------------------------- Kubernetes
@@ -186,7 +185,7 @@ def test_device_for_worker(name, env, expected):
 def test_check_store_visible(tmp_path):
     from distributed import Client, LocalCluster  # noqa: PLC0415
 
-    from ntkscale.cluster_backends import check_store_visible  # noqa: PLC0415
+    from ntkscale.cluster.backends import check_store_visible  # noqa: PLC0415
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
                       dashboard_address=None) as cluster, Client(cluster) as client:
@@ -196,7 +195,7 @@ def test_check_store_visible(tmp_path):
 
 
 def test_check_store_visible_names_the_blind_workers(tmp_path):
-    from ntkscale.cluster_backends import _probe_store, check_store_visible  # noqa: PLC0415
+    from ntkscale.cluster.backends import _probe_store, check_store_visible  # noqa: PLC0415
 
     class Elsewhere:
         """Workers on other machines: one sees another filesystem, one sees nothing."""

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ntkscale.config import RunConfig
+from ntkscale.config.run import RunConfig
 from ntkscale.errors import ConfigError
 
 
@@ -51,8 +51,8 @@ def test_tls_section(base, tmp_path):
 
 def test_tls_local_cluster_runs_gram_over_tls(base):
     """`tls: {temporary: true}` puts the local cluster on tls:// and the Gram is the same."""
-    from ntkscale.pipeline import GramPipeline
-    from ntkscale.store import GramStore
+    from ntkscale.stages.gram import GramPipeline
+    from ntkscale.store.gram_store import GramStore
     from ntkscale import stax
 
     x = np.random.default_rng(0).standard_normal((20, 3))
@@ -96,7 +96,7 @@ def test_local_gpus_parse_and_refusals(base, monkeypatch):
 def test_local_gpu_workers_each_see_their_own_device(base):
     """Real worker processes: worker i keeps only gpus[i] in CUDA_VISIBLE_DEVICES
     (set by the preload before anything could initialise CUDA)."""
-    from ntkscale.cluster import open_client
+    from ntkscale.cluster.client import open_client
 
     cfg = _config(base, cluster={"kind": "local", "gpus": [3, 5], "memory_limit": "1GiB",
                                  "dashboard_address": ":0"})

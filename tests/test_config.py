@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from ntkscale.config import (AddressClusterConfig, LocalClusterConfig, RunConfig, load_config,
-                             parse_memory)
+from ntkscale.config.run import (AddressClusterConfig, LocalClusterConfig, RunConfig, load_config,
+    parse_memory)
 from ntkscale.errors import ConfigError
 
 from .gram_util import config_dict, make_data, write_config
@@ -88,7 +88,7 @@ def test_address_cluster_and_scheduler_file(tmp_path, data):
 
 
 def test_solver_and_task_sections_are_typed_and_frozen(tmp_path, data):
-    # the sections are validated by ntkscale.solver_config (more in tests/test_run_config.py)
+    # the sections are validated by ntkscale.config.solver (more in tests/test_run_config.py)
     raw = config_dict(data, solver={"method": "cg", "tol": 1e-6, "ridge": [0.1, 1.0]}, task="regression")
     cfg = RunConfig.from_mapping(raw, tmp_path)
     assert cfg.solver.method == "cg" and cfg.solver.ridge == (0.1, 1.0) and cfg.task == "regression"
@@ -119,7 +119,7 @@ def test_empty_and_malformed_files(tmp_path):
 
 
 def test_io_threads_auto_uses_spare_cores_only(tmp_path, data):
-    from ntkscale.config import auto_io_threads
+    from ntkscale.config.run import auto_io_threads
 
     assert auto_io_threads(2, 1, cores=2) == 0          # every core computes
     assert auto_io_threads(1, 1, cores=2) == 1          # a spare core for the writer

@@ -15,7 +15,8 @@ import pytest
 
 from ntkscale import stax
 from ntkscale.errors import InputError, SpecError, UnsupportedOptionError
-from ntkscale.stax import conv_eval, conv_fast
+from ntkscale.stax.engine import reference_image as conv_eval
+from ntkscale.stax.engine import cpu_slab as conv_fast
 
 REFERENCE = Path(__file__).parent / "reference" / "nt_reference.npz"
 EXTRA = Path(__file__).parent / "reference" / "nt_conv_extra.npz"  # generate_nt_conv_extra.py

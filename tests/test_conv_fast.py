@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from ntkscale import stax
-from ntkscale.stax import conv_eval, conv_fast
-from ntkscale.stax.activations import ErfImpl, ReluImpl, LeakyReluImpl
+from ntkscale.stax.engine import reference_image as conv_eval
+from ntkscale.stax.engine import cpu_slab as conv_fast
+from ntkscale.stax.layers.activations import ErfImpl, ReluImpl, LeakyReluImpl
 
 ACTS = [stax.Relu(), stax.LeakyRelu(0.2), stax.Abs(), stax.ABRelu(-0.3, 1.2), stax.Erf(),
         stax.Erf(0.7, 1.3, 0.2), stax.Identity()]

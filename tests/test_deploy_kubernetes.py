@@ -24,9 +24,8 @@ kubernetes_validate = pytest.importorskip("kubernetes_validate")
 dask_kubernetes = pytest.importorskip("dask_kubernetes")
 jsonschema = pytest.importorskip("jsonschema")
 
-from ntkscale.cluster_backends import (  # noqa: E402
-    kubernetes_cluster_spec, parse_kubernetes_options)
-from ntkscale.config import RunConfig  # noqa: E402
+from ntkscale.cluster.backends import kubernetes_cluster_spec, parse_kubernetes_options
+from ntkscale.config.run import RunConfig  # noqa: E402
 
 #: Kubernetes version whose JSON schemas ship in kubernetes-validate (>=1.31).
 K8S_VERSION = "1.31.0"

@@ -7,7 +7,8 @@ import pytest
 from sklearn.base import clone
 from sklearn.utils.estimator_checks import check_estimator
 
-from ntkscale import NotPSDError, NTKClassifier, NTKRegressor, NumericalWarning, default_layers, stax
+from ntkscale import (NotPSDError, NTKClassifier, NTKRegressor, NumericalWarning, default_layers,
+    stax)
 from ntkscale.solvers.dense import cho_factor_with_jitter, solve_psd
 
 from .helpers import fc_relu

@@ -11,10 +11,10 @@ import numpy as np
 import psutil
 import pytest
 
-from ntkscale.cli import main
-from ntkscale.maintenance import verify
-from ntkscale.schedule import FAULT_DELAY_ENV
-from ntkscale.store import GramStore
+from ntkscale.cli.main import main
+from ntkscale.store.maintenance import verify
+from ntkscale.gram.schedule import FAULT_DELAY_ENV
+from ntkscale.store.gram_store import GramStore
 
 from .gram_util import (LAYERS, cli, config_dict, kill_group, make_data, reference,
                         snapshot, start_cli, status_json, wait_for, write_config)
@@ -48,8 +48,8 @@ def world(tmp_path_factory):
     so the reference and the subprocess runs must agree bit for bit."""
     from threadpoolctl import threadpool_limits
 
-    from ntkscale.config import RunConfig
-    from ntkscale.pipeline import GramPipeline
+    from ntkscale.config.run import RunConfig
+    from ntkscale.stages.gram import GramPipeline
 
     tmp = tmp_path_factory.mktemp("faults")
     data = make_data(tmp, n=72, m=20, d=8)

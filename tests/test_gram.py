@@ -6,12 +6,12 @@ import os
 import numpy as np
 import pytest
 
-from ntkscale.cluster import WORKER_ENV
-from ntkscale.config import RunConfig
+from ntkscale.cluster.client import WORKER_ENV
+from ntkscale.config.run import RunConfig
 from ntkscale.errors import InputError, SpecMismatchError
-from ntkscale.maintenance import status, verify
-from ntkscale.pipeline import GramPipeline
-from ntkscale.store import GramStore, Manifest, StoreError
+from ntkscale.store.maintenance import status, verify
+from ntkscale.stages.gram import GramPipeline
+from ntkscale.store.gram_store import GramStore, Manifest, StoreError
 
 from .gram_util import LAYERS, config_dict, make_data, reference, snapshot
 

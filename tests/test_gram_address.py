@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from ntkscale.cli import main
-from ntkscale.cluster import WORKER_ENV
-from ntkscale.store import GramStore
+from ntkscale.cli.main import main
+from ntkscale.cluster.client import WORKER_ENV
+from ntkscale.store.gram_store import GramStore
 
 from .gram_util import cli, config_dict, make_data, reference, wait_for, write_config
 

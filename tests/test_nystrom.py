@@ -7,7 +7,7 @@ import pytest
 
 from ntkscale.errors import InputError
 from ntkscale.solvers import (GramOperator, build_preconditioner, cg, nystrom_preconditioner,
-                              pivoted_cholesky_preconditioner)
+    pivoted_cholesky_preconditioner)
 from ntkscale.solvers.nystrom import LowRankPreconditioner, pivoted_cholesky
 
 from .solver_contract import spd

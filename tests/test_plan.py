@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ntkscale.plan import (BLOCK_QUANTUM, block_size_for_memory, choose_block_size, chunk_shape,
-                           describe, make_plan, n_gram_blocks)
+from ntkscale.gram.plan import (BLOCK_QUANTUM, block_size_for_memory, choose_block_size,
+    chunk_shape, describe, make_plan, n_gram_blocks)
 
 
 @settings(max_examples=60, deadline=None)
@@ -80,7 +80,7 @@ def test_bad_sizes():
 
 
 def test_blocks_are_submitted_largest_first():
-    from ntkscale.schedule import block_cost, submission_order
+    from ntkscale.gram.schedule import block_cost, submission_order
 
     plan = make_plan(10, 7, 4)          # ragged train and test grids, diagonal segments
     order = submission_order(plan.blocks)

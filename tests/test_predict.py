@@ -9,7 +9,7 @@ import zarr
 
 from ntkscale import stax
 from ntkscale.errors import InputError
-from ntkscale.predict import nngp_posterior_variance, ntk_posterior_variance, predict
+from ntkscale.predict.blocked import nngp_posterior_variance, ntk_posterior_variance, predict
 from ntkscale.solvers import GramOperator, relative_ridges, select_ridge, solve, validation_split
 from ntkscale.targets import encode_targets, r2
 

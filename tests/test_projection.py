@@ -1,13 +1,15 @@
-"""Cost model fit and the shapes-only projection (ntkscale.costmodel, ntkscale.projection)."""
+"""Cost model fit and the shapes-only projection (ntkscale.costs.model, ntkscale.costs.projection)."""
 
 import json
 
 import numpy as np
 import pytest
 
-from ntkscale import NtkscaleError, costmodel, default_layers, stax
-from ntkscale.cli import main as cli_main
-from ntkscale.projection import CalibrationError, _grid_work, cifar10_table, project, resolve_net
+from ntkscale import NtkscaleError, default_layers, stax
+from ntkscale.costs import model as costmodel
+from ntkscale.cli.main import main as cli_main
+from ntkscale.costs.projection import (CalibrationError, _grid_work, cifar10_table, project,
+    resolve_net)
 
 TRUE = {"flat": {"s_per_input_flop": 2e-11, "s_per_layer_flop": 1.5e-10, "s_per_byte": 1e-10,
                  "overhead_s_per_call": 4e-4},
@@ -95,7 +97,7 @@ def test_project_names_and_errors(calibration, monkeypatch, tmp_path):
     with pytest.raises(NtkscaleError, match="unknown net"):
         project(10, (8, 8, 3), "resnet50", "cpu", 1, "float32", calibration)
     monkeypatch.setenv("NTKSCALE_CALIBRATION_DIR", str(tmp_path / "none"))
-    monkeypatch.setattr("ntkscale.projection.CALIBRATION_DIRS", [])
+    monkeypatch.setattr("ntkscale.costs.projection.CALIBRATION_DIRS", [])
     with pytest.raises(CalibrationError, match="no GPU calibration"):
         project(50000, (32, 32, 3), "myrtle5", "gpu", 8, "float64")
     with pytest.raises(CalibrationError, match="measured on a CPU"):
@@ -129,7 +131,7 @@ def test_projection_says_when_cost_changed(calibration):
 
 
 def test_plan_takes_shapes_instead_of_a_config(capsys):
-    from ntkscale.cli import main
+    from ntkscale.cli.main import main
 
     assert main(["plan", "--n", "1000", "--input-shape", "784", "--net", "fc3", "--devices", "2"]) == 0
     assert "core-hours" in capsys.readouterr().out

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ntkscale.report import (plot_cg_residuals, plot_metric_vs_ridge, plot_spectrum, spectrum_estimate,
-                             write_report)
+from ntkscale.report import (plot_cg_residuals, plot_metric_vs_ridge, plot_spectrum,
+    spectrum_estimate, write_report)
 from ntkscale.solvers import GramOperator, cg
 
 from .solver_contract import spd

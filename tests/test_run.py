@@ -8,11 +8,11 @@ import shutil
 import numpy as np
 import pytest
 
-from ntkscale.cli import main
-from ntkscale.config import RunConfig, load_config
+from ntkscale.cli.main import main
+from ntkscale.config.run import RunConfig, load_config
 from ntkscale.errors import ConfigError, InputError
-from ntkscale.run import RunPipeline
-from ntkscale.store import GramStore, StoreError
+from ntkscale.stages.run import RunPipeline
+from ntkscale.store.gram_store import GramStore, StoreError
 
 from .run_util import blobs, last_json, run_config, write
 

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from ntkscale.config import load_config
-from ntkscale.run import RunPipeline
-from ntkscale.store import GramStore
+from ntkscale.config.run import load_config
+from ntkscale.stages.run import RunPipeline
+from ntkscale.store.gram_store import GramStore
 
 from .run_util import blobs, run_config, write
 
@@ -27,7 +27,7 @@ def slow(self, x):
     time.sleep(0.03)
     return orig(self, x)
 o.GramOperator._matmat = slow
-from ntkscale.cli import main
+from ntkscale.cli.main import main
 sys.exit(main(["run", sys.argv[1], "--json"]))
 """
 

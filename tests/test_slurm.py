@@ -23,8 +23,7 @@ dask_jobqueue = pytest.importorskip("dask_jobqueue")
 psutil = pytest.importorskip("psutil")
 
 from ntkscale import stax  # noqa: E402
-from ntkscale.cluster_backends import (  # noqa: E402
-    check_store_visible, make_slurm_cluster, parse_slurm_options)
+from ntkscale.cluster.backends import check_store_visible, make_slurm_cluster, parse_slurm_options
 
 HOW_TO_START = "run `deploy/slurm/local-slurm.sh up` (as root) to boot a local single-node SLURM"
 
@@ -200,7 +199,7 @@ def test_tls_between_driver_and_slurm_workers(partition, tmp_path):
     from distributed import Client  # noqa: PLC0415
     from distributed.security import Security  # noqa: PLC0415
 
-    from ntkscale.cluster_backends import security_from_tls  # noqa: PLC0415
+    from ntkscale.cluster.backends import security_from_tls  # noqa: PLC0415
 
     pytest.importorskip("cryptography")
     made = Security.temporary()
@@ -232,9 +231,9 @@ def test_tls_between_driver_and_slurm_workers(partition, tmp_path):
 def test_gram_pipeline_with_cluster_kind_slurm(partition, tmp_path):
     """`cluster: {kind: slurm}` in a run config: the Gram pipeline submits its own
     SLURM jobs, computes every block there, and equals the in-memory kernel."""
-    from ntkscale.config import RunConfig  # noqa: PLC0415
-    from ntkscale.pipeline import GramPipeline  # noqa: PLC0415
-    from ntkscale.store import GramStore  # noqa: PLC0415
+    from ntkscale.config.run import RunConfig  # noqa: PLC0415
+    from ntkscale.stages.gram import GramPipeline  # noqa: PLC0415
+    from ntkscale.store.gram_store import GramStore  # noqa: PLC0415
 
     rng = np.random.default_rng(3)
     x = rng.standard_normal((50, 6))
@@ -261,9 +260,9 @@ def test_run_solves_on_the_slurm_workers(partition, tmp_path):
     """`ntkscale run` with `cluster: {kind: slurm}`: one SLURM cluster serves the Gram
     and the solver (products: auto -> on the cluster for a non-local kind): CG
     products and predictions equal those of a solve in the driver."""
-    from ntkscale.config import RunConfig  # noqa: PLC0415
-    from ntkscale.run import RunPipeline  # noqa: PLC0415
-    from ntkscale.store import GramStore  # noqa: PLC0415
+    from ntkscale.config.run import RunConfig  # noqa: PLC0415
+    from ntkscale.stages.run import RunPipeline  # noqa: PLC0415
+    from ntkscale.store.gram_store import GramStore  # noqa: PLC0415
 
     rng = np.random.default_rng(4)
     centres = rng.standard_normal((2, 5)) * 2

@@ -11,10 +11,10 @@ import pytest
 
 from ntkscale import stax
 from ntkscale.errors import SpecMismatchError
-from ntkscale.lock import StoreBusyError, StoreLock, lock_holder
-from ntkscale.plan import make_plan
-from ntkscale.store import (FORMAT_VERSION, GramStore, Manifest, StoreError, block_token,
-                            check_compatible, write_block)
+from ntkscale.store.lock import StoreBusyError, StoreLock, lock_holder
+from ntkscale.gram.plan import make_plan
+from ntkscale.store.gram_store import (FORMAT_VERSION, GramStore, Manifest, StoreError,
+    block_token, check_compatible, write_block)
 
 from .gram_util import LAYERS
 
@@ -195,7 +195,7 @@ def test_compatibility_add_test_and_get_superset(tmp_path):
 
 
 def test_lock_refuses_a_second_holder_and_names_it(tmp_path):
-    from ntkscale.maintenance import status
+    from ntkscale.store.maintenance import status
 
     root = tmp_path / "s.zarr"
     with StoreLock(root, command="ntkscale gram a.yaml"):
@@ -214,7 +214,7 @@ def test_lock_of_a_killed_process_does_not_block(tmp_path):
     root = tmp_path / "s.zarr"
     code = textwrap.dedent(f"""
         import sys, time
-        from ntkscale.lock import StoreLock
+        from ntkscale.store.lock import StoreLock
         StoreLock({str(root)!r}).acquire()
         print("locked", flush=True)
         time.sleep(60)
@@ -239,7 +239,7 @@ def test_lock_of_a_killed_process_does_not_block(tmp_path):
 
 @pytest.mark.parametrize("shape", [(1, 1), (5, 3), (300, 700), (513, 257)])
 def test_tiled_transpose(shape):
-    from ntkscale.store import transpose
+    from ntkscale.store.gram_store import transpose
 
     a = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     t = transpose(a, tile=128)

@@ -17,7 +17,7 @@ from .cg import CGInfo, cg
 from .checkpoint import MemoryCheckpoint, ZarrCheckpoint
 from .cholesky import TiledCholesky, cholesky_solve, tiled_cholesky
 from .nystrom import (LowRankPreconditioner, build_preconditioner, nystrom_preconditioner,
-                      pivoted_cholesky_preconditioner)
+    pivoted_cholesky_preconditioner)
 from .operator import GramOperator, as_operator, choose_mode, make_operator
 from .record import load_solution, save_solution
 from .ridge import RidgeSelection, select_ridge, validation_split

@@ -4,13 +4,14 @@ Change ``from neural_tangents import stax`` to ``from ntkscale import stax``:
 the same layer names, keywords, defaults and numbers.
 """
 
-from .activations import ABRelu, Abs, Erf, Gelu, Identity, LeakyRelu, Relu, Sin
-from .conv import Conv
-from .dense import Dense
-from .network import ApplyFn, InitFn, Kernel, KernelFn, Layer, from_spec, kernel_fn_from_spec, serial
-from .pooling import AvgPool, Flatten, GlobalAvgPool
+from .layers.activations import ABRelu, Abs, Erf, Gelu, Identity, LeakyRelu, Relu, Sin
+from .layers.conv import Conv
+from .layers.dense import Dense
+from .network import (ApplyFn, InitFn, Kernel, KernelFn, Layer, from_spec, kernel_fn_from_spec,
+    serial)
+from .layers.pooling import AvgPool, Flatten, GlobalAvgPool
 from . import presets  # noqa: E402  (stax.presets.myrtle, stax.presets.cntk)
-from .registry import canonical_spec, layer_names, spec_hash, spec_to_json
+from .spec import canonical_spec, layer_names, spec_hash, spec_to_json
 
 __all__ = [
     "ABRelu", "Abs", "ApplyFn", "AvgPool", "Conv", "Dense", "Erf", "Flatten", "Gelu",

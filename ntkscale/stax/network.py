@@ -15,10 +15,10 @@ from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tu
 import numpy as np
 
 from ..errors import InputError, SpecError
-from . import registry
+from . import spec as registry
 from .inputs import validate_pair
-from .layer import LayerImpl
-from .registry import Spec
+from .layers.base import LayerImpl
+from .spec import Spec
 from .state import KernelState
 
 GET_NAMES = ("nngp", "ntk")
@@ -145,7 +145,7 @@ class KernelFn(_Bound):
                  memory_budget: Optional[int] = None, fast: bool = True) -> Any:
         names, form = parse_get(get)
         x1, x2v, xp = self._validate(x1, x2)
-        from .evaluate import evaluate  # noqa: PLC0415 (avoid import cycle)
+        from .engine.reference import evaluate  # noqa: PLC0415 (avoid import cycle)
 
         out = evaluate(self._layers, x1, x2v, xp, want_ntk="ntk" in names,
                        memory_budget=memory_budget, fast=fast)
@@ -156,7 +156,7 @@ class KernelFn(_Bound):
         without the n² work (posterior variances need it)."""
         names, form = parse_get(get)
         x, _, xp = self._validate(x, None)
-        from .evaluate import evaluate_diagonal  # noqa: PLC0415
+        from .engine.reference import evaluate_diagonal  # noqa: PLC0415
 
         out = evaluate_diagonal(self._layers, x, xp, want_ntk="ntk" in names)
         return _package(out, names, form)
@@ -164,7 +164,7 @@ class KernelFn(_Bound):
     def cost(self, input_shape: Sequence[int]) -> Dict[str, float]:
         """Flops and bytes per kernel entry for per-example ``input_shape``
         (the planner sizes blocks from it)."""
-        from .evaluate import cost_per_entry  # noqa: PLC0415
+        from .engine.reference import cost_per_entry  # noqa: PLC0415
 
         return cost_per_entry(self._layers, tuple(int(s) for s in input_shape))
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 from typing import Optional, Tuple
 
-from .activations import Relu
-from .conv import Conv
-from .dense import Dense
+from .layers.activations import Relu
+from .layers.conv import Conv
+from .layers.dense import Dense
 from .network import Layer, serial
-from .pooling import AvgPool, Flatten, GlobalAvgPool
+from .layers.pooling import AvgPool, Flatten, GlobalAvgPool
 
 SQRT2 = math.sqrt(2.0)
 

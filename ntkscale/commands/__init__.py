@@ -1,1 +1,0 @@
-"""CLI subcommands; each module registers its commands with ``ntkscale.cli.command``."""

@@ -1,0 +1,42 @@
+"""Compute one Gram tile or one diagonal segment (pure: no Dask, no I/O).
+
+The kernel engine runs on the array namespace it is given (NumPy, or CuPy on
+a GPU worker); results always come back as C-contiguous NumPy arrays in the
+run's dtype, keyed by kernel name (``"nngp"``, ``"ntk"``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+
+from ..backend import is_numpy_namespace, to_numpy
+
+
+def _to_backend(x: Any, dtype: str, xp: Any) -> Any:
+    x = np.asarray(x, dtype=dtype)
+    return x if is_numpy_namespace(xp) else xp.asarray(x)
+
+
+def _to_host(out: Sequence[Any], get: Sequence[str], dtype: str) -> Dict[str, np.ndarray]:
+    return {name: np.ascontiguousarray(to_numpy(a), dtype=dtype) for name, a in zip(get, out, strict=True)}
+
+
+def compute_block(kernel_fn: Any, x_rows: Any, x_cols: Optional[Any], *, get: Sequence[str],
+                  dtype: str, xp: Any, memory_budget: Optional[int] = None) -> Dict[str, np.ndarray]:
+    """``kernel_fn(x_rows, x_cols)`` for every name in ``get``.
+
+    ``x_cols=None`` is a diagonal block of a symmetric Gram (x2 = x1): the
+    engine then treats the pairs (i, i) as exactly parallel.
+    """
+    x1 = _to_backend(x_rows, dtype, xp)
+    x2 = None if x_cols is None else _to_backend(x_cols, dtype, xp)
+    out = kernel_fn(x1, x2, get=tuple(get), memory_budget=memory_budget)
+    return _to_host(out, get, dtype)
+
+
+def compute_diag(kernel_fn: Any, x: Any, *, get: Sequence[str], dtype: str, xp: Any) -> Dict[str, np.ndarray]:
+    """``k(x_i, x_i)`` for every row and every name in ``get``."""
+    out = kernel_fn.diag(_to_backend(x, dtype, xp), get=tuple(get))
+    return _to_host(out, get, dtype)

@@ -1,0 +1,358 @@
+"""The Gram pipeline: config -> validated inputs -> store -> plan -> blocks.
+
+Python API (the CLI maps onto it one to one)::
+
+    from ntkscale.config.run import load_config
+    from ntkscale.stages.gram import GramPipeline, repair
+    from ntkscale.store.gram_store import GramStore
+
+    pipe = GramPipeline(load_config("config.yaml"))
+    pipe.describe()                 # the plan, as `ntkscale plan` prints it (no Dask)
+    report = pipe.run()             # computes only what the store is missing
+    store = GramStore.open(report.store)
+    K = store.train_array("ntk")[...]
+
+A run validates the config and every input first (before any work), refuses
+an incompatible store without touching it, takes the store's lock, copies the
+inputs in, and submits one Dask task per missing block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Dict, List, Optional, TextIO
+
+import numpy as np
+
+from .. import __version__
+from ..cluster.client import dashboard_link, open_client, total_threads
+from ..config.run import AddressClusterConfig, LocalClusterConfig, RunConfig
+from ..data import InputSet, load_inputs
+from ..errors import NtkscaleError
+from ..store.lock import StoreLock
+from ..gram.plan import Plan, choose_block_size, describe, effective_block_size, make_plan
+from ..gram.schedule import Job, Progress, run_blocks
+from ..store.gram_store import (DEFAULT_CHECKSUM, FORMAT_VERSION, GramStore, StoreError,
+    block_token, check_compatible, now)
+
+#: Per-task memory when neither the config nor the cluster says (address clusters).
+DEFAULT_TASK_MEMORY = 2 << 30
+#: How long a run waits for the first worker of an existing cluster.
+WAIT_FOR_WORKERS_S = 120
+
+
+class BlockFailedError(NtkscaleError):
+    """Some blocks failed after retries; the finished ones are kept."""
+
+
+@dataclasses.dataclass
+class RunReport:
+    """What a run did (``GramPipeline.run`` and ``repair``)."""
+
+    store: str
+    blocks_total: int
+    blocks_done_before: int
+    blocks_computed: int
+    seconds: float
+    entries_computed: int = 0
+    stored_bytes: int = 0
+    task_seconds: float = 0.0     # read + compute + write, summed over blocks
+    compute_seconds: float = 0.0  # kernel time alone, summed over blocks
+    blocks_seconds: float = 0.0   # wall time from the first submit to the last block
+    slots: int = 0
+    dashboard: Optional[str] = None
+    run_id: str = ""
+    records: List[Dict[str, Any]] = dataclasses.field(default_factory=list, repr=False)
+
+    def summary(self) -> str:
+        rate = self.entries_computed / self.seconds if self.seconds else 0.0
+        return (f"{self.store}: computed {self.blocks_computed} blocks, {self.blocks_done_before} were "
+                f"already finished ({self.blocks_total} in all) in {self.seconds:.1f} s "
+                f"({rate:.3g} entries/s)")
+
+
+def task_memory(config: RunConfig) -> int:
+    """Memory budget of one block task, for planning."""
+    if config.memory_budget:
+        return config.memory_budget
+    c = config.cluster
+    if isinstance(c, LocalClusterConfig):
+        per_worker = c.threads_per_worker + c.io_threads   # blocks alive at once per worker
+        if c.memory_limit:
+            return c.memory_limit // per_worker
+        import psutil  # noqa: PLC0415
+
+        n_workers = max(1, c.slots // c.threads_per_worker)
+        return int(psutil.virtual_memory().total * 0.8) // (n_workers * per_worker)
+    return DEFAULT_TASK_MEMORY
+
+
+def io_threads(config: RunConfig) -> int:
+    """Threads per worker that write finished blocks instead of computing."""
+    return int(getattr(config.cluster, "io_threads", 0) or 0)
+
+
+def planned_slots(config: RunConfig) -> int:
+    c = config.cluster
+    if isinstance(c, LocalClusterConfig):
+        return c.slots
+    if isinstance(c, AddressClusterConfig) and c.slots:
+        return c.slots
+    return getattr(c, "slots", None) or 1
+
+
+class GramPipeline:
+    """Compute a run's Gram store. ``recompute_test`` replaces a store's test
+    part made from other test inputs; ``replace_y`` stores changed labels."""
+
+    def __init__(self, config: RunConfig, *, recompute_test: bool = False, replace_y: bool = False,
+                 progress: bool = True, stream: Optional[TextIO] = None):
+        self.config = config
+        self.recompute_test, self.replace_y = recompute_test, replace_y
+        self.progress, self.stream = progress, stream
+        self.kernel_fn = config.kernel.kernel_fn()
+        self._inputs: Optional[Dict[str, InputSet]] = None
+
+    # -- validation and planning (no Dask) ------------------------------------
+    def inputs(self) -> Dict[str, InputSet]:
+        """Open, check and fingerprint every input (once)."""
+        if self._inputs is None:
+            self._inputs = load_inputs(self.config.data, self.kernel_fn)
+        return self._inputs
+
+    def wanted(self) -> Dict[str, Any]:
+        sets = self.inputs()
+        return {
+            "spec": self.kernel_fn.spec, "spec_hash": self.kernel_fn.spec_hash,
+            "dtype": self.config.dtype, "get": list(self.config.kernel.get),
+            "fingerprints": {k: s.fingerprints() for k, s in sets.items()},
+            "sources": {k: s.sources() for k, s in sets.items()},
+            "n_train": sets["train"].n, "n_test": sets["test"].n if "test" in sets else 0,
+            "sample_shape": list(sets["train"].sample_shape),
+        }
+
+    def _existing_store(self) -> Optional[GramStore]:
+        path = Path(self.config.store)
+        if GramStore.is_store(path):
+            return GramStore.open(path, "r")
+        if path.exists() and (not path.is_dir() or set(os.listdir(path)) - {"lock"}):
+            raise StoreError(f"store: {path} exists and is not a Gram store; choose another path")
+        return None
+
+    def block_size(self, n_train: int, n_test: int) -> int:
+        if self.config.block_size:
+            return effective_block_size(self.config.block_size, n_train, n_test)
+        return choose_block_size(n_train, n_test, itemsize=np.dtype(self.config.dtype).itemsize,
+                                 n_kernels=len(self.config.kernel.get),
+                                 memory_per_task=task_memory(self.config), slots=planned_slots(self.config))
+
+    def plan(self) -> Plan:
+        """The block plan; an existing store's block size (and test set) win."""
+        want = self.wanted()
+        store = self._existing_store()
+        if store is not None:
+            check_compatible(store, want, recompute_test=self.recompute_test, replace_y=self.replace_y)
+            return make_plan(want["n_train"], want["n_test"] or store.n_test, store.block_size)
+        return make_plan(want["n_train"], want["n_test"], self.block_size(want["n_train"], want["n_test"]))
+
+    def describe(self) -> Dict[str, Any]:
+        plan = self.plan()
+        store = self._existing_store()
+        done = store.manifest.keys() if store is not None else ()
+        shape = self.inputs()["train"].sample_shape
+        flops = float(self.kernel_fn.cost(shape)["flops"])
+        out = describe(plan, np.dtype(self.config.dtype).itemsize, self.config.kernel.get, flops, done)
+        out.update(store=self.config.store, store_exists=store is not None, flops_per_entry=flops,
+                   task_memory=task_memory(self.config), slots=planned_slots(self.config))
+        return out
+
+    # -- running ---------------------------------------------------------------
+    def _prepare(self) -> GramStore:
+        """Under the lock: create or check the store, copy missing inputs."""
+        want = self.wanted()
+        sets = self.inputs()
+        existing = self._existing_store()
+        if existing is None:
+            meta = dict(want, format_version=FORMAT_VERSION, ntkscale_version=__version__, created=now(),
+                        block_size=self.block_size(want["n_train"], want["n_test"]),
+                        checksum=DEFAULT_CHECKSUM)
+            store = GramStore.create(self.config.store, meta)
+            store.create_part_arrays("train")
+            if want["n_test"]:
+                store.create_part_arrays("test")
+        else:
+            actions = check_compatible(existing, want, recompute_test=self.recompute_test,
+                                       replace_y=self.replace_y)
+            store = GramStore.open(self.config.store, "r+")
+            if self.config.block_size and self.block_size(store.n_train, store.n_test) != store.block_size:
+                self._say(f"using the store's block size {store.block_size} (the config says "
+                          f"{self.config.block_size})")
+            if "drop-test" in actions:
+                self._say(f"recomputing the test part of {store.path} (new test inputs)")
+                store.drop_part("test")
+            if "drop-test" in actions or "add-test" in actions:
+                fps, src = dict(store.meta["fingerprints"]), dict(store.meta.get("sources") or {})
+                fps["test"], src["test"] = want["fingerprints"]["test"], want["sources"]["test"]
+                store.set_meta(n_test=want["n_test"], fingerprints=fps, sources=src)
+                store.create_part_arrays("test")
+            for which in ("train", "test"):
+                if f"replace-y-{which}" in actions:
+                    store.write_inputs(which, None, sets[which].y)
+                    fps = dict(store.meta["fingerprints"])
+                    fps[which] = dict(fps[which], y=want["fingerprints"][which]["y"])
+                    store.set_meta(fingerprints=fps)
+        store.remove_partial_writes()        # chunk writes cut short by a killed run
+        for part in ("train", "test") if store.n_test else ("train",):
+            store.ensure_part_arrays(part)   # a run killed while creating the store
+        keys = store.manifest.keys()
+        for which, s in sets.items():
+            if f"inputs-{which}" not in keys:
+                store.write_inputs(which, s.x, s.y)
+                store.manifest.put(f"inputs-{which}", {"fingerprints": s.fingerprints(), "finished": now()})
+        return store
+
+    def run(self, client: Any = None) -> RunReport:
+        """Compute every block the store is missing; returns a :class:`RunReport`."""
+        t0 = time.perf_counter()
+        self.inputs()  # every input is checked before any work starts
+        if self._existing_store() is not None:
+            self.plan()  # an incompatible store is refused before the lock: it stays untouched
+        run_id = uuid.uuid4().hex[:12]
+        with StoreLock(self.config.store, extra={"run_id": run_id}):
+            store = self._prepare()
+            job = Job(store=str(store.path), spec_json=self.config.kernel.spec_json, get=store.kinds,
+                      dtype=store.dtype, backend=self.config.backend,
+                      checksum=store.meta.get("checksum", DEFAULT_CHECKSUM),
+                      memory_budget=task_memory(self.config) // 2, run_id=run_id,
+                      io_threads=io_threads(self.config))
+            report = compute_missing(store, job, self.config.cluster, client=client,
+                                     progress=self.progress, stream=self.stream,
+                                     security=_security(self.config))
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def _say(self, message: str) -> None:
+        if self.progress:
+            print(message, file=self.stream or sys.stderr, flush=True)
+
+
+def _security(config: RunConfig) -> Any:
+    """``tls:`` -> ``distributed.security.Security`` (None without a tls section)."""
+    if config.tls is None:
+        return None
+    from ..cluster.backends import security_from_tls  # noqa: PLC0415
+
+    return security_from_tls(config.tls)
+
+
+def wait_until_ready(client: Any, store_path: Any) -> None:
+    """A remote cluster is usable: a worker has joined (within ``WAIT_FOR_WORKERS_S``)
+    and every worker sees the store at ``store_path`` (fail fast, naming them)."""
+    try:
+        client.wait_for_workers(1, timeout=WAIT_FOR_WORKERS_S)
+    except (TimeoutError, OSError) as exc:
+        raise NtkscaleError(f"no Dask worker joined the scheduler within {WAIT_FOR_WORKERS_S} s "
+                            f"({type(exc).__name__}); start workers with `dask worker ADDRESS`") from None
+    from ..cluster.backends import check_store_visible  # noqa: PLC0415
+
+    check_store_visible(client, store_path)
+
+
+def compute_missing(store: GramStore, job: Job, cluster: Any, *, client: Any = None,
+                    progress: bool = True, stream: Optional[TextIO] = None,
+                    security: Any = None) -> RunReport:
+    """Submit every block without a valid manifest entry (the caller holds the lock)."""
+    t0 = time.perf_counter()
+    plan = store.plan()
+    records = store.manifest.records()
+    tokens = {b.key: block_token(store.meta, b) for b in plan.blocks}
+    pending = [b for b in plan.blocks if (records.get(b.key) or {}).get("token") != tokens[b.key]]
+    report = RunReport(str(store.path), plan.n_blocks, plan.n_blocks - len(pending), 0, 0.0,
+                       run_id=job.run_id)
+    stream = stream or sys.stderr
+    say = (lambda m: print(m, file=stream, flush=True)) if progress else (lambda m: None)
+    if not pending:
+        say(f"{store.path}: all {plan.n_blocks} blocks are already finished")
+        report.seconds = time.perf_counter() - t0
+        return report
+    given = client is not None
+    with (contextlib.nullcontext(client) if given else open_client(cluster, security)) as dask_client:
+        client = dask_client
+        remote = given or getattr(cluster, "kind", "local") != "local"
+        if remote:
+            wait_until_ready(client, store.path)
+        report.dashboard = dashboard_link(client)
+        report.slots = total_threads(client)
+        if job.io_threads:   # the io threads write, they do not compute
+            report.slots = sum(max(1, t - job.io_threads) for t in client.nthreads().values())
+        say(f"Dask dashboard: {report.dashboard or 'not served'}"
+            + ("" if _has_bokeh() else " (install bokeh to see it)"))
+        say(f"computing {len(pending)} of {plan.n_blocks} blocks ({report.blocks_done_before} already "
+            f"finished) on {report.slots} task slots, block size {store.block_size}")
+        bar = Progress(plan.n_blocks, report.blocks_done_before, plan.computed_entries(pending),
+                       stream=stream, enabled=progress)
+        t_blocks = time.perf_counter()
+        results = run_blocks(client, job, pending, tokens, progress=bar)
+        report.blocks_seconds = time.perf_counter() - t_blocks
+    report.records = results.records
+    report.blocks_computed = len(results.records)
+    report.entries_computed = sum(r["entries"] for r in results.records)
+    report.stored_bytes = sum(r["stored_bytes"] for r in results.records)
+    report.task_seconds = sum(r["read_s"] + r["compute_s"] + r["write_s"] for r in results.records)
+    report.compute_seconds = sum(r["compute_s"] for r in results.records)
+    report.seconds = time.perf_counter() - t0
+    if results.failed:
+        shown = "; ".join(f"{k}: {v}" for k, v in list(results.failed.items())[:5])
+        raise BlockFailedError(f"{len(results.failed)} blocks failed ({shown}); the "
+                               f"{report.blocks_done_before + report.blocks_computed} finished blocks are "
+                               "kept: rerun the same command to retry only the failed ones")
+    return report
+
+
+def _has_bokeh() -> bool:
+    import importlib.util  # noqa: PLC0415
+
+    return importlib.util.find_spec("bokeh") is not None
+
+
+def repair(path: os.PathLike | str, cluster: Any = None, *, client: Any = None, backend: str = "auto",
+           progress: bool = True, stream: Optional[TextIO] = None) -> Dict[str, Any]:
+    """``verify --repair``: recompute bad and missing blocks from the store alone.
+
+    Bad blocks lose their manifest entry first, so an interrupted repair leaves
+    them missing (never passing as finished). Inputs that fail their
+    fingerprint cannot be repaired from the store and are an error.
+    """
+    from ..store.maintenance import verify  # noqa: PLC0415
+
+    cluster = cluster or LocalClusterConfig()
+    run_id = uuid.uuid4().hex[:12]
+    with StoreLock(path, extra={"run_id": run_id}):
+        before = verify(path)
+        broken = {w: v for w, v in before["inputs"].items() if v != "ok"}
+        if broken:
+            raise StoreError(f"{path}: the stored inputs are damaged or incomplete "
+                             f"({'; '.join(f'{w}: {v}' for w, v in broken.items())}); they cannot be "
+                             "recomputed from the store: rerun `ntkscale gram CONFIG` with the original data")
+        store = GramStore.open(path, "r+")
+        store.manifest.delete(before["bad"])
+        job = Job(store=str(store.path), spec_json=_spec_json(store), get=store.kinds, dtype=store.dtype,
+                  backend=backend, checksum=store.meta.get("checksum", DEFAULT_CHECKSUM), run_id=run_id)
+        report = compute_missing(store, job, cluster, client=client, progress=progress, stream=stream)
+        after = verify(path, check_inputs=False)
+    after["inputs"] = before["inputs"]
+    after["clean"] = not after["missing"] and not after["bad"]
+    return {"before": before, "after": after, "repaired": sorted(before["bad"]) + before["missing"],
+            "blocks_computed": report.blocks_computed}
+
+
+def _spec_json(store: GramStore) -> str:
+    from ..stax import spec_to_json  # noqa: PLC0415
+
+    return spec_to_json(store.spec)

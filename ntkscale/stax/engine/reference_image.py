@@ -1,0 +1,406 @@
+"""Evaluation of image (convolutional) networks: plan, self-variances, tiles.
+
+Three steps, all pure (no I/O):
+
+1. ``plan_image_net`` walks the layer list once with the input image shape:
+   it checks shapes (clear errors that name the layer and the sizes) and
+   decides which layout each layer sees. Walking backwards, ``Flatten`` needs
+   only matching pixels (``"diag"``: ``(n1, n2, H, W)``), ``AvgPool`` and
+   ``GlobalAvgPool`` need every pixel pair (``"full"``:
+   ``(n1, n2, H, H', W, W')``), and Conv, Dense and activations pass the
+   requirement through (a Conv shifts both pixels of a pair together). A
+   ``"full"`` state is cut to its diagonal right after the last pool that
+   feeds a Flatten.
+2. Self-variance trajectories: the activations of a pair need Σ(x, x) and
+   Σ(x', x') at every pixel, and after a pooling layer those come from the
+   *full* self-covariance of each image. ``self_trajectory`` runs the
+   recursion on the pairs (x_i, x_i) once per input, in batches sized from the
+   memory budget, and keeps only the per-pixel variances entering every layer.
+3. Pair tiles: ``evaluate_image`` splits the ``n1 × n2`` pairs into tiles
+   whose temporaries fit the memory budget (a pixel-pair covariance has
+   ``H²W²`` values per image pair), runs the layers on each tile with the
+   trajectories' variances, and assembles the flat result. For ``x2 = x1``
+   only tiles on and above the diagonal are computed and mirrored, so the
+   result is exactly symmetric. The tiling never changes the arithmetic of a
+   pair: results are identical for every budget.
+
+``fast=True`` on NumPy float inputs hands supported networks (AvgPool
+included, e.g. Myrtle) to the compiled path ``conv_fast`` (tested for parity
+against this one), on CuPy inputs to the CUDA path ``conv_cupy`` (no
+AvgPool).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ...backend import is_numpy_namespace, itemsize
+from ...errors import InputError, SpecError
+from ..layers.base import LayerImpl
+from ..state import KernelState
+
+#: Arrays of the size of one tile's covariance alive at once in the reference
+#: path (activations build ~10 temporaries; Σ and Θ in and out).
+IMAGE_TEMPORARIES = 16
+
+FULL, DIAG, FLAT = "full", "diag", "flat"
+
+
+def is_image_layer(layer: LayerImpl) -> bool:
+    return bool(getattr(layer, "image_layer", False))
+
+
+def _name(layer: LayerImpl) -> str:
+    return getattr(layer, "describe", lambda: layer.layer_name)()
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagePlan:
+    """Shapes and layouts of an image network for one input image shape.
+
+    ``hw[l]``/``layouts[l]``: spatial shape and layout entering layer ``l``
+    (``l = len(layers)`` is the output). ``to_diag_after[l]``: cut a full state
+    to its spatial diagonal after layer ``l``.
+    """
+
+    input_shape: Tuple[int, int, int]
+    hw: Tuple[Optional[Tuple[int, int]], ...]
+    layouts: Tuple[str, ...]
+    to_diag_after: Tuple[bool, ...]
+
+    def entries(self, l: int) -> int:
+        """Covariance values per image pair entering layer ``l``."""
+        if self.layouts[l] == FLAT:
+            return 1
+        h, w = self.hw[l]
+        return h * h * w * w if self.layouts[l] == FULL else h * w
+
+    @property
+    def pair_entries(self) -> int:
+        return max(self.entries(l) for l in range(len(self.layouts)))
+
+
+def plan_image_net(layers: Sequence[LayerImpl], input_shape: Tuple[int, ...]) -> ImagePlan:
+    """Check shapes layer by layer and choose each layer's layout."""
+    from ..layers.conv import ConvImpl  # noqa: PLC0415
+    from ..layers.pooling import AvgPoolImpl, FlattenImpl, GlobalAvgPoolImpl  # noqa: PLC0415
+
+    if len(input_shape) != 3:
+        raise InputError(
+            f"layer 0 ({_name(layers[0])}) of this convolutional network needs NHWC images; "
+            f"got per-sample shape {tuple(input_shape)}, expected (height, width, channels)"
+        )
+    h0, w0, c0 = (int(s) for s in input_shape)
+    hw: List[Optional[Tuple[int, int]]] = [(h0, w0)]
+    flattened_by: Optional[str] = None
+    for l, layer in enumerate(layers):
+        cur = hw[-1]
+        if isinstance(layer, (ConvImpl, AvgPoolImpl, GlobalAvgPoolImpl, FlattenImpl)):
+            if cur is None:
+                raise SpecError(
+                    f"layer {l} ({_name(layer)}) needs an image, but its input is already flat "
+                    f"({flattened_by}); put image layers before GlobalAvgPool/Flatten"
+                )
+        if isinstance(layer, (ConvImpl, AvgPoolImpl)):
+            out = layer.output_hw(cur)
+            if min(out) <= 0:
+                window = layer.filter if isinstance(layer, ConvImpl) else layer.window
+                raise InputError(
+                    f"layer {l} ({_name(layer)}) needs an image of at least {window[0]}x{window[1]} "
+                    f"pixels, but its input is {cur[0]}x{cur[1]} (input images are {h0}x{w0}x{c0}); "
+                    "use padding='SAME', a smaller window or larger images"
+                )
+            hw.append(out)
+        elif isinstance(layer, (GlobalAvgPoolImpl, FlattenImpl)):
+            flattened_by = f"layer {l} is {_name(layer)}"
+            hw.append(None)
+        else:
+            hw.append(cur)
+    if hw[-1] is not None:
+        raise SpecError(
+            f"the network's output is still an image ({hw[-1][0]}x{hw[-1][1]} pixels); end the image "
+            "part with GlobalAvgPool() or Flatten() before the readout Dense"
+        )
+    # Backwards: which layout does each layer need to see?
+    n = len(layers)
+    layouts: List[str] = [FLAT] * (n + 1)
+    req = FLAT
+    for l in range(n - 1, -1, -1):
+        layer = layers[l]
+        if hw[l] is None:
+            req = FLAT
+        elif isinstance(layer, FlattenImpl):
+            req = DIAG
+        elif isinstance(layer, (GlobalAvgPoolImpl, AvgPoolImpl)):
+            req = FULL
+        layouts[l] = req
+    to_diag = tuple(layouts[l] == FULL and layouts[l + 1] == DIAG for l in range(n))
+    return ImagePlan((h0, w0, c0), tuple(hw), tuple(layouts), to_diag)
+
+
+# ----------------------------------------------------------- initial states
+def _k0_full(x1: Any, x2: Any, xp: Any) -> Any:
+    n1, h, w, c = x1.shape
+    n2 = x2.shape[0]
+    k = xp.matmul(xp.reshape(x1, (n1 * h * w, c)), xp.matrix_transpose(xp.reshape(x2, (n2 * h * w, c))))
+    k = xp.reshape(k, (n1, h, w, n2, h, w)) / c
+    return xp.permute_dims(k, (0, 3, 1, 4, 2, 5))
+
+
+def _k0_diag(x1: Any, x2: Any, xp: Any) -> Any:
+    c = x1.shape[-1]
+    a = xp.permute_dims(x1, (1, 2, 0, 3))               # (H, W, n1, C)
+    b = xp.permute_dims(x2, (1, 2, 3, 0))               # (H, W, C, n2)
+    return xp.permute_dims(xp.matmul(a, b), (2, 3, 0, 1)) / c
+
+
+def _self_k0(x: Any, layout: str, xp: Any) -> Any:
+    n, h, w, c = x.shape
+    if layout == DIAG:
+        return xp.sum(x * x, axis=-1) / c
+    flat = xp.reshape(x, (n, h * w, c))
+    k = xp.matmul(flat, xp.matrix_transpose(flat)) / c    # (n, HW, HW)
+    return xp.permute_dims(xp.reshape(k, (n, h, w, h, w)), (0, 1, 3, 2, 4))
+
+
+def _to_diag(state: KernelState, xp: Any) -> KernelState:
+    from ..layers.conv import spatial_diagonal  # noqa: PLC0415
+
+    ntk = state.ntk
+    if ntk is not None and hasattr(ntk, "shape"):
+        ntk = spatial_diagonal(ntk, xp)
+    return state.replace(nngp=spatial_diagonal(state.nngp, xp), ntk=ntk, diagonal_spatial=True)
+
+
+# ------------------------------------------------------ self trajectories
+def _self_batch(layers: Sequence[LayerImpl], plan: ImagePlan, x: Any, xp: Any,
+                want_ntk: bool) -> Tuple[List[Any], KernelState]:
+    from ..layers.conv import spatial_diagonal  # noqa: PLC0415
+
+    c = x.shape[-1]
+    var = xp.sum(x * x, axis=-1) / c
+    state = KernelState(nngp=_self_k0(x, plan.layouts[0], xp), ntk=0.0 if want_ntk else None,
+                        var1=var, var2=None, diagonal_batch=True, width=int(c),
+                        spatial=plan.hw[0], diagonal_spatial=plan.layouts[0] == DIAG)
+    traj = []
+    for l, layer in enumerate(layers):
+        traj.append(state.var1)
+        state = layer.kernel(state, xp)
+        if plan.to_diag_after[l]:
+            state = _to_diag(state, xp)
+        # Keep the variances exactly equal to the covariance's diagonal.
+        if state.spatial is None or state.diagonal_spatial:
+            state = state.replace(var1=state.nngp)
+        else:
+            state = state.replace(var1=spatial_diagonal(state.nngp, xp))
+    traj.append(state.var1)
+    return traj, state
+
+
+def _concat(parts: List[Any], xp: Any, axis: int = 0) -> Any:
+    if len(parts) == 1:
+        return parts[0]
+    if is_numpy_namespace(xp):
+        return np.concatenate(parts, axis=axis)
+    return xp.concat(parts, axis=axis)
+
+
+def self_trajectory(layers: Sequence[LayerImpl], plan: ImagePlan, x: Any, xp: Any, budget: int,
+                    want_ntk: bool = False, batch: Optional[int] = None
+                    ) -> Tuple[List[Any], Dict[str, Any]]:
+    """Per-pixel self-variances entering every layer (``traj[l]``, shape
+    ``(n, H_l, W_l)`` or ``(n,)``) and the final ``k(x_i, x_i)``."""
+    n = x.shape[0]
+    per_sample = max(1, max(_self_entries(plan, l) for l in range(len(plan.layouts))))
+    rows = batch or int(max(1, min(n, budget // (per_sample * itemsize(x) * IMAGE_TEMPORARIES))))
+    trajs, finals, ntks = [], [], []
+    for r0 in range(0, n, rows):
+        traj, state = _self_batch(layers, plan, x[r0:r0 + rows, ...], xp, want_ntk)
+        trajs.append(traj)
+        finals.append(state.nngp)
+        if want_ntk:
+            ntks.append(state.ntk)
+    traj = [_concat([t[l] for t in trajs], xp) for l in range(len(trajs[0]))]
+    out = {"nngp": _concat(finals, xp)}
+    if want_ntk:
+        out["ntk"] = _concat(ntks, xp)
+    return traj, out
+
+
+def _self_entries(plan: ImagePlan, l: int) -> int:
+    return plan.entries(l)
+
+
+# ------------------------------------------------------------- pair tiles
+def _pair_tile(layers: Sequence[LayerImpl], plan: ImagePlan, x1: Any, x2: Any,
+               t1: List[Any], t2: List[Any], xp: Any, want_ntk: bool) -> Tuple[Any, Any]:
+    layout = plan.layouts[0]
+    k0 = _k0_diag(x1, x2, xp) if layout == DIAG else _k0_full(x1, x2, xp)
+    state = KernelState(nngp=k0, ntk=0.0 if want_ntk else None, var1=t1[0], var2=t2[0],
+                        width=int(x1.shape[-1]), spatial=plan.hw[0],
+                        diagonal_spatial=layout == DIAG)
+    for l, layer in enumerate(layers):
+        state = state.replace(var1=t1[l], var2=t2[l])
+        state = layer.kernel(state, xp)
+        if plan.to_diag_after[l]:
+            state = _to_diag(state, xp)
+    ntk = state.ntk
+    if want_ntk and not hasattr(ntk, "shape"):
+        ntk = xp.zeros_like(state.nngp) + ntk
+    return state.nngp, ntk
+
+
+def tile_shape(n1: int, n2: int, pair_bytes: int, budget: int, symmetric: bool) -> Tuple[int, int]:
+    """Tile ``(rows, cols)`` whose temporaries fit ``budget`` bytes."""
+    pairs = max(1, budget // max(1, pair_bytes))
+    if symmetric:
+        b = int(max(1, min(n1, math.isqrt(pairs))))
+        return b, b
+    cols = int(max(1, min(n2, pairs)))
+    rows = int(max(1, min(n1, pairs // cols)))
+    return rows, cols
+
+
+def _transpose(a: Any, xp: Any) -> Any:
+    return xp.permute_dims(a, (1, 0))
+
+
+def _mirror_upper(a: Any, xp: Any) -> Any:
+    """Copy the upper triangle of a square tile onto its lower triangle."""
+    n = a.shape[0]
+    rows = xp.reshape(xp.arange(n), (n, 1))
+    cols = xp.reshape(xp.arange(n), (1, n))
+    return xp.where(rows <= cols, a, _transpose(a, xp))
+
+
+def evaluate_image(layers: List[LayerImpl], x1: Any, x2: Optional[Any], xp: Any, *, want_ntk: bool,
+                   memory_budget: int, fast: bool = True,
+                   tile: Optional[Tuple[int, int]] = None) -> Dict[str, Any]:
+    """NNGP/NTK of an image network for all pairs of rows of x1 and x2."""
+    plan = plan_image_net(layers, tuple(x1.shape[1:]))
+    symmetric = x2 is None
+    if fast:
+        from . import cpu_slab as conv_fast  # noqa: PLC0415
+
+        if conv_fast.supports(layers, plan, x1, xp):
+            return conv_fast.evaluate(layers, plan, x1, x2, want_ntk=want_ntk,
+                                      memory_budget=memory_budget)
+        if _is_cupy(xp):
+            from . import cuda_slab as conv_cupy  # noqa: PLC0415
+
+            if conv_cupy.supports(layers, plan, x1, xp):
+                return conv_cupy.evaluate(layers, plan, x1, x2, want_ntk=want_ntk,
+                                          memory_budget=memory_budget)
+    x2f = x1 if symmetric else x2
+    n1, n2 = x1.shape[0], x2f.shape[0]
+    traj1, _ = self_trajectory(layers, plan, x1, xp, memory_budget)
+    traj2 = traj1 if symmetric else self_trajectory(layers, plan, x2f, xp, memory_budget)[0]
+    pair_bytes = plan.pair_entries * itemsize(x1) * IMAGE_TEMPORARIES
+    rb, cb = tile or tile_shape(n1, n2, pair_bytes, memory_budget, symmetric)
+    if symmetric:
+        cb = rb
+    rows_out: Dict[str, List[Any]] = {"nngp": [], "ntk": []}
+    done: Dict[Tuple[int, int], Tuple[Any, Any]] = {}
+    for r0 in range(0, n1, rb):
+        r1 = min(n1, r0 + rb)
+        parts: Dict[str, List[Any]] = {"nngp": [], "ntk": []}
+        for c0 in range(0, n2, cb):
+            c1 = min(n2, c0 + cb)
+            if symmetric and c0 < r0:
+                k, t = done.pop((c0, r0))
+                k = _transpose(k, xp)
+                t = None if t is None else _transpose(t, xp)
+            else:
+                k, t = _pair_tile(layers, plan, x1[r0:r1, ...], x2f[c0:c1, ...],
+                                  [a[r0:r1, ...] for a in traj1], [a[c0:c1, ...] for a in traj2],
+                                  xp, want_ntk)
+                if symmetric and c0 == r0:
+                    k = _mirror_upper(k, xp)
+                    t = None if t is None else _mirror_upper(t, xp)
+                elif symmetric:
+                    done[(r0, c0)] = (k, t)
+            parts["nngp"].append(k)
+            if want_ntk:
+                parts["ntk"].append(t)
+        rows_out["nngp"].append(_concat(parts["nngp"], xp, axis=1))
+        if want_ntk:
+            rows_out["ntk"].append(_concat(parts["ntk"], xp, axis=1))
+    out = {"nngp": _concat(rows_out["nngp"], xp)}
+    if want_ntk:
+        out["ntk"] = _concat(rows_out["ntk"], xp)
+    return out
+
+
+def evaluate_image_diagonal(layers: List[LayerImpl], x: Any, xp: Any, *, want_ntk: bool,
+                            memory_budget: int, fast: bool = True) -> Dict[str, Any]:
+    """``k(x_i, x_i)`` for every image (the self-pair recursion, O(n))."""
+    plan = plan_image_net(layers, tuple(x.shape[1:]))
+    if fast:
+        from . import cpu_slab as conv_fast  # noqa: PLC0415
+
+        if conv_fast.supports(layers, plan, x, xp):
+            return conv_fast.evaluate_diagonal(layers, plan, x, want_ntk=want_ntk,
+                                               memory_budget=memory_budget)
+        if _is_cupy(xp):
+            from . import cuda_slab as conv_cupy  # noqa: PLC0415
+
+            if conv_cupy.supports(layers, plan, x, xp):
+                return conv_cupy.evaluate_diagonal(layers, plan, x, want_ntk=want_ntk,
+                                                   memory_budget=memory_budget)
+    _, out = self_trajectory(layers, plan, x, xp, memory_budget, want_ntk=want_ntk)
+    if want_ntk and not hasattr(out["ntk"], "shape"):
+        out["ntk"] = xp.zeros_like(out["nngp"]) + out["ntk"]
+    return out
+
+
+def _is_cupy(xp: Any) -> bool:
+    from ...backend import is_cupy_namespace  # noqa: PLC0415
+
+    return is_cupy_namespace(xp)
+
+
+# ------------------------------------------------------------- cost model
+def pair_entries(layers: Sequence[LayerImpl], input_shape: Tuple[int, ...]) -> int:
+    """Largest covariance (values per image pair) any layer sees."""
+    return plan_image_net(layers, input_shape).pair_entries
+
+
+def cost_per_entry(layers: Sequence[LayerImpl], input_shape: Tuple[int, ...]) -> Dict[str, float]:
+    """Flops and bytes per kernel entry (one image pair) of an image network.
+
+    ``flops``: the arithmetic of the path that computes it: for networks the
+    compiled slab kernel covers (``conv_fast.network_supported``: Conv,
+    activations, Dense, AvgPool, then GlobalAvgPool/Flatten), its count
+    (``conv_fast.flops_per_pair``: only the pixel offsets strides and pools
+    reach, only matching pixels for Flatten); otherwise the reference recursion's
+    (first Gram of pixels plus every layer on the covariance it sees), also
+    given as ``flops_reference``. ``bytes``: temporaries of the reference
+    path per entry, in units of the itemsize (multiply by 4 or 8), like the
+    flat model; ``pair_entries``: covariance values per pair.
+    """
+    from . import cpu_slab as conv_fast  # noqa: PLC0415
+
+    plan = plan_image_net(layers, input_shape)
+    h, w, c = plan.input_shape
+    flops = 2.0 * c * plan.entries(0)
+    for l, layer in enumerate(layers):
+        if plan.layouts[l] == FLAT:
+            shape: Tuple[int, ...] = ()
+        elif plan.layouts[l] == FULL:
+            hh, ww = plan.hw[l]
+            shape = (hh, hh, ww, ww)
+        else:
+            shape = plan.hw[l]
+        flops += layer.flops_per_entry(shape)
+    out = {"flops": float(flops), "flops_reference": float(flops),
+           "bytes": float(plan.pair_entries * IMAGE_TEMPORARIES),
+           "pair_entries": float(plan.pair_entries)}
+    if conv_fast.network_supported(list(layers), plan):
+        tail = sum(layer.flops_per_entry(()) for l, layer in enumerate(layers)
+                   if plan.layouts[l] == FLAT)
+        out["flops"] = float(conv_fast.flops_per_pair(list(layers), plan) + tail)
+    return out

@@ -1,0 +1,55 @@
+"""Base class of layer implementations (pure kernel math + finite-width net)."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Tuple
+
+import numpy as np
+
+from ..state import KernelState
+
+Shape = Tuple[int, ...]
+
+
+class LayerImpl:
+    """One layer: its infinite-width kernel map and a finite-width NumPy net.
+
+    Subclasses implement ``kernel`` (pure: ``state -> state`` on namespace
+    ``xp``), ``init``/``apply`` (the finite-width network with the same
+    parameterization) and, for shape-changing layers, ``output_shape``.
+    """
+
+    layer_name: str = "?"
+
+    def __init__(self, params: Dict[str, Any]):
+        self.params = params
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{self.layer_name}({args})"
+
+    # -- infinite width -------------------------------------------------
+    def kernel(self, state: KernelState, xp: Any) -> KernelState:  # pragma: no cover
+        raise NotImplementedError
+
+    # -- shapes ---------------------------------------------------------
+    def output_shape(self, input_shape: Shape) -> Shape:
+        """Per-example output shape (without the batch axis)."""
+        return input_shape
+
+    # -- finite width ---------------------------------------------------
+    def init(self, rng: np.random.Generator, input_shape: Shape) -> Any:
+        """Parameters for per-example ``input_shape``; () when parameter-free."""
+        return ()
+
+    def apply(self, params: Any, x: np.ndarray) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    # -- cost model -----------------------------------------------------
+    def flops_per_entry(self, state_shape: Shape) -> float:
+        """Floating-point operations per kernel entry for this layer.
+
+        ``state_shape`` is the per-pair covariance shape (``()`` for flat
+        nets, ``(H, H, W, W)`` or ``(H, W)`` for image nets).
+        """
+        return 20.0 * float(np.prod(state_shape or (1,)))

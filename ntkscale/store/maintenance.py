@@ -1,0 +1,152 @@
+"""Read-only store operations: ``status``, ``verify`` and ``export``.
+
+``status`` and ``verify`` (without repair) never write to the store and are
+safe while a run is going; ``export`` writes only its output file (to a
+temporary name first, renamed into place when complete). Repair recomputes
+blocks and lives in :mod:`ntkscale.stages.gram`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from .lock import lock_holder
+from ..gram.plan import Plan
+from .gram_store import GramStore, StoreError, input_path
+
+
+def status(path: os.PathLike | str) -> Dict[str, Any]:
+    """Progress of a store: blocks done/total per part, the running run (if any),
+    its rate and an ETA. Never writes."""
+    if not GramStore.is_store(path):
+        holder = lock_holder(path)
+        if holder is not None:   # a first run is creating the store right now
+            return {"store": str(path), "running": True, "holder": holder, "state": "creating",
+                    "blocks_done": 0, "blocks_total": None, "complete": False}
+    store = GramStore.open(path, "r")
+    plan = store.plan()
+    keys = store.manifest.keys()
+    parts = {}
+    for part, blocks in plan.by_part().items():
+        parts[part] = {"blocks_done": sum(b.key in keys for b in blocks), "blocks_total": len(blocks)}
+    done = sum(p["blocks_done"] for p in parts.values())
+    holder = lock_holder(store.path)
+    out: Dict[str, Any] = {
+        "store": str(store.path), "running": holder is not None, "holder": holder,
+        "state": "running" if holder is not None else "idle",
+        "blocks_done": done, "blocks_total": plan.n_blocks, "complete": done == plan.n_blocks,
+        "parts": parts, "n_train": store.n_train, "n_test": store.n_test,
+        "block_size": store.block_size, "dtype": store.dtype, "get": list(store.kinds),
+        "spec_hash": store.spec_hash, "storage_bytes": plan.storage_bytes(np.dtype(store.dtype).itemsize,
+                                                                          len(store.kinds)),
+        "inputs_ready": {w: f"inputs-{w}" in keys for w in ("train", "test")
+                         if w == "train" or store.n_test},
+    }
+    if holder and holder.get("started_unix"):
+        out.update(_rate(store, plan, keys, float(holder["started_unix"])))
+    return out
+
+
+def _rate(store: GramStore, plan: Plan, keys: set, since: float) -> Dict[str, Any]:
+    """Blocks finished by the running run (manifest entries newer than its start)."""
+    entries = {b.key: b.entries for b in plan.blocks}
+    recent, weight = 0, 0
+    for key in keys & set(entries):
+        try:
+            if os.stat(store.manifest.dir / key / "zarr.json").st_mtime >= since:
+                recent, weight = recent + 1, weight + entries[key]
+        except FileNotFoundError:
+            continue
+    elapsed = max(time.time() - since, 1e-9)
+    remaining = sum(n for k, n in entries.items() if k not in keys)
+    rate = weight / elapsed
+    return {"run_blocks_done": recent, "run_elapsed_s": round(elapsed, 1),
+            "entries_per_s": rate, "eta_s": (remaining / rate) if rate > 0 else None}
+
+
+def verify(path: os.PathLike | str, *, threads: Optional[int] = None,
+           check_inputs: bool = True) -> Dict[str, Any]:
+    """Check every block against its manifest checksum (and the inputs against
+    their fingerprints). Returns ``{"ok", "missing", "bad", "inputs"}``."""
+    from ..data import fingerprint  # noqa: PLC0415
+
+    store = GramStore.open(path, "r")
+    plan = store.plan()
+    records = store.manifest.records()
+    missing = [b.key for b in plan.blocks if b.key not in records]
+    present = [b for b in plan.blocks if b.key in records]
+    bad: Dict[str, str] = {}
+    with concurrent.futures.ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
+        problems = pool.map(lambda b: store.check_block(b, records[b.key]), present)
+        for block, problem in zip(present, problems, strict=True):
+            if problem is not None:
+                bad[block.key] = problem
+    inputs: Dict[str, str] = {}
+    if check_inputs:
+        for which in ("train", "test") if store.n_test else ("train",):
+            want = store.fingerprint(which) or {}
+            if f"inputs-{which}" not in records:
+                inputs[which] = "not copied into the store yet"
+                continue
+            problems = []
+            for name in ("x", "y"):
+                if want.get(name) is None:
+                    continue
+                try:
+                    got = fingerprint(store._node(input_path(which, name)))
+                except Exception as exc:
+                    got = f"unreadable ({type(exc).__name__})"
+                if got != want[name]:
+                    problems.append(f"{name} does not match its fingerprint")
+            inputs[which] = "; ".join(problems) or "ok"
+    return {"store": str(store.path), "blocks_total": plan.n_blocks, "ok": len(present) - len(bad),
+            "missing": missing, "bad": bad, "inputs": inputs,
+            "clean": not missing and not bad and all(v == "ok" for v in inputs.values())}
+
+
+def missing_blocks(store: GramStore, part: str) -> List[str]:
+    keys = store.manifest.keys()
+    return [b.key for b in store.plan().blocks if b.part == part and b.key not in keys]
+
+
+def export(path: os.PathLike | str, which: str, out: os.PathLike | str, *, kind: Optional[str] = None,
+           force: bool = False) -> Path:
+    """Write the dense ``train`` (n×n) or ``test`` (m×n) Gram to a ``.npy`` file."""
+    store = GramStore.open(path, "r")
+    if which not in ("train", "test"):
+        raise StoreError(f"export takes 'train' or 'test', got {which!r}")
+    if kind is None and len(store.kinds) > 1:
+        raise StoreError(f"{store.path} holds both nngp and ntk; pick one with --get nngp|ntk")
+    if which == "test" and not store.n_test:
+        raise StoreError(f"{store.path} has no test set")
+    arr = store.array(which, kind)
+    missing = missing_blocks(store, which)
+    if missing:
+        shown = ", ".join(missing[:8]) + (", ..." if len(missing) > 8 else "")
+        total = sum(b.part == which for b in store.plan().blocks)
+        raise StoreError(f"the {which} Gram in {store.path} is incomplete: {len(missing)} of {total} "
+                         f"blocks are missing ({shown}); finish it with `ntkscale gram CONFIG` "
+                         f"or `ntkscale verify --repair {store.path}`")
+    out = Path(out)
+    if out.exists() and not force:
+        raise StoreError(f"{out} exists; pass --force to overwrite it")
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    try:
+        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=arr.dtype, shape=arr.shape)
+        rows, cols = arr.chunks
+        for r0 in range(0, arr.shape[0], rows):
+            for c0 in range(0, arr.shape[1], cols):
+                mm[r0:r0 + rows, c0:c0 + cols] = arr[r0:r0 + rows, c0:c0 + cols]
+        mm.flush()
+        del mm
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out

@@ -18,7 +18,8 @@ METHODS = ("cg", "cholesky")
 PRECONDITIONERS = ("nystrom", "pivoted_cholesky", "none")
 #: How Gram products are formed: from the store, streamed from the kernel, or chosen.
 MODES = ("stored", "streamed", "auto")
-#: Where Gram products run: the driver, the cluster, or chosen.
+#: Where the solver's Gram products (CG) and Cholesky tiles run: in the driver process,
+#: or as tasks on the run's Dask cluster (auto: the cluster when it is not the local one).
 PRODUCTS = ("auto", "driver", "cluster")
 #: How several ridges are solved.
 RIDGE_PATHS = ("auto", "multishift", "sequential", "batched")

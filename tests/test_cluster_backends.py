@@ -1,13 +1,18 @@
-"""ntkscale.cluster.backends offline: option validation, SLURM job scripts, TLS, GPU pinning."""
+"""ntkscale.cluster offline: option validation (ntkscale.config.slurm/kubernetes/tls), SLURM
+job scripts, TLS, the store probe, GPU pinning."""
 
 from __future__ import annotations
 
 import pytest
 
-from ntkscale.cluster.backends import (parse_kubernetes_options, parse_slurm_options,
-    parse_tls_options, security_from_tls, slurm_cluster_kwargs, k8s_quantity)
-from ntkscale.errors import ConfigError
 from ntkscale.cluster.gpu import device_for_worker
+from ntkscale.cluster.probe import check_store_visible, probe_store
+from ntkscale.cluster.slurm import slurm_cluster_kwargs
+from ntkscale.cluster.tls import security_from_tls
+from ntkscale.config.kubernetes import k8s_quantity, parse_kubernetes_options
+from ntkscale.config.slurm import parse_slurm_options
+from ntkscale.config.tls import parse_tls_options
+from ntkscale.errors import ConfigError
 
 SLURM = {"kind": "slurm", "jobs": 2, "cores": 4, "processes": 2, "memory": "16GB",
          "walltime": "02:00:00", "partition": "gpu", "account": "myproj", "gpus_per_job": 2,
@@ -185,8 +190,6 @@ def test_device_for_worker(name, env, expected):
 def test_check_store_visible(tmp_path):
     from distributed import Client, LocalCluster  # noqa: PLC0415
 
-    from ntkscale.cluster.backends import check_store_visible  # noqa: PLC0415
-
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
                       dashboard_address=None) as cluster, Client(cluster) as client:
         assert check_store_visible(client, tmp_path) == 2
@@ -195,8 +198,6 @@ def test_check_store_visible(tmp_path):
 
 
 def test_check_store_visible_names_the_blind_workers(tmp_path):
-    from ntkscale.cluster.backends import _probe_store, check_store_visible  # noqa: PLC0415
-
     class Elsewhere:
         """Workers on other machines: one sees another filesystem, one sees nothing."""
 
@@ -215,4 +216,4 @@ def test_check_store_visible_names_the_blind_workers(tmp_path):
     assert "tcp://b:1" in message and "does not exist" in message
     assert "tcp://c:1" in message and "other content" in message
     assert "ReadWriteMany" in message
-    assert _probe_store(str(tmp_path / "nothing"), "t").endswith("unmounted filesystem)")
+    assert probe_store(str(tmp_path / "nothing"), "t").endswith("unmounted filesystem)")

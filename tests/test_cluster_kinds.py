@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+from ntkscale.cluster.client import OPENERS, open_client
+from ntkscale.config.cluster import CLUSTER_PARSERS
 from ntkscale.config.run import RunConfig
 from ntkscale.errors import ConfigError
 
@@ -17,6 +19,11 @@ def _config(base, **extra):
     mapping = {"data": {"train": {"x": "x.npy"}}, "kernel": {"layers": [["Dense", {}]]},
                "store": "run.zarr", **extra}
     return RunConfig.from_mapping(mapping, base_dir=base, source="run.yaml")
+
+
+def test_every_config_kind_has_a_client_opener():
+    """One list of kinds: what the config parses is what ntkscale.cluster can open."""
+    assert list(CLUSTER_PARSERS) == list(OPENERS) == ["local", "address", "slurm", "kubernetes"]
 
 
 def test_slurm_kind_parses_with_issue_keys(base):
@@ -96,8 +103,6 @@ def test_local_gpus_parse_and_refusals(base, monkeypatch):
 def test_local_gpu_workers_each_see_their_own_device(base):
     """Real worker processes: worker i keeps only gpus[i] in CUDA_VISIBLE_DEVICES
     (set by the preload before anything could initialise CUDA)."""
-    from ntkscale.cluster.client import open_client
-
     cfg = _config(base, cluster={"kind": "local", "gpus": [3, 5], "memory_limit": "1GiB",
                                  "dashboard_address": ":0"})
 

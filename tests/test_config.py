@@ -2,11 +2,14 @@
 
 import dataclasses
 import json
+import subprocess
+import sys
 
 import pytest
 
-from ntkscale.config.run import (AddressClusterConfig, LocalClusterConfig, RunConfig, load_config,
-    parse_memory)
+from ntkscale.config.cluster import AddressClusterConfig, LocalClusterConfig, auto_io_threads
+from ntkscale.config.run import RunConfig, load_config
+from ntkscale.config.sections import parse_memory
 from ntkscale.errors import ConfigError
 
 from .gram_util import config_dict, make_data, write_config
@@ -106,6 +109,42 @@ def test_memory_sizes_are_dask_style():
         parse_memory("-1GB")
 
 
+@pytest.mark.parametrize("text", ["100", "100 MB", "100M", "5kB", "5.4 kB", "1kiB", "1e6", "1e6 kB",
+                                  "MB", "4GiB", "2gb", "1.5 TiB", "3 Pi", "7b"])
+def test_memory_sizes_match_dask_parse_bytes(text):
+    from dask.utils import parse_bytes
+
+    assert parse_memory(text) == parse_bytes(text)
+
+
+@pytest.mark.parametrize("value", ["5 foos", "lots", "1e6 kBB", None, [1], True, float("nan"),
+                                   float("inf"), 0, "0GB"])
+def test_bad_memory_sizes_are_config_errors(value):
+    with pytest.raises(ConfigError, match="memory size"):
+        parse_memory(value)
+
+
+def test_config_imports_no_dask():
+    """Parsing a config with every section (slurm, kubernetes, tls, memory sizes) imports
+    neither dask nor distributed: config/ validates only."""
+    code = """if True:
+        import sys, tempfile, pathlib
+        import numpy as np
+        import ntkscale.config
+        from ntkscale.config import RunConfig
+        tmp = pathlib.Path(tempfile.mkdtemp())
+        np.save(tmp / "x.npy", np.ones((4, 3)))
+        base = {"data": {"train": {"x": "x.npy"}}, "kernel": {"layers": [["Dense", {}]]},
+                "store": "run.zarr", "memory_budget": "1GiB", "tls": {"temporary": True}}
+        for cluster in ({"kind": "local", "memory_limit": "2GB"}, {"kind": "address", "address": "tcp://h:1"},
+                        {"kind": "slurm", "memory": "8GB"}, {"kind": "kubernetes", "image": "i"}):
+            RunConfig.from_mapping({**base, "cluster": cluster}, base_dir=tmp)
+        print([m for m in sys.modules if m.split(".")[0] in ("dask", "distributed")])
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
 def test_empty_and_malformed_files(tmp_path):
     (tmp_path / "e.yaml").write_text("")
     with pytest.raises(ConfigError, match="empty"):
@@ -119,8 +158,6 @@ def test_empty_and_malformed_files(tmp_path):
 
 
 def test_io_threads_auto_uses_spare_cores_only(tmp_path, data):
-    from ntkscale.config.run import auto_io_threads
-
     assert auto_io_threads(2, 1, cores=2) == 0          # every core computes
     assert auto_io_threads(1, 1, cores=2) == 1          # a spare core for the writer
     assert auto_io_threads(None, 1, cores=16) == 0      # default: a worker per core

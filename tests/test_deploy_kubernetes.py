@@ -24,7 +24,8 @@ kubernetes_validate = pytest.importorskip("kubernetes_validate")
 dask_kubernetes = pytest.importorskip("dask_kubernetes")
 jsonschema = pytest.importorskip("jsonschema")
 
-from ntkscale.cluster.backends import kubernetes_cluster_spec, parse_kubernetes_options
+from ntkscale.cluster.kubernetes import kubernetes_cluster_spec  # noqa: E402
+from ntkscale.config.kubernetes import parse_kubernetes_options  # noqa: E402
 from ntkscale.config.run import RunConfig  # noqa: E402
 
 #: Kubernetes version whose JSON schemas ship in kubernetes-validate (>=1.31).

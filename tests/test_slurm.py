@@ -23,7 +23,10 @@ dask_jobqueue = pytest.importorskip("dask_jobqueue")
 psutil = pytest.importorskip("psutil")
 
 from ntkscale import stax  # noqa: E402
-from ntkscale.cluster.backends import check_store_visible, make_slurm_cluster, parse_slurm_options
+from ntkscale.cluster.probe import check_store_visible  # noqa: E402
+from ntkscale.cluster.slurm import make_slurm_cluster  # noqa: E402
+from ntkscale.cluster.tls import security_from_tls  # noqa: E402
+from ntkscale.config.slurm import parse_slurm_options  # noqa: E402
 
 HOW_TO_START = "run `deploy/slurm/local-slurm.sh up` (as root) to boot a local single-node SLURM"
 
@@ -198,8 +201,6 @@ def test_tls_between_driver_and_slurm_workers(partition, tmp_path):
     """`tls:` files -> Security -> a tls:// scheduler whose SLURM workers use the certificates."""
     from distributed import Client  # noqa: PLC0415
     from distributed.security import Security  # noqa: PLC0415
-
-    from ntkscale.cluster.backends import security_from_tls  # noqa: PLC0415
 
     pytest.importorskip("cryptography")
     made = Security.temporary()

@@ -1,101 +1,46 @@
-"""Cluster configs -> a ``distributed.Client``.
+"""Cluster configs -> a ``distributed.Client``, one opener per ``cluster.kind``.
 
-``kind: local``    a ``LocalCluster`` of worker processes (the default), closed
-                   again when the run ends. Each worker gets ``threads_per_worker
-                   + io_threads`` Dask threads; at most ``threads_per_worker``
-                   of them compute at once (:func:`ntkscale.gram.schedule.compute_gate`),
-                   the others write finished blocks meanwhile. With ``gpus``
-                   there is one worker per listed CUDA device, pinned to it.
-``kind: address``  a scheduler someone started (``dask scheduler`` +
-                   ``dask worker``, a SLURM job, a Kubernetes DaskCluster):
-                   ``address: tcp://host:8786`` or ``scheduler_file: path``.
-                   Workers must see the store at the same path (shared disk).
-
-Later kinds (``slurm`` via dask-jobqueue, ``kubernetes`` via the
-dask-kubernetes operator) register a config parser with
-:func:`ntkscale.config.run.register_cluster_kind` and a client factory with
-:func:`register_client_factory`; nothing else changes.
+:data:`OPENERS` is the one registry: ``kind -> opener(cluster_config, security=None)``,
+a context manager yielding a Client and closing it (and any cluster it made) on exit.
+The kinds are those of :data:`ntkscale.config.cluster.CLUSTER_PARSERS`; each has its
+module (:mod:`.local`, :mod:`.address`, :mod:`.slurm`, :mod:`.kubernetes`).
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Callable, ContextManager, Dict, Iterator, Optional
+from typing import Any, Callable, ContextManager, Dict, Optional
 
+from ..config.cluster import ClusterConfig
 from ..errors import ConfigError
+from .address import open_address
+from .kubernetes import open_kubernetes
+from .local import WORKER_ENV, open_local
+from .slurm import open_slurm
 
-#: Environment of local worker processes. Each Dask thread runs one block, so
-#: the kernel engine's own threads (BLAS, numba) are pinned to one per task;
-#: Dask already sets OMP/MKL/OPENBLAS_NUM_THREADS=1 (distributed.nanny.pre-spawn-environ).
-WORKER_ENV = {"NUMBA_NUM_THREADS": "1"}
+__all__ = ["OPENERS", "WORKER_ENV", "dashboard_link", "open_client", "total_threads"]
 
-ClientFactory = Callable[..., ContextManager[Any]]
-CLIENT_FACTORIES: Dict[str, ClientFactory] = {}
+Opener = Callable[..., ContextManager[Any]]
 
-
-def register_client_factory(kind: str, factory: ClientFactory) -> None:
-    """``factory(cluster_config, security=None)`` is a context manager yielding a Client
-    (``security``: a ``distributed.security.Security`` from the ``tls:`` section)."""
-    CLIENT_FACTORIES[kind] = factory
-
-
-@contextlib.contextmanager
-def _local(cfg: Any, security: Any = None) -> Iterator[Any]:
-    from distributed import Client, LocalCluster  # noqa: PLC0415
-
-    kwargs: Dict[str, Any] = dict(
-        n_workers=cfg.n_workers, threads_per_worker=cfg.threads_per_worker + cfg.io_threads,
-        memory_limit=cfg.memory_limit if cfg.memory_limit is not None else "auto",
-        processes=cfg.processes, dashboard_address=cfg.dashboard_address,
-    )
-    if cfg.processes:
-        kwargs["env"] = dict(WORKER_ENV)
-    if cfg.gpus:
-        # One worker process per device: each sees the whole list and its preload
-        # keeps its own entry (worker i -> gpus[i]) before CuPy initialises CUDA.
-        # dask-cuda's LocalCUDACluster does the same, but would add a dependency (and
-        # its own worker class) for what one environment variable does here.
-        kwargs["env"].update(CUDA_VISIBLE_DEVICES=",".join(cfg.gpus),
-                             NTKSCALE_WORKERS_PER_JOB=str(len(cfg.gpus)))
-        kwargs["preload"] = ["ntkscale.cluster.gpu"]
-    if security is not None:
-        kwargs["security"] = security
-        kwargs["protocol"] = "tls://"
-    with LocalCluster(**kwargs) as cluster, Client(cluster, security=security) as client:
-        yield client
+#: ``cluster.kind`` -> opener(cluster_config, security=None) -> context manager of a Client.
+OPENERS: Dict[str, Opener] = {
+    "local": open_local,
+    "address": open_address,
+    "slurm": open_slurm,
+    "kubernetes": open_kubernetes,
+}
 
 
-@contextlib.contextmanager
-def _address(cfg: Any, security: Any = None) -> Iterator[Any]:
-    from distributed import Client  # noqa: PLC0415
+def open_client(cfg: ClusterConfig, security: Any = None) -> ContextManager[Any]:
+    """Context manager: a Client for ``cfg`` (closed, with its cluster, on exit).
 
-    import dask  # noqa: PLC0415
-
-    where = cfg.address or f"the scheduler in {cfg.scheduler_file}"
-    timeout = dask.config.get("distributed.comm.timeouts.connect")
+    ``security``: a ``distributed.security.Security`` from the ``tls:`` section
+    (:func:`ntkscale.cluster.tls.security_from_tls`), or None for plain tcp.
+    """
     try:
-        client = Client(cfg.address, timeout=timeout, security=security) if cfg.address else Client(
-            scheduler_file=cfg.scheduler_file, timeout=timeout, security=security)
-    except (OSError, TimeoutError, ValueError) as exc:
-        raise ConfigError(f"cluster: cannot reach {where} ({type(exc).__name__}: {exc}); is "
-                          "`dask scheduler` running and the address right?") from None
-    with client:
-        yield client
-
-
-register_client_factory("local", _local)
-register_client_factory("address", _address)
-
-
-def open_client(cfg: Any, security: Any = None) -> ContextManager[Any]:
-    """Context manager: a Client for ``cfg`` (closed, with its cluster, on exit)."""
-    from . import backends as cluster_backends  # noqa: F401,PLC0415 (registers slurm and kubernetes)
-
-    try:
-        factory = CLIENT_FACTORIES[cfg.kind]
+        opener = OPENERS[cfg.kind]
     except KeyError:
-        raise ConfigError(f"cluster.kind {cfg.kind!r} has no client factory in this installation") from None
-    return factory(cfg, security=security)
+        raise ConfigError(f"cluster.kind {cfg.kind!r} has no client opener in this installation") from None
+    return opener(cfg, security=security)
 
 
 def dashboard_link(client: Any) -> Optional[str]:

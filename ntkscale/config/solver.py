@@ -19,7 +19,7 @@ task: auto                     # auto | classification | regression
 ```
 
 Validated once, at the edge, with the same rules as the rest of
-:mod:`ntkscale.config.run`: an unknown key names itself and the closest known key,
+:mod:`ntkscale.config.sections`: an unknown key names itself and the closest known key,
 and a negative ridge is refused before any work starts.
 """
 
@@ -29,17 +29,10 @@ import dataclasses
 import math
 from typing import Any, Dict, Optional, Tuple
 
+from ..choices import METHODS, MODES, PRECONDITIONERS, PRODUCTS, RIDGE_PATHS, TASKS
 from ..errors import ConfigError
+from .sections import Section
 
-METHODS = ("cg", "cholesky")
-PRECONDITIONERS = ("nystrom", "pivoted_cholesky", "none")
-MODES = ("stored", "streamed", "auto")
-#: Where the solver's Gram products (CG) and Cholesky tiles run: in the driver
-#: process, or as tasks on the run's Dask cluster (workers read the Zarr panels
-#: themselves). auto: the cluster when it is not the local one.
-PRODUCTS = ("auto", "driver", "cluster")
-RIDGE_PATHS = ("auto", "multishift", "sequential", "batched")
-TASKS = ("auto", "classification", "regression")
 SOLVER_KEYS = ("method", "ridge", "ridge_relative", "tol", "maxiter", "preconditioner", "ridge_path",
                "validation_fraction", "seed", "checkpoint_every", "tile", "mode", "products")
 
@@ -80,7 +73,7 @@ class SolverConfig:
         return out
 
 
-def _number(sec: Any, key: str, default: float, *, positive: bool = False) -> float:
+def _number(sec: Section, key: str, default: float, *, positive: bool = False) -> float:
     value = sec.get(key, default)
     if isinstance(value, str):
         try:
@@ -94,7 +87,7 @@ def _number(sec: Any, key: str, default: float, *, positive: bool = False) -> fl
     return float(value)
 
 
-def _ridges(sec: Any) -> Tuple[Tuple[float, ...], bool]:
+def _ridges(sec: Section) -> Tuple[Tuple[float, ...], bool]:
     value = sec.get("ridge", 1e-6)
     is_list = isinstance(value, (list, tuple))
     values = list(value) if is_list else [value]
@@ -121,8 +114,6 @@ def _ridges(sec: Any) -> Tuple[Tuple[float, ...], bool]:
 
 def parse_solver(mapping: Any, source: str = "<dict>") -> Optional[SolverConfig]:
     """Validate a raw ``solver:`` mapping (None stays None: the defaults apply)."""
-    from .run import Section  # noqa: PLC0415 (config imports this module)
-
     if mapping is None:
         return None
     sec = Section(mapping, "solver", source)
@@ -155,8 +146,6 @@ def parse_task(value: Any, source: str = "<dict>") -> Optional[str]:
     if value is None:
         return None
     if isinstance(value, dict) or hasattr(value, "keys"):
-        from .run import Section  # noqa: PLC0415
-
         sec = Section(value, "task", source)
         sec.check_keys(("kind",))
         return sec.choice("kind", TASKS, "auto")

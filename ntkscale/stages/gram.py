@@ -246,7 +246,7 @@ def _security(config: RunConfig) -> Any:
     """``tls:`` -> ``distributed.security.Security`` (None without a tls section)."""
     if config.tls is None:
         return None
-    from ..cluster.backends import security_from_tls  # noqa: PLC0415
+    from ..cluster.tls import security_from_tls  # noqa: PLC0415
 
     return security_from_tls(config.tls)
 
@@ -259,7 +259,7 @@ def wait_until_ready(client: Any, store_path: Any) -> None:
     except (TimeoutError, OSError) as exc:
         raise NtkscaleError(f"no Dask worker joined the scheduler within {WAIT_FOR_WORKERS_S} s "
                             f"({type(exc).__name__}); start workers with `dask worker ADDRESS`") from None
-    from ..cluster.backends import check_store_visible  # noqa: PLC0415
+    from ..cluster.probe import check_store_visible  # noqa: PLC0415
 
     check_store_visible(client, store_path)
 

@@ -32,7 +32,8 @@ METHODS = ("cg", "cholesky")
 
 @dataclass
 class SolveResult:
-    """Solutions ``alpha`` of shape ``(s, n, k)``, one per absolute ridge."""
+    """Solutions ``alpha``, one per absolute ridge: shape ``(s,) + Y.shape``, i.e.
+    ``(s, n, k)`` for ``Y`` of shape ``(n, k)`` and ``(s, n)`` for a 1-D ``Y``."""
 
     alpha: np.ndarray
     ridges: np.ndarray
@@ -75,7 +76,8 @@ def solve(A: Any, Y: Any, *, ridges: Any = 0.0, method: str = "cg", rtol: float 
           seed: Any = 0, ridge_path: str = "auto", checkpoint: Any = None, checkpoint_every: int = 10,
           group: Any = None, tile: Optional[int] = None, client: Any = None, num_workers: Optional[int] = None,
           singular_rtol: float = 1e-3, warn: bool = True) -> SolveResult:
-    """Solve ``(K + l I) alpha_l = Y`` for every absolute ridge ``l``.
+    """Solve ``(K + l I) alpha_l = Y`` for every absolute ridge ``l``; ``alpha`` is
+    ``(s,) + Y.shape`` (one solution per ridge, each shaped like ``Y``).
 
     ``method="cg"``: :func:`~ntkscale.solvers.cg.cg` with a ``preconditioner``
     (``nystrom`` | ``pivoted_cholesky`` | ``none``) of rank ``rank`` built once
@@ -91,7 +93,7 @@ def solve(A: Any, Y: Any, *, ridges: Any = 0.0, method: str = "cg", rtol: float 
     n = op.shape[0]
     if op.shape[0] != op.shape[1]:
         raise InputError(f"the train Gram must be square; got {op.shape}")
-    y, _ = check_rhs(Y, n)
+    y, vector = check_rhs(Y, n)
     base = float(getattr(op, "ridge", 0.0))
     total = rid + base
     result = SolveResult(alpha=np.empty(0), ridges=total, method=method)
@@ -136,6 +138,8 @@ def solve(A: Any, Y: Any, *, ridges: Any = 0.0, method: str = "cg", rtol: float 
         result.alpha, result.tiles_computed = np.stack(xs), computed
     if np.min(total) == 0:
         _check_singular(op, y, result, singular_rtol)
+    if vector:  # shaped like Y, as cg() and scipy.linalg.solve return it
+        result.alpha = result.alpha[..., 0]
     result.seconds = time.perf_counter() - t0
     return result
 

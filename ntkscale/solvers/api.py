@@ -21,14 +21,13 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from ..choices import METHODS
 from ..errors import InputError, NotPSDError, NumericalWarning
 from .cg import CGInfo, cg
+from .cholesky import TiledCholesky
 from .nystrom import build_preconditioner
 from .operator import ArraySource, GramOperator, ZarrSource, as_operator
 from .validate import check_rhs, check_ridges
-
-METHODS = ("cg", "cholesky")
-
 
 @dataclass
 class SolveResult:
@@ -116,11 +115,9 @@ def solve(A: Any, Y: Any, *, ridges: Any = 0.0, method: str = "cg", rtol: float 
                 f"{info.iterations} iterations); the Gram is singular or too ill-conditioned to solve without a "
                 "ridge: use a ridge, e.g. 1e-6 relative to the mean diagonal")
     else:
-        from .cholesky import TiledCholesky  # noqa: PLC0415
-
         arr = _array_of(op)
         if group is None:
-            import zarr  # noqa: PLC0415
+            import zarr  # noqa: PLC0415 - deferred: 0.6 s, and `import ntkscale` loads the solvers
 
             group = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
         xs, computed = [], 0

@@ -13,7 +13,7 @@ from ntkscale.errors import InputError, NotPSDError, NumericalWarning
 from ntkscale.solvers import (GramOperator, MemoryCheckpoint, ZarrCheckpoint, cg,
     nystrom_preconditioner)
 
-from .solver_contract import SolverContract, reference, spd
+from .support.solvers import CountingOperator, SolverContract, reference, spd
 
 
 class TestCGContract(SolverContract):
@@ -50,6 +50,20 @@ def test_multishift_costs_one_product_per_iteration():
     passes_one = op.n_passes
     _, many = cg(op, b, rtol=1e-8, ridges=np.logspace(-3, 0, 8), ridge_path="multishift")
     assert op.n_passes - passes_one == many.iterations <= one.iterations + 1
+
+
+def test_cg_needs_one_product_per_distinct_eigenvalue():
+    """In exact arithmetic CG ends after d iterations when A has d distinct eigenvalues
+    (Hestenes & Stiefel 1952, sec. 5); each iteration is one product for all columns."""
+    rng = np.random.default_rng(7)
+    q, _ = np.linalg.qr(rng.standard_normal((120, 120)))
+    a = (q * np.repeat([1.0, 2.0, 3.0, 5.0, 8.0], 24)) @ q.T
+    op = CountingOperator((a + a.T) / 2)
+    b = rng.standard_normal((120, 3))
+    x, info = cg(op, b, rtol=1e-10)
+    assert int(info) == 0
+    assert op.products == info.iterations <= 5
+    np.testing.assert_allclose(x, reference(op.a, b, 0.0), rtol=1e-8, atol=1e-10)
 
 
 def test_auto_variant_choice():

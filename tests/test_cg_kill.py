@@ -9,12 +9,12 @@ import signal
 import numpy as np
 from ntkscale.solvers import ZarrCheckpoint, cg
 
-from .solver_contract import spawn, wait_for
+from .support.processes import spawn, wait_for
 
 
 CG_PROBLEM = """
 import numpy as np, time
-from tests.solver_contract import spd
+from tests.support.solvers import spd
 k = spd(300, 300, floor=1e-5, seed=11)
 b = np.random.default_rng(12).standard_normal((300, 3))
 """

@@ -13,7 +13,7 @@ from ntkscale.errors import InputError, NotPSDError, NumericalWarning
 from ntkscale.solvers import TiledCholesky, cholesky_solve
 from ntkscale.solvers.cholesky import choose_tile
 
-from .solver_contract import SolverContract, reference, spd
+from .support.solvers import SolverContract, reference, spd
 
 
 class TestCholeskyContract(SolverContract):

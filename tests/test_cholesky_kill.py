@@ -11,14 +11,15 @@ import zarr
 
 from ntkscale.solvers import TiledCholesky
 
-from .solver_contract import reference, spawn, spd, wait_for
+from .support.processes import spawn, wait_for
+from .support.solvers import reference, spd
 
 
 def test_killed_cholesky_reuses_factored_tiles(tmp_path):
     store = str(tmp_path / "chol.zarr")
     proc = spawn(f"""
 import time, numpy as np, zarr
-from tests.solver_contract import spd
+from tests.support.solvers import spd
 from ntkscale.solvers import TiledCholesky
 k = spd(400, 100, seed=21)
 class Slow:

@@ -10,7 +10,7 @@ from ntkscale.solvers import (GramOperator, build_preconditioner, cg, nystrom_pr
     pivoted_cholesky_preconditioner)
 from ntkscale.solvers.nystrom import LowRankPreconditioner, pivoted_cholesky
 
-from .solver_contract import spd
+from .support.solvers import spd
 
 
 def low_rank(n=120, r=15, seed=0):

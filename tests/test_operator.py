@@ -12,7 +12,7 @@ from ntkscale.errors import InputError
 from ntkscale.solvers import GramOperator, choose_mode, make_operator
 from ntkscale.solvers.operator import measure_flop_rate, measure_read_bandwidth
 
-from .solver_contract import spd
+from .support.solvers import spd
 
 
 def _net():

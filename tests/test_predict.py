@@ -13,7 +13,7 @@ from ntkscale.predict.blocked import nngp_posterior_variance, ntk_posterior_vari
 from ntkscale.solvers import GramOperator, relative_ridges, select_ridge, solve, validation_split
 from ntkscale.targets import encode_targets, r2
 
-from .solver_contract import spd
+from .support.solvers import spd
 
 
 @pytest.fixture(scope="module")

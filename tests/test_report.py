@@ -9,7 +9,7 @@ from ntkscale.report import (plot_cg_residuals, plot_metric_vs_ridge, plot_spect
     spectrum_estimate, write_report)
 from ntkscale.solvers import GramOperator, cg
 
-from .solver_contract import spd
+from .support.solvers import spd
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 
 import numpy as np
@@ -21,6 +20,8 @@ pytestmark = [pytest.mark.slurm, pytest.mark.timeout(600)]
 
 dask_jobqueue = pytest.importorskip("dask_jobqueue")
 psutil = pytest.importorskip("psutil")
+
+from .support.processes import wait_for, worker_processes  # noqa: E402
 
 from ntkscale import stax  # noqa: E402
 from ntkscale.cluster.probe import check_store_visible  # noqa: E402
@@ -58,21 +59,8 @@ def _queued(job_name: str) -> set:
 
 
 def _worker_processes(scheduler_address: str) -> list:
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or ())
-        if "dask_worker" in cmdline and scheduler_address in cmdline:
-            found.append((proc.info["pid"], cmdline))
-    return found
-
-
-def _wait_for(predicate, timeout: float, interval: float = 0.5) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
+    """dask-jobqueue worker processes of the scheduler at ``scheduler_address``."""
+    return worker_processes(contains=("dask_worker", scheduler_address))
 
 
 def _gram_rows(spec_json: str, x_rows: np.ndarray, x_all: np.ndarray):
@@ -137,10 +125,10 @@ def test_gram_blocks_run_inside_slurm_jobs(partition, tmp_path):
     finally:
         cluster.close()
 
-    assert _wait_for(lambda: not _queued(job_name), timeout=60), \
-        f"jobs left in the queue after close: {_run('squeue', '-h', '-n', job_name)}"
-    assert _wait_for(lambda: not _worker_processes(address), timeout=60), \
-        f"dask worker processes left behind: {_worker_processes(address)}"
+    wait_for(lambda: not _queued(job_name), timeout=60, every=0.5,
+             what=f"the jobs {job_name} to leave the queue after close")
+    wait_for(lambda: not _worker_processes(address), timeout=60, every=0.5,
+             what=f"the dask worker processes of {address} to exit")
 
 
 def _ntkscale() -> str:
@@ -194,7 +182,8 @@ def test_sbatch_script_runs_a_whole_job(partition, tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "K.npy"), kernel_fn(x, x, "ntk"),
                                rtol=1e-12, atol=1e-12)
     job_id = done.stdout.split()[-1]
-    assert _wait_for(lambda: job_id not in _run("squeue", "-h", "-o", "%i").split(), timeout=30)
+    wait_for(lambda: job_id not in _run("squeue", "-h", "-o", "%i").split(), timeout=30, every=0.5,
+             what=f"job {job_id} to leave the queue")
 
 
 def test_tls_between_driver_and_slurm_workers(partition, tmp_path):
@@ -226,7 +215,7 @@ def test_tls_between_driver_and_slurm_workers(partition, tmp_path):
             assert job_id in {job.job_id for job in cluster.workers.values()}
     finally:
         cluster.close()
-    assert _wait_for(lambda: not _queued(job_name), timeout=60)
+    wait_for(lambda: not _queued(job_name), timeout=60, every=0.5, what=f"the jobs {job_name} to leave the queue")
 
 
 def test_gram_pipeline_with_cluster_kind_slurm(partition, tmp_path):
@@ -254,7 +243,7 @@ def test_gram_pipeline_with_cluster_kind_slurm(partition, tmp_path):
     stored = np.asarray(GramStore.open(tmp_path / "run.zarr").train_array("ntk")[...])
     expected = stax.from_spec(layers)[2](x, None, "ntk")
     np.testing.assert_allclose(stored, expected, rtol=1e-12)
-    assert _wait_for(lambda: not _queued(job_name), 60), "the pipeline left SLURM jobs behind"
+    wait_for(lambda: not _queued(job_name), timeout=60, every=0.5, what="the pipeline's SLURM jobs to leave the queue")
 
 
 def test_run_solves_on_the_slurm_workers(partition, tmp_path):
@@ -296,4 +285,4 @@ def test_run_solves_on_the_slurm_workers(partition, tmp_path):
     np.testing.assert_allclose(np.asarray(GramStore.open(tmp_path / "run.zarr").group("predict")["scores"][0]),
                                on_cluster, rtol=1e-8, atol=1e-10)
     assert out["test_accuracy"] == again["test_accuracy"]
-    assert _wait_for(lambda: not _queued(job_name), 60), "the run left SLURM jobs behind"
+    wait_for(lambda: not _queued(job_name), timeout=60, every=0.5, what="the run's SLURM jobs to leave the queue")

@@ -4,7 +4,8 @@
 pipeline uses; the pieces are importable on their own:
 
 * :mod:`.operator`  - ``GramOperator`` over an array, a Zarr array or ``kernel_fn`` (streamed)
-* :mod:`.cg`        - block/multi-ridge preconditioned CG with checkpoints
+* :mod:`.cg`        - block/multi-ridge preconditioned CG with checkpoints (``cg``, ``CGInfo``);
+  its iteration is in :mod:`.cg_core`, the multi-shift and sequential ridge paths in :mod:`.cg_ridges`
 * :mod:`.nystrom`   - randomized Nyström and pivoted-Cholesky preconditioners
 * :mod:`.cholesky`  - tiled out-of-core Cholesky on Zarr tiles (Dask graph)
 * :mod:`.ridge`     - ridge selection on a seeded validation split of the training data

@@ -21,18 +21,18 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from ..choices import METHODS
 from ..errors import InputError, NotPSDError, NumericalWarning
 from .cg import CGInfo, cg
+from .cholesky import TiledCholesky
 from .nystrom import build_preconditioner
 from .operator import ArraySource, GramOperator, ZarrSource, as_operator
 from .validate import check_rhs, check_ridges
 
-METHODS = ("cg", "cholesky")
-
-
 @dataclass
 class SolveResult:
-    """Solutions ``alpha`` of shape ``(s, n, k)``, one per absolute ridge."""
+    """Solutions ``alpha``, one per absolute ridge: shape ``(s,) + Y.shape``, i.e.
+    ``(s, n, k)`` for ``Y`` of shape ``(n, k)`` and ``(s, n)`` for a 1-D ``Y``."""
 
     alpha: np.ndarray
     ridges: np.ndarray
@@ -75,7 +75,8 @@ def solve(A: Any, Y: Any, *, ridges: Any = 0.0, method: str = "cg", rtol: float 
           seed: Any = 0, ridge_path: str = "auto", checkpoint: Any = None, checkpoint_every: int = 10,
           group: Any = None, tile: Optional[int] = None, client: Any = None, num_workers: Optional[int] = None,
           singular_rtol: float = 1e-3, warn: bool = True) -> SolveResult:
-    """Solve ``(K + l I) alpha_l = Y`` for every absolute ridge ``l``.
+    """Solve ``(K + l I) alpha_l = Y`` for every absolute ridge ``l``; ``alpha`` is
+    ``(s,) + Y.shape`` (one solution per ridge, each shaped like ``Y``).
 
     ``method="cg"``: :func:`~ntkscale.solvers.cg.cg` with a ``preconditioner``
     (``nystrom`` | ``pivoted_cholesky`` | ``none``) of rank ``rank`` built once
@@ -91,7 +92,7 @@ def solve(A: Any, Y: Any, *, ridges: Any = 0.0, method: str = "cg", rtol: float 
     n = op.shape[0]
     if op.shape[0] != op.shape[1]:
         raise InputError(f"the train Gram must be square; got {op.shape}")
-    y, _ = check_rhs(Y, n)
+    y, vector = check_rhs(Y, n)
     base = float(getattr(op, "ridge", 0.0))
     total = rid + base
     result = SolveResult(alpha=np.empty(0), ridges=total, method=method)
@@ -114,11 +115,9 @@ def solve(A: Any, Y: Any, *, ridges: Any = 0.0, method: str = "cg", rtol: float 
                 f"{info.iterations} iterations); the Gram is singular or too ill-conditioned to solve without a "
                 "ridge: use a ridge, e.g. 1e-6 relative to the mean diagonal")
     else:
-        from .cholesky import TiledCholesky  # noqa: PLC0415
-
         arr = _array_of(op)
         if group is None:
-            import zarr  # noqa: PLC0415
+            import zarr  # noqa: PLC0415 - deferred: 0.6 s, and `import ntkscale` loads the solvers
 
             group = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
         xs, computed = [], 0
@@ -136,6 +135,8 @@ def solve(A: Any, Y: Any, *, ridges: Any = 0.0, method: str = "cg", rtol: float 
         result.alpha, result.tiles_computed = np.stack(xs), computed
     if np.min(total) == 0:
         _check_singular(op, y, result, singular_rtol)
+    if vector:  # shaped like Y, as cg() and scipy.linalg.solve return it
+        result.alpha = result.alpha[..., 0]
     result.seconds = time.perf_counter() - t0
     return result
 

@@ -57,7 +57,7 @@ class ZarrCheckpoint:
     """
 
     def __init__(self, group: Any, name: str = "cg_checkpoint"):
-        import zarr  # noqa: PLC0415
+        import zarr  # noqa: PLC0415 - deferred: 0.6 s, and `import ntkscale` loads the solvers
 
         if isinstance(group, str) or hasattr(group, "__fspath__"):
             group = zarr.open_group(str(group), mode="a")

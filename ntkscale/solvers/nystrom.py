@@ -34,6 +34,7 @@ from typing import Any, Optional
 import numpy as np
 import scipy.linalg
 
+from ..choices import PRECONDITIONERS
 from ..errors import InputError
 
 
@@ -192,7 +193,8 @@ def build_preconditioner(kind: Optional[str], A: Any, rank: int = 500, *, shift:
         return nystrom_preconditioner(A, rank, shift=shift, seed=seed, complement=complement)
     if kind == "pivoted_cholesky":
         return pivoted_cholesky_preconditioner(A, rank, shift=shift, complement=complement)
-    raise InputError(f"unknown preconditioner kind {kind!r}; choose nystrom, pivoted_cholesky or none")
+    raise InputError(f"unknown preconditioner kind {kind!r}; "
+                     f"choose {', '.join(PRECONDITIONERS[:-1])} or {PRECONDITIONERS[-1]}")
 
 
 def _check_rank(rank: Any, n: int) -> int:

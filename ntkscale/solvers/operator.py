@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
@@ -398,10 +397,6 @@ def measure_flop_rate(kernel_fn: Any, x: np.ndarray, rows: int = 256) -> float:
     return kernel_fn.cost(tuple(xs.shape[1:]))["flops"] * len(xs) ** 2 / dt
 
 
-def free_disk_bytes(path: str) -> float:
-    return float(shutil.disk_usage(path).free)
-
-
 def make_operator(*, mode: str = "auto", array: Any = None, kernel_fn: Any = None, x: Any = None,
                   get: str = "ntk", client: Any = None, diagonal: Optional[np.ndarray] = None,
                   choice_kw: Optional[dict] = None, **kw: Any) -> GramOperator:
@@ -438,5 +433,5 @@ def make_operator(*, mode: str = "auto", array: Any = None, kernel_fn: Any = Non
 
 __all__: List[str] = [
     "ArraySource", "GramOperator", "KernelSource", "ModeChoice", "ZarrSource", "as_operator",
-    "choose_mode", "free_disk_bytes", "make_operator", "measure_flop_rate", "measure_read_bandwidth",
+    "choose_mode", "make_operator", "measure_flop_rate", "measure_read_bandwidth",
 ]

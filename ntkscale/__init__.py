@@ -5,6 +5,7 @@ pipeline objects (``GramPipeline``, ``GramStore``, ``RunPipeline``,
 ``load_config``) load on first use so ``import ntkscale`` stays light.
 """
 
+import importlib
 from typing import Any
 
 __version__ = "0.1.0"
@@ -31,7 +32,5 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib  # noqa: PLC0415
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'ntkscale' has no attribute {name!r}")

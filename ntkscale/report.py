@@ -16,13 +16,16 @@ the paths; ``ntkscale report STORE`` maps the store's solver records onto it.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .solvers.nystrom import nystrom_preconditioner
+
 
 def _plt():
-    import matplotlib  # noqa: PLC0415
+    import matplotlib  # noqa: PLC0415 (heavy; only the plots need it, and the backend is set before pyplot loads)
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt  # noqa: PLC0415
@@ -48,8 +51,6 @@ def plot_cg_residuals(history: np.ndarray, path: str, *, ridges: Optional[Sequen
         if not np.any(ok):
             continue
         with np.errstate(all="ignore"):
-            import warnings  # noqa: PLC0415
-
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 med = np.nanmedian(block[ok], axis=1)
@@ -76,8 +77,6 @@ def spectrum_estimate(A: Any, *, rank: int = 256, method: str = "nystrom", seed:
     ``rank x rank`` principal submatrix times ``n / rank`` (``method="sample"``)."""
     n = A.shape[0]
     if method == "nystrom":
-        from .solvers.nystrom import nystrom_preconditioner  # noqa: PLC0415
-
         return nystrom_preconditioner(A, min(rank, n), shift=0.0, seed=seed).eigenvalues
     if method == "sample":
         idx = np.sort(np.random.default_rng(seed).choice(n, size=min(rank, n), replace=False))

@@ -14,9 +14,8 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
+from .choices import TASKS
 from .errors import InputError
-
-TASKS = ("auto", "classification", "regression")
 
 
 def _rows(bad: np.ndarray, limit: int = 5) -> str:

@@ -53,7 +53,7 @@ def test_solution_record_round_trip(tmp_path):
     import zarr
 
     from ntkscale.solvers import solve
-    from ntkscale.solvers.record import load_solution, save_solution
+    from ntkscale.store.records import load_solution, save_solution
 
     k = spd(60, 10)
     res = solve(k, np.ones((60, 2)), ridges=[1e-2, 1e-1], rank=10)

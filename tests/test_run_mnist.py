@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from ntkscale.cli.run import write_demo
+from ntkscale.stages.demo import write_demo
 from ntkscale.config.run import load_config
 from ntkscale.stages.run import RunPipeline
 from ntkscale.store.gram_store import GramStore

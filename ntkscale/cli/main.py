@@ -1,31 +1,49 @@
-"""Command-line interface: thin, maps commands and flags onto the library.
+"""Command-line interface: thin, maps commands and flags onto the stages.
 
-Each subcommand lives in a ``_cmd_*`` function registered in ``COMMANDS``;
-later modules add theirs with :func:`command`.
+``COMMANDS`` is the explicit table of subcommands, in the order ``--help`` lists them:
+name -> :class:`Command` (help text, ``arguments(parser)`` adding its flags,
+``run(args) -> exit code``).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, NamedTuple, Optional
 
 from .. import __version__
 from ..errors import NtkscaleError
-
-#: name -> (help text, add_arguments(parser), run(args) -> exit code)
-COMMANDS: Dict[str, tuple] = {}
+from . import demo, gram, project, run
 
 
-def command(name: str, help_text: str):
-    """Register a subcommand: decorate ``run(args) -> int`` taking an
-    ``arguments(parser)`` attribute to add its flags."""
+class Command(NamedTuple):
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
 
-    def wrap(fn: Callable[[argparse.Namespace], int]):
-        COMMANDS[name] = (help_text, getattr(fn, "arguments", None), fn)
-        return fn
 
-    return wrap
+COMMANDS: Dict[str, Command] = {
+    "plan": Command("Show the block plan of a run: blocks, storage, flops and an estimated time.",
+                    gram.plan_args, gram.plan_cmd),
+    "gram": Command("Compute (or finish) the Gram store of a run on a Dask cluster.", gram.gram_args, gram.gram_cmd),
+    "status": Command("Show the progress of a Gram store (read-only; safe while a run is going).",
+                      gram.status_args, gram.status_cmd),
+    "verify": Command("Check every block of a store against its checksum; --repair recomputes bad ones.",
+                      gram.verify_args, gram.verify_cmd),
+    "export": Command("Write the dense train or test Gram of a complete store to a .npy file.",
+                      gram.export_args, gram.export_cmd),
+    "project": Command("Project the time of a Gram run from shapes alone (n, input shape, net, devices).",
+                       project.project_args, project.project_cmd),
+    "solve": Command("solve kernel regression on the stored train Gram (CG or tiled Cholesky; resumable)",
+                     run.solve_args, run.solve_cmd),
+    "predict": Command("predict the test set (or new inputs with --x) from a solved store",
+                       run.predict_args, run.predict_cmd),
+    "run": Command("plan -> gram -> solve -> predict, resuming whatever is already done", run.run_args, run.run_cmd),
+    "demo": Command("end-to-end run on bundled MNIST digits (FC depth 3 NTK, CG + Nystrom) in about a minute",
+                    demo.demo_args, demo.demo_cmd),
+    "report": Command("PNG plots: CG residual per iteration, kernel spectrum estimate, test metric vs ridge",
+                      run.report_args, run.report_cmd),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,25 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ntkscale {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _load_commands()
-    for name, (help_text, add_arguments, _) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        if add_arguments is not None:
-            add_arguments(p)
+    for name, cmd in COMMANDS.items():
+        cmd.arguments(sub.add_parser(name, help=cmd.help, description=cmd.help))
     return parser
-
-
-def _load_commands() -> None:
-    """Import the modules that register subcommands (kept lazy for a fast --help)."""
-    import importlib
-
-    for module in ("ntkscale.cli", "ntkscale.cli.gram", "ntkscale.cli.project",
-                   "ntkscale.cli.run"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -62,9 +64,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.command:
         parser.print_help()
         return 0
-    _, _, run = COMMANDS[args.command]
     try:
-        return int(run(args) or 0)
+        return int(COMMANDS[args.command].run(args) or 0)
     except NtkscaleError as exc:
         print(f"ntkscale {args.command}: error: {exc}", file=sys.stderr)
         return 2

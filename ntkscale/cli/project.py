@@ -8,20 +8,10 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 
-from .main import command
-
-
-def _duration(h: float) -> str:
-    s = h * 3600
-    if s < 120:
-        return f"{s:.1f} s"
-    if s < 7200:
-        return f"{s / 60:.1f} min"
-    if h < 72:
-        return f"{h:.1f} h"
-    return f"{h / 24:.1f} days"
+from ..choices import DTYPES
+from ..costs.projection import project
+from .output import duration, print_json
 
 
 def add_shape_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -33,26 +23,24 @@ def add_shape_arguments(p: argparse.ArgumentParser, required: bool = True) -> No
                    help="myrtle5 | myrtle7 | myrtle10 | cntk-gapDEPTH (e.g. cntk-gap21) | cntk-flattenDEPTH | fcDEPTH")
     p.add_argument("--devices", type=int, default=1, help="number of GPUs or CPU cores")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+    p.add_argument("--dtype", choices=DTYPES, default="float64")
     p.add_argument("--get", default="nngp,ntk", help="kernels computed (nngp,ntk | ntk | nngp)")
     p.add_argument("--block-size", type=int, default=None, help="default: the planner's choice")
     p.add_argument("--calibration", default=None, help="cost-model calibration JSON (default: costmodel_<device>.json)")
 
 
-def _args(p: argparse.ArgumentParser) -> None:
+def project_args(p: argparse.ArgumentParser) -> None:
     add_shape_arguments(p)
     p.add_argument("--json", action="store_true", help="print the projection as JSON")
 
 
 def project_cmd(args: argparse.Namespace) -> int:
-    from ..costs.projection import project  # noqa: PLC0415
-
     shape = tuple(int(s) for s in args.input_shape.replace("x", ",").split(",") if s.strip())
     out = project(args.n, shape, args.net, args.device, args.devices, args.dtype, args.calibration,
                   n_test=args.n_test, get=tuple(g.strip() for g in args.get.split(",") if g.strip()),
                   block_size=args.block_size)
     if args.json:
-        print(json.dumps(out, indent=2))
+        print_json(out)
         return 0
     unit = out["unit"]
     print(f"net        {args.net} on {args.n} x {'x'.join(map(str, shape))} (+{args.n_test} test), {args.dtype}, "
@@ -61,13 +49,10 @@ def project_cmd(args: argparse.Namespace) -> int:
           f"block size {out['block_size']}, {out['kernel_calls']} kernel calls")
     print(f"rate       {out['seconds_per_entry']:.3g} s per entry on one {unit} "
           f"(+{1e3 * out['overhead_s_per_call']:.2g} ms per call)")
-    print(f"projected  {out['device_hours']:.4g} {unit}-hours; {_duration(out['wall_hours'])} wall on "
+    print(f"projected  {out['device_hours']:.4g} {unit}-hours; {duration(out['wall_hours'] * 3600, days=True)} wall on "
           f"{out['n_devices']} {unit}{'s' if out['n_devices'] != 1 else ''}")
     print(f"storage    {out['storage_bytes'] / 2 ** 30:.1f} GiB of Gram and diagonal arrays")
     for note in out["notes"]:
         print(f"note       {note}")
     return 0
 
-
-project_cmd.arguments = _args
-command("project", "Project the time of a Gram run from shapes alone (n, input shape, net, devices).")(project_cmd)

@@ -27,7 +27,6 @@ import numpy as np
 
 from ..errors import InputError
 from ..solvers.operator import GramOperator, as_operator
-from ..targets import accuracy, mse, r2  # noqa: F401  (re-exported metrics)
 
 
 def cross_operator(k_cross: Any = None, *, kernel_fn: Any = None, x_test: Any = None, x_train: Any = None,

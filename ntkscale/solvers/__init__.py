@@ -20,7 +20,7 @@ from .cholesky import TiledCholesky, cholesky_solve, tiled_cholesky
 from .nystrom import (LowRankPreconditioner, build_preconditioner, nystrom_preconditioner,
     pivoted_cholesky_preconditioner)
 from .operator import GramOperator, as_operator, choose_mode, make_operator
-from .record import load_solution, save_solution
+from ..store.records import load_solution, save_solution
 from .ridge import RidgeSelection, select_ridge, validation_split
 from .validate import relative_ridges
 

@@ -1,0 +1,128 @@
+"""One run's shared state: the config, the store (opened once), the Dask client, progress output.
+
+The solve and predict stages (:mod:`ntkscale.stages.solve`, :mod:`ntkscale.stages.predict`)
+are functions over a :class:`RunContext`; :class:`~ntkscale.stages.run.RunPipeline` holds one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any, Iterator, Optional, TextIO
+
+import numpy as np
+
+from ..cluster.client import open_client
+from ..config.run import RunConfig
+from ..config.solver import SolverConfig
+from ..errors import InputError
+from ..solvers.operator import GramOperator, make_operator
+from ..store.gram_store import GramStore, StoreError
+from ..targets import TargetEncoder, encode_targets
+from .gram import _security, wait_until_ready
+
+
+def say(message: str, stream: Optional[TextIO] = None) -> None:
+    """Print one progress line on ``stream`` (default stderr), flushed at once."""
+    print(message, file=stream or sys.stderr, flush=True)
+
+
+def kernel_kind(store: GramStore) -> str:
+    """The kernel the solver uses: the NTK when the store holds it, else its only kernel."""
+    return "ntk" if "ntk" in store.kinds else store.kinds[0]
+
+
+def check_complete(store: GramStore, part: str) -> None:
+    """Every block (and diagonal) of ``part`` in the manifest, or a clear error."""
+    keys = store.manifest.keys()
+    need = [b.key for b in store.plan().blocks if b.part in (part, f"diag-{part}")]
+    missing = [k for k in need if k not in keys]
+    if not need and part == "test":
+        raise InputError(f"{store.path} has no test part; add data.test to the config and run "
+                         "`ntkscale gram CONFIG`")
+    if missing:
+        raise InputError(
+            f"{store.path} lacks {len(missing)} of the {len(need)} {part} Gram blocks the solver needs "
+            f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}); compute them with "
+            "`ntkscale gram CONFIG` (or `ntkscale run CONFIG`), or check them with `ntkscale verify`")
+
+
+def labels(store: GramStore, which: str) -> Optional[np.ndarray]:
+    """The stored targets of ``which`` (train or test), or None."""
+    y = store.y(which)
+    return None if y is None else np.asarray(y[...])
+
+
+def encoder(store: GramStore, task: str) -> TargetEncoder:
+    """The target encoder fitted on the stored training targets."""
+    y = labels(store, "train")
+    if y is None:
+        raise InputError("the solver needs training targets: set data.train.y in the config "
+                         "(and rerun `ntkscale gram CONFIG --replace-y`)")
+    return encode_targets(y, task)
+
+
+class RunContext:
+    """What the stages of one run share: ``config``, its ``solver`` settings and ``task``,
+    the store (opened on first use, once), and the Dask ``client`` when one is open."""
+
+    def __init__(self, config: RunConfig, *, progress: bool = True, stream: Optional[TextIO] = None,
+                 client: Any = None):
+        self.config = config
+        self.solver: SolverConfig = config.solver or SolverConfig()
+        self.task: str = config.task or "auto"
+        self.progress, self.stream, self.client = progress, stream, client
+        self._store: Optional[GramStore] = None
+
+    def say(self, message: str) -> None:
+        if self.progress:
+            say(message, self.stream)
+
+    @property
+    def store(self) -> GramStore:
+        """The run's store, opened once (for writing the ``solver``/``predict`` records,
+        which happens under the store's lock)."""
+        if self._store is None:
+            path = Path(self.config.store)
+            if not GramStore.is_store(path):
+                raise StoreError(f"no Gram store at {path}: compute it first with `ntkscale gram CONFIG` "
+                                 "(or `ntkscale run CONFIG`, which does every stage)")
+            self._store = GramStore.open(path, "r+")
+        return self._store
+
+    def forget_store(self) -> None:
+        """The Gram stage changed the store: open it afresh on next use."""
+        self._store = None
+
+    @property
+    def products_on_cluster(self) -> bool:
+        """Gram products and Cholesky tiles run as tasks on the run's cluster (``solver.products``)."""
+        return self.solver.on_cluster(self.config.cluster.kind)
+
+    @contextlib.contextmanager
+    def cluster(self) -> Iterator[Any]:
+        """The run's Dask client for the solver stage: the one given, else one opened
+        from ``cluster:`` (and closed again) when the products run on the cluster,
+        else None (the driver does them)."""
+        if self.client is not None or not self.products_on_cluster:
+            yield self.client
+            return
+        with open_client(self.config.cluster, security=_security(self.config)) as client:
+            if self.config.cluster.kind != "local" and Path(self.config.store).exists():
+                wait_until_ready(client, Path(self.config.store).resolve())
+            self.client = client
+            try:
+                yield client
+            finally:
+                self.client = None
+
+    def operator(self, store: Optional[GramStore] = None) -> GramOperator:
+        """The train Gram as an operator: Zarr panels (``mode: stored``) or recomputed
+        from the kernel (``streamed``), its products on the cluster when configured."""
+        store = store or self.store
+        kind = kernel_kind(store)
+        x = np.asarray(store.inputs("train")[...]) if self.solver.mode != "stored" else None
+        return make_operator(mode=self.solver.mode, array=store.train_array(kind), diagonal=store.diag("train", kind),
+                             kernel_fn=store.kernel_fn() if x is not None else None, x=x, get=kind,
+                             client=self.client if self.products_on_cluster else None)

@@ -1,0 +1,31 @@
+"""The plan of a run, as ``ntkscale plan`` prints it: blocks, storage, work and an estimated time."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict
+
+from ..config.run import RunConfig
+from ..costs.measure import calibrate, write_bandwidth
+from .gram import GramPipeline, io_threads
+
+
+def plan_report(config: RunConfig, *, timed: bool = True) -> Dict[str, Any]:
+    """:meth:`GramPipeline.describe` plus, with ``timed``, an estimate from one small
+    block timed on one core and one file write timed on the store's disk."""
+    pipe = GramPipeline(config, progress=False)
+    info: Dict[str, Any] = pipe.describe()
+    if not timed:
+        return info
+    per_entry = calibrate(pipe.kernel_fn, pipe.inputs()["train"].x, config.dtype, config.kernel.get)
+    bandwidth = write_bandwidth(os.path.dirname(config.store) or ".")
+    todo = info["blocks_todo"] / max(1, info["blocks_total"])
+    info["calibration_s_per_entry"] = per_entry
+    info["write_bytes_per_s"] = bandwidth
+    info["compute_s"] = info["entries_todo"] * per_entry / max(1, info["slots"])
+    info["write_s"] = info["storage_bytes"] * todo / bandwidth
+    # with io threads writes overlap compute (the slower of the two); without,
+    # every task computes and then writes, so the two add up
+    overlap = io_threads(config) > 0
+    info["estimated_s"] = (max if overlap else (lambda a, b: a + b))(info["compute_s"], info["write_s"])
+    return info

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Tuple
 
 import numpy as np
+import zarr
 
 from .errors import InputError
 
@@ -41,8 +42,6 @@ def open_array(path: str, what: str = "input") -> Any:
             raise InputError(f"{what}: cannot read {p} without pickle ({exc}); save a numeric array") from None
         except OSError as exc:
             raise InputError(f"{what}: cannot read {p}: {exc}") from None
-    import zarr  # noqa: PLC0415
-
     try:
         arr = zarr.open_array(p, mode="r")
     except Exception as exc:  # zarr raises several types for "not an array here"

@@ -36,3 +36,18 @@ class ConfigError(NtkscaleError, ValueError):
 
 class NumericalWarning(RuntimeWarning):
     """A numerical fallback was taken (jitter added, non-convergence, precision loss)."""
+
+
+# store and gram
+
+
+class StoreError(NtkscaleError):
+    """A path is not a Gram store, or a store is incomplete for what was asked."""
+
+
+class StoreBusyError(NtkscaleError):
+    """Another run holds the store's lock."""
+
+
+class BlockFailedError(NtkscaleError):
+    """Some blocks failed after retries; the finished ones are kept."""

@@ -15,6 +15,11 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import yaml
 
+from ntkscale import stax
+from ntkscale.store.gram_store import GramStore
+from ntkscale.store.maintenance import status
+from ntkscale.store.manifest import Manifest
+
 LAYERS = [["Dense", {"W_std": 1.414, "b_std": 0.1}], ["Relu", {}],
           ["Dense", {"W_std": 1.414, "b_std": 0.1}], ["Relu", {}],
           ["Dense", {"W_std": 1.414, "b_std": 0.1}]]
@@ -64,8 +69,6 @@ def write_config(tmp: Path, cfg: Dict[str, Any], name: str = "config.yaml") -> P
 
 def reference(data: Dict[str, Path], which: str = "train", layers=LAYERS) -> Dict[str, np.ndarray]:
     """In-memory kernel_fn result for comparison."""
-    from ntkscale import stax
-
     kfn = stax.from_spec(layers)[2]
     x = np.load(data["x"], allow_pickle=False)
     x1 = np.load(data["xt"], allow_pickle=False) if which == "test" else x
@@ -125,15 +128,10 @@ def wait_for(pred: Callable[[], Any], timeout: float = 60, every: float = 0.1, w
 
 
 def status_json(store: Path) -> Optional[Dict[str, Any]]:
-    from ntkscale.store.maintenance import status
-    from ntkscale.store.gram_store import GramStore
-
     if not GramStore.is_store(store):
         return None
     return status(store)
 
 
 def manifest_keys(store: Path) -> List[str]:
-    from ntkscale.store.gram_store import Manifest
-
     return sorted(Manifest(store).keys())

@@ -5,8 +5,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ntkscale.gram.plan import (BLOCK_QUANTUM, block_size_for_memory, choose_block_size,
-    chunk_shape, describe, make_plan, n_gram_blocks)
+from ntkscale import stax
+from ntkscale.gram.plan import (BLOCK_QUANTUM, ENGINE_STRIP_ROWS, MAX_BLOCK, block_size_for_memory,
+    choose_block_size, chunk_shape, describe, make_plan, n_gram_blocks)
+from ntkscale.gram.schedule import block_cost, submission_order
 
 
 @settings(max_examples=60, deadline=None)
@@ -66,6 +68,29 @@ def test_block_size_leaves_every_slot_some_blocks():
     assert choose_block_size(50, 20, itemsize=8, n_kernels=1, memory_per_task=1 << 30, slots=1) == 50
 
 
+def test_block_size_follows_the_spec_declared_bytes():
+    """Same budget: an image net (thousands of covariance entries per pair) gets
+    smaller blocks than a flat net, and the block size follows the budget."""
+    flat = stax.serial(stax.Dense(512), stax.Relu(), stax.Dense(1))[2]
+    image = stax.serial(stax.Conv(64, (3, 3), padding="SAME"), stax.Relu(),
+                        stax.Conv(64, (3, 3), padding="SAME"), stax.Relu(), stax.Flatten(), stax.Dense(1))[2]
+    itemsize, budget, n = 4, 2 << 30, 60000
+    per_entry = {name: kfn.cost(shape)["bytes"] * itemsize
+                 for name, kfn, shape in (("flat", flat, (784,)), ("image", image, (16, 16, 3)))}
+    assert per_entry["image"] > 100 * per_entry["flat"]
+    sizes = {name: choose_block_size(n, 0, itemsize=itemsize, n_kernels=2, memory_per_task=budget,
+                                     bytes_per_entry=b) for name, b in per_entry.items()}
+    assert sizes["image"] < sizes["flat"]
+    # the flat net is bound by its outputs only (as without declared bytes) ...
+    assert block_size_for_memory(budget, itemsize, 2, per_entry["flat"]) == block_size_for_memory(budget, itemsize, 2)
+    # ... the image net by a strip of ENGINE_STRIP_ROWS rows of temporaries in half the budget
+    b = block_size_for_memory(budget, itemsize, 2, per_entry["image"])
+    assert b == BLOCK_QUANTUM or ENGINE_STRIP_ROWS * b * per_entry["image"] <= budget // 2
+    # and the block size changes with the budget
+    b_big = block_size_for_memory(64 * budget, itemsize, 2, per_entry["image"])
+    assert b_big > b or b_big == MAX_BLOCK
+
+
 def test_describe_counts_done_blocks():
     plan = make_plan(64, 0, 32)
     info = describe(plan, 8, ("ntk",), 10.0, done={"train-0-0", "diag-train-0"})
@@ -80,8 +105,6 @@ def test_bad_sizes():
 
 
 def test_blocks_are_submitted_largest_first():
-    from ntkscale.gram.schedule import block_cost, submission_order
-
     plan = make_plan(10, 7, 4)          # ragged train and test grids, diagonal segments
     order = submission_order(plan.blocks)
     assert sorted(b.key for b in order) == sorted(b.key for b in plan.blocks)

@@ -10,11 +10,14 @@ import numpy as np
 import pytest
 
 from ntkscale import stax
-from ntkscale.errors import SpecMismatchError
-from ntkscale.store.lock import StoreBusyError, StoreLock, lock_holder
+from ntkscale.errors import SpecMismatchError, StoreBusyError, StoreError
 from ntkscale.gram.plan import make_plan
-from ntkscale.store.gram_store import (FORMAT_VERSION, GramStore, Manifest, StoreError,
-    block_token, check_compatible, write_block)
+from ntkscale.store.gram_store import GramStore
+from ntkscale.store.layout import FORMAT_VERSION, transpose
+from ntkscale.store.lock import StoreLock, lock_holder
+from ntkscale.store.maintenance import status
+from ntkscale.store.manifest import Manifest, block_token, write_block
+from ntkscale.store.meta import StoreDiff, StoreMeta
 
 from .gram_util import LAYERS
 
@@ -164,25 +167,25 @@ def _want(**over):
 
 def test_compatibility_names_what_differs(store):
     s = GramStore.open(store.path)
-    assert check_compatible(s, _want()) == []
-    assert check_compatible(s, _want(get=["ntk"])) == []
+    assert s.diff(_want()) == StoreDiff() and s.diff(_want()).empty
+    assert s.diff(_want(get=["ntk"])) == StoreDiff()
     other = stax.from_spec(LAYERS[:1] + [["Erf", {}]] + LAYERS[2:])[2]
     with pytest.raises(SpecMismatchError, match=r"kernel.layers.*layer 1 is \[\"Erf\""):
-        check_compatible(s, _want(spec=other.spec, spec_hash=other.spec_hash))
+        s.diff(_want(spec=other.spec, spec_hash=other.spec_hash))
     with pytest.raises(SpecMismatchError, match=r"dtype float64 but the config asks for float32 \(dtype\)"):
-        check_compatible(s, _want(dtype="float32"))
+        s.diff(_want(dtype="float32"))
     fps = _meta()["fingerprints"]
     with pytest.raises(SpecMismatchError, match=r"data.train.x"):
-        check_compatible(s, _want(fingerprints=dict(fps, train={"x": "sha256:zz", "y": None})))
+        s.diff(_want(fingerprints=dict(fps, train={"x": "sha256:zz", "y": None})))
     new_test = dict(fps, test={"x": "sha256:cc", "y": None})
     with pytest.raises(SpecMismatchError, match="--recompute-test") as err:
-        check_compatible(s, _want(fingerprints=new_test))
+        s.diff(_want(fingerprints=new_test))
     assert "not changed" in str(err.value)
-    assert check_compatible(s, _want(fingerprints=new_test), recompute_test=True) == ["drop-test"]
+    assert s.diff(_want(fingerprints=new_test), recompute_test=True) == StoreDiff(drop_test=True)
     new_y = dict(fps, train={"x": "sha256:aa", "y": "sha256:yy"})
     with pytest.raises(SpecMismatchError, match="--replace-y"):
-        check_compatible(s, _want(fingerprints=new_y))
-    assert check_compatible(s, _want(fingerprints=new_y), replace_y=True) == ["replace-y-train"]
+        s.diff(_want(fingerprints=new_y))
+    assert s.diff(_want(fingerprints=new_y), replace_y=True) == StoreDiff(replace_y=("train",))
 
 
 def test_compatibility_add_test_and_get_superset(tmp_path):
@@ -190,13 +193,11 @@ def test_compatibility_add_test_and_get_superset(tmp_path):
     meta["fingerprints"] = {"train": meta["fingerprints"]["train"]}
     s = GramStore.create(tmp_path / "t.zarr", meta)
     with pytest.raises(SpecMismatchError, match=r"also asks for nngp \(kernel.get\)"):
-        check_compatible(s, _want())
-    assert check_compatible(s, _want(get=["ntk"])) == ["add-test"]
+        s.diff(_want())
+    assert s.diff(_want(get=["ntk"])) == StoreDiff(add_test=True)
 
 
 def test_lock_refuses_a_second_holder_and_names_it(tmp_path):
-    from ntkscale.store.maintenance import status
-
     root = tmp_path / "s.zarr"
     with StoreLock(root, command="ntkscale gram a.yaml"):
         st = status(root)            # the first run is still creating the store
@@ -239,8 +240,6 @@ def test_lock_of_a_killed_process_does_not_block(tmp_path):
 
 @pytest.mark.parametrize("shape", [(1, 1), (5, 3), (300, 700), (513, 257)])
 def test_tiled_transpose(shape):
-    from ntkscale.store.gram_store import transpose
-
     a = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     t = transpose(a, tile=128)
     assert t.flags.c_contiguous and t.dtype == a.dtype
@@ -250,3 +249,16 @@ def test_tiled_transpose(shape):
 def test_plan_of_a_store_matches_its_arrays(store):
     plan = make_plan(N, M, B)
     assert store.plan() == plan
+
+
+def test_store_meta_round_trips_and_is_frozen(tmp_path):
+    attrs = _meta(created="2026-12-01T00:00:00+00:00", sources={"train": {"x": "x.npy", "y": None}},
+                  some_future_key={"kept": True})
+    meta = StoreMeta.from_dict(attrs)
+    assert meta.get == ("nngp", "ntk") and meta.block_size == B and meta.extra["some_future_key"] == {"kept": True}
+    assert meta.to_dict() == attrs
+    with pytest.raises(AttributeError):
+        meta.dtype = "float32"
+    s = GramStore.create(tmp_path / "m.zarr", meta)
+    assert GramStore.open(s.path).meta == attrs and GramStore.open(s.path).store_meta == meta
+    assert GramStore.read_attributes(s.path) == attrs

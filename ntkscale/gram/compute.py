@@ -3,15 +3,33 @@
 The kernel engine runs on the array namespace it is given (NumPy, or CuPy on
 a GPU worker); results always come back as C-contiguous NumPy arrays in the
 run's dtype, keyed by kernel name (``"nngp"``, ``"ntk"``).
+
+A block task receives the network in one form, the canonical spec JSON
+(``GramStore.spec_json``); :func:`kernel_fn_for` builds the ``kernel_fn`` from
+it once per process (so once per worker) and reuses it for every block.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+import functools
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..backend import is_numpy_namespace, to_numpy
+from .. import stax
+from ..backend import default_backend_name, is_numpy_namespace, namespace_by_name, to_numpy
+
+
+@functools.lru_cache(maxsize=8)
+def kernel_fn_for(spec_json: str) -> Any:
+    """The ``kernel_fn`` of a canonical spec JSON text, built once per process."""
+    return stax.from_spec(spec_json)[2]
+
+
+def backend_for(name: str) -> Tuple[str, Any]:
+    """``(name, namespace)`` of a backend name (``auto``: this process's default)."""
+    name = default_backend_name() if name == "auto" else name
+    return name, namespace_by_name(name)
 
 
 def _to_backend(x: Any, dtype: str, xp: Any) -> Any:

@@ -13,7 +13,8 @@ Blocks are squares of ``block_size`` (ragged at the edges); a Zarr chunk is
 exactly one block, so a block write touches one chunk (two when mirrored).
 The block size comes from the config, from the store (which always wins), or
 from :func:`choose_block_size`: the largest size whose task fits a memory
-budget, shrunk until every task slot gets a few blocks.
+budget (outputs plus the engine's temporaries, which the spec declares),
+shrunk until every task slot gets a few blocks.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ BLOCK_QUANTUM = 128
 MAX_BLOCK = 16384
 #: Aim for at least this many Gram blocks per task slot (load balance, tail).
 BLOCKS_PER_SLOT = 4
+#: Rows of a block the kernel engine must be able to hold at once (see block_size_for_memory).
+ENGINE_STRIP_ROWS = BLOCK_QUANTUM
 
 
 def grid(n: int, block: int) -> List[Range]:
@@ -148,25 +151,37 @@ def n_gram_blocks(n_train: int, n_test: int, block: int) -> int:
     return r * (r + 1) // 2 + t * r
 
 
-def block_size_for_memory(memory_per_task: int, itemsize: int, n_kernels: int) -> int:
+def block_size_for_memory(memory_per_task: int, itemsize: int, n_kernels: int,
+                          bytes_per_entry: float = 0.0) -> int:
     """Largest block (multiple of BLOCK_QUANTUM) whose task fits ``memory_per_task``.
 
     A task holds its ``n_kernels`` outputs plus one transposed copy for the
     mirror write, B² entries each, in half the budget; the kernel engine gets
-    the other half for its temporaries (it row-blocks within it).
+    the other half for its temporaries, which it tiles. ``bytes_per_entry`` is
+    what the spec declares its engine needs per kernel entry
+    (``kernel_fn.cost(shape)["bytes"] × itemsize``): the block is also kept
+    narrow enough that a strip of ``ENGINE_STRIP_ROWS`` rows across its B
+    columns fits the engine's half, so an image network (thousands of
+    covariance entries per pair) gets smaller blocks than a flat one. For flat
+    networks the strip bound sits far above ``MAX_BLOCK``. (The spec declaring
+    its memory follows Falkon's ``extra_mem``, Meanti et al. 2020.)
     """
-    b = int(math.isqrt(max(1, memory_per_task // 2 // ((n_kernels + 1) * itemsize))))
+    half = max(1, memory_per_task // 2)
+    b = int(math.isqrt(max(1, half // ((n_kernels + 1) * itemsize))))
+    if bytes_per_entry > 0:
+        b = min(b, int(half // (ENGINE_STRIP_ROWS * bytes_per_entry)))
     return max(BLOCK_QUANTUM, min(MAX_BLOCK, b // BLOCK_QUANTUM * BLOCK_QUANTUM))
 
 
 def choose_block_size(n_train: int, n_test: int, *, itemsize: int, n_kernels: int,
-                      memory_per_task: int, slots: int = 1) -> int:
-    """Block size from a memory budget, shrunk until each slot has a few blocks.
+                      memory_per_task: int, slots: int = 1, bytes_per_entry: float = 0.0) -> int:
+    """Block size from a memory budget (and the spec's declared ``bytes_per_entry``,
+    see :func:`block_size_for_memory`), shrunk until each slot has a few blocks.
 
     Sizes are tried as n / R for R = 1, 2, ... row blocks (rounded up to the
     quantum) so blocks come out even, not with a thin ragged last row.
     """
-    b_mem = block_size_for_memory(memory_per_task, itemsize, n_kernels)
+    b_mem = block_size_for_memory(memory_per_task, itemsize, n_kernels, bytes_per_entry)
     want = BLOCKS_PER_SLOT * max(1, slots)
     rows = 1
     while True:

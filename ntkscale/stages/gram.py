@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import os
 import sys
 import time
@@ -29,27 +30,27 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, TextIO
 
 import numpy as np
+import psutil
 
 from .. import __version__
-from ..cluster.client import dashboard_link, open_client, total_threads
+from ..cluster import check_store_visible, dashboard_link, open_client, security_from_tls, total_threads
 from ..config.run import AddressClusterConfig, LocalClusterConfig, RunConfig
 from ..data import InputSet, load_inputs
-from ..errors import NtkscaleError
-from ..store.lock import StoreLock
+from ..errors import BlockFailedError, NtkscaleError, StoreError
 from ..gram.plan import Plan, choose_block_size, describe, effective_block_size, make_plan
-from ..gram.schedule import Job, Progress, run_blocks
-from ..store.gram_store import (DEFAULT_CHECKSUM, FORMAT_VERSION, GramStore, StoreError,
-    block_token, check_compatible, now)
+from ..gram.progress import Progress, say
+from ..gram.schedule import Job, run_blocks
+from ..store.gram_store import GramStore
+from ..store.layout import FORMAT_VERSION, now
+from ..store.lock import StoreLock
+from ..store.maintenance import verify
+from ..store.manifest import DEFAULT_CHECKSUM, block_token
+from ..store.meta import StoreDiff
 
 #: Per-task memory when neither the config nor the cluster says (address clusters).
 DEFAULT_TASK_MEMORY = 2 << 30
 #: How long a run waits for the first worker of an existing cluster.
 WAIT_FOR_WORKERS_S = 120
-
-
-class BlockFailedError(NtkscaleError):
-    """Some blocks failed after retries; the finished ones are kept."""
-
 
 @dataclasses.dataclass
 class RunReport:
@@ -86,8 +87,6 @@ def task_memory(config: RunConfig) -> int:
         per_worker = c.threads_per_worker + c.io_threads   # blocks alive at once per worker
         if c.memory_limit:
             return c.memory_limit // per_worker
-        import psutil  # noqa: PLC0415
-
         n_workers = max(1, c.slots // c.threads_per_worker)
         return int(psutil.virtual_memory().total * 0.8) // (n_workers * per_worker)
     return DEFAULT_TASK_MEMORY
@@ -137,33 +136,53 @@ class GramPipeline:
             "sample_shape": list(sets["train"].sample_shape),
         }
 
-    def _existing_store(self) -> Optional[GramStore]:
+    def _existing_store(self, mode: str = "r") -> Optional[GramStore]:
+        """The store at ``config.store`` opened in ``mode``, or ``None`` when there is none yet."""
         path = Path(self.config.store)
         if GramStore.is_store(path):
-            return GramStore.open(path, "r")
+            return GramStore.open(path, mode)
         if path.exists() and (not path.is_dir() or set(os.listdir(path)) - {"lock"}):
             raise StoreError(f"store: {path} exists and is not a Gram store; choose another path")
         return None
 
+    def _check(self, store: GramStore, want: Dict[str, Any]) -> StoreDiff:
+        """The one compatibility check of a stage call (raises SpecMismatchError)."""
+        return store.diff(want, recompute_test=self.recompute_test, replace_y=self.replace_y)
+
+    def bytes_per_entry(self) -> float:
+        """Engine temporaries per kernel entry that the spec declares, in bytes."""
+        shape = self.inputs()["train"].sample_shape
+        return float(self.kernel_fn.cost(shape)["bytes"]) * np.dtype(self.config.dtype).itemsize
+
     def block_size(self, n_train: int, n_test: int) -> int:
+        """Block size of a new store: the config's, or one from the memory budget and the spec's cost."""
         if self.config.block_size:
             return effective_block_size(self.config.block_size, n_train, n_test)
         return choose_block_size(n_train, n_test, itemsize=np.dtype(self.config.dtype).itemsize,
                                  n_kernels=len(self.config.kernel.get),
-                                 memory_per_task=task_memory(self.config), slots=planned_slots(self.config))
+                                 memory_per_task=task_memory(self.config), slots=planned_slots(self.config),
+                                 bytes_per_entry=self.bytes_per_entry())
+
+    def _plan(self, store: Optional[GramStore], want: Dict[str, Any]) -> Plan:
+        if store is not None:
+            return make_plan(want["n_train"], want["n_test"] or store.n_test, store.block_size)
+        return make_plan(want["n_train"], want["n_test"], self.block_size(want["n_train"], want["n_test"]))
 
     def plan(self) -> Plan:
         """The block plan; an existing store's block size (and test set) win."""
         want = self.wanted()
         store = self._existing_store()
         if store is not None:
-            check_compatible(store, want, recompute_test=self.recompute_test, replace_y=self.replace_y)
-            return make_plan(want["n_train"], want["n_test"] or store.n_test, store.block_size)
-        return make_plan(want["n_train"], want["n_test"], self.block_size(want["n_train"], want["n_test"]))
+            self._check(store, want)
+        return self._plan(store, want)
 
     def describe(self) -> Dict[str, Any]:
-        plan = self.plan()
+        """The plan as ``ntkscale plan`` prints it (no Dask)."""
+        want = self.wanted()
         store = self._existing_store()
+        if store is not None:
+            self._check(store, want)
+        plan = self._plan(store, want)
         done = store.manifest.keys() if store is not None else ()
         shape = self.inputs()["train"].sample_shape
         flops = float(self.kernel_fn.cost(shape)["flops"])
@@ -173,12 +192,10 @@ class GramPipeline:
         return out
 
     # -- running ---------------------------------------------------------------
-    def _prepare(self) -> GramStore:
-        """Under the lock: create or check the store, copy missing inputs."""
-        want = self.wanted()
+    def _prepare(self, store: Optional[GramStore], diff: Optional[StoreDiff], want: Dict[str, Any]) -> GramStore:
+        """Under the lock: create the store or apply ``diff`` to it, copy missing inputs."""
         sets = self.inputs()
-        existing = self._existing_store()
-        if existing is None:
+        if store is None:
             meta = dict(want, format_version=FORMAT_VERSION, ntkscale_version=__version__, created=now(),
                         block_size=self.block_size(want["n_train"], want["n_test"]),
                         checksum=DEFAULT_CHECKSUM)
@@ -187,26 +204,23 @@ class GramPipeline:
             if want["n_test"]:
                 store.create_part_arrays("test")
         else:
-            actions = check_compatible(existing, want, recompute_test=self.recompute_test,
-                                       replace_y=self.replace_y)
-            store = GramStore.open(self.config.store, "r+")
+            assert diff is not None
             if self.config.block_size and self.block_size(store.n_train, store.n_test) != store.block_size:
                 self._say(f"using the store's block size {store.block_size} (the config says "
                           f"{self.config.block_size})")
-            if "drop-test" in actions:
+            if diff.drop_test:
                 self._say(f"recomputing the test part of {store.path} (new test inputs)")
                 store.drop_part("test")
-            if "drop-test" in actions or "add-test" in actions:
+            if diff.new_test:
                 fps, src = dict(store.meta["fingerprints"]), dict(store.meta.get("sources") or {})
                 fps["test"], src["test"] = want["fingerprints"]["test"], want["sources"]["test"]
                 store.set_meta(n_test=want["n_test"], fingerprints=fps, sources=src)
                 store.create_part_arrays("test")
-            for which in ("train", "test"):
-                if f"replace-y-{which}" in actions:
-                    store.write_inputs(which, None, sets[which].y)
-                    fps = dict(store.meta["fingerprints"])
-                    fps[which] = dict(fps[which], y=want["fingerprints"][which]["y"])
-                    store.set_meta(fingerprints=fps)
+            for which in diff.replace_y:
+                store.write_inputs(which, None, sets[which].y)
+                fps = dict(store.meta["fingerprints"])
+                fps[which] = dict(fps[which], y=want["fingerprints"][which]["y"])
+                store.set_meta(fingerprints=fps)
         store.remove_partial_writes()        # chunk writes cut short by a killed run
         for part in ("train", "test") if store.n_test else ("train",):
             store.ensure_part_arrays(part)   # a run killed while creating the store
@@ -218,17 +232,24 @@ class GramPipeline:
         return store
 
     def run(self, client: Any = None) -> RunReport:
-        """Compute every block the store is missing; returns a :class:`RunReport`."""
+        """Compute every block the store is missing; returns a :class:`RunReport`.
+
+        The store is opened once and checked once, before the lock, so an
+        incompatible store is refused untouched; under the lock it is only
+        reopened and rechecked if another run changed it in between.
+        """
         t0 = time.perf_counter()
-        self.inputs()  # every input is checked before any work starts
-        if self._existing_store() is not None:
-            self.plan()  # an incompatible store is refused before the lock: it stays untouched
+        want = self.wanted()  # every input is checked before any work starts
+        store = self._existing_store("r+")
+        diff = self._check(store, want) if store is not None else None
         run_id = uuid.uuid4().hex[:12]
         with StoreLock(self.config.store, extra={"run_id": run_id}):
-            store = self._prepare()
-            job = Job(store=str(store.path), spec_json=self.config.kernel.spec_json, get=store.kinds,
-                      dtype=store.dtype, backend=self.config.backend,
-                      checksum=store.meta.get("checksum", DEFAULT_CHECKSUM),
+            if GramStore.read_attributes(self.config.store) != (store.meta if store is not None else None):
+                store = self._existing_store("r+")   # another run changed it while this one waited
+                diff = self._check(store, want) if store is not None else None
+            store = self._prepare(store, diff, want)
+            job = Job(store=str(store.path), spec_json=store.spec_json, get=store.kinds,
+                      dtype=store.dtype, backend=self.config.backend, checksum=store.checksum,
                       memory_budget=task_memory(self.config) // 2, run_id=run_id,
                       io_threads=io_threads(self.config))
             report = compute_missing(store, job, self.config.cluster, client=client,
@@ -239,15 +260,13 @@ class GramPipeline:
 
     def _say(self, message: str) -> None:
         if self.progress:
-            print(message, file=self.stream or sys.stderr, flush=True)
+            say(message, self.stream)
 
 
 def _security(config: RunConfig) -> Any:
     """``tls:`` -> ``distributed.security.Security`` (None without a tls section)."""
     if config.tls is None:
         return None
-    from ..cluster.tls import security_from_tls  # noqa: PLC0415
-
     return security_from_tls(config.tls)
 
 
@@ -259,8 +278,6 @@ def wait_until_ready(client: Any, store_path: Any) -> None:
     except (TimeoutError, OSError) as exc:
         raise NtkscaleError(f"no Dask worker joined the scheduler within {WAIT_FOR_WORKERS_S} s "
                             f"({type(exc).__name__}); start workers with `dask worker ADDRESS`") from None
-    from ..cluster.probe import check_store_visible  # noqa: PLC0415
-
     check_store_visible(client, store_path)
 
 
@@ -276,9 +293,13 @@ def compute_missing(store: GramStore, job: Job, cluster: Any, *, client: Any = N
     report = RunReport(str(store.path), plan.n_blocks, plan.n_blocks - len(pending), 0, 0.0,
                        run_id=job.run_id)
     stream = stream or sys.stderr
-    say = (lambda m: print(m, file=stream, flush=True)) if progress else (lambda m: None)
+
+    def tell(message: str) -> None:
+        if progress:
+            say(message, stream)
+
     if not pending:
-        say(f"{store.path}: all {plan.n_blocks} blocks are already finished")
+        tell(f"{store.path}: all {plan.n_blocks} blocks are already finished")
         report.seconds = time.perf_counter() - t0
         return report
     given = client is not None
@@ -291,9 +312,9 @@ def compute_missing(store: GramStore, job: Job, cluster: Any, *, client: Any = N
         report.slots = total_threads(client)
         if job.io_threads:   # the io threads write, they do not compute
             report.slots = sum(max(1, t - job.io_threads) for t in client.nthreads().values())
-        say(f"Dask dashboard: {report.dashboard or 'not served'}"
+        tell(f"Dask dashboard: {report.dashboard or 'not served'}"
             + ("" if _has_bokeh() else " (install bokeh to see it)"))
-        say(f"computing {len(pending)} of {plan.n_blocks} blocks ({report.blocks_done_before} already "
+        tell(f"computing {len(pending)} of {plan.n_blocks} blocks ({report.blocks_done_before} already "
             f"finished) on {report.slots} task slots, block size {store.block_size}")
         bar = Progress(plan.n_blocks, report.blocks_done_before, plan.computed_entries(pending),
                        stream=stream, enabled=progress)
@@ -316,8 +337,6 @@ def compute_missing(store: GramStore, job: Job, cluster: Any, *, client: Any = N
 
 
 def _has_bokeh() -> bool:
-    import importlib.util  # noqa: PLC0415
-
     return importlib.util.find_spec("bokeh") is not None
 
 
@@ -329,30 +348,22 @@ def repair(path: os.PathLike | str, cluster: Any = None, *, client: Any = None, 
     them missing (never passing as finished). Inputs that fail their
     fingerprint cannot be repaired from the store and are an error.
     """
-    from ..store.maintenance import verify  # noqa: PLC0415
-
     cluster = cluster or LocalClusterConfig()
     run_id = uuid.uuid4().hex[:12]
     with StoreLock(path, extra={"run_id": run_id}):
-        before = verify(path)
+        store = GramStore.open(path, "r+")
+        before = verify(store)
         broken = {w: v for w, v in before["inputs"].items() if v != "ok"}
         if broken:
             raise StoreError(f"{path}: the stored inputs are damaged or incomplete "
                              f"({'; '.join(f'{w}: {v}' for w, v in broken.items())}); they cannot be "
                              "recomputed from the store: rerun `ntkscale gram CONFIG` with the original data")
-        store = GramStore.open(path, "r+")
         store.manifest.delete(before["bad"])
-        job = Job(store=str(store.path), spec_json=_spec_json(store), get=store.kinds, dtype=store.dtype,
-                  backend=backend, checksum=store.meta.get("checksum", DEFAULT_CHECKSUM), run_id=run_id)
+        job = Job(store=str(store.path), spec_json=store.spec_json, get=store.kinds, dtype=store.dtype,
+                  backend=backend, checksum=store.checksum, run_id=run_id)
         report = compute_missing(store, job, cluster, client=client, progress=progress, stream=stream)
-        after = verify(path, check_inputs=False)
+        after = verify(store, check_inputs=False)
     after["inputs"] = before["inputs"]
     after["clean"] = not after["missing"] and not after["bad"]
     return {"before": before, "after": after, "repaired": sorted(before["bad"]) + before["missing"],
             "blocks_computed": report.blocks_computed}
-
-
-def _spec_json(store: GramStore) -> str:
-    from ..stax import spec_to_json  # noqa: PLC0415
-
-    return spec_to_json(store.spec)

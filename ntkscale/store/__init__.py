@@ -1,5 +1,7 @@
-"""The Gram store: one Zarr group, its manifest, lock and maintenance."""
+"""The Gram store: one Zarr group, its manifest, metadata, lock and maintenance."""
 
-from .gram_store import GramStore, StoreError
+from ..errors import StoreBusyError, StoreError
+from .gram_store import GramStore
+from .meta import StoreDiff, StoreMeta
 
-__all__ = ["GramStore", "StoreError"]
+__all__ = ["GramStore", "StoreBusyError", "StoreDiff", "StoreError", "StoreMeta"]

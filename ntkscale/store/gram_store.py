@@ -36,124 +36,34 @@ For solvers::
     d = store.diag("test", "ntk")           # numpy (m,)
     X, y = store.inputs("train"), store.y("train")
     ckpt = GramStore.open("run.zarr", mode="r+").group("solver")   # your own artefacts
+
+Modules of the store: :mod:`~ntkscale.store.layout` (node paths, format
+version), :mod:`~ntkscale.store.manifest` (entries, checksums, block tokens,
+the block writer), :mod:`~ntkscale.store.meta` (the root attributes as a
+frozen ``StoreMeta`` and its ``diff``), :mod:`~ntkscale.store.lock` and
+:mod:`~ntkscale.store.maintenance` (status, verify, export).
 """
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import zlib
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
+import dask.array as da
 import numpy as np
+import zarr
 
-from ..errors import NtkscaleError, SpecMismatchError
+from .. import stax
+from ..choices import KERNELS
+from ..data import iter_row_chunks
+from ..errors import StoreError
 from ..gram.plan import Block, Plan, chunk_shape, make_plan
-
-FORMAT_VERSION = 1
-ATTR = "ntkscale"
-KINDS = ("nngp", "ntk")
-#: Groups a store reserves for later stages; the Gram engine leaves them alone.
-RESERVED_GROUPS = ("solver", "predict")
-MANIFEST = "manifest"
-
-
-class StoreError(NtkscaleError):
-    """A path is not a Gram store, or a store is incomplete for what was asked."""
-
-
-# ----------------------------------------------------------------------------- checksums
-
-
-def _crc32(a: np.ndarray) -> str:
-    return "crc32:%08x" % zlib.crc32(memoryview(np.ascontiguousarray(a)).cast("B"))
-
-
-def _sha256(a: np.ndarray) -> str:
-    import hashlib  # noqa: PLC0415
-
-    return "sha256:" + hashlib.sha256(memoryview(np.ascontiguousarray(a)).cast("B")).hexdigest()
-
-
-#: Checksum of a block's values (C order, the stored dtype). CRC-32 is the
-#: default: it catches truncation and altered bytes (burst errors up to 32 bits
-#: always, others with probability 1 - 2^-32) at ~4 GB/s, so integrity costs
-#: almost nothing next to the kernel. The algorithm is recorded in the store.
-CHECKSUMS: Dict[str, Callable[[np.ndarray], str]] = {"crc32": _crc32, "sha256": _sha256}
-DEFAULT_CHECKSUM = "crc32"
-
-
-def gram_path(part: str, kind: str) -> str:
-    return f"gram/{part}/{kind}"
-
-
-def diag_path(which: str, kind: str) -> str:
-    return f"diag/{which}/{kind}"
-
-
-def input_path(which: str, name: str) -> str:
-    return f"inputs/{which}/{name}"
-
-
-def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-# ----------------------------------------------------------------------------- manifest
-
-
-class Manifest:
-    """Finished blocks: ``manifest/<key>`` Zarr groups whose attributes are records.
-
-    Entries are written through zarr (one atomic ``zarr.json`` put each) by
-    the worker that computed the block; they are listed and read with
-    ``os.scandir``/``json`` because a store holds 10^4-10^5 of them and
-    zarr's member listing opens each one.
-    """
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        self.dir = self.root / MANIFEST
-
-    def keys(self) -> Set[str]:
-        try:
-            with os.scandir(self.dir) as it:
-                return {e.name for e in it if e.is_dir() and os.path.isfile(os.path.join(e.path, "zarr.json"))}
-        except FileNotFoundError:
-            return set()
-
-    def get(self, key: str) -> Optional[Dict[str, Any]]:
-        try:
-            with open(self.dir / key / "zarr.json", "rb") as f:
-                return json.load(f).get("attributes") or {}
-        except (FileNotFoundError, ValueError):
-            return None
-
-    def records(self, keys: Optional[Iterable[str]] = None) -> Dict[str, Dict[str, Any]]:
-        out = {}
-        for key in (self.keys() if keys is None else keys):
-            rec = self.get(key)
-            if rec is not None:
-                out[key] = rec
-        return out
-
-    def put(self, key: str, record: Dict[str, Any]) -> None:
-        import zarr  # noqa: PLC0415
-
-        zarr.create_group(store=str(self.root), path=f"{MANIFEST}/{key}", attributes=record, overwrite=True)
-
-    def delete(self, keys: Iterable[str]) -> None:
-        import zarr  # noqa: PLC0415
-
-        group = zarr.open_group(str(self.root), path=MANIFEST, mode="r+")
-        for key in keys:
-            if (self.dir / key).exists():
-                del group[key]
-
-
-# ----------------------------------------------------------------------------- the store
+from .layout import (ATTR, FORMAT_VERSION, MANIFEST, RESERVED_GROUPS, diag_path, gram_path, input_path,
+    transpose)
+from .manifest import CHECKSUMS, DEFAULT_CHECKSUM, Manifest, block_token
+from .meta import StoreDiff, StoreMeta
 
 
 class GramStore:
@@ -168,17 +78,21 @@ class GramStore:
 
     # -- opening ------------------------------------------------------------
     @staticmethod
-    def is_store(path: os.PathLike | str) -> bool:
+    def read_attributes(path: os.PathLike | str) -> Optional[Dict[str, Any]]:
+        """The ``ntkscale`` root attributes on disk now, or ``None`` when ``path``
+        is not a Gram store (plain JSON read; no zarr open)."""
         try:
             doc = json.loads((Path(path) / "zarr.json").read_text())
         except (OSError, ValueError):
-            return False
-        return ATTR in (doc.get("attributes") or {})
+            return None
+        return (doc.get("attributes") or {}).get(ATTR)
+
+    @staticmethod
+    def is_store(path: os.PathLike | str) -> bool:
+        return GramStore.read_attributes(path) is not None
 
     @classmethod
     def open(cls, path: os.PathLike | str, mode: str = "r") -> "GramStore":
-        import zarr  # noqa: PLC0415
-
         p = Path(path)
         if not (p / "zarr.json").is_file():
             raise StoreError(f"{p} is not a Gram store (no zarr.json there); make one with `ntkscale gram CONFIG`")
@@ -192,12 +106,11 @@ class GramStore:
         return cls(p, group)
 
     @classmethod
-    def create(cls, path: os.PathLike | str, meta: Dict[str, Any]) -> "GramStore":
+    def create(cls, path: os.PathLike | str, meta: Union[Mapping[str, Any], StoreMeta]) -> "GramStore":
         """Write the root attributes of a new store (the caller holds the lock)."""
-        import zarr  # noqa: PLC0415
-
+        attrs = meta.to_dict() if isinstance(meta, StoreMeta) else dict(meta)
         group = zarr.open_group(str(path), mode="a")
-        group.update_attributes({ATTR: meta})
+        group.update_attributes({ATTR: attrs})
         group.require_group(MANIFEST)
         return cls(Path(path), group)
 
@@ -206,10 +119,18 @@ class GramStore:
         self.meta.update(changes)
         self._group.update_attributes({ATTR: self.meta})
 
-    def refresh(self) -> "GramStore":
-        return GramStore.open(self.path, "r" if self._group.read_only else "r+")
-
     # -- facts --------------------------------------------------------------
+    @property
+    def store_meta(self) -> StoreMeta:
+        """The root attributes as a frozen :class:`StoreMeta`."""
+        return StoreMeta.from_dict(self.meta)
+
+    def diff(self, wanted: Union[StoreMeta, Mapping[str, Any]], *, recompute_test: bool = False,
+             replace_y: bool = False) -> StoreDiff:
+        """:meth:`StoreMeta.diff` of this store (messages name its path)."""
+        return self.store_meta.diff(wanted, recompute_test=recompute_test, replace_y=replace_y,
+                                    path=self.path)
+
     @property
     def kinds(self) -> Tuple[str, ...]:
         return tuple(self.meta["get"])
@@ -235,12 +156,20 @@ class GramStore:
         return self.meta["spec"]
 
     @property
+    def spec_json(self) -> str:
+        """The canonical JSON text of the store's spec: the one form a block task gets."""
+        return stax.spec_to_json(self.spec)
+
+    @property
     def spec_hash(self) -> str:
         return self.meta["spec_hash"]
 
-    def kernel_fn(self) -> Any:
-        from .. import stax  # noqa: PLC0415
+    @property
+    def checksum(self) -> str:
+        """Name of the block checksum algorithm (see ``CHECKSUMS``)."""
+        return self.meta.get("checksum", DEFAULT_CHECKSUM)
 
+    def kernel_fn(self) -> Any:
         return stax.from_spec(self.spec)[2]
 
     def plan(self) -> Plan:
@@ -250,13 +179,14 @@ class GramStore:
         return (self.meta.get("fingerprints") or {}).get(which)
 
     def checksum_fn(self) -> Callable[[np.ndarray], str]:
-        return CHECKSUMS[self.meta.get("checksum", DEFAULT_CHECKSUM)]
+        return CHECKSUMS[self.checksum]
 
     # -- arrays -------------------------------------------------------------
     def _kind(self, kind: Optional[str]) -> str:
         if kind is None:
             if len(self.kinds) > 1:
-                raise StoreError(f"{self.path} holds {' and '.join(self.kinds)}; say which kernel (kind='nngp' or 'ntk')")
+                raise StoreError(f"{self.path} holds {' and '.join(self.kinds)}; say which kernel "
+                                 f"(kind={' or '.join(repr(k) for k in KERNELS)})")
             return self.kinds[0]
         if kind not in self.kinds:
             raise StoreError(f"{self.path} holds {', '.join(self.kinds)}, not {kind!r}")
@@ -281,8 +211,6 @@ class GramStore:
         return self.array("test", kind)
 
     def dask_array(self, part: str, kind: Optional[str] = None) -> Any:
-        import dask.array as da  # noqa: PLC0415
-
         return da.from_zarr(self.array(part, kind))
 
     def diag_array(self, which: str, kind: Optional[str] = None) -> Any:
@@ -348,8 +276,6 @@ class GramStore:
 
     def write_inputs(self, which: str, x: Any, y: Optional[Any]) -> None:
         """Copy an input set into ``inputs/<which>/`` (streamed, B rows a chunk)."""
-        from ..data import iter_row_chunks  # noqa: PLC0415
-
         for name, arr in (("x", x), ("y", y)):
             if arr is None:
                 continue
@@ -401,118 +327,3 @@ class GramStore:
                 if fn(values) != sums[kind]:
                     return f"{where} chunk does not match its checksum"
         return None
-
-
-#: Every block is written whole, so zarr's "is this chunk all fill value?" scan
-#: (a full pass over 64 MiB per chunk, slower than the write itself) is skipped.
-WRITE_CONFIG = {"write_empty_chunks": True}
-
-
-def transpose(a: np.ndarray, tile: int = 128) -> np.ndarray:
-    """C-contiguous ``a.T``, copied tile by tile.
-
-    Hand-written because ``np.ascontiguousarray(a.T)`` walks one side with a
-    stride of a whole row and is about twice as slow on a 4096² block, and zarr
-    given the strided view ``a.T`` is slower still (measured: 1.3 s vs 0.12 s).
-    """
-    n, m = a.shape
-    out = np.empty((m, n), dtype=a.dtype)
-    for i in range(0, n, tile):
-        for j in range(0, m, tile):
-            out[j:j + tile, i:i + tile] = a[i:i + tile, j:j + tile].T
-    return out
-
-
-def write_block(root: str, block: Block, values: Dict[str, np.ndarray], record: Dict[str, Any],
-                checksum: str = DEFAULT_CHECKSUM) -> Dict[str, Any]:
-    """Worker side: write a block's chunk(s), checksum them, then its manifest entry."""
-    import zarr  # noqa: PLC0415
-
-    (r0, r1), (c0, c1) = block.rows, block.cols
-    for kind, a in values.items():
-        if block.is_diag:
-            zarr.open_array(store=root, path=diag_path(block.row_set, kind), mode="r+",
-                            config=WRITE_CONFIG)[r0:r1] = a
-            continue
-        arr = zarr.open_array(store=root, path=gram_path(block.part, kind), mode="r+", config=WRITE_CONFIG)
-        arr[r0:r1, c0:c1] = a
-        if block.mirrored:
-            arr[c0:c1, r0:r1] = transpose(a)
-    record = dict(record, checksums={kind: CHECKSUMS[checksum](a) for kind, a in values.items()})
-    Manifest(Path(root)).put(block.key, record)
-    return record
-
-
-def block_token(meta: Dict[str, Any], block: Block) -> str:
-    """Identity of a block's content: spec, dtype, block size, the fingerprints
-    of the inputs it reads, and its index. Resume trusts a manifest entry only
-    when its token matches. A plain SHA-256 of canonical JSON (not
-    ``dask.base.tokenize``, whose output may change between Dask versions,
-    which would silently invalidate old stores)."""
-    fps = meta.get("fingerprints") or {}
-    sets = ("train", "test") if block.row_set == "test" else ("train",)
-    ident = [FORMAT_VERSION, meta["spec_hash"], meta["dtype"], int(meta["block_size"]),
-             [(fps.get(s) or {}).get("x") for s in sets], block.key]
-    import hashlib  # noqa: PLC0415
-
-    return hashlib.sha256(json.dumps(ident, separators=(",", ":")).encode()).hexdigest()[:32]
-
-
-# ----------------------------------------------------------------------------- compatibility
-
-
-def _layer_diff(want: list, have: list) -> str:
-    for i, (a, b) in enumerate(zip(want, have, strict=False)):
-        if a != b:
-            return f"layer {i} is {json.dumps(a)} in the config but {json.dumps(b)} in the store"
-    return f"the config has {len(want)} layers, the store {len(have)}"
-
-
-def check_compatible(store: GramStore, want: Dict[str, Any], *, recompute_test: bool = False,
-                     replace_y: bool = False) -> List[str]:
-    """Compare a store with what a run wants; raise :class:`SpecMismatchError`
-    naming what differs, or return the actions the run may take
-    (``add-test``, ``drop-test``, ``replace-y-train``, ``replace-y-test``).
-    Read-only: nothing is changed here."""
-    meta, where = store.meta, f"store {store.path}"
-    unchanged = "; the store was not changed"
-    if want["spec_hash"] != meta["spec_hash"]:
-        raise SpecMismatchError(
-            f"{where} was made with a different kernel spec (kernel.layers): "
-            f"{_layer_diff(want['spec'], meta['spec'])}; spec hash {want['spec_hash'][:12]} vs "
-            f"{meta['spec_hash'][:12]}. Use another store path{unchanged}")
-    if want["dtype"] != meta["dtype"]:
-        raise SpecMismatchError(f"{where} holds dtype {meta['dtype']} but the config asks for "
-                                f"{want['dtype']} (dtype); use the same dtype or another store{unchanged}")
-    missing = [k for k in want["get"] if k not in meta["get"]]
-    if missing:
-        raise SpecMismatchError(f"{where} holds {', '.join(meta['get'])} but the config also asks for "
-                                f"{', '.join(missing)} (kernel.get); use another store{unchanged}")
-    actions: List[str] = []
-    have_fp, want_fp = meta.get("fingerprints") or {}, want["fingerprints"]
-    for which in ("train", "test"):
-        w, h = want_fp.get(which), have_fp.get(which)
-        if w is None or h is None:
-            if which == "test" and w is not None:
-                actions.append("add-test")
-            continue
-        if w["x"] != h["x"]:
-            if which == "train":
-                raise SpecMismatchError(
-                    f"{where} was made from different train inputs (data.train.x): fingerprint "
-                    f"{w['x'][:19]} vs {h['x'][:19]} in the store; the train Gram depends on them, "
-                    f"so use another store{unchanged}")
-            if not recompute_test:
-                raise SpecMismatchError(
-                    f"{where} was made with a different test set (data.test.x): fingerprint "
-                    f"{w['x'][:19]} vs {h['x'][:19]}; the train Gram is still valid: rerun with "
-                    f"--recompute-test (Python: recompute_test=True) to recompute only the test part{unchanged}")
-            actions.append("drop-test")
-            continue
-        if w.get("y") != h.get("y"):
-            if not replace_y:
-                raise SpecMismatchError(
-                    f"{where} holds different labels (data.{which}.y); the Gram does not depend on "
-                    f"them: rerun with --replace-y (Python: replace_y=True) to store the new ones{unchanged}")
-            actions.append(f"replace-y-{which}")
-    return actions

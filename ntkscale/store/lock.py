@@ -28,13 +28,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from ..errors import NtkscaleError
+from ..errors import StoreBusyError
 
 LOCK_NODE = "lock"
-
-
-class StoreBusyError(NtkscaleError):
-    """Another run holds the store's lock."""
 
 
 def _lock_file(root: Path) -> Path:

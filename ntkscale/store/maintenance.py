@@ -12,13 +12,23 @@ import concurrent.futures
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
-from .lock import lock_holder
+from ..data import fingerprint
+from ..errors import StoreError
 from ..gram.plan import Plan
-from .gram_store import GramStore, StoreError, input_path
+from .gram_store import GramStore
+from .layout import input_path
+from .lock import lock_holder
+
+StoreOrPath = Union[GramStore, os.PathLike, str]
+
+
+def _open(store: StoreOrPath) -> GramStore:
+    """An already open store as is; a path opened read-only."""
+    return store if isinstance(store, GramStore) else GramStore.open(store, "r")
 
 
 def status(path: os.PathLike | str) -> Dict[str, Any]:
@@ -70,13 +80,12 @@ def _rate(store: GramStore, plan: Plan, keys: set, since: float) -> Dict[str, An
             "entries_per_s": rate, "eta_s": (remaining / rate) if rate > 0 else None}
 
 
-def verify(path: os.PathLike | str, *, threads: Optional[int] = None,
+def verify(path: StoreOrPath, *, threads: Optional[int] = None,
            check_inputs: bool = True) -> Dict[str, Any]:
     """Check every block against its manifest checksum (and the inputs against
-    their fingerprints). Returns ``{"ok", "missing", "bad", "inputs"}``."""
-    from ..data import fingerprint  # noqa: PLC0415
-
-    store = GramStore.open(path, "r")
+    their fingerprints). Returns ``{"ok", "missing", "bad", "inputs"}``.
+    ``path`` may be an open :class:`GramStore` (it is not reopened)."""
+    store = _open(path)
     plan = store.plan()
     records = store.manifest.records()
     missing = [b.key for b in plan.blocks if b.key not in records]
@@ -111,14 +120,15 @@ def verify(path: os.PathLike | str, *, threads: Optional[int] = None,
 
 
 def missing_blocks(store: GramStore, part: str) -> List[str]:
+    """Keys of the blocks of ``part`` without a manifest entry."""
     keys = store.manifest.keys()
     return [b.key for b in store.plan().blocks if b.part == part and b.key not in keys]
 
 
-def export(path: os.PathLike | str, which: str, out: os.PathLike | str, *, kind: Optional[str] = None,
+def export(path: StoreOrPath, which: str, out: os.PathLike | str, *, kind: Optional[str] = None,
            force: bool = False) -> Path:
     """Write the dense ``train`` (n×n) or ``test`` (m×n) Gram to a ``.npy`` file."""
-    store = GramStore.open(path, "r")
+    store = _open(path)
     if which not in ("train", "test"):
         raise StoreError(f"export takes 'train' or 'test', got {which!r}")
     if kind is None and len(store.kinds) > 1:

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ntkscale import stax
-from ntkscale.stax.engine.reference import evaluate
+from ntkscale.stax.engine import evaluate
 
 from .helpers import fc_relu
 

@@ -42,7 +42,7 @@ error, from single-threaded measurements of CPU seconds (``time.process_time``
 with numba and BLAS on one thread), which a shared machine's load disturbs far
 less than wall time; a calibration therefore means "seconds on one core".
 
-    python -m ntkscale.costs.model MEASUREMENTS.json --out costmodel_cpu.json --plot fit.png
+    python -m ntkscale.costs.model MEASUREMENTS.json --out ntkscale/costs/data/cpu.json --plot fit.png
 
 ``MEASUREMENTS.json`` (written by ``benchmarks/scaling.py``) holds
 ``{"machine": {...}, "kernel": [{"spec", "input_shape", "dtype", "n1", "n2",
@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
+from scipy.optimize import nnls
 
 from .. import stax
 from ..stax.engine.slab_program import LANES_MIN
@@ -208,8 +209,6 @@ def fit(measurements: Sequence[Dict[str, Any]], *, machine: Optional[Dict[str, A
         kind: str = "cpu", label: Optional[str] = None, cache: Optional[int] = None) -> Dict[str, Any]:
     """Fit the coefficients per (dtype, path); returns the calibration dict.
     ``cache``: L2 bytes of the measured machine (default: this machine's)."""
-    from scipy.optimize import nnls  # noqa: PLC0415
-
     cache = int(cache or cache_bytes())
     pts = _points(measurements, cache, kind)
     coef: Dict[str, Dict[str, Any]] = {}
@@ -344,10 +343,10 @@ def load(path: "str | Path") -> Dict[str, Any]:
 
 def plot_fit(calibration: Dict[str, Any], path: "str | Path") -> Path:
     """Predicted vs measured seconds per call (log-log), one colour per code path."""
-    import matplotlib  # noqa: PLC0415
+    import matplotlib  # noqa: PLC0415 (optional dependency: plots only)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (optional dependency)
 
     pts = calibration["points"]
     fig, ax = plt.subplots(figsize=(6.2, 5.2))

@@ -45,7 +45,7 @@ def _module(x: Any) -> Any:
     """The raw array module of ``x`` (numpy or cupy) for allocation/indexing."""
     if isinstance(x, np.ndarray):
         return np
-    import cupy  # noqa: PLC0415
+    import cupy  # noqa: PLC0415 (optional dependency)
 
     return cupy
 

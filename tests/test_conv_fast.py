@@ -13,8 +13,7 @@ from ntkscale.stax.engine import cost_per_entry, cpu_slab as conv_fast, select_p
 from ntkscale.stax.layers.base import PARALLEL_TOLERANCE_EPS
 from ntkscale.stax.layers.activations import ErfImpl, ReluImpl, LeakyReluImpl
 
-ACTS = [stax.Relu(), stax.LeakyRelu(0.2), stax.Abs(), stax.ABRelu(-0.3, 1.2), stax.Erf(),
-        stax.Erf(0.7, 1.3, 0.2), stax.Identity()]
+from .support.nets import SLAB_ACTS as ACTS
 
 
 def sampled_nets(count, seed=0):

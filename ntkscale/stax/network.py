@@ -166,11 +166,11 @@ class KernelFn(_Bound):
 
     def explain(self, x1_shape: Sequence[int], x2_shape: Optional[Sequence[int]] = None,
                 device: str = "cpu", memory_budget: Optional[int] = None,
-                dtype: str = "float64") -> Explanation:
+                dtype: str = "float64", *, fast: bool = True) -> Explanation:
         """How ``self(x1, x2)`` would run for inputs of these shapes (batch axis
         included, e.g. ``(n, 32, 32, 3)``): the path and why, the reference
         path's tile, the slab lanes and the cost (see ``engine.Explanation``)."""
-        return explain(self._layers, x1_shape, x2_shape, device, memory_budget, dtype)
+        return explain(self._layers, x1_shape, x2_shape, device, memory_budget, dtype, fast)
 
 
 def _package(out: Dict[str, Any], names: Tuple[str, ...], form: str) -> Any:

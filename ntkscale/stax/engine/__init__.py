@@ -235,9 +235,10 @@ def cost_per_entry(layers: List[LayerImpl], input_shape: Tuple[int, ...]) -> Dic
 
 def explain(network: Network, x1_shape: Sequence[int], x2_shape: Optional[Sequence[int]] = None,
             device: str = "cpu", memory_budget: Optional[int] = None,
-            dtype: str = "float64") -> Explanation:
+            dtype: str = "float64", fast: bool = True) -> Explanation:
     """Path, reason, tiles, lanes and cost of ``kernel_fn(x1, x2)`` for inputs
-    of shapes ``x1_shape``/``x2_shape`` (batch axis included)."""
+    of shapes ``x1_shape``/``x2_shape`` (batch axis included; ``fast=False``
+    as in ``kernel_fn``)."""
     layers = layers_of(network)
     x1_shape = tuple(int(s) for s in x1_shape)
     symmetric = x2_shape is None
@@ -245,7 +246,7 @@ def explain(network: Network, x1_shape: Sequence[int], x2_shape: Optional[Sequen
     if x1_shape[1:] != x2_shape[1:]:
         raise InputError(f"x1 and x2 must have the same per-example shape; got {x1_shape} and {x2_shape}")
     n1, n2, shape = x1_shape[0], x2_shape[0], x1_shape[1:]
-    path = select_path(layers, shape, device, dtype=dtype)
+    path = select_path(layers, shape, device, dtype=dtype, fast=fast)
     value_bytes = np.dtype(dtype).itemsize
     budget = memory_budget or default_memory_budget()
     tile: Optional[Tuple[int, int]] = None

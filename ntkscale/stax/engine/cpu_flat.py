@@ -229,7 +229,9 @@ def _fused_sym(K, T, q, ops, params, tol, want_ntk):
 
 @numba.njit(parallel=True, cache=True)
 def _mirror_upper(A):
-    """Copy the upper triangle onto the lower one in cache-sized tiles."""
+    """Copy the upper triangle onto the lower one in cache-sized tiles, in place
+    and in parallel (NumPy only; ``reference_image._mirror_upper`` is the
+    functional array-API version for tiles on any namespace)."""
     n = A.shape[0]
     tile = 64
     nt = (n + tile - 1) // tile

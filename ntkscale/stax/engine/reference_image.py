@@ -257,7 +257,11 @@ def _transpose(a: Any, xp: Any) -> Any:
 
 
 def _mirror_upper(a: Any, xp: Any) -> Any:
-    """Copy the upper triangle of a square tile onto its lower triangle."""
+    """Copy the upper triangle of a square tile onto its lower triangle.
+
+    Array-API and functional (any namespace, returns a new tile); the numba
+    ``cpu_flat._mirror_upper`` works in place on a whole NumPy Gram in
+    parallel cache tiles. Kept apart because they differ in both respects."""
     n = a.shape[0]
     rows = xp.reshape(xp.arange(n), (n, 1))
     cols = xp.reshape(xp.arange(n), (1, n))

@@ -21,7 +21,7 @@ layers (``nt_worker.py --net myrtle``).
 
 A configuration is ``hw:n_ours:n_nt:dtype``; entries/s counts all n² entries
 of the symmetric Gram ``kernel_fn(x, None, "ntk")`` (both libraries). Flops
-per entry: the slab kernel's arithmetic (``conv_fast.flops_per_pair``, sqrt
+per entry: the slab kernel's arithmetic (``slab_program.flops_per_pair``, sqrt
 and divide counted as 1) over the entries; peak: cores × clock × SIMD flops
 per cycle (16 float64 / 32 float32 per core for two 256-bit FMA pipes;
 override with --peak-gflops).
@@ -48,6 +48,7 @@ sys.path.insert(0, str(HERE.parent))
 from ntkscale import stax  # noqa: E402
 from ntkscale.stax.engine import reference_image as conv_eval
 from ntkscale.stax.engine import cpu_slab as conv_fast  # noqa: E402
+from ntkscale.stax.engine import slab_kernels, slab_program  # noqa: E402
 
 DEFAULT_CONFIGS = ["8:64:64:float64", "8:64:64:float32", "28:32:16:float64", "28:32:16:float32"]
 MYRTLE_CONFIGS = ["8:64:32:float64", "8:64:32:float32", "16:16:8:float64", "16:16:8:float32"]
@@ -109,7 +110,7 @@ def breakdown(kernel_fn, x: np.ndarray, repeats: int) -> dict:
     layers = kernel_fn._layers
     plan = conv_eval.plan_image_net(layers, x.shape[1:])
     t0 = time.perf_counter()
-    prog = conv_fast._Program(layers, plan, x.dtype)
+    prog = slab_program.Program(layers, plan, x.dtype)
     v = conv_fast._variances(layers, prog, plan, x)
     pi, pj = next(conv_fast._pair_chunks(len(x), len(x), True, 1 << 40))
     prep = time.perf_counter() - t0
@@ -125,7 +126,7 @@ def breakdown(kernel_fn, x: np.ndarray, repeats: int) -> dict:
 
     full = best()
     ops = prog.ops.copy()
-    prog.ops[prog.ops[:, conv_fast.C_KIND] == conv_fast.K_ABRELU, conv_fast.C_KIND] = conv_fast.K_IDENT
+    prog.ops[prog.ops[:, slab_kernels.C_KIND] == slab_kernels.K_ABRELU, slab_kernels.C_KIND] = slab_kernels.K_IDENT
     conv_only = best()   # unfused stencil passes (the fused path needs the activation)
     prog.ops = ops
     # the ReLU dual alone on L1-resident rows (s per entry)
@@ -134,10 +135,10 @@ def breakdown(kernel_fn, x: np.ndarray, repeats: int) -> dict:
     q = rng.uniform(0.5, 1.5, (3, m)).astype(x.dtype)
     consts = prog.consts
     kr, tr = (q[0] * 0.9).copy(), np.ones(m, x.dtype)
-    conv_fast._abrelu_row(kr, tr, q[1], q[2], x.dtype.type(0.5), x.dtype.type(0.159), True, consts)
+    slab_kernels.abrelu_row(kr, tr, q[1], q[2], x.dtype.type(0.5), x.dtype.type(0.159), True, consts)
     reps, t = 200, time.perf_counter()
     for _ in range(reps):
-        conv_fast._abrelu_row(kr, tr, q[1], q[2], x.dtype.type(0.5), x.dtype.type(0.159), True,
+        slab_kernels.abrelu_row(kr, tr, q[1], q[2], x.dtype.type(0.5), x.dtype.type(0.159), True,
                               consts)
     relu_entry = (time.perf_counter() - t) / (reps * m)
     layers_entries = 3 * x.shape[1] ** 2 * x.shape[2] ** 2
@@ -224,7 +225,7 @@ def main(argv=None) -> int:
         secs = time_ours(kernel_fn, x, args.repeats)
         plan = conv_eval.plan_image_net(kernel_fn._layers, x.shape[1:])
         pairs = n * (n + 1) // 2
-        flops = conv_fast.flops_per_pair(kernel_fn._layers, plan) * pairs
+        flops = slab_program.flops_per_pair(kernel_fn._layers, plan) * pairs
         gflops = flops / secs / 1e9
         peak = peak_gflops(dtype, info, args.peak_gflops)
         rec.update(seconds=secs, entries_per_s=n * n / secs, flops_per_entry=flops / (n * n),

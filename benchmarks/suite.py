@@ -19,7 +19,7 @@ Outputs (``--results-dir``, default ``benchmarks/results``):
   replaces just its entries);
 * ``suite-raw/<quick|full>/``: each script's own result file (the scripts
   write there through ``NTKSCALE_BENCH_RESULTS``) and its log;
-* ``costmodel_cpu.json``: the cost-model calibration;
+* ``ntkscale/costs/data/cpu.json`` (package data; ``costmodel_cpu.json`` under a custom ``--results-dir``): the cost-model calibration;
 * plots in ``benchmarks/plots`` (``<results-dir>/plots`` with a custom
   results dir) and the section of ``benchmarks/README.md`` between
   ``<!-- suite:begin -->`` and ``<!-- suite:end -->`` (``<results-dir>/README.md``
@@ -434,8 +434,16 @@ def _scaling_json(ctx: Ctx) -> Path:
     return ctx.raw / "scaling.json"
 
 
+def _calibration(ctx: Ctx) -> Path:
+    """The CPU calibration: ntkscale's package data for the default results
+    directory, ``costmodel_cpu.json`` in a custom one."""
+    if ctx.results == HERE / "results":
+        return REPO / "ntkscale" / "costs" / "data" / "cpu.json"
+    return ctx.results / "costmodel_cpu.json"
+
+
 def costmodel_cmd(ctx: Ctx) -> List[str]:
-    return [PY, "-m", "ntkscale.costs.model", str(_scaling_json(ctx)), "--out", str(ctx.results / "costmodel_cpu.json"),
+    return [PY, "-m", "ntkscale.costs.model", str(_scaling_json(ctx)), "--out", str(_calibration(ctx)),
             "--plot", str(ctx.plots / "costmodel_fit.png")]
 
 
@@ -443,7 +451,7 @@ def costmodel_read(ctx: Ctx) -> Dict[str, Any]:
     sys.path.insert(0, str(REPO))
     from ntkscale.costs.model import summary_rows  # noqa: PLC0415
 
-    cal = _load(ctx.results / "costmodel_cpu.json")
+    cal = _load(_calibration(ctx))
     f = cal["fit"]
     rows = [{k: _f(v) for k, v in r.items()} for r in summary_rows(cal)]
     targets = [{"kernel": p["label"], "dtype": p["dtype"], "path": p["path"], "measured s": _f(p["measured_s"]),
@@ -469,7 +477,7 @@ def costmodel_read(ctx: Ctx) -> Dict[str, Any]:
 
 
 def projection_cmd(ctx: Ctx) -> List[str]:
-    return [PY, "-m", "ntkscale.costs.projection", "--calibration", str(ctx.results / "costmodel_cpu.json"),
+    return [PY, "-m", "benchmarks.literature", "--calibration", str(_calibration(ctx)),
             "--devices", "1,64", "--json-out", str(ctx.raw / "projection.json")]
 
 

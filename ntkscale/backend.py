@@ -8,7 +8,7 @@ namespace of the inputs. CuPy is imported lazily.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, List
 
 import numpy as np
 
@@ -40,7 +40,7 @@ def namespace_by_name(name: str) -> Any:
         return array_api_compat.array_namespace(np.empty(0))
     if name == "cupy":
         try:
-            import cupy  # noqa: PLC0415 (lazy by design)
+            import cupy  # noqa: PLC0415 (optional dependency)
         except ImportError as exc:  # pragma: no cover - depends on the machine
             raise RuntimeError(
                 "backend 'cupy' was requested but CuPy is not installed; install "
@@ -54,7 +54,7 @@ def namespace_by_name(name: str) -> Any:
             raise RuntimeError("backend 'cupy' was requested but no CUDA device was found; use 'numpy'")
         return array_api_compat.array_namespace(cupy.empty(0))
     if name == "array_api_strict":
-        import array_api_strict  # noqa: PLC0415
+        import array_api_strict  # noqa: PLC0415 (optional dependency, tests)
 
         return array_api_strict
     raise ValueError(f"unknown backend {name!r}; choose 'numpy', 'cupy' or 'array_api_strict'")
@@ -63,7 +63,7 @@ def namespace_by_name(name: str) -> Any:
 def default_backend_name() -> str:
     """``"cupy"`` when CuPy and a GPU are usable, else ``"numpy"``."""
     try:
-        import cupy  # noqa: PLC0415
+        import cupy  # noqa: PLC0415 (optional dependency)
 
         if cupy.cuda.runtime.getDeviceCount() > 0:  # pragma: no cover - GPU only
             return "cupy"
@@ -88,3 +88,14 @@ def to_numpy(array: Any) -> np.ndarray:
 def itemsize(array: Any) -> int:
     """Bytes per element of a floating array in any namespace."""
     return namespace_of(array).finfo(array.dtype).bits // 8
+
+
+def concat(parts: List[Any], xp: Any, axis: int = 0) -> Any:
+    """Concatenate arrays of namespace ``xp`` along ``axis`` (one part: itself,
+    uncopied). NumPy's ``concat`` only exists from 2.0, so NumPy goes through
+    ``np.concatenate``."""
+    if len(parts) == 1:
+        return parts[0]
+    if is_numpy_namespace(xp):
+        return np.concatenate(parts, axis=axis)
+    return xp.concat(parts, axis=axis)

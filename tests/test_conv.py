@@ -16,7 +16,7 @@ import pytest
 from ntkscale import stax
 from ntkscale.errors import InputError, SpecError, UnsupportedOptionError
 from ntkscale.stax.engine import reference_image as conv_eval
-from ntkscale.stax.engine import cpu_slab as conv_fast
+from ntkscale.stax.engine import select_path
 
 REFERENCE = Path(__file__).parent / "reference" / "nt_reference.npz"
 EXTRA = Path(__file__).parent / "reference" / "nt_conv_extra.npz"  # generate_nt_conv_extra.py
@@ -109,8 +109,7 @@ def test_pooling_cases_run_on_the_slab_path(name, which, monkeypatch):
     normalize_edges) go through the compiled slab path, not the reference."""
     spec, x1, x2, nngp, ntk = load_case(name, _EXTRA if which else None)
     kernel_fn = stax.from_spec(spec)[2]
-    plan = conv_eval.plan_image_net(kernel_fn._layers, x1.shape[1:])
-    assert conv_fast.supports(kernel_fn._layers, plan, x1, np)
+    assert select_path(kernel_fn, x1.shape[1:]).name == "cpu_slab_pooled"
 
     def refuse(*args, **kwargs):
         raise AssertionError("reference path used")
@@ -193,13 +192,12 @@ def test_reference_tiles_give_the_same_kernel(tile, rng):
     x1 = rng.uniform(size=(7, 5, 5, 1))
     x2 = rng.uniform(size=(5, 5, 5, 1))
     layers = small_net("gap", padding="CIRCULAR")[2]._layers
-    ref = conv_eval.evaluate_image(layers, x1, x2, np, want_ntk=True, memory_budget=1 << 30,
-                                   fast=False)
+    ref = conv_eval.evaluate_image(layers, x1, x2, np, want_ntk=True, memory_budget=1 << 30)
     out = conv_eval.evaluate_image(layers, x1, x2, np, want_ntk=True, memory_budget=1 << 30,
-                                   fast=False, tile=tile)
+                                   tile=tile)
     np.testing.assert_allclose(out["ntk"], ref["ntk"], rtol=1e-14)
     sym = conv_eval.evaluate_image(layers, x1, None, np, want_ntk=True, memory_budget=1 << 30,
-                                   fast=False, tile=tile)
+                                   tile=tile)
     assert np.array_equal(sym["ntk"], sym["ntk"].T)
 
 

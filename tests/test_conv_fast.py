@@ -9,11 +9,11 @@ import pytest
 
 from ntkscale import stax
 from ntkscale.stax.engine import reference_image as conv_eval
-from ntkscale.stax.engine import cpu_slab as conv_fast
+from ntkscale.stax.engine import cost_per_entry, cpu_slab as conv_fast, select_path, slab_kernels, slab_program
+from ntkscale.stax.layers.base import PARALLEL_TOLERANCE_EPS
 from ntkscale.stax.layers.activations import ErfImpl, ReluImpl, LeakyReluImpl
 
-ACTS = [stax.Relu(), stax.LeakyRelu(0.2), stax.Abs(), stax.ABRelu(-0.3, 1.2), stax.Erf(),
-        stax.Erf(0.7, 1.3, 0.2), stax.Identity()]
+from .support.nets import SLAB_ACTS as ACTS
 
 
 def sampled_nets(count, seed=0):
@@ -60,8 +60,7 @@ def test_fast_matches_reference(i, rng):
     kf = NETS[i][2]
     x1 = _images(rng, 5, (6, 5), 2)
     x2 = _images(rng, 4, (6, 5), 2)
-    plan = conv_eval.plan_image_net(kf._layers, x1.shape[1:])
-    assert conv_fast.supports(kf._layers, plan, x1, np)
+    assert select_path(kf, x1.shape[1:]).name in ("cpu_slab", "cpu_slab_pooled")
     for a, b in ((x1, None), (x1, x2)):
         fast = kf(a, b, ("nngp", "ntk"))
         ref = kf(a, b, ("nngp", "ntk"), fast=False)
@@ -119,9 +118,8 @@ def test_pooled_fast_matches_reference(name, dtype, rng):
     kf = layer[2]
     x1 = _images(rng, 11, hw, c).astype(dtype)
     x2 = _images(rng, 5, hw, c).astype(dtype)
-    plan = conv_eval.plan_image_net(kf._layers, x1.shape[1:])
-    assert conv_fast.supports(kf._layers, plan, x1, np)
-    assert not conv_fast.network_supported(kf._layers, plan, pooling=False)   # (CuPy path)
+    assert select_path(kf, x1.shape[1:]).name == "cpu_slab_pooled"
+    assert select_path(kf, x1.shape[1:], "gpu").name == "reference"   # (CuPy path: no AvgPool)
     rtol = 1e-11 if dtype == "float64" else 1e-5
     for a, b in ((x1, None), (x1, x2)):
         fast = kf(a, b, ("nngp", "ntk"))
@@ -144,7 +142,9 @@ def test_pooled_results_do_not_depend_on_lanes_or_threads(rng, monkeypatch):
     base, base_sym = kf(x1, x2, "ntk"), kf(x1, None, "ntk")
     for lanes, threads in ((8, 1), (16, 2), (64, 3)):
         monkeypatch.setattr(conv_fast, "LANES_MIN", lanes)
+        monkeypatch.setattr(slab_program, "LANES_MIN", lanes)
         monkeypatch.setattr(conv_fast, "LANES_MAX", lanes)
+        monkeypatch.setattr(slab_program, "LANES_MAX", lanes)
         monkeypatch.setattr(conv_fast, "n_threads", lambda t=threads: t)
         assert np.array_equal(kf(x1, x2, "ntk"), base)
         assert np.array_equal(kf(x1, None, "ntk"), base_sym)
@@ -158,7 +158,9 @@ def test_lanes_and_chunks_do_not_change_results(rng, monkeypatch):
     base_sym = kf(x1, None, "ntk")
     for lanes, chunk in ((8, 64), (16, 64), (64, 64), (8, 9)):
         monkeypatch.setattr(conv_fast, "LANES_MIN", lanes)
+        monkeypatch.setattr(slab_program, "LANES_MIN", lanes)
         monkeypatch.setattr(conv_fast, "LANES_MAX", lanes)
+        monkeypatch.setattr(slab_program, "LANES_MAX", lanes)
         monkeypatch.setattr(conv_fast, "CHUNK_PAIRS", chunk)
         assert np.array_equal(kf(x1, x2, "ntk"), base)
         assert np.array_equal(kf(x1, None, "ntk"), base_sym)
@@ -188,8 +190,7 @@ def test_unsupported_nets_use_the_reference_path(rng):
                   stax.serial(stax.Conv(2, (3, 3), padding="SAME"), stax.Relu(),
                               stax.Conv(2, (3, 3), padding="CIRCULAR"), stax.Relu(),
                               stax.GlobalAvgPool(), stax.Dense(1))):
-        plan = conv_eval.plan_image_net(layer[2]._layers, x.shape[1:])
-        assert not conv_fast.supports(layer[2]._layers, plan, x, np)
+        assert select_path(layer, x.shape[1:]).name == "reference"
         np.testing.assert_array_equal(layer[2](x, None, "ntk"), layer[2](x, None, "ntk", fast=False))
 
 
@@ -208,7 +209,7 @@ def test_atan_polynomial_is_accurate():
     t = np.linspace(0.0, math.tan(math.pi / 8), 20001)
     z = t * t
     r = np.zeros_like(t)
-    for c in conv_fast.ATAN_R:
+    for c in slab_kernels.ATAN_R:
         r = r * z + c
     approx = t + t * z * r
     ulp = np.spacing(np.maximum(np.arctan(t), 1e-300))
@@ -229,10 +230,10 @@ def test_abrelu_row_matches_closed_form(impl, rng):
     q1[-1] = 0.0
     c[-1] = 0.0
     a, b = impl.slopes()
-    consts = np.array(conv_fast._CONSTS + (conv_fast.PARALLEL_TOLERANCE_EPS * np.finfo(float).eps,
+    consts = np.array(slab_kernels.CONSTS + (PARALLEL_TOLERANCE_EPS * np.finfo(float).eps,
                                            1.0))
     kr, tr = c.copy(), np.ones_like(c)
-    conv_fast._abrelu_row(kr, tr, np.sqrt(q1), np.sqrt(q2), (a * a + b * b) / 2,
+    slab_kernels.abrelu_row(kr, tr, np.sqrt(q1), np.sqrt(q2), (a * a + b * b) / 2,
                           (a - b) ** 2 / (2 * np.pi), True, consts)
     k, kdot = impl.dual(c, q1, q2, np, True)
     np.testing.assert_allclose(kr, k, rtol=1e-13, atol=1e-15)
@@ -245,10 +246,10 @@ def test_erf_row_matches_closed_form(rng):
     q2 = rng.uniform(0.1, 3.0, 2000)
     c = rng.uniform(-1, 1, 2000) * np.sqrt(q1 * q2)
     c[:3] = (np.sqrt(q1 * q2))[:3] * np.array([1.0, -1.0, 0.0])
-    consts = np.array(conv_fast._CONSTS + (conv_fast.PARALLEL_TOLERANCE_EPS * np.finfo(float).eps,
+    consts = np.array(slab_kernels.CONSTS + (PARALLEL_TOLERANCE_EPS * np.finfo(float).eps,
                                            1.0))
     kr, tr = c.copy(), np.ones_like(c)
-    conv_fast._erf_row(kr, tr, q1, np.sqrt(q1), q2, np.sqrt(q2), 0.7, 1.3, 0.2, True, consts)
+    slab_kernels.erf_row(kr, tr, q1, np.sqrt(q1), q2, np.sqrt(q2), 0.7, 1.3, 0.2, True, consts)
     k, kdot = impl.dual(c, q1, q2, np, True)
     np.testing.assert_allclose(kr, k, rtol=1e-13, atol=1e-15)
     np.testing.assert_allclose(tr, kdot, rtol=1e-13)
@@ -257,7 +258,7 @@ def test_erf_row_matches_closed_form(rng):
 def test_flops_per_pair_counts_slab_entries():
     layers = stax.presets.cntk(3)[2]._layers
     plan = conv_eval.plan_image_net(layers, (8, 8, 1))
-    flops = conv_fast.flops_per_pair(layers, plan)
+    flops = slab_program.flops_per_pair(layers, plan)
     # 4 stages of 8^4 pixel pairs; conv 14 + relu 37 flops per entry and layer
     assert 3 * 8 ** 4 * 51 < flops <= 3 * 8 ** 4 * 51 + 5 * 8 ** 4
 
@@ -268,8 +269,8 @@ def test_flops_per_pair_of_a_pooled_net():
     pair of pixels) and the pooling (2 per pooled pair, 6 per divided one)."""
     layers = stax.presets.myrtle(5, final_pools=1)[2]._layers
     plan = conv_eval.plan_image_net(layers, (8, 8, 3))
-    flops = conv_fast.flops_per_pair(layers, plan)
+    flops = slab_program.flops_per_pair(layers, plan)
     body = 2 * 8 ** 4 * 51 + 4 ** 4 * 51 + 2 ** 4 * 51
     assert body + 9 * 8 ** 4 < flops < body + 10 * 8 ** 4
-    cost = conv_eval.cost_per_entry(layers, (8, 8, 3))
+    cost = cost_per_entry(layers, (8, 8, 3))
     assert flops <= cost["flops"] < flops + 100   # plus the readout Dense

@@ -97,7 +97,6 @@ def test_project_names_and_errors(calibration, monkeypatch, tmp_path):
     with pytest.raises(NtkscaleError, match="unknown net"):
         project(10, (8, 8, 3), "resnet50", "cpu", 1, "float32", calibration)
     monkeypatch.setenv("NTKSCALE_CALIBRATION_DIR", str(tmp_path / "none"))
-    monkeypatch.setattr("ntkscale.costs.projection.CALIBRATION_DIRS", [])
     with pytest.raises(CalibrationError, match="no GPU calibration"):
         project(50000, (32, 32, 3), "myrtle5", "gpu", 8, "float64")
     with pytest.raises(CalibrationError, match="measured on a CPU"):

@@ -2,6 +2,7 @@
 
 import json
 import pickle
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -9,11 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ntkscale import stax
-from ntkscale.stax.engine.reference import evaluate
+from ntkscale.stax.engine import evaluate
 
 from .helpers import fc_relu
 
-ACTS = [stax.Relu(), stax.LeakyRelu(0.1), stax.Abs(), stax.Erf(), stax.Gelu(), stax.Sin(), stax.Identity()]
+from .support.nets import FLAT_ACTS as ACTS
 
 
 @st.composite
@@ -104,11 +105,32 @@ def test_row_blocks_equal_all_at_once(rng, rows):
             np.testing.assert_allclose(blocked[key], whole[key], rtol=1e-13, atol=1e-14)
 
 
-def test_memory_budget_controls_blocking(rng):
-    x = rng.standard_normal((40, 4))
-    kernel_fn = fc_relu(2)[2]
-    whole = kernel_fn(x, None, "ntk", fast=False)
-    tiny = kernel_fn(x, None, "ntk", fast=False, memory_budget=40 * 8 * 14 * 3)
+@pytest.mark.parametrize("image", [False, True])
+def test_memory_budget_controls_blocking(rng, image):
+    """A smaller budget gives smaller reference tiles and a lower peak of
+    temporaries (tracemalloc), with the same kernel."""
+    if image:
+        kernel_fn = stax.serial(stax.Conv(1, (3, 3), padding="SAME"), stax.Gelu(),
+                                stax.GlobalAvgPool(), stax.Dense(1))[2]
+        x = rng.standard_normal((24, 6, 6, 2))
+    else:
+        kernel_fn = fc_relu(2)[2]
+        x = rng.standard_normal((300, 4))
+    small = 1 << 16
+    big = 1 << 30
+    tiles = [kernel_fn.explain(x.shape, memory_budget=b, fast=False).tile for b in (small, big)]
+    assert tiles[0][0] < tiles[1][0], tiles
+
+    def run(budget):
+        tracemalloc.start()
+        out = kernel_fn(x, None, "ntk", fast=False, memory_budget=budget)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return out, peak
+
+    whole, peak_big = run(big)
+    tiny, peak_small = run(small)
+    assert peak_small < 0.5 * peak_big
     np.testing.assert_allclose(tiny, whole, rtol=1e-13)
 
 

@@ -42,7 +42,7 @@ error, from single-threaded measurements of CPU seconds (``time.process_time``
 with numba and BLAS on one thread), which a shared machine's load disturbs far
 less than wall time; a calibration therefore means "seconds on one core".
 
-    python -m ntkscale.costs.model MEASUREMENTS.json --out costmodel_cpu.json --plot fit.png
+    python -m ntkscale.costs.model MEASUREMENTS.json --out ntkscale/costs/data/cpu.json --plot fit.png
 
 ``MEASUREMENTS.json`` (written by ``benchmarks/scaling.py``) holds
 ``{"machine": {...}, "kernel": [{"spec", "input_shape", "dtype", "n1", "n2",
@@ -60,6 +60,11 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
+from scipy.optimize import nnls
+
+from .. import stax
+from ..stax.engine.slab_program import LANES_MIN
+from ..stax.network import KernelFn, Layer, from_spec
 
 PATHS = ("flat", "slab", "pooled", "reference")
 #: Feature names of each path, in design-matrix order (``overhead`` is per call).
@@ -89,8 +94,6 @@ SCHEMA = 1
 
 def _kernel_fn(net: Any) -> Any:
     """A KernelFn from a kernel_fn, a ``(init, apply, kernel)`` triple or a spec list."""
-    from ..stax.network import KernelFn, Layer, from_spec  # noqa: PLC0415
-
     if isinstance(net, KernelFn):
         return net
     if isinstance(net, Layer):
@@ -98,34 +101,33 @@ def _kernel_fn(net: Any) -> Any:
     return from_spec(net)[2]
 
 
+#: The cost model's path of each engine path (``engine.select_path``). Flat
+#: networks have one model ("flat") whichever flat path runs them.
+MODEL_PATH = {"cpu_flat": "flat", "cpu_slab": "slab", "cuda_slab": "slab",
+              "cpu_slab_pooled": "pooled", "reference": "reference"}
+
+
 def code_path(kernel_fn: Any, input_shape: Sequence[int], kind: str = "cpu") -> str:
-    """Which engine computes ``kernel_fn`` on inputs of per-example ``input_shape``:
-    NumPy (``kind="cpu"``) or CuPy (``"gpu"``: its slab kernel has no AvgPool)."""
+    """The cost model's path (``PATHS``) of ``kernel_fn`` on inputs of per-example
+    ``input_shape``: NumPy (``kind="cpu"``) or CuPy (``"gpu"``: no AvgPool)."""
     return _path_and_lanes(_kernel_fn(kernel_fn), input_shape, kind)[0]
 
 
 def _path_and_lanes(kernel_fn: Any, input_shape: Sequence[int], kind: str = "cpu",
                     dtype: str = "float64") -> Tuple[str, int]:
-    """The code path, and the pairs the compiled slab kernel runs together on a
-    large call (1 off the slab paths)."""
+    """The cost model's path (from ``engine.explain``), and the pairs the
+    compiled slab kernel runs together on a large call (1 off the slab paths)."""
     if not kernel_fn.is_image_net:
         return "flat", 1
-    from ..stax.engine import reference_image as conv_eval
-    from ..stax.engine import cpu_slab as conv_fast  # noqa: PLC0415
-
-    plan = conv_eval.plan_image_net(kernel_fn._layers, tuple(int(s) for s in input_shape))
-    if not conv_fast.network_supported(kernel_fn._layers, plan, pooling=kind != "gpu"):
-        return "reference", 1
-    prog = conv_fast._Program(kernel_fn._layers, plan, np.dtype(dtype))
-    return ("pooled" if prog.pooled else "slab"), int(prog.lanes)
+    shape = (1,) + tuple(int(s) for s in input_shape)
+    info = kernel_fn.explain(shape, device=kind, dtype=dtype)
+    return MODEL_PATH[info.path], int(info.lanes or 1)
 
 
 def effective_lanes(lanes: int, pairs: float, threads: int = 1) -> int:
     """Lanes the slab kernel runs for a call of ``pairs`` pairs on ``threads``
     threads: it halves them (down to its minimum) until every thread gets four
-    lane groups (``conv_fast._run_pairs``)."""
-    from ..stax.engine.cpu_slab import LANES_MIN  # noqa: PLC0415
-
+    lane groups (``cpu_slab._run_pairs``)."""
     lanes = int(lanes)
     while lanes > LANES_MIN and pairs < 4 * threads * lanes:
         lanes //= 2
@@ -166,10 +168,7 @@ def features(kernel_fn: Any, input_shape: Sequence[int], dtype: str = "float64",
 def cost_fingerprint() -> Dict[str, float]:
     """``kernel_fn.cost`` flops of a few reference nets: a calibration is only valid
     with the cost() it was fitted against (the projection says when it changed)."""
-    from .. import stax  # noqa: PLC0415
-    from ..estimator import default_layers  # noqa: PLC0415
-
-    nets = {"fc3 784": (default_layers(3), (784,)), "cntk3 8x8x3": (stax.presets.cntk(3), (8, 8, 3)),
+    nets = {"fc3 784": (stax.presets.fc(3), (784,)), "cntk3 8x8x3": (stax.presets.cntk(3), (8, 8, 3)),
             "myrtle5 8x8x3": (stax.presets.myrtle(5, final_pools=1), (8, 8, 3))}
     return {k: float(net[2].cost(shape)["flops"]) for k, (net, shape) in nets.items()}
 
@@ -210,8 +209,6 @@ def fit(measurements: Sequence[Dict[str, Any]], *, machine: Optional[Dict[str, A
         kind: str = "cpu", label: Optional[str] = None, cache: Optional[int] = None) -> Dict[str, Any]:
     """Fit the coefficients per (dtype, path); returns the calibration dict.
     ``cache``: L2 bytes of the measured machine (default: this machine's)."""
-    from scipy.optimize import nnls  # noqa: PLC0415
-
     cache = int(cache or cache_bytes())
     pts = _points(measurements, cache, kind)
     coef: Dict[str, Dict[str, Any]] = {}
@@ -346,10 +343,10 @@ def load(path: "str | Path") -> Dict[str, Any]:
 
 def plot_fit(calibration: Dict[str, Any], path: "str | Path") -> Path:
     """Predicted vs measured seconds per call (log-log), one colour per code path."""
-    import matplotlib  # noqa: PLC0415
+    import matplotlib  # noqa: PLC0415 (optional dependency: plots only)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (optional dependency)
 
     pts = calibration["points"]
     fig, ax = plt.subplots(figsize=(6.2, 5.2))

@@ -18,13 +18,16 @@ error that says so, never a guess.
 
     ntkscale project --n 50000 --input-shape 32,32,3 --net myrtle5 --devices 8 --device cpu
 
-Published neural-tangents figures for the same kind of run sit in
-:data:`NT_PUBLISHED`; :func:`cifar10_table` puts them next to the projections.
+The CPU calibration ships as package data (``ntkscale/costs/data/cpu.json``,
+written by ``benchmarks/suite.py``). Published neural-tangents figures for the
+same kind of run live in ``benchmarks/literature.py`` with their sources;
+:func:`cifar10_table` puts figures it is given next to the projections.
 """
 
 from __future__ import annotations
 
 import argparse
+from importlib import resources
 import json
 import math
 import os
@@ -36,24 +39,12 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from . import model as costmodel
+from .. import stax
 from ..errors import NtkscaleError
+from ..gram.plan import choose_block_size, grid
 
-#: Where calibrations are looked for (first hit wins): $NTKSCALE_CALIBRATION_DIR,
-#: then benchmarks/results/ of a source checkout.
-CALIBRATION_DIRS = [Path(__file__).resolve().parent.parent / "benchmarks" / "results"]
-
-#: Published neural-tangents figures, as quoted in issue 7 (Myrtle kernels of
-#: Shankar et al. 2020 computed with neural-tangents; CNTK-GAP of Arora et al. 2019).
-NT_PUBLISHED: Dict[str, Dict[str, Any]] = {
-    "myrtle5": {"gpu_hours": 316, "n": 60000, "device": "V100", "dtype": "float64",
-                "what": "Myrtle-5 NTK/NNGP on 60k CIFAR-10 (60k x 60k), 316 V100 GPU-hours, float64"},
-    "myrtle7": {"gpu_hours": 330, "n": 60000, "device": "V100", "dtype": "float64",
-                "what": "Myrtle-7 on 60k CIFAR-10 (60k x 60k), 330 V100 GPU-hours, float64"},
-    "myrtle10": {"gpu_hours": 508, "n": 60000, "device": "V100", "dtype": "float64",
-                 "what": "Myrtle-10 on 60k CIFAR-10 (60k x 60k), 508 V100 GPU-hours, float64"},
-    "cntk-gap21": {"ms_per_entry": 2.7, "device": "V100", "dtype": "float32",
-                   "what": "CNTK-GAP 21 layers on CIFAR-10, 2.7 ms per kernel entry on a V100, float32"},
-}
+#: The calibrations shipped with ntkscale (package data): ``<kind>.json``.
+CALIBRATION_PACKAGE = "ntkscale.costs.data"
 
 NetLike = Union[str, Any]
 
@@ -73,8 +64,6 @@ def _myrtle_pools(h: int) -> int:
 def resolve_net(net: NetLike, input_shape: Sequence[int]) -> Any:
     """A KernelFn from a name (``myrtle5|7|10``, ``cntk[-gap|-flatten]DEPTH``,
     ``fcDEPTH``) or from a kernel_fn / layer triple / spec list."""
-    from .. import stax  # noqa: PLC0415
-
     if not isinstance(net, str):
         return costmodel._kernel_fn(net)
     name = net.lower().replace("_", "-")
@@ -87,9 +76,7 @@ def resolve_net(net: NetLike, input_shape: Sequence[int]) -> Any:
         return stax.presets.cntk(int(m.group(2)), pooling)[2]
     m = re.fullmatch(r"fc-?(\d+)", name)
     if m:
-        from ..estimator import default_layers  # noqa: PLC0415
-
-        return default_layers(int(m.group(1)))[2]
+        return stax.presets.fc(int(m.group(1)))[2]
     raise NtkscaleError(f"unknown net {net!r}; use myrtle5, myrtle7, myrtle10, cntk-gapDEPTH (e.g. cntk-gap21), "
                         "cntk-flattenDEPTH, fcDEPTH, or pass a kernel_fn")
 
@@ -98,12 +85,17 @@ def resolve_net(net: NetLike, input_shape: Sequence[int]) -> Any:
 
 
 def find_calibration(device_kind: str) -> Path:
-    dirs = ([Path(os.environ["NTKSCALE_CALIBRATION_DIR"])] if os.environ.get("NTKSCALE_CALIBRATION_DIR") else [])
-    for d in dirs + CALIBRATION_DIRS:
-        p = d / f"costmodel_{device_kind}.json"
+    """The calibration of ``device_kind``: ``costmodel_<kind>.json`` in
+    $NTKSCALE_CALIBRATION_DIR, else the one shipped as package data."""
+    env = os.environ.get("NTKSCALE_CALIBRATION_DIR")
+    if env:
+        p = Path(env) / f"costmodel_{device_kind}.json"
         if p.exists():
             return p
-    where = ", ".join(str(d) for d in dirs + CALIBRATION_DIRS)
+    shipped = resources.files(CALIBRATION_PACKAGE) / f"{device_kind}.json"
+    if shipped.is_file():
+        return Path(str(shipped))
+    where = ", ".join(([env] if env else []) + [f"package data {CALIBRATION_PACKAGE}"])
     if device_kind == "gpu":
         raise CalibrationError(
             f"no GPU calibration (costmodel_gpu.json in {where}): none has been measured on a GPU yet. "
@@ -136,8 +128,6 @@ def load_calibration(calibration: Union[None, str, os.PathLike, Dict[str, Any]],
 def _grid_work(n: int, n_test: int, block: int) -> Dict[str, float]:
     """Entries computed and kernel calls of the planner's grid (diagonal train
     blocks as triangles, as the symmetric kernel computes them)."""
-    from ..gram.plan import grid  # noqa: PLC0415
-
     rows = [b - a for a, b in grid(n, block)]
     trows = [b - a for a, b in grid(n_test, block)] if n_test else []
     tri = sum(r * (r + 1) / 2 for r in rows)
@@ -158,8 +148,6 @@ def project(n: int, input_shape: Sequence[int], net: NetLike, device_kind: str =
     on ``n_devices`` (even split), ``seconds_per_entry``, the grid, the
     calibration's label and the notes that qualify the numbers.
     """
-    from ..gram.plan import choose_block_size  # noqa: PLC0415
-
     if device_kind not in ("cpu", "gpu"):
         raise NtkscaleError(f"device_kind={device_kind!r}: choose 'cpu' or 'gpu'")
     if int(n) < 1 or int(n_devices) < 1 or int(n_test) < 0:
@@ -212,34 +200,42 @@ def project(n: int, input_shape: Sequence[int], net: NetLike, device_kind: str =
 # ----------------------------------------------------------------------------- CIFAR-10 table
 
 
+#: The nets of the CIFAR-10 table, with the dtype each is projected in.
+CIFAR10_NETS = {"myrtle5": "float64", "myrtle7": "float64", "myrtle10": "float64", "cntk-gap21": "float32"}
+
+
 def cifar10_table(calibration: Union[None, str, os.PathLike, Dict[str, Any]] = None, device_kind: str = "cpu",
-                  n_devices: Sequence[int] = (1, 64)) -> List[Dict[str, Any]]:
+                  n_devices: Sequence[int] = (1, 64),
+                  published: Optional[Dict[str, Dict[str, Any]]] = None) -> List[Dict[str, Any]]:
     """Myrtle-5/7/10 and CNTK-GAP 21 on CIFAR-10 (32×32×3) next to neural-tangents' figures.
 
-    Per net: the projected device-hours of the 50000-example train Gram and of
-    neural-tangents' own 60k × 60k run, the seconds per entry, and how many
-    calibrated devices match one V100 (our device-seconds per entry over
-    neural-tangents' V100 seconds per entry; for the Myrtle figures a V100
-    second per entry is 316 h · 3600 / 60000², counting all 60000² entries).
+    Per net: the projected device-hours of the 50000-example and 60000-example
+    train Grams and the seconds per entry. With ``published`` (net -> figure:
+    ``gpu_hours`` and ``n``, or ``ms_per_entry``; ``benchmarks/literature.py``
+    holds neural-tangents' with their sources) also neural-tangents' seconds
+    per entry and how many calibrated devices match one V100 (for the Myrtle
+    figures a V100 second per entry is 316 h · 3600 / 60000², counting all
+    60000² entries).
     """
     rows = []
-    for key, nt in NT_PUBLISHED.items():
-        dtype = nt["dtype"]
+    for key, dtype in CIFAR10_NETS.items():
         p50 = project(50000, (32, 32, 3), key, device_kind, 1, dtype, calibration)
         p60 = project(60000, (32, 32, 3), key, device_kind, 1, dtype, calibration)
-        if "gpu_hours" in nt:
-            nt_s_entry = nt["gpu_hours"] * 3600 / nt["n"] ** 2
-            nt_h60 = float(nt["gpu_hours"])
-        else:
-            nt_s_entry = nt["ms_per_entry"] / 1e3
-            nt_h60 = nt_s_entry * 60000 ** 2 / 3600  # full 60k x 60k at that rate
         row = {"net": key, "dtype": dtype, "code_path": p50["code_path"],
                "flops_per_entry": p50["flops_per_entry"],
                "ours_s_per_entry": p50["seconds_per_entry"], "unit": p50["unit"],
-               "ours_device_hours_50k": p50["device_hours"], "ours_device_hours_60k": p60["device_hours"],
-               "nt_s_per_entry_v100": nt_s_entry, "nt_gpu_hours_60k": nt_h60,
-               "nt_published": nt["what"],
-               "devices_per_v100": p50["seconds_per_entry"] / nt_s_entry}
+               "ours_device_hours_50k": p50["device_hours"], "ours_device_hours_60k": p60["device_hours"]}
+        nt = (published or {}).get(key)
+        if nt is not None:
+            if "gpu_hours" in nt:
+                nt_s_entry = nt["gpu_hours"] * 3600 / nt["n"] ** 2
+                nt_h60 = float(nt["gpu_hours"])
+            else:
+                nt_s_entry = nt["ms_per_entry"] / 1e3
+                nt_h60 = nt_s_entry * 60000 ** 2 / 3600  # full 60k x 60k at that rate
+            row.update({"nt_s_per_entry_v100": nt_s_entry, "nt_gpu_hours_60k": nt_h60,
+                        "nt_published": nt["what"],
+                        "devices_per_v100": p50["seconds_per_entry"] / nt_s_entry})
         for k in n_devices:
             row[f"wall_hours_50k_{k}"] = p50["device_hours"] / k
         row["calibration"] = p50["calibration"]["label"]
@@ -248,24 +244,30 @@ def cifar10_table(calibration: Union[None, str, os.PathLike, Dict[str, Any]] = N
     return rows
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[List[str]] = None,
+         published: Optional[Dict[str, Dict[str, Any]]] = None) -> int:
+    """CLI of the CIFAR-10 table (``benchmarks/literature.py`` calls it with
+    neural-tangents' published figures)."""
     ap = argparse.ArgumentParser(prog="python -m ntkscale.costs.projection",
-                                 description="CIFAR-10 projections next to neural-tangents' published figures")
+                                 description="CIFAR-10 projections (next to published figures when given)")
     ap.add_argument("--calibration", default=None, help="calibration JSON (default: costmodel_<device>.json)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
     ap.add_argument("--devices", default="1,64", help="device counts for the wall-time columns")
     ap.add_argument("--json-out", default=None, help="write the table as JSON here")
     args = ap.parse_args(argv)
     try:
-        rows = cifar10_table(args.calibration, args.device, [int(s) for s in args.devices.split(",")])
+        rows = cifar10_table(args.calibration, args.device, [int(s) for s in args.devices.split(",")],
+                             published)
     except NtkscaleError as exc:
         print(f"projection: {exc}", file=sys.stderr)
         return 2
     for r in rows:
-        print(f"{r['net']:11s} {r['dtype']:7s} {r['code_path']:9s} {r['ours_s_per_entry']:.3g} {r['unit']}-s/entry; "
-              f"50k Gram {r['ours_device_hours_50k']:.3g} {r['unit']}-h, 60k {r['ours_device_hours_60k']:.3g}; "
-              f"neural-tangents {r['nt_gpu_hours_60k']:.3g} V100-h (60k); "
-              f"{r['devices_per_v100']:.3g} {r['unit']}s per V100")
+        line = (f"{r['net']:11s} {r['dtype']:7s} {r['code_path']:9s} {r['ours_s_per_entry']:.3g} {r['unit']}-s/entry; "
+                f"50k Gram {r['ours_device_hours_50k']:.3g} {r['unit']}-h, 60k {r['ours_device_hours_60k']:.3g}")
+        if "nt_gpu_hours_60k" in r:
+            line += (f"; neural-tangents {r['nt_gpu_hours_60k']:.3g} V100-h (60k); "
+                     f"{r['devices_per_v100']:.3g} {r['unit']}s per V100")
+        print(line)
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps({"device_kind": args.device, "rows": rows}, indent=2) + "\n")

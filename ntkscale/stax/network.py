@@ -10,18 +10,19 @@ and scikit-learn can clone estimators holding them.
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..choices import KERNELS
 from ..errors import InputError, SpecError
 from . import spec as registry
+from .engine import Explanation, cost_per_entry, evaluate, evaluate_diagonal, explain
 from .inputs import validate_pair
 from .layers.base import LayerImpl
 from .spec import Spec
 from .state import KernelState
-
-GET_NAMES = ("nngp", "ntk")
 
 
 class Kernel(NamedTuple):
@@ -35,7 +36,7 @@ def parse_get(get: Union[None, str, Sequence[str]]) -> Tuple[Tuple[str, ...], st
     """Normalise ``get`` to ``(names, form)``; form is ``"kernel"``,
     ``"single"`` or ``"tuple"``."""
     if get is None:
-        return GET_NAMES, "kernel"
+        return KERNELS, "kernel"
     if isinstance(get, str):
         names, form = (get,), "single"
     else:
@@ -46,13 +47,9 @@ def parse_get(get: Union[None, str, Sequence[str]]) -> Tuple[Tuple[str, ...], st
     if not names:
         raise InputError("get is empty; ask for 'nngp', 'ntk' or both")
     for name in names:
-        if name not in GET_NAMES:
+        if name not in KERNELS:
             raise InputError(f"get={name!r} is not available; choose from 'nngp' and 'ntk'")
     return names, form
-
-
-def _build(spec: Spec) -> List[LayerImpl]:
-    return [registry.entry(name).impl(dict(kwargs)) for name, kwargs in spec]
 
 
 class _Bound:
@@ -60,12 +57,17 @@ class _Bound:
 
     def __init__(self, spec: Spec):
         self._spec = spec
-        self._layers = _build(spec)
+        self._layers = registry.build_layers(spec)
 
     @property
     def spec(self) -> Spec:
         """The canonical ``[[LayerName, {kwargs}], ...]`` list (a copy)."""
         return copy.deepcopy(self._spec)
+
+    @property
+    def layers(self) -> Tuple[LayerImpl, ...]:
+        """The layer implementations (kernel maps), in order."""
+        return tuple(self._layers)
 
     @property
     def spec_json(self) -> str:
@@ -145,8 +147,6 @@ class KernelFn(_Bound):
                  memory_budget: Optional[int] = None, fast: bool = True) -> Any:
         names, form = parse_get(get)
         x1, x2v, xp = self._validate(x1, x2)
-        from .engine.reference import evaluate  # noqa: PLC0415 (avoid import cycle)
-
         out = evaluate(self._layers, x1, x2v, xp, want_ntk="ntk" in names,
                        memory_budget=memory_budget, fast=fast)
         return _package(out, names, form)
@@ -156,17 +156,21 @@ class KernelFn(_Bound):
         without the n² work (posterior variances need it)."""
         names, form = parse_get(get)
         x, _, xp = self._validate(x, None)
-        from .engine.reference import evaluate_diagonal  # noqa: PLC0415
-
         out = evaluate_diagonal(self._layers, x, xp, want_ntk="ntk" in names)
         return _package(out, names, form)
 
     def cost(self, input_shape: Sequence[int]) -> Dict[str, float]:
         """Flops and bytes per kernel entry for per-example ``input_shape``
         (the planner sizes blocks from it)."""
-        from .engine.reference import cost_per_entry  # noqa: PLC0415
-
         return cost_per_entry(self._layers, tuple(int(s) for s in input_shape))
+
+    def explain(self, x1_shape: Sequence[int], x2_shape: Optional[Sequence[int]] = None,
+                device: str = "cpu", memory_budget: Optional[int] = None,
+                dtype: str = "float64", *, fast: bool = True) -> Explanation:
+        """How ``self(x1, x2)`` would run for inputs of these shapes (batch axis
+        included, e.g. ``(n, 32, 32, 3)``): the path and why, the reference
+        path's tile, the slab lanes and the cost (see ``engine.Explanation``)."""
+        return explain(self._layers, x1_shape, x2_shape, device, memory_budget, dtype, fast)
 
 
 def _package(out: Dict[str, Any], names: Tuple[str, ...], form: str) -> Any:
@@ -224,8 +228,6 @@ def serial(*layers: Any) -> Layer:
 def from_spec(spec: Union[Spec, str, Iterable[Any]]) -> Layer:
     """Rebuild ``(init_fn, apply_fn, kernel_fn)`` from a spec or its JSON text."""
     if isinstance(spec, str):
-        import json  # noqa: PLC0415
-
         try:
             spec = json.loads(spec)
         except json.JSONDecodeError as exc:

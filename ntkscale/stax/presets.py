@@ -1,4 +1,4 @@
-"""Preset convolutional architectures people compare kernels against.
+"""Preset architectures people compare kernels against (FC, Myrtle, CNTK).
 
 Each function returns a ``serial`` layer (``(init_fn, apply_fn, kernel_fn)``
 with its JSON spec); the docstrings give the exact layer list. ``width`` is
@@ -22,6 +22,17 @@ SQRT2 = math.sqrt(2.0)
 #: Conv+Relu blocks per stage of Myrtle-``depth`` (neural-tangents' Myrtle
 #: example; Shankar et al. 2020). depth = conv layers + the readout Dense.
 MYRTLE_STAGES = {5: (2, 1, 1), 7: (2, 2, 2), 10: (3, 3, 3)}
+
+
+def fc(depth: int = 3, *, width: int = 512, W_std: float = SQRT2, b_std: float = 0.1,
+       out_dim: int = 1) -> Layer:
+    """Fully-connected ReLU network: ``depth`` × [Dense(width, W_std, b_std),
+    Relu] then a Dense(out_dim) readout with the same W_std/b_std (He scaling,
+    W_std = √2); ntkscale's default network (``estimator.default_layers``)."""
+    layers = []
+    for _ in range(depth):
+        layers += [Dense(width, W_std=W_std, b_std=b_std), Relu()]
+    return serial(*layers, Dense(out_dim, W_std=W_std, b_std=b_std))
 
 
 def myrtle(depth: int = 5, *, width: Optional[int] = None, W_std: float = SQRT2,

@@ -184,3 +184,8 @@ def spec_to_json(spec: Spec) -> str:
 def spec_hash(spec: Spec) -> str:
     """SHA-256 (hex) of the canonical JSON of ``spec``."""
     return hashlib.sha256(spec_to_json(spec).encode("utf-8")).hexdigest()
+
+
+def build_layers(spec: Spec) -> List[Any]:
+    """The layer implementations of a canonical spec, in order."""
+    return [entry(name).impl(dict(kwargs)) for name, kwargs in spec]

@@ -6,7 +6,7 @@ the ~10 full-size temporaries of the array-API reference path: BLAS computes
 ``X1 X2ᵀ`` (SYRK when x2 is x1), then a parallel numba loop runs all layers
 on each entry in registers (in float64 for both input precisions) and writes
 NNGP and NTK once. For x2 = x1 only the upper triangle is computed and
-mirrored. Parity with the reference path is tested (tests/test_fast_path.py).
+mirrored. Parity with the reference path is tested (tests/test_stax_properties.py, tests/test_conv_fast.py).
 
 Hand-written because no library fuses a per-entry layer recursion after a
 GEMM on CPU; the arithmetic mirrors ``activations.py`` exactly.
@@ -15,30 +15,36 @@ GEMM on CPU; the arithmetic mirrors ``activations.py`` exactly.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numba
 import numpy as np
 
-from ..layers.activations import (PARALLEL_TOLERANCE_EPS, ABReluImpl, AbsImpl, ErfImpl, GeluImpl,
-    IdentityImpl, LeakyReluImpl, ReluImpl, SinImpl, _ABReluFamily)
 from ...errors import SpecError
-from ..layers.dense import DenseImpl
-from ..layers.base import LayerImpl
+from ..layers.base import PARALLEL_TOLERANCE_EPS, LayerImpl
+from ..state import KernelState
 
 OP_DENSE_NTK, OP_DENSE_STANDARD, OP_ABRELU, OP_ERF, OP_GELU, OP_SIN, OP_IDENTITY = range(7)
 
 _ACTIVATION_OPS = {
-    ReluImpl: OP_ABRELU, LeakyReluImpl: OP_ABRELU, AbsImpl: OP_ABRELU, ABReluImpl: OP_ABRELU,
-    ErfImpl: OP_ERF, GeluImpl: OP_GELU, SinImpl: OP_SIN, IdentityImpl: OP_IDENTITY,
+    "Relu": OP_ABRELU, "LeakyRelu": OP_ABRELU, "Abs": OP_ABRELU, "ABRelu": OP_ABRELU,
+    "Erf": OP_ERF, "Gelu": OP_GELU, "Sin": OP_SIN, "Identity": OP_IDENTITY,
 }
 
+#: Layers this path runs (by registry name); any flat network of them qualifies.
+SUPPORTED_LAYERS = frozenset({"Dense"} | set(_ACTIVATION_OPS))
+#: Input dtypes of the compiled kernel.
+DTYPES = ("float32", "float64")
 
-def supports(layers: List[LayerImpl], x1: Any) -> bool:
-    """True for flat NumPy float32/float64 inputs and Dense/activation layers."""
-    if not isinstance(x1, np.ndarray) or x1.ndim != 2 or x1.dtype not in (np.float32, np.float64):
-        return False
-    return all(type(layer) is DenseImpl or type(layer) in _ACTIVATION_OPS for layer in layers)
+
+def unsupported(layers: Sequence[LayerImpl], input_shape: Tuple[int, ...]) -> Optional[str]:
+    """Why this path cannot run ``layers`` on per-example ``input_shape``, or None."""
+    if len(input_shape) != 1:
+        return f"inputs of per-example shape {tuple(input_shape)} are not flat vectors"
+    for l, layer in enumerate(layers):
+        if layer.layer_name not in SUPPORTED_LAYERS:
+            return f"layer {l} ({layer.layer_name}) has no compiled flat kernel"
+    return None
 
 
 def _encode(layers: List[LayerImpl], d: int, want_ntk: bool) -> Tuple[np.ndarray, np.ndarray]:
@@ -47,7 +53,7 @@ def _encode(layers: List[LayerImpl], d: int, want_ntk: bool) -> Tuple[np.ndarray
     width: Optional[int] = d
     for l, layer in enumerate(layers):
         p = layer.params
-        if type(layer) is DenseImpl:
+        if layer.layer_name == "Dense":
             w2 = p["W_std"] ** 2
             b2 = (p["b_std"] or 0.0) ** 2
             if p["parameterization"] == "ntk":
@@ -60,7 +66,7 @@ def _encode(layers: List[LayerImpl], d: int, want_ntk: bool) -> Tuple[np.ndarray
                 params[l] = (w2, b2, float(width or 0), 0.0 if p["b_std"] is None else 1.0)
             width = p["out_dim"]
         else:
-            op = _ACTIVATION_OPS[type(layer)]
+            op = _ACTIVATION_OPS[layer.layer_name]
             ops[l] = op
             if op == OP_ABRELU:
                 a, b = layer.slopes()
@@ -72,8 +78,6 @@ def _encode(layers: List[LayerImpl], d: int, want_ntk: bool) -> Tuple[np.ndarray
 
 def _layer_variances(layers: List[LayerImpl], var: np.ndarray) -> np.ndarray:
     """Self-variance entering each layer, shape (L, n), via the reference maps."""
-    from ..state import KernelState  # noqa: PLC0415
-
     out = np.empty((len(layers), var.shape[0]), np.float64)
     # ntk=None: widths (standard parameterization) only enter the NTK.
     state = KernelState(nngp=var, ntk=None, var1=var, var2=None, diagonal_batch=True, width=None)
@@ -225,7 +229,9 @@ def _fused_sym(K, T, q, ops, params, tol, want_ntk):
 
 @numba.njit(parallel=True, cache=True)
 def _mirror_upper(A):
-    """Copy the upper triangle onto the lower one in cache-sized tiles."""
+    """Copy the upper triangle onto the lower one in cache-sized tiles, in place
+    and in parallel (NumPy only; ``reference_image._mirror_upper`` is the
+    functional array-API version for tiles on any namespace)."""
     n = A.shape[0]
     tile = 64
     nt = (n + tile - 1) // tile

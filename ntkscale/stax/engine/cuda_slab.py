@@ -1,6 +1,6 @@
 """CuPy path for convolutional kernels: one CUDA block per (image pair, slab).
 
-The same slab formulation as ``conv_fast`` (see its docstring): the pixel-pair
+The same slab formulation as ``cpu_slab`` (see its docstring): the pixel-pair
 covariance splits into independent per-offset slabs ``S_δ[h, w]``, each an
 ``H × W`` image that Conv / activation / Dense layers map on their own. On the
 GPU a thread block owns one slab of one image pair: the slab (Σ and Θ, double
@@ -12,7 +12,7 @@ the array-API reference path under CuPy (which materialises
 ``n1·n2·H²W²`` covariances and ~10 temporaries per layer).
 
 Orchestration (self-variances, pair lists, mirroring, flat layers after the
-pooling) is shared with ``conv_fast.evaluate`` and tested on the CPU; only
+pooling) is shared with ``cpu_slab.evaluate`` and tested on the CPU; only
 ``run_pairs`` below is GPU-specific. CuPy is imported lazily. Checked with
 ``benchmarks/gpu_check_conv.py`` (parity with NumPy and throughput) on a GPU
 machine; tests marked ``gpu``.
@@ -24,8 +24,16 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ...backend import namespace_of
+from . import cpu_slab
 from .reference_image import ImagePlan
+from .slab_program import SUPPORTED_LAYERS as SLAB_LAYERS
+from .slab_program import Program, unsupported as slab_unsupported
 from ..layers.base import LayerImpl
+
+#: Layers this kernel runs on images: the slab layers without AvgPool (it has
+#: no pooling stages); flat layers after the image part run the reference maps.
+SUPPORTED_LAYERS = SLAB_LAYERS - {"AvgPool"}
 
 #: Threads per block (loop over slab positions).
 THREADS = 256
@@ -244,7 +252,7 @@ _KERNELS: Dict[str, Any] = {}
 
 
 def _kernel(dtype: np.dtype) -> Any:
-    import cupy  # noqa: PLC0415
+    import cupy  # noqa: PLC0415  (optional dependency)
 
     name = "double" if dtype == np.float64 else "float"
     if name not in _KERNELS:
@@ -257,23 +265,24 @@ def shared_bytes(prog: Any, itemsize: int) -> int:
     return (4 * maxbuf + 2 * THREADS) * itemsize
 
 
-def supports(layers: List[LayerImpl], plan: ImagePlan, x1: Any, xp: Any) -> bool:
-    """CuPy float32/float64 input, a slab-supported network without AvgPool
-    (this kernel has no pooling stages) whose slab fits in shared memory."""
-    from . import cpu_slab as conv_fast  # noqa: PLC0415
-
-    if type(x1).__module__.split(".")[0] != "cupy" or str(x1.dtype) not in ("float32", "float64"):
-        return False
-    if not conv_fast.network_supported(layers, plan, pooling=False):
-        return False
-    prog = conv_fast._Program(layers, plan, np.dtype(str(x1.dtype)))
-    return shared_bytes(prog, np.dtype(str(x1.dtype)).itemsize) <= MAX_SHARED
+def unsupported(layers: List[LayerImpl], plan: ImagePlan, dtype: Any) -> Optional[str]:
+    """Why this kernel cannot run the network on ``dtype`` inputs, or None:
+    the slab conditions without AvgPool, and a slab that fits in shared memory."""
+    why = slab_unsupported(layers, plan, pooling=False)
+    if why is not None:
+        return why
+    dt = np.dtype(str(dtype))
+    need = shared_bytes(Program(layers, plan, dt), dt.itemsize)
+    if need > MAX_SHARED:
+        return (f"a slab needs {need >> 10} KiB of shared memory, over the CUDA kernel's "
+                f"{MAX_SHARED >> 10} KiB")
+    return None
 
 
 def run_pairs(prog: Any, x1: Any, x2: Any, v1: Any, v2: Any, pi: Any, pj: Any,
               want_ntk: bool) -> Tuple[Any, Any]:
     """Pooled Σ and Θ of the pairs ``(pi[p], pj[p])`` on the GPU."""
-    import cupy  # noqa: PLC0415
+    import cupy  # noqa: PLC0415  (optional dependency)
 
     dtype = np.dtype(str(x1.dtype))
     kernel = _kernel(dtype)
@@ -304,7 +313,7 @@ def run_pairs(prog: Any, x1: Any, x2: Any, v1: Any, v2: Any, pi: Any, pj: Any,
 
 
 def _device_program(prog: Any, dtype: np.dtype) -> Dict[str, Any]:
-    import cupy  # noqa: PLC0415
+    import cupy  # noqa: PLC0415  (optional dependency)
 
     return {"ops": cupy.asarray(prog.ops.astype(np.int32)),
             "fpar": cupy.asarray(prog.fpar.astype(dtype)),
@@ -315,18 +324,12 @@ def _device_program(prog: Any, dtype: np.dtype) -> Dict[str, Any]:
 
 def evaluate(layers: List[LayerImpl], plan: ImagePlan, x1: Any, x2: Optional[Any], *,
              want_ntk: bool, memory_budget: int) -> Dict[str, Any]:
-    from . import cpu_slab as conv_fast  # noqa: PLC0415
-    from ...backend import namespace_of  # noqa: PLC0415
-
-    return conv_fast.evaluate(layers, plan, x1, x2, want_ntk=want_ntk, memory_budget=memory_budget,
+    return cpu_slab.evaluate(layers, plan, x1, x2, want_ntk=want_ntk, memory_budget=memory_budget,
                               xp=namespace_of(x1), run_pairs=run_pairs)
 
 
 def evaluate_diagonal(layers: List[LayerImpl], plan: ImagePlan, x: Any, *, want_ntk: bool,
                       memory_budget: int) -> Dict[str, Any]:
-    from . import cpu_slab as conv_fast  # noqa: PLC0415
-    from ...backend import namespace_of  # noqa: PLC0415
-
-    return conv_fast.evaluate_diagonal(layers, plan, x, want_ntk=want_ntk,
+    return cpu_slab.evaluate_diagonal(layers, plan, x, want_ntk=want_ntk,
                                        memory_budget=memory_budget, xp=namespace_of(x),
                                        run_pairs=run_pairs)

@@ -24,10 +24,9 @@ Three steps, all pure (no I/O):
    result is exactly symmetric. The tiling never changes the arithmetic of a
    pair: results are identical for every budget.
 
-``fast=True`` on NumPy float inputs hands supported networks (AvgPool
-included, e.g. Myrtle) to the compiled path ``conv_fast`` (tested for parity
-against this one), on CuPy inputs to the CUDA path ``conv_cupy`` (no
-AvgPool).
+This is the image half of the reference path; ``engine.select_path`` sends
+supported networks to the compiled slab paths (``cpu_slab``, ``cuda_slab``),
+which are tested for parity against it.
 """
 
 from __future__ import annotations
@@ -38,9 +37,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ...backend import is_numpy_namespace, itemsize
+from ...backend import concat, itemsize
 from ...errors import InputError, SpecError
-from ..layers.base import LayerImpl
+from ..layers.base import LayerImpl, spatial_diagonal
 from ..state import KernelState
 
 #: Arrays of the size of one tile's covariance alive at once in the reference
@@ -48,10 +47,6 @@ from ..state import KernelState
 IMAGE_TEMPORARIES = 16
 
 FULL, DIAG, FLAT = "full", "diag", "flat"
-
-
-def is_image_layer(layer: LayerImpl) -> bool:
-    return bool(getattr(layer, "image_layer", False))
 
 
 def _name(layer: LayerImpl) -> str:
@@ -86,9 +81,6 @@ class ImagePlan:
 
 def plan_image_net(layers: Sequence[LayerImpl], input_shape: Tuple[int, ...]) -> ImagePlan:
     """Check shapes layer by layer and choose each layer's layout."""
-    from ..layers.conv import ConvImpl  # noqa: PLC0415
-    from ..layers.pooling import AvgPoolImpl, FlattenImpl, GlobalAvgPoolImpl  # noqa: PLC0415
-
     if len(input_shape) != 3:
         raise InputError(
             f"layer 0 ({_name(layers[0])}) of this convolutional network needs NHWC images; "
@@ -99,23 +91,23 @@ def plan_image_net(layers: Sequence[LayerImpl], input_shape: Tuple[int, ...]) ->
     flattened_by: Optional[str] = None
     for l, layer in enumerate(layers):
         cur = hw[-1]
-        if isinstance(layer, (ConvImpl, AvgPoolImpl, GlobalAvgPoolImpl, FlattenImpl)):
+        if layer.image_layer:
             if cur is None:
                 raise SpecError(
                     f"layer {l} ({_name(layer)}) needs an image, but its input is already flat "
                     f"({flattened_by}); put image layers before GlobalAvgPool/Flatten"
                 )
-        if isinstance(layer, (ConvImpl, AvgPoolImpl)):
+        if layer.layer_name in ("Conv", "AvgPool"):
             out = layer.output_hw(cur)
             if min(out) <= 0:
-                window = layer.filter if isinstance(layer, ConvImpl) else layer.window
+                window = layer.filter if layer.layer_name == "Conv" else layer.window
                 raise InputError(
                     f"layer {l} ({_name(layer)}) needs an image of at least {window[0]}x{window[1]} "
                     f"pixels, but its input is {cur[0]}x{cur[1]} (input images are {h0}x{w0}x{c0}); "
                     "use padding='SAME', a smaller window or larger images"
                 )
             hw.append(out)
-        elif isinstance(layer, (GlobalAvgPoolImpl, FlattenImpl)):
+        elif layer.layer_name in ("GlobalAvgPool", "Flatten"):
             flattened_by = f"layer {l} is {_name(layer)}"
             hw.append(None)
         else:
@@ -133,9 +125,9 @@ def plan_image_net(layers: Sequence[LayerImpl], input_shape: Tuple[int, ...]) ->
         layer = layers[l]
         if hw[l] is None:
             req = FLAT
-        elif isinstance(layer, FlattenImpl):
+        elif layer.layer_name == "Flatten":
             req = DIAG
-        elif isinstance(layer, (GlobalAvgPoolImpl, AvgPoolImpl)):
+        elif layer.layer_name in ("GlobalAvgPool", "AvgPool"):
             req = FULL
         layouts[l] = req
     to_diag = tuple(layouts[l] == FULL and layouts[l + 1] == DIAG for l in range(n))
@@ -168,8 +160,6 @@ def _self_k0(x: Any, layout: str, xp: Any) -> Any:
 
 
 def _to_diag(state: KernelState, xp: Any) -> KernelState:
-    from ..layers.conv import spatial_diagonal  # noqa: PLC0415
-
     ntk = state.ntk
     if ntk is not None and hasattr(ntk, "shape"):
         ntk = spatial_diagonal(ntk, xp)
@@ -179,8 +169,6 @@ def _to_diag(state: KernelState, xp: Any) -> KernelState:
 # ------------------------------------------------------ self trajectories
 def _self_batch(layers: Sequence[LayerImpl], plan: ImagePlan, x: Any, xp: Any,
                 want_ntk: bool) -> Tuple[List[Any], KernelState]:
-    from ..layers.conv import spatial_diagonal  # noqa: PLC0415
-
     c = x.shape[-1]
     var = xp.sum(x * x, axis=-1) / c
     state = KernelState(nngp=_self_k0(x, plan.layouts[0], xp), ntk=0.0 if want_ntk else None,
@@ -201,14 +189,6 @@ def _self_batch(layers: Sequence[LayerImpl], plan: ImagePlan, x: Any, xp: Any,
     return traj, state
 
 
-def _concat(parts: List[Any], xp: Any, axis: int = 0) -> Any:
-    if len(parts) == 1:
-        return parts[0]
-    if is_numpy_namespace(xp):
-        return np.concatenate(parts, axis=axis)
-    return xp.concat(parts, axis=axis)
-
-
 def self_trajectory(layers: Sequence[LayerImpl], plan: ImagePlan, x: Any, xp: Any, budget: int,
                     want_ntk: bool = False, batch: Optional[int] = None
                     ) -> Tuple[List[Any], Dict[str, Any]]:
@@ -224,10 +204,10 @@ def self_trajectory(layers: Sequence[LayerImpl], plan: ImagePlan, x: Any, xp: An
         finals.append(state.nngp)
         if want_ntk:
             ntks.append(state.ntk)
-    traj = [_concat([t[l] for t in trajs], xp) for l in range(len(trajs[0]))]
-    out = {"nngp": _concat(finals, xp)}
+    traj = [concat([t[l] for t in trajs], xp) for l in range(len(trajs[0]))]
+    out = {"nngp": concat(finals, xp)}
     if want_ntk:
-        out["ntk"] = _concat(ntks, xp)
+        out["ntk"] = concat(ntks, xp)
     return traj, out
 
 
@@ -265,12 +245,23 @@ def tile_shape(n1: int, n2: int, pair_bytes: int, budget: int, symmetric: bool) 
     return rows, cols
 
 
+def image_tile(plan: ImagePlan, n1: int, n2: int, value_bytes: int, budget: int,
+               symmetric: bool) -> Tuple[int, int]:
+    """Tile of the reference image path for an ``n1 × n2`` call of ``plan``."""
+    pair_bytes = plan.pair_entries * value_bytes * IMAGE_TEMPORARIES
+    return tile_shape(n1, n2, pair_bytes, budget, symmetric)
+
+
 def _transpose(a: Any, xp: Any) -> Any:
     return xp.permute_dims(a, (1, 0))
 
 
 def _mirror_upper(a: Any, xp: Any) -> Any:
-    """Copy the upper triangle of a square tile onto its lower triangle."""
+    """Copy the upper triangle of a square tile onto its lower triangle.
+
+    Array-API and functional (any namespace, returns a new tile); the numba
+    ``cpu_flat._mirror_upper`` works in place on a whole NumPy Gram in
+    parallel cache tiles. Kept apart because they differ in both respects."""
     n = a.shape[0]
     rows = xp.reshape(xp.arange(n), (n, 1))
     cols = xp.reshape(xp.arange(n), (1, n))
@@ -278,29 +269,16 @@ def _mirror_upper(a: Any, xp: Any) -> Any:
 
 
 def evaluate_image(layers: List[LayerImpl], x1: Any, x2: Optional[Any], xp: Any, *, want_ntk: bool,
-                   memory_budget: int, fast: bool = True,
-                   tile: Optional[Tuple[int, int]] = None) -> Dict[str, Any]:
-    """NNGP/NTK of an image network for all pairs of rows of x1 and x2."""
+                   memory_budget: int, tile: Optional[Tuple[int, int]] = None) -> Dict[str, Any]:
+    """NNGP/NTK of an image network for all pairs of rows of x1 and x2
+    (the reference path; ``engine.select_path`` decides when it runs)."""
     plan = plan_image_net(layers, tuple(x1.shape[1:]))
     symmetric = x2 is None
-    if fast:
-        from . import cpu_slab as conv_fast  # noqa: PLC0415
-
-        if conv_fast.supports(layers, plan, x1, xp):
-            return conv_fast.evaluate(layers, plan, x1, x2, want_ntk=want_ntk,
-                                      memory_budget=memory_budget)
-        if _is_cupy(xp):
-            from . import cuda_slab as conv_cupy  # noqa: PLC0415
-
-            if conv_cupy.supports(layers, plan, x1, xp):
-                return conv_cupy.evaluate(layers, plan, x1, x2, want_ntk=want_ntk,
-                                          memory_budget=memory_budget)
     x2f = x1 if symmetric else x2
     n1, n2 = x1.shape[0], x2f.shape[0]
     traj1, _ = self_trajectory(layers, plan, x1, xp, memory_budget)
     traj2 = traj1 if symmetric else self_trajectory(layers, plan, x2f, xp, memory_budget)[0]
-    pair_bytes = plan.pair_entries * itemsize(x1) * IMAGE_TEMPORARIES
-    rb, cb = tile or tile_shape(n1, n2, pair_bytes, memory_budget, symmetric)
+    rb, cb = tile or image_tile(plan, n1, n2, itemsize(x1), memory_budget, symmetric)
     if symmetric:
         cb = rb
     rows_out: Dict[str, List[Any]] = {"nngp": [], "ntk": []}
@@ -326,41 +304,23 @@ def evaluate_image(layers: List[LayerImpl], x1: Any, x2: Optional[Any], xp: Any,
             parts["nngp"].append(k)
             if want_ntk:
                 parts["ntk"].append(t)
-        rows_out["nngp"].append(_concat(parts["nngp"], xp, axis=1))
+        rows_out["nngp"].append(concat(parts["nngp"], xp, axis=1))
         if want_ntk:
-            rows_out["ntk"].append(_concat(parts["ntk"], xp, axis=1))
-    out = {"nngp": _concat(rows_out["nngp"], xp)}
+            rows_out["ntk"].append(concat(parts["ntk"], xp, axis=1))
+    out = {"nngp": concat(rows_out["nngp"], xp)}
     if want_ntk:
-        out["ntk"] = _concat(rows_out["ntk"], xp)
+        out["ntk"] = concat(rows_out["ntk"], xp)
     return out
 
 
 def evaluate_image_diagonal(layers: List[LayerImpl], x: Any, xp: Any, *, want_ntk: bool,
-                            memory_budget: int, fast: bool = True) -> Dict[str, Any]:
+                            memory_budget: int) -> Dict[str, Any]:
     """``k(x_i, x_i)`` for every image (the self-pair recursion, O(n))."""
     plan = plan_image_net(layers, tuple(x.shape[1:]))
-    if fast:
-        from . import cpu_slab as conv_fast  # noqa: PLC0415
-
-        if conv_fast.supports(layers, plan, x, xp):
-            return conv_fast.evaluate_diagonal(layers, plan, x, want_ntk=want_ntk,
-                                               memory_budget=memory_budget)
-        if _is_cupy(xp):
-            from . import cuda_slab as conv_cupy  # noqa: PLC0415
-
-            if conv_cupy.supports(layers, plan, x, xp):
-                return conv_cupy.evaluate_diagonal(layers, plan, x, want_ntk=want_ntk,
-                                                   memory_budget=memory_budget)
     _, out = self_trajectory(layers, plan, x, xp, memory_budget, want_ntk=want_ntk)
     if want_ntk and not hasattr(out["ntk"], "shape"):
         out["ntk"] = xp.zeros_like(out["nngp"]) + out["ntk"]
     return out
-
-
-def _is_cupy(xp: Any) -> bool:
-    from ...backend import is_cupy_namespace  # noqa: PLC0415
-
-    return is_cupy_namespace(xp)
 
 
 # ------------------------------------------------------------- cost model
@@ -370,20 +330,15 @@ def pair_entries(layers: Sequence[LayerImpl], input_shape: Tuple[int, ...]) -> i
 
 
 def cost_per_entry(layers: Sequence[LayerImpl], input_shape: Tuple[int, ...]) -> Dict[str, float]:
-    """Flops and bytes per kernel entry (one image pair) of an image network.
+    """Flops and bytes per kernel entry (one image pair) of the reference path.
 
-    ``flops``: the arithmetic of the path that computes it: for networks the
-    compiled slab kernel covers (``conv_fast.network_supported``: Conv,
-    activations, Dense, AvgPool, then GlobalAvgPool/Flatten), its count
-    (``conv_fast.flops_per_pair``: only the pixel offsets strides and pools
-    reach, only matching pixels for Flatten); otherwise the reference recursion's
-    (first Gram of pixels plus every layer on the covariance it sees), also
-    given as ``flops_reference``. ``bytes``: temporaries of the reference
-    path per entry, in units of the itemsize (multiply by 4 or 8), like the
-    flat model; ``pair_entries``: covariance values per pair.
+    ``flops``: the reference recursion's arithmetic (first Gram of pixels plus
+    every layer on the covariance it sees), also given as ``flops_reference``
+    (``engine.cost_per_entry`` replaces ``flops`` by the slab kernel's count
+    where that path runs). ``bytes``: temporaries of the reference path per
+    entry, in units of the itemsize (multiply by 4 or 8), like the flat model;
+    ``pair_entries``: covariance values per pair.
     """
-    from . import cpu_slab as conv_fast  # noqa: PLC0415
-
     plan = plan_image_net(layers, input_shape)
     h, w, c = plan.input_shape
     flops = 2.0 * c * plan.entries(0)
@@ -399,8 +354,4 @@ def cost_per_entry(layers: Sequence[LayerImpl], input_shape: Tuple[int, ...]) ->
     out = {"flops": float(flops), "flops_reference": float(flops),
            "bytes": float(plan.pair_entries * IMAGE_TEMPORARIES),
            "pair_entries": float(plan.pair_entries)}
-    if conv_fast.network_supported(list(layers), plan):
-        tail = sum(layer.flops_per_entry(()) for l, layer in enumerate(layers)
-                   if plan.layouts[l] == FLAT)
-        out["flops"] = float(conv_fast.flops_per_pair(list(layers), plan) + tail)
     return out

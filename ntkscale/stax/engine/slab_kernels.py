@@ -33,7 +33,7 @@ except Exception:  # pragma: no cover - older/newer llvmlite
 K_CONV, K_ABRELU, K_ERF, K_IDENT, K_AFFINE, K_POOL = range(6)
 # integer op columns (K_POOL: C_FH/C_FW window, C_SH/C_SW strides)
 (C_KIND, C_FH, C_FW, C_SH, C_SW, C_VOFF, C_STD) = range(7)
-_NCOLS = 7
+NCOLS = 7
 
 #: atan(t) = t + t·z·R(z), z = t², |t| ≤ tan(π/8): Chebyshev fit of R of
 #: degree 10 (mpmath.chebyfit, |ΔR| < 3.2e-17, i.e. < 1 ulp of atan).
@@ -42,7 +42,7 @@ ATAN_R = (0.02275052699336167, -0.04483334622272886, 0.05736332165907643,
           0.11111109636534361, -0.1428571426609662, 0.19999999999898407,
           -0.3333333333333325)
 # consts layout (in the input dtype, so float32 stays float32 in the kernel)
-_CONSTS = (0.0, 1.0, 2.0, math.pi, 0.5 * math.pi) + ATAN_R
+CONSTS = (0.0, 1.0, 2.0, math.pi, 0.5 * math.pi) + ATAN_R
 _FM = {"contract"}
 
 
@@ -147,7 +147,7 @@ def _abrelu1(c, sa, sb, f0, f1, one, zero, tol, halfpi, pi_,
 
 
 @numba.njit(cache=True, fastmath=_FM, error_model="numpy")
-def _abrelu_row(kr, tr, sa, sb, f0, f1, want_ntk, consts):  # pragma: no cover
+def abrelu_row(kr, tr, sa, sb, f0, f1, want_ntk, consts):  # pragma: no cover
     """``_abrelu1`` on a row (Θ ← Θ·K̇)."""
     one = consts[1]
     zero = consts[0]
@@ -238,7 +238,7 @@ def _row_sum(dst, a, lo, hi, rowstride, taps):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, fastmath=_FM, error_model="numpy")
-def _erf_row(kr, tr, qa, sa, qb, sb, f0, f1, f2, want_ntk, consts):  # pragma: no cover
+def erf_row(kr, tr, qa, sa, qb, sb, f0, f1, f2, want_ntk, consts):  # pragma: no cover
     """a·erf(b·x) + c on a row (Williams 1997), as ``ErfImpl.dual``:
     K = a²(2/π)·atan2(2b²c, √D) + c₀², K̇ = a²b²(4/π)/√D with
     D = 1 + 2b²(q + q') + 4b⁴(qq' − c²), |c| clipped/snapped as for ReLU."""
@@ -635,11 +635,11 @@ def _group(L, xa, xb, va, vb, ops, fpar, sdim, spad, deltas, consts, circ, want_
                         kr = kb[ob + m0:ob + m1]
                         trr = tb[ob + m0:ob + m1]
                         if kind == K_ABRELU:
-                            _abrelu_row(kr, trr, va[nvl + ia + m0:nvl + ia + m1],
+                            abrelu_row(kr, trr, va[nvl + ia + m0:nvl + ia + m1],
                                         vb[nvl + ib + m0:nvl + ib + m1],
                                         f0, f1, want_ntk, consts)
                         elif kind == K_ERF:
-                            _erf_row(kr, trr, va[ia + m0:ia + m1], va[nvl + ia + m0:nvl + ia + m1],
+                            erf_row(kr, trr, va[ia + m0:ia + m1], va[nvl + ia + m0:nvl + ia + m1],
                                      vb[ib + m0:ib + m1], vb[nvl + ib + m0:nvl + ib + m1],
                                      f0, f1, f2, want_ntk, consts)
                         elif kind == K_AFFINE:
@@ -671,7 +671,7 @@ def _group(L, xa, xb, va, vb, ops, fpar, sdim, spad, deltas, consts, circ, want_
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _slab_pairs(X1, X2, pi, pj, L, ops, fpar, sdim, spad, deltas, V1, V2, consts,
+def slab_pairs(X1, X2, pi, pj, L, ops, fpar, sdim, spad, deltas, V1, V2, consts,
                 final_count, circ, want_ntk, out_k, out_t, g_start, g_stop,
                 stages, pools, pinv, lut, accoff, accsize, selfvar, out_v):  # pragma: no cover
     """Kernel entries of the image pairs (pi[p], pj[p]) of groups

@@ -17,15 +17,13 @@ from typing import Any, Optional, Tuple
 import numpy as np
 from scipy import special
 
-from .base import LayerImpl, Shape
+from .base import PARALLEL_TOLERANCE_EPS, LayerImpl, Shape
+from ..network import Layer, make_layer
 from ..spec import Param, register
 from ..state import KernelState
 
 Array = Any
 
-#: Cosines within this many machine epsilons of ±1 are treated as exactly
-#: (anti)parallel: below it q·q' − c² is rounding noise (NT-CONVENTIONS).
-PARALLEL_TOLERANCE_EPS = 64.0
 
 
 def _eps(xp: Any, x: Array) -> float:
@@ -57,6 +55,8 @@ def gap(cov: Array, q1: Array, q2: Array, xp: Any) -> Array:
 
 class Elementwise(LayerImpl):
     """An activation: ``dual`` (cross pairs) and ``dual_diag`` (x with itself)."""
+
+    elementwise = True
 
     def dual(self, cov: Array, q1: Array, q2: Array, xp: Any,
              want_dot: bool) -> Tuple[Array, Optional[Array]]:  # pragma: no cover
@@ -228,47 +228,45 @@ class IdentityImpl(Elementwise):
         return 0.0
 
 
-def _make(name: str, **kwargs: Any):
-    from ..network import make_layer
-
+def _make(name: str, **kwargs: Any) -> Layer:
     return make_layer(name, kwargs)
 
 
-def ABRelu(a: float, b: float, do_stabilize: bool = False):
+def ABRelu(a: float, b: float, do_stabilize: bool = False) -> Layer:
     """``a·min(x, 0) + b·max(x, 0)``."""
     return _make("ABRelu", a=a, b=b, do_stabilize=do_stabilize)
 
 
-def Relu(do_stabilize: bool = False):
+def Relu(do_stabilize: bool = False) -> Layer:
     """ReLU, ``ABRelu(0, 1)``; no factor 2 inside (He scaling is ``W_std=√2``)."""
     return _make("Relu", do_stabilize=do_stabilize)
 
 
-def LeakyRelu(alpha: float, do_stabilize: bool = False):
+def LeakyRelu(alpha: float, do_stabilize: bool = False) -> Layer:
     """``alpha·min(x, 0) + max(x, 0)``."""
     return _make("LeakyRelu", alpha=alpha, do_stabilize=do_stabilize)
 
 
-def Abs(do_stabilize: bool = False):
+def Abs(do_stabilize: bool = False) -> Layer:
     """``|x|`` = ``ABRelu(-1, 1)``."""
     return _make("Abs", do_stabilize=do_stabilize)
 
 
-def Erf(a: float = 1.0, b: float = 1.0, c: float = 0.0):
+def Erf(a: float = 1.0, b: float = 1.0, c: float = 0.0) -> Layer:
     """``a·erf(b·x) + c``."""
     return _make("Erf", a=a, b=b, c=c)
 
 
-def Gelu(approximate: bool = False):
+def Gelu(approximate: bool = False) -> Layer:
     """Exact GELU ``x·Φ(x)``; ``approximate=True`` is not supported yet."""
     return _make("Gelu", approximate=approximate)
 
 
-def Sin(a: float = 1.0, b: float = 1.0, c: float = 0.0):
+def Sin(a: float = 1.0, b: float = 1.0, c: float = 0.0) -> Layer:
     """``a·sin(b·x + c)``."""
     return _make("Sin", a=a, b=b, c=c)
 
 
-def Identity():
+def Identity() -> Layer:
     """``x``."""
     return _make("Identity")

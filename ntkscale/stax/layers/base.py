@@ -1,4 +1,5 @@
-"""Base class of layer implementations (pure kernel math + finite-width net)."""
+"""Base class of layer implementations (pure kernel math + finite-width net) and the
+few helpers the engine shares with the layers (it imports only this layer module)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,19 @@ from ..state import KernelState
 
 Shape = Tuple[int, ...]
 
+#: Cosines within this many machine epsilons of ±1 are treated as exactly
+#: (anti)parallel: below it q·q' − c² is rounding noise (NT-CONVENTIONS).
+PARALLEL_TOLERANCE_EPS = 64.0
+
+
+def spatial_diagonal(a: Any, xp: Any) -> Any:
+    """``(..., H, H, W, W) -> (..., H, W)``: matching pixels only."""
+    *batch, h, h2, w, w2 = a.shape
+    a = xp.reshape(a, tuple(batch) + (h * h2, w, w2))
+    a = xp.take(a, xp.asarray(np.arange(h) * (h + 1), dtype=xp.int64), axis=len(batch))
+    a = xp.reshape(a, tuple(batch) + (h, w * w2))
+    return xp.take(a, xp.asarray(np.arange(w) * (w + 1), dtype=xp.int64), axis=len(batch) + 1)
+
 
 class LayerImpl:
     """One layer: its infinite-width kernel map and a finite-width NumPy net.
@@ -20,6 +34,10 @@ class LayerImpl:
     """
 
     layer_name: str = "?"
+    #: True for layers whose input is an image (Conv, pooling, Flatten).
+    image_layer: bool = False
+    #: True for activations (elementwise nonlinearities).
+    elementwise: bool = False
 
     def __init__(self, params: Dict[str, Any]):
         self.params = params

@@ -24,7 +24,8 @@ import numpy as np
 
 from ...errors import SpecError
 from .dense import affine_kernel
-from .base import LayerImpl, Shape
+from .base import LayerImpl, Shape, spatial_diagonal
+from ..network import Layer, make_layer
 from ..spec import Param, register
 from ..state import KernelState
 
@@ -125,15 +126,6 @@ def shift_sum(a: Any, axes: Tuple[int, int], window: int, stride: int, lo: int, 
         part = a[tuple(idx)]
         total = part if total is None else total + part
     return total
-
-
-def spatial_diagonal(a: Any, xp: Any) -> Any:
-    """``(..., H, H, W, W) -> (..., H, W)``: matching pixels only."""
-    *batch, h, h2, w, w2 = a.shape
-    a = xp.reshape(a, tuple(batch) + (h * h2, w, w2))
-    a = xp.take(a, xp.asarray(np.arange(h) * (h + 1), dtype=xp.int64), axis=len(batch))
-    a = xp.reshape(a, tuple(batch) + (h, w * w2))
-    return xp.take(a, xp.asarray(np.arange(w) * (w + 1), dtype=xp.int64), axis=len(batch) + 1)
 
 
 # ------------------------------------------------------------------- layer
@@ -247,7 +239,7 @@ def extract_patches(x: np.ndarray, window: Tuple[int, int], strides: Tuple[int, 
 def Conv(out_chan: int | None = None, filter_shape: Tuple[int, int] | None = None,
          strides: Tuple[int, int] | None = None, padding: str = "VALID", W_std: float = 1.0,
          b_std: float | None = None, dimension_numbers: Any = None,
-         parameterization: str = "ntk", s: Tuple[int, int] = (1, 1)):
+         parameterization: str = "ntk", s: Tuple[int, int] = (1, 1)) -> Layer:
     """2-D convolution on NHWC images (neural-tangents ``stax.Conv``).
 
     ``out_chan`` is ignored by the infinite-width kernel in the ``"ntk"``
@@ -255,8 +247,6 @@ def Conv(out_chan: int | None = None, filter_shape: Tuple[int, int] | None = Non
     ``"standard"``). ``padding``: ``"VALID"`` (default), ``"SAME"`` or
     ``"CIRCULAR"`` (periodic).
     """
-    from ..network import make_layer
-
     kwargs = dict(out_chan=out_chan, strides=strides, padding=padding, W_std=W_std,
                   b_std=b_std, dimension_numbers=dimension_numbers,
                   parameterization=parameterization, s=s)

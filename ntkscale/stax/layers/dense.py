@@ -13,6 +13,7 @@ import numpy as np
 
 from ...errors import SpecError
 from .base import LayerImpl, Shape
+from ..network import Layer, make_layer
 from ..spec import Param, register
 from ..state import KernelState
 
@@ -92,14 +93,12 @@ class DenseImpl(LayerImpl):
 
 def Dense(out_dim: int | None = None, W_std: float = 1.0, b_std: float | None = None,
           parameterization: str = "ntk", batch_axis: int = 0, channel_axis: int = -1,
-          s: Tuple[int, int] = (1, 1)):
+          s: Tuple[int, int] = (1, 1)) -> Layer:
     """Fully-connected layer (neural-tangents ``stax.Dense``).
 
     ``out_dim`` is ignored by the infinite-width kernel in the ``"ntk"``
     parameterization; ``"standard"`` needs the widths (Sohl-Dickstein et al. 2020).
     """
-    from ..network import make_layer
-
     return make_layer("Dense", dict(out_dim=out_dim, W_std=W_std, b_std=b_std,
                                     parameterization=parameterization, batch_axis=batch_axis,
                                     channel_axis=channel_axis, s=s))

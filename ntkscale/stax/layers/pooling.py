@@ -21,8 +21,9 @@ from typing import Any, Tuple
 import numpy as np
 
 from ...errors import SpecError
-from .conv import PADDINGS, extract_patches, pair2, spatial_diagonal, window_geometry, window_sum
-from .base import LayerImpl, Shape
+from .base import LayerImpl, Shape, spatial_diagonal
+from .conv import PADDINGS, extract_patches, pair2, window_geometry, window_sum
+from ..network import Layer, make_layer
 from ..spec import Param, register
 from ..state import KernelState
 
@@ -180,25 +181,23 @@ class FlattenImpl(LayerImpl):
         return float(np.prod(state_shape or (1,)))
 
 
-def _make(name: str, **kwargs: Any):
-    from ..network import make_layer
-
+def _make(name: str, **kwargs: Any) -> Layer:
     return make_layer(name, kwargs)
 
 
 def AvgPool(window_shape: Tuple[int, int], strides: Tuple[int, int] | None = None,
             padding: str = "VALID", normalize_edges: bool = False, batch_axis: int = 0,
-            channel_axis: int = -1):
+            channel_axis: int = -1) -> Layer:
     """Average pooling (neural-tangents ``stax.AvgPool``; ``strides=None`` is 1)."""
     return _make("AvgPool", window_shape=window_shape, strides=strides, padding=padding,
                  normalize_edges=normalize_edges, batch_axis=batch_axis, channel_axis=channel_axis)
 
 
-def GlobalAvgPool(batch_axis: int = 0, channel_axis: int = -1):
+def GlobalAvgPool(batch_axis: int = 0, channel_axis: int = -1) -> Layer:
     """Mean over all pixels (neural-tangents ``stax.GlobalAvgPool``)."""
     return _make("GlobalAvgPool", batch_axis=batch_axis, channel_axis=channel_axis)
 
 
-def Flatten(batch_axis: int = 0, batch_axis_out: int = 0):
+def Flatten(batch_axis: int = 0, batch_axis_out: int = 0) -> Layer:
     """Flatten ``(H, W, C)`` to ``H·W·C`` features (neural-tangents ``stax.Flatten``)."""
     return _make("Flatten", batch_axis=batch_axis, batch_axis_out=batch_axis_out)

@@ -1,0 +1,1 @@
+"""Cost-model calibrations shipped with ntkscale (``<device kind>.json``)."""

@@ -1,0 +1,327 @@
+"""The image part of a network encoded for the slab kernels (``slab_kernels``).
+
+AvgPool (window k, stride s, padding lo) couples slabs: the pooled slab δ'
+at P averages the input pairs (sP + a − lo, sP + sδ' + a' − lo), i.e. input
+slabs δ = sδ' + (a' − a). So the layer program is cut into *stages* at the
+AvgPools. Walking back from the end (Flatten: δ = 0; GlobalAvgPool: all
+offsets), each stage needs at its end the offsets sδ' + e, |e| < k, of the
+offsets δ' the next stage needs (Myrtle: all offsets before the last pools).
+Per group of pairs, every slab of a stage runs through the stage's layers
+and adds its entries to the window sums of the next stage's slabs (kept per
+thread: about the full pooled pixel-pair covariance, see
+``MAX_SCRATCH_BYTES``); the next stage divides them by the window sizes
+and goes on. Activations after a pool need each image's pooled per-pixel
+variance: a first pass over the self pairs (i, i) takes it from the pair's
+own δ = 0 slab (computed first in every stage) before the other slabs use it.
+
+Supported: Conv (any filter and strides; SAME/VALID, or CIRCULAR everywhere
+with strides dividing the image), Dense on images, ReLU family
+(Relu/LeakyRelu/Abs/ABRelu), Erf, Identity, AvgPool (SAME/VALID, any window
+and strides, ``normalize_edges``; not with CIRCULAR padding anywhere),
+ending in GlobalAvgPool or Flatten, then any flat layers (run by the
+reference code on the ``n1 × n2`` result). Other image networks (Gelu/Sin on
+images, CIRCULAR pooling) use the array-API path; the CuPy kernel has no
+AvgPool. Arithmetic is in the input dtype. Parity with the reference path is
+tested in ``tests/test_conv_fast.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ...errors import SpecError
+from .slab_kernels import (C_FH, C_FW, C_KIND, C_SH, C_STD, C_SW, C_VOFF, CONSTS, K_ABRELU,
+    K_AFFINE, K_CONV, K_ERF, K_IDENT, K_POOL, NCOLS)
+from .reference_image import ImagePlan
+from ..layers.base import PARALLEL_TOLERANCE_EPS, LayerImpl
+
+_ACT_KINDS = {"Relu": K_ABRELU, "LeakyRelu": K_ABRELU, "Abs": K_ABRELU,
+              "ABRelu": K_ABRELU, "Erf": K_ERF, "Identity": K_IDENT}
+
+#: Layers the slab kernels run on images (by registry name), up to and
+#: including the GlobalAvgPool/Flatten that ends the image part.
+SUPPORTED_LAYERS = frozenset({"Conv", "Dense", "AvgPool", "GlobalAvgPool", "Flatten"}
+                             | set(_ACT_KINDS))
+
+#: Image pairs processed together (one per lane of every inner loop): at
+#: least LANES_MIN, and as many more (up to LANES_MAX) as keep a thread's
+#: scratch within SCRATCH_BYTES. Longer lanes amortise the per-row loop
+#: overhead (measured: 64 lanes ≈ 1.3× faster than 16 on 8×8 images); every
+#: thread still gets ≥ 4 groups (see ``cpu_slab._run_pairs``).
+LANES_MIN, LANES_MAX = 8, 64
+SCRATCH_BYTES = 8 << 20
+#: Networks with AvgPool keep the window sums of every pooled stage per
+#: thread (about the full pixel-pair covariance after the first pool:
+#: (H/2)²(W/2)² values per lane and Σ/Θ, ~9 MB at 32×32 with 8 lanes);
+#: larger ones use the reference path.
+MAX_SCRATCH_BYTES = 512 << 20
+
+
+# ------------------------------------------------------------- planning
+def _image_end(layers: List[LayerImpl], plan: ImagePlan) -> int:
+    """Index of the GlobalAvgPool/Flatten that makes the state flat."""
+    for l in range(len(layers)):
+        if plan.hw[l + 1] is None:
+            return l
+    raise AssertionError("image plan without a flat output")  # pragma: no cover
+
+
+def unsupported(layers: Sequence[LayerImpl], plan: ImagePlan, pooling: bool = True) -> Optional[str]:
+    """Why the slab formulation cannot run this network (any backend), or None.
+
+    ``pooling=False``: for kernels without AvgPool stages (CUDA). The layers
+    up to GlobalAvgPool/Flatten must be in ``SUPPORTED_LAYERS``; the flat
+    layers after it run the reference maps on the ``n1 × n2`` result.
+    """
+    layers = list(layers)
+    end = _image_end(layers, plan)
+    for l, layer in enumerate(layers[:end + 1]):
+        if layer.layer_name not in SUPPORTED_LAYERS:
+            return f"layer {l} ({layer.layer_name}) on images has no compiled slab kernel"
+    if layers[end].layer_name not in ("GlobalAvgPool", "Flatten"):  # pragma: no cover - plan
+        return f"layer {end} ({layers[end].layer_name}) cannot end the image part"
+    named = list(enumerate(layers[:end]))
+    convs = [(l, x) for l, x in named if x.layer_name == "Conv"]
+    pools = [(l, x) for l, x in named if x.layer_name == "AvgPool"]
+    if pools:
+        if not pooling:
+            return f"layer {pools[0][0]} (AvgPool): this slab kernel has no pooling stages"
+        circ = [(l, x) for l, x in convs + pools if x.padding == "CIRCULAR"]
+        if circ:
+            return (f"layer {circ[0][0]} ({circ[0][1].layer_name}) has CIRCULAR padding, which "
+                    "the slab kernel does not combine with AvgPool")
+        per_lane = Program(layers, plan, np.dtype(np.float64)).scratch_per_lane
+        if per_lane * LANES_MIN > MAX_SCRATCH_BYTES:
+            return (f"the AvgPool window sums need {per_lane * LANES_MIN >> 20} MiB per thread, "
+                    f"over the slab kernel's {MAX_SCRATCH_BYTES >> 20} MiB")
+        return None
+    circular = [x.padding == "CIRCULAR" for _, x in convs]
+    if any(circular) and not all(circular):
+        l = next(l for l, x in convs if x.padding != "CIRCULAR")
+        return f"layer {l} (Conv) is not CIRCULAR while other Convs are (mixed padding)"
+    if any(circular):
+        for l, layer in convs:
+            h, w = plan.hw[l]
+            if h % layer.strides[0] or w % layer.strides[1]:
+                return (f"layer {l} (Conv, CIRCULAR): strides {tuple(layer.strides)} do not divide "
+                        f"its {h}x{w} input")
+    return None
+
+
+def _window_counts(pool: LayerImpl, axis: int, n_in: int, n_out: int, lo: int) -> np.ndarray:
+    """Divisor of each output position of ``pool`` along ``axis``: the
+    window size, or with ``normalize_edges`` (SAME) the in-image part."""
+    k, s = pool.window[axis], pool.strides[axis]
+    if not (pool.params["normalize_edges"] and pool.padding == "SAME"):
+        return np.full(n_out, float(k))
+    start = np.arange(n_out) * s - lo
+    return (np.minimum(start + k, n_in) - np.maximum(start, 0)).astype(np.float64)
+
+
+class Program:
+    """The image part of a network encoded for ``slab_kernels.slab_pairs``:
+    op table, slab offsets per stage, lanes and scratch sizes."""
+
+    def __init__(self, layers: List[LayerImpl], plan: ImagePlan, dtype: np.dtype):
+        end = _image_end(layers, plan)
+        self.end = end
+        self.flatten = layers[end].layer_name == "Flatten"
+        img = layers[:end]
+        n = len(img)
+        self.ops = np.zeros((n, NCOLS), np.int64)
+        self.fpar = np.zeros((n, 4), np.float64)
+        self.sdim = np.array([plan.hw[l] for l in range(n + 1)], np.int64).reshape(n + 1, 2)
+        self.spad = np.zeros((n + 1, 4), np.int64)
+        self.circ = any(x.layer_name == "Conv" and x.padding == "CIRCULAR" for x in img)
+        self.act_layers: List[int] = []
+        width: Optional[int] = plan.input_shape[2]
+        voff = 0
+        for l, layer in enumerate(img):
+            p = layer.params
+            if layer.layer_name in ("Conv", "Dense"):
+                fh, fw = layer.filter if layer.layer_name == "Conv" else (1, 1)
+                std = p["parameterization"] == "standard"
+                if std and width is None:
+                    what = "Conv" if layer.layer_name == "Conv" else "Dense"
+                    raise SpecError(
+                        f'{what}(parameterization="standard") needs the input width; give '
+                        "out_dim (out_chan) to the layer before it")
+                b2 = (p["b_std"] or 0.0) ** 2
+                w2 = p["W_std"] ** 2
+                self.fpar[l] = (w2 / (fh * fw), b2, float(width or 0),
+                                0.0 if p["b_std"] is None else 1.0)
+                self.ops[l, C_STD] = int(std)
+                if layer.layer_name == "Conv":
+                    self.ops[l, [C_KIND, C_FH, C_FW, C_SH, C_SW]] = (
+                        K_CONV, fh, fw, layer.strides[0], layer.strides[1])
+                    width = p["out_chan"]
+                else:
+                    self.ops[l, C_KIND] = K_AFFINE
+                    width = p["out_dim"]
+            elif layer.layer_name == "AvgPool":
+                self.ops[l, [C_KIND, C_FH, C_FW, C_SH, C_SW]] = (
+                    K_POOL, layer.window[0], layer.window[1], layer.strides[0], layer.strides[1])
+            else:
+                kind = _ACT_KINDS[layer.layer_name]
+                self.ops[l, C_KIND] = kind
+                self.ops[l, C_VOFF] = voff
+                h, w = plan.hw[l]
+                voff += h * w
+                self.act_layers.append(l)
+                if kind == K_ABRELU:
+                    a, b = layer.slopes()
+                    self.fpar[l] = ((a * a + b * b) / 2.0, (a - b) ** 2 / (2.0 * math.pi), 0.0, 0.0)
+                elif kind == K_ERF:
+                    self.fpar[l] = (p["a"], p["b"], p["c"], 0.0)
+        self.nvar = voff
+        hf, wf = plan.hw[end]
+        self.width_out = None if width is None else (width * hf * wf if self.flatten else width)
+        # buffer padding of each stage = the pads of the next Conv
+        for s in range(n + 1):
+            h, w = plan.hw[s]
+            pads = (0, 0, 0, 0)
+            for o in range(s, n):
+                if img[o].layer_name == "AvgPool":
+                    break
+                if img[o].layer_name == "Conv":
+                    (_, lo_h, hi_h), (_, lo_w, hi_w) = img[o].geometry(plan.hw[o])
+                    pads = (lo_h, hi_h, lo_w, hi_w)
+                    break
+            self.spad[s] = (pads[0], pads[2], h + pads[0] + pads[1], w + pads[2] + pads[3])
+        # slab offsets δ of every layer, from the final ones
+        if self.flatten:
+            finals = [(0, 0)]
+            self.count = float(hf * wf)
+        elif self.circ:
+            finals = [(a, b) for a in range(hf) for b in range(wf)]
+            self.count = float(hf * hf * wf * wf)
+        else:
+            finals = [(a, b) for a in range(-(hf - 1), hf) for b in range(-(wf - 1), wf)]
+            self.count = float(hf * hf * wf * wf)
+        self._stages(img, plan, finals)
+        maxbuf = int((self.spad[:, 2] * self.spad[:, 3]).max())
+        maxt = max([int(self.sdim[o + 1, 0] * self.spad[o, 3]) for o in range(n)
+                    if self.ops[o, C_KIND] == K_CONV] or [1])
+        per_lane = (4 * maxbuf + 2 * maxt + 2 * plan.input_shape[2] * int(self.sdim[0].prod())
+                    + 4 * self.nvar + 2 * self.accsize) * np.dtype(dtype).itemsize
+        self.scratch_per_lane = per_lane
+        lanes = LANES_MIN
+        while lanes < LANES_MAX and 2 * lanes * per_lane <= SCRATCH_BYTES:
+            lanes *= 2
+        self.lanes = lanes
+        eps = float(np.finfo(dtype).eps)
+        self.consts = np.array(CONSTS + (PARALLEL_TOLERANCE_EPS * eps, float(plan.input_shape[2])),
+                               dtype=dtype)
+        self.fpar = self.fpar.astype(dtype)
+        self.pinv = self.pinv.astype(dtype)
+
+    def _stages(self, img: List[LayerImpl], plan: ImagePlan,
+                finals: List[Tuple[int, int]]) -> None:
+        """Stages between AvgPools and their slabs, from the last stage back.
+
+        A stage needs at its end (before the AvgPool that closes it) every
+        offset sδ' + e (|e| < window) of the offsets δ' the next stage needs;
+        Conv strides multiply offsets inside a stage. ``deltas[d, o]``: slab
+        d's offset entering op o (only the ops of d's stage are set).
+        Without AvgPool: one stage, slabs in the order of ``finals``; with:
+        δ = 0 first in every stage (see ``selfvar`` in ``conv_slab._group``).
+        """
+        n = len(img)
+        pool_ops = [o for o in range(n) if img[o].layer_name == "AvgPool"]
+        firsts = [0] + [o + 1 for o in pool_ops]
+        lasts = pool_ops + [n]
+        nst = len(firsts)
+        self.pooled = nst > 1
+        per_stage: List[np.ndarray] = [np.zeros((0, n + 1, 2), np.int64)] * nst
+        need = finals
+        for st in range(nst - 1, -1, -1):
+            o0, o1 = firsts[st], lasts[st]
+            if self.pooled:
+                need = sorted(set(need), key=lambda ab: (ab != (0, 0), ab))
+            rows = np.zeros((len(need), n + 1, 2), np.int64)
+            for i, (a, b) in enumerate(need):
+                rows[i, o1] = (a, b)
+                for o in range(o1 - 1, o0 - 1, -1):
+                    if img[o].layer_name == "Conv":
+                        a, b = a * img[o].strides[0], b * img[o].strides[1]
+                        if self.circ:
+                            a, b = a % plan.hw[o][0], b % plan.hw[o][1]
+                    rows[i, o] = (a, b)
+            per_stage[st] = rows
+            if st:
+                pool = img[o0 - 1]
+                (kh, kw), (sh, sw) = pool.window, pool.strides
+                h, w = plan.hw[o0 - 1]
+                need = [(sh * a + e, sw * b + f) for a, b in rows[:, o0].tolist()
+                        for e in range(1 - kh, kh) for f in range(1 - kw, kw)
+                        if abs(sh * a + e) < h and abs(sw * b + f) < w]
+        self.deltas = np.concatenate(per_stage)
+        bounds = np.cumsum([0] + [len(r) for r in per_stage])
+        self.stages = np.array([(firsts[st], lasts[st], bounds[st], bounds[st + 1])
+                                for st in range(nst)], np.int64)
+        # pooled stages: window sums stored compactly (valid part of each slab)
+        R = max(max(hw) for hw in plan.hw if hw is not None)
+        self.lut = np.full((nst, 2 * R + 1, 2 * R + 1), -1, np.int64)
+        self.accoff = np.zeros(self.deltas.shape[0], np.int64)
+        self.pools = np.zeros((nst, 2), np.int64)
+        self.pinv = np.ones((nst, 2, R), np.float64)
+        size = 0
+        for st in range(1, nst):
+            o0 = firsts[st]
+            pool = img[o0 - 1]
+            ho, wo = plan.hw[o0]
+            (_, lo_h, _), (_, lo_w, _) = pool.geometry(plan.hw[o0 - 1])
+            self.pools[st] = (lo_h, lo_w)
+            for ax, (m, lo) in enumerate(((ho, lo_h), (wo, lo_w))):
+                self.pinv[st, ax, :m] = 1.0 / _window_counts(pool, ax, plan.hw[o0 - 1][ax], m, lo)
+            for d in range(bounds[st], bounds[st + 1]):
+                a, b = (int(v) for v in self.deltas[d, o0])
+                if abs(a) < ho and abs(b) < wo:
+                    self.lut[st, a + R, b + R] = d
+                self.accoff[d] = size
+                size += max(0, ho - abs(a)) * max(0, wo - abs(b))
+        self.accsize = size
+
+
+def flops_per_pair(layers: List[LayerImpl], plan: ImagePlan) -> float:
+    """Arithmetic of the slab kernel per image pair (sqrt and divide count 1).
+
+    Per slab entry: Conv (fh + fw − 2 adds, 2-flop affine; twice with the
+    NTK, plus 2 for Θ's affine), ReLU family 37 (11-term polynomial, angle
+    selection, Θ·K̇), Erf 45, Dense on images 5; K0 costs 2C + 1. AvgPool:
+    2 adds (Σ, Θ) per input entry and window it falls in, and 6 (divisors)
+    per pooled entry.
+    """
+    prog = Program(layers, plan, np.dtype(np.float64))
+    total = 0.0
+    n = prog.ops.shape[0]
+    for st, (o0, o1, d0, d1) in enumerate(prog.stages.tolist()):
+        for d in range(d0, d1):
+            def entries(s):
+                h, w = prog.sdim[s]
+                a, b = prog.deltas[d, s]
+                if prog.circ:
+                    return h * w
+                return max(0, h - abs(a)) * max(0, w - abs(b))
+            total += (2 * plan.input_shape[2] + 1) * entries(0) if st == 0 else 6 * entries(o0)
+            for o in range(o0, o1):
+                kind = prog.ops[o, C_KIND]
+                if kind == K_CONV:
+                    fh, fw = prog.ops[o, C_FH], prog.ops[o, C_FW]
+                    total += entries(o + 1) * (2 * (fh + fw - 2) + 6)
+                elif kind == K_ABRELU:
+                    total += entries(o) * 37
+                elif kind == K_ERF:
+                    total += entries(o) * 45
+                elif kind == K_AFFINE:
+                    total += entries(o) * 5
+            if o1 == n:
+                total += 2 * entries(n)
+            else:
+                windows = (prog.ops[o1, C_FH] * prog.ops[o1, C_FW]
+                           / (prog.ops[o1, C_SH] * prog.ops[o1, C_SW])) ** 2
+                total += 2 * entries(o1) * windows
+    return total

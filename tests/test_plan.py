@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 
 from ntkscale import stax
 from ntkscale.gram.plan import (BLOCK_QUANTUM, ENGINE_STRIP_ROWS, MAX_BLOCK, block_size_for_memory,
-    choose_block_size, chunk_shape, describe, make_plan, n_gram_blocks)
+    choose_block_size, describe)
+from ntkscale.store.blocks import chunk_shape, make_plan, n_gram_blocks
 from ntkscale.gram.schedule import block_cost, submission_order
 
 

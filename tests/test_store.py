@@ -11,7 +11,7 @@ import pytest
 
 from ntkscale import stax
 from ntkscale.errors import SpecMismatchError, StoreBusyError, StoreError
-from ntkscale.gram.plan import make_plan
+from ntkscale.store.blocks import make_plan
 from ntkscale.store.gram_store import GramStore
 from ntkscale.store.layout import FORMAT_VERSION, transpose
 from ntkscale.store.lock import StoreLock, lock_holder

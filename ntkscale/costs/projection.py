@@ -41,7 +41,8 @@ import numpy as np
 from . import model as costmodel
 from .. import stax
 from ..errors import NtkscaleError
-from ..gram.plan import choose_block_size, grid
+from ..gram.plan import choose_block_size
+from ..store.blocks import grid
 
 #: The calibrations shipped with ntkscale (package data): ``<kind>.json``.
 CALIBRATION_PACKAGE = "ntkscale.costs.data"

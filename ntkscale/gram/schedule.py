@@ -27,7 +27,7 @@ from distributed import as_completed, get_worker
 from ..store.layout import input_path, now
 from ..store.manifest import write_block
 from .compute import backend_for, compute_block, compute_diag, kernel_fn_for
-from .plan import Block
+from ..store.blocks import Block
 from .progress import Progress
 
 #: Fault-injection hook for tests: seconds each block task sleeps before computing.

@@ -37,7 +37,8 @@ from ..cluster import check_store_visible, dashboard_link, open_client, security
 from ..config.run import AddressClusterConfig, LocalClusterConfig, RunConfig
 from ..data import InputSet, load_inputs
 from ..errors import BlockFailedError, NtkscaleError, StoreError
-from ..gram.plan import Plan, choose_block_size, describe, effective_block_size, make_plan
+from ..gram.plan import choose_block_size, describe, effective_block_size
+from ..store.blocks import Plan, make_plan
 from ..gram.progress import Progress, say
 from ..gram.schedule import Job, run_blocks
 from ..store.gram_store import GramStore

@@ -59,7 +59,7 @@ from .. import stax
 from ..choices import KERNELS
 from ..data import iter_row_chunks
 from ..errors import StoreError
-from ..gram.plan import Block, Plan, chunk_shape, make_plan
+from .blocks import Block, Plan, chunk_shape, make_plan
 from .layout import (ATTR, FORMAT_VERSION, MANIFEST, RESERVED_GROUPS, diag_path, gram_path, input_path,
     transpose)
 from .manifest import CHECKSUMS, DEFAULT_CHECKSUM, Manifest, block_token

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..data import fingerprint
 from ..errors import StoreError
-from ..gram.plan import Plan
+from .blocks import Plan
 from .gram_store import GramStore
 from .layout import input_path
 from .lock import lock_holder

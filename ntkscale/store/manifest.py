@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Set
 import numpy as np
 import zarr
 
-from ..gram.plan import Block
+from .blocks import Block
 from .layout import FORMAT_VERSION, MANIFEST, WRITE_CONFIG, diag_path, gram_path, transpose
 
 

@@ -51,3 +51,10 @@ class StoreBusyError(NtkscaleError):
 
 class BlockFailedError(NtkscaleError):
     """Some blocks failed after retries; the finished ones are kept."""
+
+
+# costs
+
+
+class CalibrationError(NtkscaleError):
+    """No usable cost-model calibration for the requested device kind."""

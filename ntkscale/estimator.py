@@ -28,11 +28,9 @@ KernelLike = Union[None, str, KernelFn, Layer, Sequence[Any]]
 
 def default_layers(depth: int = 3, W_std: float = math.sqrt(2.0), b_std: float = 0.1) -> Layer:
     """The default network: ``depth`` × [Dense(W_std, b_std), Relu] then a
-    Dense(1) readout with the same W_std/b_std (He scaling, W_std = √2)."""
-    layers = []
-    for _ in range(depth):
-        layers += [stax.Dense(512, W_std=W_std, b_std=b_std), stax.Relu()]
-    return stax.serial(*layers, stax.Dense(1, W_std=W_std, b_std=b_std))
+    Dense(1) readout with the same W_std/b_std (He scaling, W_std = √2);
+    ``stax.presets.fc``."""
+    return stax.presets.fc(depth, W_std=W_std, b_std=b_std)
 
 
 def resolve_kernel(kernel: KernelLike) -> Optional[KernelFn]:

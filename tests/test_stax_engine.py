@@ -71,7 +71,7 @@ def test_explain_fields():
     assert isinstance(e, Explanation) and e.path == "cpu_slab" and e.tile is None
     assert e.lanes >= slab_program.LANES_MIN and e.entries == 55
     assert e.flops_per_entry == CNTK[2].cost((8, 8, 3))["flops"]
-    assert e.total_flops == e.flops_per_entry * 55 and e.bytes_per_entry == CNTK[2].cost((8, 8, 3))["bytes"] * 8
+    assert e.total_flops == e.flops_per_entry * 55 and e.bytes_per_entry == CNTK[2].cost((8, 8, 3))["bytes_engine"] * 8 == 2 * 8
     assert e.lines()[0].startswith("path: cpu_slab (") and e.as_dict()["path"] == "cpu_slab"
     r = GELU_IMAGE[2].explain((10, 8, 8, 3), (7, 8, 8, 3), dtype="float32", memory_budget=1 << 20)
     assert r.path == "reference" and r.lanes is None and r.entries == 70

@@ -74,6 +74,11 @@ def plan_cmd(args: argparse.Namespace) -> int:
     print(f"work       {info['flops_todo']:.3g} flops to do ({info['entries_todo']:,} kernel entries, "
           f"{info['flops_per_entry']:.0f} flops each)")
     print(f"memory     {human_bytes(info['task_memory'])} per task, {info['slots']} task slots planned")
+    kernel = info["kernel"]
+    detail = (f"{kernel['lanes']} image pairs per group" if kernel["lanes"] else
+              f"tiles of {kernel['tile'][0]} x {kernel['tile'][1]}" if kernel["tile"] else "")
+    print(f"kernel     {kernel['path']} path on {kernel['device']}: {kernel['reason']}"
+          + (f"; {detail}" if detail else ""))
     if "estimated_s" in info:
         print(f"estimate   ~{duration(info['estimated_s'])} plus cluster start-up: compute "
               f"{duration(info['compute_s'])} on {info['slots']} slots ({info['calibration_s_per_entry']:.3g} s "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..stages.context import say
+from ..gram.progress import say
 
 __all__ = ["duration", "human_bytes", "print_json", "say"]
 

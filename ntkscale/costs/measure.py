@@ -2,11 +2,17 @@
 
 * :func:`calibrate` -- seconds per kernel entry on one core, timed on a small block
   of the run's own data;
-* :func:`write_bandwidth` -- bytes per second of one file write on the store's disk.
+* :func:`write_bandwidth` -- bytes per second of one file write on the store's disk;
+* :func:`measure_read_bandwidth` -- bytes per second reading whole chunks of a stored Gram;
+* :func:`measure_flop_rate` -- effective kernel flops per second on a small block.
+
+The solver's stored-vs-streamed choice (``solvers.operator.choose_mode``) takes the
+last two as inputs.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import time
@@ -53,3 +59,23 @@ def write_bandwidth(directory: str, nbytes: int = 64 << 20) -> float:
         return nbytes / max(time.perf_counter() - t, 1e-9)
     finally:
         os.remove(path)
+
+
+def measure_read_bandwidth(array: Any, max_chunks: int = 4) -> float:
+    """Bytes per second reading a few whole chunks of a Zarr array."""
+    c0, c1 = array.chunks[:2]
+    rows = min(array.shape[0], c0 * max(1, max_chunks // max(1, math.ceil(array.shape[1] / c1))))
+    t = time.perf_counter()
+    block = np.asarray(array[:rows, :])
+    return block.nbytes / max(time.perf_counter() - t, 1e-6)
+
+
+def measure_flop_rate(kernel_fn: Any, x: np.ndarray, rows: int = 256) -> float:
+    """Effective kernel flops per second: the cost model's flops per entry
+    times the entries of one timed ``rows x rows`` block, over its seconds."""
+    xs = np.asarray(x[:rows])
+    kernel_fn(xs[:8], xs[:8])  # warm caches / JIT
+    t = time.perf_counter()
+    kernel_fn(xs, xs)
+    dt = max(time.perf_counter() - t, 1e-6)
+    return kernel_fn.cost(tuple(xs.shape[1:]))["flops"] * len(xs) ** 2 / dt

@@ -40,7 +40,7 @@ import numpy as np
 
 from . import model as costmodel
 from .. import stax
-from ..errors import NtkscaleError
+from ..errors import CalibrationError, NtkscaleError
 from ..gram.plan import choose_block_size
 from ..store.blocks import grid
 
@@ -48,10 +48,6 @@ from ..store.blocks import grid
 CALIBRATION_PACKAGE = "ntkscale.costs.data"
 
 NetLike = Union[str, Any]
-
-
-class CalibrationError(NtkscaleError):
-    """No usable cost-model calibration for the requested device kind."""
 
 
 # ----------------------------------------------------------------------------- nets

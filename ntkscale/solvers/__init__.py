@@ -10,7 +10,6 @@ pipeline uses; the pieces are importable on their own:
 * :mod:`.cholesky`  - tiled out-of-core Cholesky on Zarr tiles (Dask graph)
 * :mod:`.ridge`     - ridge selection on a seeded validation split of the training data
 * :mod:`.dense`     - in-memory Cholesky with jitter retries
-* :mod:`.record`    - save/load a solve (alpha, CG history, summary) in a Zarr group
 """
 
 from .api import SolveResult, solve
@@ -20,13 +19,12 @@ from .cholesky import TiledCholesky, cholesky_solve, tiled_cholesky
 from .nystrom import (LowRankPreconditioner, build_preconditioner, nystrom_preconditioner,
     pivoted_cholesky_preconditioner)
 from .operator import GramOperator, as_operator, choose_mode, make_operator
-from ..store.records import load_solution, save_solution
 from .ridge import RidgeSelection, select_ridge, validation_split
 from .validate import relative_ridges
 
 __all__ = [
     "CGInfo", "GramOperator", "LowRankPreconditioner", "MemoryCheckpoint", "RidgeSelection", "SolveResult",
     "TiledCholesky", "ZarrCheckpoint", "as_operator", "build_preconditioner", "cg", "cholesky_solve",
-    "choose_mode", "load_solution", "make_operator", "nystrom_preconditioner", "pivoted_cholesky_preconditioner",
-    "relative_ridges", "save_solution", "select_ridge", "solve", "tiled_cholesky", "validation_split",
+    "choose_mode", "make_operator", "nystrom_preconditioner", "pivoted_cholesky_preconditioner",
+    "relative_ridges", "select_ridge", "solve", "tiled_cholesky", "validation_split",
 ]

@@ -25,8 +25,6 @@ store's read bandwidth.
 from __future__ import annotations
 
 import copy
-import math
-import time
 from dataclasses import dataclass
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
@@ -357,7 +355,7 @@ def choose_mode(kernel_fn: Any, input_shape: Sequence[int], n: int, *, itemsize:
     A Gram not yet stored is worth storing when computing it once plus
     ``passes`` reads is cheaper than ``passes`` recomputations, and it fits on
     the disk (``free_disk`` bytes). Bandwidth and flop rate are per cluster;
-    :func:`measure_read_bandwidth` and :func:`measure_flop_rate` calibrate them.
+    ``ntkscale.costs.measure.measure_read_bandwidth`` and ``measure_flop_rate`` calibrate them.
     """
     m = n if m is None else m
     entries = float(m) * float(n)
@@ -375,26 +373,6 @@ def choose_mode(kernel_fn: Any, input_shape: Sequence[int], n: int, *, itemsize:
                           f"reading a pass ({read_s:.3g} s) beats recomputing it ({compute_s:.3g} s)")
     return ModeChoice("streamed", read_s, compute_s,
                       f"recomputing a pass ({compute_s:.3g} s) beats reading it ({read_s:.3g} s)")
-
-
-def measure_read_bandwidth(array: Any, max_chunks: int = 4) -> float:
-    """Bytes per second reading a few whole chunks of a Zarr array."""
-    c0, c1 = array.chunks[:2]
-    rows = min(array.shape[0], c0 * max(1, max_chunks // max(1, math.ceil(array.shape[1] / c1))))
-    t = time.perf_counter()
-    block = np.asarray(array[:rows, :])
-    return block.nbytes / max(time.perf_counter() - t, 1e-6)
-
-
-def measure_flop_rate(kernel_fn: Any, x: np.ndarray, rows: int = 256) -> float:
-    """Effective kernel flops per second: the cost model's flops per entry
-    times the entries of one timed ``rows x rows`` block, over its seconds."""
-    xs = np.asarray(x[:rows])
-    kernel_fn(xs[:8], xs[:8])  # warm caches / JIT
-    t = time.perf_counter()
-    kernel_fn(xs, xs)
-    dt = max(time.perf_counter() - t, 1e-6)
-    return kernel_fn.cost(tuple(xs.shape[1:]))["flops"] * len(xs) ** 2 / dt
 
 
 def make_operator(*, mode: str = "auto", array: Any = None, kernel_fn: Any = None, x: Any = None,
@@ -433,5 +411,5 @@ def make_operator(*, mode: str = "auto", array: Any = None, kernel_fn: Any = Non
 
 __all__: List[str] = [
     "ArraySource", "GramOperator", "KernelSource", "ModeChoice", "ZarrSource", "as_operator",
-    "choose_mode", "make_operator", "measure_flop_rate", "measure_read_bandwidth",
+    "choose_mode", "make_operator",
 ]

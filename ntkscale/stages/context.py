@@ -7,7 +7,6 @@ are functions over a :class:`RunContext`; :class:`~ntkscale.stages.run.RunPipeli
 from __future__ import annotations
 
 import contextlib
-import sys
 from pathlib import Path
 from typing import Any, Iterator, Optional, TextIO
 
@@ -17,15 +16,11 @@ from ..cluster.client import open_client
 from ..config.run import RunConfig
 from ..config.solver import SolverConfig
 from ..errors import InputError
+from ..gram.progress import say
 from ..solvers.operator import GramOperator, make_operator
 from ..store.gram_store import GramStore, StoreError
 from ..targets import TargetEncoder, encode_targets
-from .gram import _security, wait_until_ready
-
-
-def say(message: str, stream: Optional[TextIO] = None) -> None:
-    """Print one progress line on ``stream`` (default stderr), flushed at once."""
-    print(message, file=stream or sys.stderr, flush=True)
+from .gram import security, wait_until_ready
 
 
 def kernel_kind(store: GramStore) -> str:
@@ -108,7 +103,7 @@ class RunContext:
         if self.client is not None or not self.products_on_cluster:
             yield self.client
             return
-        with open_client(self.config.cluster, security=_security(self.config)) as client:
+        with open_client(self.config.cluster, security=security(self.config)) as client:
             if self.config.cluster.kind != "local" and Path(self.config.store).exists():
                 wait_until_ready(client, Path(self.config.store).resolve())
             self.client = client

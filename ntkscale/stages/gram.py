@@ -37,6 +37,7 @@ from ..cluster import check_store_visible, dashboard_link, open_client, security
 from ..config.run import AddressClusterConfig, LocalClusterConfig, RunConfig
 from ..data import InputSet, load_inputs
 from ..errors import BlockFailedError, NtkscaleError, StoreError
+from ..stax.engine import Explanation
 from ..gram.plan import choose_block_size, describe, effective_block_size
 from ..store.blocks import Plan, make_plan
 from ..gram.progress import Progress, say
@@ -150,10 +151,18 @@ class GramPipeline:
         """The one compatibility check of a stage call (raises SpecMismatchError)."""
         return store.diff(want, recompute_test=self.recompute_test, replace_y=self.replace_y)
 
+    def explain(self, rows: int = 1) -> Explanation:
+        """How a block of ``rows × rows`` train pairs is evaluated: the kernel path and
+        its cost (``kernel_fn.explain`` for this run's shapes, device and dtype)."""
+        shape = (rows,) + tuple(self.inputs()["train"].sample_shape)
+        device = "gpu" if self.config.backend == "cupy" else "cpu"
+        return self.kernel_fn.explain(shape, shape, device=device, dtype=self.config.dtype,
+                                      memory_budget=task_memory(self.config) // 2)
+
     def bytes_per_entry(self) -> float:
-        """Engine temporaries per kernel entry that the spec declares, in bytes."""
-        shape = self.inputs()["train"].sample_shape
-        return float(self.kernel_fn.cost(shape)["bytes"]) * np.dtype(self.config.dtype).itemsize
+        """Memory per kernel entry the chosen kernel path holds, in bytes (the spec's
+        declared cost, see :meth:`explain`)."""
+        return self.explain().bytes_per_entry
 
     def block_size(self, n_train: int, n_test: int) -> int:
         """Block size of a new store: the config's, or one from the memory budget and the spec's cost."""
@@ -189,7 +198,8 @@ class GramPipeline:
         flops = float(self.kernel_fn.cost(shape)["flops"])
         out = describe(plan, np.dtype(self.config.dtype).itemsize, self.config.kernel.get, flops, done)
         out.update(store=self.config.store, store_exists=store is not None, flops_per_entry=flops,
-                   task_memory=task_memory(self.config), slots=planned_slots(self.config))
+                   task_memory=task_memory(self.config), slots=planned_slots(self.config),
+                   kernel=self.explain(plan.block_size).as_dict())
         return out
 
     # -- running ---------------------------------------------------------------
@@ -255,7 +265,7 @@ class GramPipeline:
                       io_threads=io_threads(self.config))
             report = compute_missing(store, job, self.config.cluster, client=client,
                                      progress=self.progress, stream=self.stream,
-                                     security=_security(self.config))
+                                     security=security(self.config))
         report.seconds = time.perf_counter() - t0
         return report
 
@@ -264,7 +274,7 @@ class GramPipeline:
             say(message, self.stream)
 
 
-def _security(config: RunConfig) -> Any:
+def security(config: RunConfig) -> Any:
     """``tls:`` -> ``distributed.security.Security`` (None without a tls section)."""
     if config.tls is None:
         return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -22,7 +22,6 @@ from .engine import Explanation, cost_per_entry, evaluate, evaluate_diagonal, ex
 from .inputs import validate_pair
 from .layers.base import LayerImpl
 from .spec import Spec
-from .state import KernelState
 
 
 class Kernel(NamedTuple):

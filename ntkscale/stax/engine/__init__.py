@@ -210,14 +210,25 @@ def evaluate_diagonal(layers: List[LayerImpl], x: Any, xp: Any, *, want_ntk: boo
                                                    memory_budget=budget)
 
 
+#: Values per kernel entry the compiled paths hold: their outputs Σ and Θ, written in
+#: place (the slab kernel's per-thread scratch and pair lists do not grow with the call).
+COMPILED_TEMPORARIES = 2.0
+
+
 def _cost(layers: List[LayerImpl], shape: Tuple[int, ...], path: Path) -> Dict[str, float]:
+    """``flops`` of ``path`` per entry, ``bytes`` (the reference path's temporaries, the
+    cost model's feature) and ``bytes_engine`` (what ``path`` itself holds), in itemsizes."""
     if not path.image:
-        return reference.cost_per_entry(layers, shape)
-    out = reference_image.cost_per_entry(layers, shape)
+        out = reference.cost_per_entry(layers, shape)
+    else:
+        out = reference_image.cost_per_entry(layers, shape)
+    out["bytes_engine"] = out["bytes"]
     if path.name in _SLAB:
         tail = sum(layer.flops_per_entry(()) for l, layer in enumerate(layers)
                    if path.plan.layouts[l] == reference_image.FLAT)
         out["flops"] = float(slab_program.flops_per_pair(layers, path.plan) + tail)
+    if path.name != "reference":
+        out["bytes_engine"] = COMPILED_TEMPORARIES
     return out
 
 
@@ -227,7 +238,8 @@ def cost_per_entry(layers: List[LayerImpl], input_shape: Tuple[int, ...]) -> Dic
 
     ``flops``: that path's arithmetic (the slab kernel's count where it runs,
     ``slab_program.flops_per_pair``); ``bytes``: reference temporaries per
-    entry in units of the itemsize; images also give ``flops_reference`` and
+    entry in units of the itemsize; ``bytes_engine``: what that path holds per
+    entry (the planner's budget); images also give ``flops_reference`` and
     ``pair_entries``."""
     shape = tuple(int(s) for s in input_shape)
     return _cost(layers, shape, select_path(layers, shape, "cpu"))
@@ -261,6 +273,6 @@ def explain(network: Network, x1_shape: Sequence[int], x2_shape: Optional[Sequen
     entries = n1 * (n1 + 1) // 2 if symmetric else n1 * n2
     flops = float(cost["flops"])
     return Explanation(path=path.name, reason=path.reason, tile=tile, lanes=lanes,
-                       flops_per_entry=flops, bytes_per_entry=float(cost["bytes"]) * value_bytes,
+                       flops_per_entry=flops, bytes_per_entry=float(cost["bytes_engine"]) * value_bytes,
                        entries=int(entries), total_flops=flops * entries, device=device,
                        dtype=str(np.dtype(dtype)))

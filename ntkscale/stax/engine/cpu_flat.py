@@ -15,7 +15,7 @@ GEMM on CPU; the arithmetic mirrors ``activations.py`` exactly.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numba
 import numpy as np

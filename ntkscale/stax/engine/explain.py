@@ -15,8 +15,9 @@ class Explanation:
     budget (None on compiled paths). ``lanes``: image pairs the slab kernel
     runs together (None off the slab paths; it halves them on small calls).
     ``flops_per_entry``: the chosen path's arithmetic per kernel entry;
-    ``bytes_per_entry``: temporaries per entry the planner budgets
-    (``kernel_fn.cost``'s ``bytes`` × itemsize). ``entries``: ``n1·n2``, or
+    ``bytes_per_entry``: memory per entry the chosen path holds, which the
+    Gram planner budgets (``kernel_fn.cost``'s ``bytes_engine`` × itemsize: the
+    reference path's temporaries, or the outputs alone on compiled paths). ``entries``: ``n1·n2``, or
     ``n(n+1)/2`` when x2 is x1 (upper triangle); ``total_flops`` their product.
     """
 

@@ -35,8 +35,6 @@ import dataclasses
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
-
 from ...backend import concat, itemsize
 from ...errors import InputError, SpecError
 from ..layers.base import LayerImpl, spatial_diagonal

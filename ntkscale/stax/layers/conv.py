@@ -24,7 +24,7 @@ import numpy as np
 
 from ...errors import SpecError
 from .dense import affine_kernel
-from .base import LayerImpl, Shape, spatial_diagonal
+from .base import LayerImpl, Shape
 from ..network import Layer, make_layer
 from ..spec import Param, register
 from ..state import KernelState

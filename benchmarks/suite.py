@@ -674,7 +674,7 @@ def render(suite: Dict[str, Any], ctx: Ctx) -> str:
              "it times is correct before it reports a speed; a failed check or a missing peer is reported with "
              "its reason instead of a number. Results: `results/suite.json` (machine, versions, date, each "
              "benchmark's command and tables), each script's own file under `results/suite-raw/<mode>/`, the "
-             "calibration `results/costmodel_cpu.json`, plots in `plots/`.", "",
+             "calibration `ntkscale/costs/data/cpu.json` (package data, read by `ntkscale project` and `plan`), plots in `plots/`.", "",
              f"Last run: **{last['mode']}**{' (--only ' + ','.join(last['only']) + ')' if last.get('only') else ''}, "
              f"{last['date']}, {last['duration_s'] / 60:.1f} min; {m.get('cpu')}, {m.get('cores')} cores, "
              f"{m.get('memory_gib')} GiB, load {m.get('load_1min')} → {last.get('load_1min_end')} (shared machine: "

@@ -128,29 +128,36 @@ def shift_sum(a: Any, axes: Tuple[int, int], window: int, stride: int, lo: int, 
     return total
 
 
-# ------------------------------------------------------------------- layer
-@register("Conv", CONV_PARAMS)
-class ConvImpl(LayerImpl):
-    """``Conv(out_chan, filter_shape, strides, padding, W_std, b_std,
-    parameterization)`` as in neural-tangents (2-D, NHWC)."""
+# ------------------------------------------------------------------- layers
+class WindowedLayer(LayerImpl):
+    """A layer that slides a 2-D window over NHWC images (``Conv``, ``AvgPool``):
+    ``window``, ``strides`` and ``padding`` give its output size and pads."""
 
     image_layer = True
+    window: Tuple[int, int]
+    strides: Tuple[int, int]
+    padding: str
 
-    def __init__(self, params):
-        super().__init__(params)
-        self.filter = pair2("Conv", "filter_shape", params["filter_shape"])
-        self.strides = pair2("Conv", "strides", params["strides"], (1, 1))
-        self.padding = params["padding"]
-
-    # geometry ------------------------------------------------------------
     def geometry(self, hw: Tuple[int, int]):
         """Per axis ``(out, lo, hi)`` for input ``(H, W)``."""
         return tuple(window_geometry(n, f, s, self.padding)
-                     for n, f, s in zip(hw, self.filter, self.strides))
+                     for n, f, s in zip(hw, self.window, self.strides))
 
     def output_hw(self, hw: Tuple[int, int]) -> Tuple[int, int]:
         (ho, _, _), (wo, _, _) = self.geometry(hw)
         return ho, wo
+
+
+@register("Conv", CONV_PARAMS)
+class ConvImpl(WindowedLayer):
+    """``Conv(out_chan, filter_shape, strides, padding, W_std, b_std,
+    parameterization)`` as in neural-tangents (2-D, NHWC)."""
+
+    def __init__(self, params):
+        super().__init__(params)
+        self.filter = self.window = pair2("Conv", "filter_shape", params["filter_shape"])
+        self.strides = pair2("Conv", "strides", params["strides"], (1, 1))
+        self.padding = params["padding"]
 
     def describe(self) -> str:
         fh, fw = self.filter

@@ -22,7 +22,7 @@ import numpy as np
 
 from ...errors import SpecError
 from .base import LayerImpl, Shape, spatial_diagonal
-from .conv import PADDINGS, extract_patches, pair2, window_geometry, window_sum
+from .conv import PADDINGS, WindowedLayer, extract_patches, pair2, window_sum
 from ..network import Layer, make_layer
 from ..spec import Param, register
 from ..state import KernelState
@@ -38,25 +38,15 @@ _AXES = {"batch_axis": Param(0, "any", supported=(0,)),
     "normalize_edges": Param(False, "bool"),
     **_AXES,
 })
-class AvgPoolImpl(LayerImpl):
+class AvgPoolImpl(WindowedLayer):
     """``AvgPool(window_shape, strides=None, padding="VALID")``; ``strides=None``
     is stride 1, as in neural-tangents."""
-
-    image_layer = True
 
     def __init__(self, params):
         super().__init__(params)
         self.window = pair2("AvgPool", "window_shape", params["window_shape"])
         self.strides = pair2("AvgPool", "strides", params["strides"], (1, 1))
         self.padding = params["padding"]
-
-    def geometry(self, hw: Tuple[int, int]):
-        return tuple(window_geometry(n, f, s, self.padding)
-                     for n, f, s in zip(hw, self.window, self.strides))
-
-    def output_hw(self, hw: Tuple[int, int]) -> Tuple[int, int]:
-        (ho, _, _), (wo, _, _) = self.geometry(hw)
-        return ho, wo
 
     def describe(self) -> str:
         extra = "" if self.strides == (1, 1) else f", strides={self.strides}"

@@ -1,8 +1,8 @@
 """ntkscale: exact infinite-width NNGP/NTK kernels at scale, and kernel regression.
 
-``stax`` (kernels) and the scikit-learn estimators import eagerly; the Dask/Zarr
+``stax`` (kernels) imports eagerly; the scikit-learn estimators and the Dask/Zarr
 pipeline objects (``GramPipeline``, ``GramStore``, ``RunPipeline``,
-``load_config``) load on first use so ``import ntkscale`` stays light.
+``load_config``) load on first use, so ``import ntkscale`` and the CLI stay light.
 """
 
 import importlib
@@ -13,9 +13,11 @@ __version__ = "0.1.0"
 from . import stax  # noqa: E402
 from .errors import (ConfigError, InputError, NotPSDError, NtkscaleError, NumericalWarning,
     SpecError, SpecMismatchError, UnsupportedOptionError)
-from .estimator import NTKClassifier, NTKRegressor, default_layers  # noqa: E402
 
 _LAZY = {
+    "NTKClassifier": "ntkscale.estimator",
+    "NTKRegressor": "ntkscale.estimator",
+    "default_layers": "ntkscale.estimator",
     "GramPipeline": "ntkscale.stages.gram",
     "GramStore": "ntkscale.store.gram_store",
     "RunPipeline": "ntkscale.stages.run",
@@ -26,7 +28,7 @@ _LAZY = {
 __all__ = [
     "ConfigError", "InputError", "NotPSDError", "NtkscaleError", "NumericalWarning", "SpecError",
     "SpecMismatchError", "UnsupportedOptionError", "__version__", "stax",
-    "NTKClassifier", "NTKRegressor", "default_layers", *_LAZY,
+    *_LAZY,
 ]
 
 

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Tuple
 
 import numpy as np
-import zarr
 
 from .errors import InputError
 
@@ -30,6 +29,8 @@ STREAM_BYTES = 64 << 20
 
 def open_array(path: str, what: str = "input") -> Any:
     """Open ``path`` lazily: ``.npy`` -> read-only memmap, Zarr -> ``zarr.Array``."""
+    import zarr  # heavy import, kept out of `import ntkscale` and `ntkscale --help`
+
     p = Path(path)
     if not p.exists():
         raise InputError(f"{what}: file not found: {p}")

@@ -47,7 +47,7 @@ ALLOWED: Dict[str, Set[str]] = {
                       "predict", "costs", "report"},
     "cli": BASE | {"__init__", "stax", "data", "targets", "config", "gram", "store", "cluster", "solvers",
                    "predict", "costs", "report", "stages"},
-    "__init__": BASE | {"stax", "estimator"},
+    "__init__": BASE | {"stax"},
 }
 MAX_LINES = 450
 

@@ -20,10 +20,6 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import zarr
-from dask.base import tokenize
-from distributed import as_completed, get_worker
-
 from ..store.layout import input_path, now
 from ..store.manifest import write_block
 from .compute import backend_for, compute_block, compute_diag, kernel_fn_for
@@ -54,6 +50,8 @@ _GATES_LOCK = threading.Lock()
 
 
 def _worker_threads() -> int:
+    from distributed import get_worker  # heavy import, kept out of `import ntkscale` and `ntkscale --help`
+
     try:
         return int(get_worker().state.nthreads)
     except (ValueError, AttributeError):
@@ -78,6 +76,8 @@ def compute_gate(io_threads: int) -> Any:
 
 
 def _worker_address() -> str:
+    from distributed import get_worker  # heavy import, kept out of `import ntkscale` and `ntkscale --help`
+
     try:
         return get_worker().address
     except ValueError:
@@ -94,6 +94,8 @@ def run_block(job: Job, block: Block, token: str) -> Dict[str, Any]:
     kernel_fn = kernel_fn_for(job.spec_json)
 
     def rows(which: str, r: Tuple[int, int]) -> Any:
+        import zarr  # heavy import, kept out of `import ntkscale` and `ntkscale --help`
+
         return zarr.open_array(store=job.store, path=input_path(which, "x"), mode="r")[r[0]:r[1]]
 
     x_rows = rows(block.row_set, block.rows)
@@ -145,6 +147,9 @@ def run_blocks(client: Any, job: Job, blocks: Sequence[Block], tokens: Dict[str,
                progress: Optional[Progress] = None, retries: int = 2,
                on_record: Optional[Callable[[Dict[str, Any]], None]] = None) -> BlockResults:
     """Submit one task per block and wait; a failed block does not stop the others."""
+    from dask.base import tokenize  # heavy import, kept out of `import ntkscale` and `ntkscale --help`
+    from distributed import as_completed  # heavy import, kept out of `import ntkscale` and `ntkscale --help`
+
     futures = {}
     for block in submission_order(blocks):
         # Keys are unique per run (run_id): a shared scheduler never hands back a

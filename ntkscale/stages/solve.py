@@ -20,7 +20,6 @@ import warnings
 from typing import Any, Callable, Dict
 
 import numpy as np
-import zarr
 
 from ..config.solver import SolverConfig
 from ..data import open_array
@@ -157,6 +156,8 @@ def solution(ctx: RunContext) -> Dict[str, Any]:
 def ridge_solver(ctx: RunContext, op: GramOperator, ridge: float) -> Callable[[np.ndarray], np.ndarray]:
     """``B -> (K + ridge I)^{-1} B`` with the run's solver settings (a Cholesky
     factor already in the store is reused, not recomputed)."""
+    import zarr  # heavy import, kept out of `import ntkscale` and `ntkscale --help`
+
     sv = ctx.solver
     group = None
     if sv.method == "cholesky":

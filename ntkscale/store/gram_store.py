@@ -51,9 +51,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
-import dask.array as da
 import numpy as np
-import zarr
 
 from .. import stax
 from ..choices import KERNELS
@@ -93,6 +91,8 @@ class GramStore:
 
     @classmethod
     def open(cls, path: os.PathLike | str, mode: str = "r") -> "GramStore":
+        import zarr  # heavy import, kept out of `import ntkscale` and `ntkscale --help`
+
         p = Path(path)
         if not (p / "zarr.json").is_file():
             raise StoreError(f"{p} is not a Gram store (no zarr.json there); make one with `ntkscale gram CONFIG`")
@@ -108,6 +108,8 @@ class GramStore:
     @classmethod
     def create(cls, path: os.PathLike | str, meta: Union[Mapping[str, Any], StoreMeta]) -> "GramStore":
         """Write the root attributes of a new store (the caller holds the lock)."""
+        import zarr  # heavy import, kept out of `import ntkscale` and `ntkscale --help`
+
         attrs = meta.to_dict() if isinstance(meta, StoreMeta) else dict(meta)
         group = zarr.open_group(str(path), mode="a")
         group.update_attributes({ATTR: attrs})
@@ -211,6 +213,8 @@ class GramStore:
         return self.array("test", kind)
 
     def dask_array(self, part: str, kind: Optional[str] = None) -> Any:
+        import dask.array as da  # heavy import, kept out of `import ntkscale` and `ntkscale --help`
+
         return da.from_zarr(self.array(part, kind))
 
     def diag_array(self, which: str, kind: Optional[str] = None) -> Any:

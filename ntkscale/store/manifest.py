@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Set
 
 import numpy as np
-import zarr
 
 from .blocks import Block
 from .layout import FORMAT_VERSION, MANIFEST, WRITE_CONFIG, diag_path, gram_path, transpose
@@ -79,10 +78,14 @@ class Manifest:
 
     def put(self, key: str, record: Dict[str, Any]) -> None:
         """Write (or replace) the entry of ``key``."""
+        import zarr  # heavy import, kept out of `import ntkscale` and `ntkscale --help`
+
         zarr.create_group(store=str(self.root), path=f"{MANIFEST}/{key}", attributes=record, overwrite=True)
 
     def delete(self, keys: Iterable[str]) -> None:
         """Remove the entries of ``keys`` (absent ones are skipped)."""
+        import zarr  # heavy import, kept out of `import ntkscale` and `ntkscale --help`
+
         group = zarr.open_group(str(self.root), path=MANIFEST, mode="r+")
         for key in keys:
             if (self.dir / key).exists():
@@ -92,6 +95,8 @@ class Manifest:
 def write_block(root: str, block: Block, values: Dict[str, np.ndarray], record: Dict[str, Any],
                 checksum: str = DEFAULT_CHECKSUM) -> Dict[str, Any]:
     """Worker side: write a block's chunk(s), checksum them, then its manifest entry."""
+    import zarr  # heavy import, kept out of `import ntkscale` and `ntkscale --help`
+
     (r0, r1), (c0, c1) = block.rows, block.cols
     for kind, a in values.items():
         if block.is_diag:

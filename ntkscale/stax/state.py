@@ -27,7 +27,7 @@ class KernelState:
         ``(n1, H, W)``; full spatial blocks are never needed for them). After
         ``AvgPool``/``GlobalAvgPool`` a pair state has ``var1 = var2 = None``:
         pooled self-variances need each image's full self-covariance, which
-        the image evaluator (``conv_eval``) tracks and supplies per layer.
+        the image evaluator (``engine.reference_image``) tracks and supplies per layer.
       var2: the same for x2; ``None`` when ``diagonal_batch``.
       diagonal_batch: entries pair x_i with itself only (posterior variances).
       width: number of features (channels) entering the next layer, used by the

@@ -9,7 +9,7 @@ Paths (``select_path`` returns one as a :class:`Path` with the reason):
 ``cpu_flat``        numba, one fused pass per entry after a GEMM: flat
                     Dense/activation networks (``cpu_flat``)
 ``cpu_slab``        numba diagonal-slab kernel for convolutional networks
-                    (``cpu_slab``, ``slab_program``, ``slab_kernels``)
+                    (``cpu_slab``, ``slab_program``, ``slab_kernels``, ``slab_ops``, ``slab_conv``, ``slab_pool``)
 ``cpu_slab_pooled`` the same kernel with AvgPool stages (e.g. Myrtle)
 ``cuda_slab``       the slab kernel in CUDA on CuPy arrays, no AvgPool
 ==================  ==========================================================

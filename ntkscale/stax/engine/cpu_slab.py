@@ -19,7 +19,7 @@ run in one fused row loop. The activation is scale-free (no division by the
 norm) and its angle branch-free: a half-angle reduction and an 11-term
 polynomial for ``atan`` on ``[0, tan(π/8)]`` (numba here has no SVML, so a
 libm ``atan2`` per entry would not vectorise); Erf uses the same atan. The
-kernels themselves are in ``conv_slab``; groups are shared by GIL-free
+kernels themselves are in ``slab_kernels`` (driver), ``slab_ops``, ``slab_conv`` and ``slab_pool``; groups are shared by GIL-free
 worker threads.
 
 The encoding of a network (``Program``), what the slab paths support and the
@@ -196,7 +196,7 @@ def evaluate(layers: List[LayerImpl], plan: ImagePlan, x1: Any, x2: Optional[Any
     x1 = mod.ascontiguousarray(x1)
     x2f = x1 if symmetric else mod.ascontiguousarray(x2)
     prog = Program(layers, plan, np.dtype(str(x1.dtype)))
-    if prog.pooled:   # (NumPy only: conv_cupy refuses AvgPool)
+    if prog.pooled:   # (NumPy only: cuda_slab has no AvgPool)
         v1 = _self_pass(prog, x1, False, memory_budget)[2]
         v2 = v1 if symmetric else _self_pass(prog, x2f, False, memory_budget)[2]
     else:

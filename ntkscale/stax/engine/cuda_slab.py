@@ -53,7 +53,7 @@ __device__ __forceinline__ void valid_range(int n, int delta, int circ, int* lo,
 
 __device__ __forceinline__ int wrap(int a, int n) { int r = a % n; return r < 0 ? r + n : r; }
 
-// ReLU family (f0 = A, f1 = F) in the scale-free form of conv_fast._abrelu1.
+// ReLU family (f0 = A, f1 = F) in the scale-free form of slab_ops.abrelu1.
 __device__ __forceinline__ T abrelu(T c, T sa, T sb, T f0, T f1, T tol, T* dot) {
     T norm = sa * sb;
     T ac = fmin(fabs(c), norm);

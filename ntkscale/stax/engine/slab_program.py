@@ -227,7 +227,7 @@ class Program:
         Conv strides multiply offsets inside a stage. ``deltas[d, o]``: slab
         d's offset entering op o (only the ops of d's stage are set).
         Without AvgPool: one stage, slabs in the order of ``finals``; with:
-        δ = 0 first in every stage (see ``selfvar`` in ``conv_slab._group``).
+        δ = 0 first in every stage (see ``selfvar`` in ``slab_kernels._group``).
         """
         n = len(img)
         pool_ops = [o for o in range(n) if img[o].layer_name == "AvgPool"]

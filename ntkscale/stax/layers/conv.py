@@ -12,7 +12,7 @@ covariances (zero outside the image for ``"SAME"``/``"VALID"``, wrapped for
 
 with ``fan_in = channels · fh · fw``. Images are NHWC. The array-API
 reference implementation here (``shift_conv``, ``window_sum``, ...) is the
-oracle the compiled paths (``conv_fast``, ``conv_cupy``) are tested against.
+oracle the compiled paths (``engine.cpu_slab``, ``engine.cuda_slab``) are tested against.
 """
 
 from __future__ import annotations

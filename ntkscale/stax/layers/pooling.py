@@ -11,7 +11,7 @@ Kernel maps as in neural-tangents (Novak et al. 2019; Arora et al. 2019):
 
 Pair states (``diagonal_batch=False``) come out with ``var1 = var2 = None``
 after ``AvgPool``/``GlobalAvgPool``: the pooled self-variance needs the full
-self-covariance, which the evaluator tracks separately (``conv_eval``).
+self-covariance, which the evaluator tracks separately (``engine.reference_image``).
 """
 
 from __future__ import annotations

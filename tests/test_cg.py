@@ -12,8 +12,7 @@ import scipy.sparse.linalg
 from ntkscale.errors import InputError, NotPSDError, NumericalWarning
 from ntkscale.solvers import (GramOperator, MemoryCheckpoint, ZarrCheckpoint, cg,
     nystrom_preconditioner)
-
-from .support.solvers import CountingOperator, SolverContract, reference, spd
+from tests.support.solvers import CountingOperator, SolverContract, reference, spd
 
 
 class TestCGContract(SolverContract):

@@ -8,8 +8,7 @@ import signal
 
 import numpy as np
 from ntkscale.solvers import ZarrCheckpoint, cg
-
-from .support.processes import spawn, wait_for
+from tests.support.processes import spawn, wait_for
 
 
 CG_PROBLEM = """

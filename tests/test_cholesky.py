@@ -12,8 +12,7 @@ import zarr
 from ntkscale.errors import InputError, NotPSDError, NumericalWarning
 from ntkscale.solvers import TiledCholesky, cholesky_solve
 from ntkscale.solvers.cholesky import choose_tile
-
-from .support.solvers import SolverContract, reference, spd
+from tests.support.solvers import SolverContract, reference, spd
 
 
 class TestCholeskyContract(SolverContract):

@@ -10,9 +10,8 @@ import numpy as np
 import zarr
 
 from ntkscale.solvers import TiledCholesky
-
-from .support.processes import spawn, wait_for
-from .support.solvers import reference, spd
+from tests.support.processes import spawn, wait_for
+from tests.support.solvers import reference, spd
 
 
 def test_killed_cholesky_reuses_factored_tiles(tmp_path):

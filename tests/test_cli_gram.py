@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from ntkscale.cli.main import main
-
-from .gram_util import config_dict, make_data, reference, snapshot, write_config
+from tests.support.gram import config_dict, make_data, snapshot, write_config
+from tests.support.reference import assert_matches_in_memory, in_memory_kernels
 
 
 def _cfg(tmp_path, data, **over):
@@ -64,11 +64,11 @@ def test_gram_status_verify_export(done, capsys, tmp_path):
     assert main(["export", str(store), "train", "-o", str(out)]) == 2
     assert "pick one with --get nngp|ntk" in capsys.readouterr().err
     assert main(["export", str(store), "train", "-o", str(out), "--get", "ntk"]) == 0
-    np.testing.assert_allclose(np.load(out, allow_pickle=False), reference(data)["ntk"], rtol=1e-11)
+    assert_matches_in_memory(np.load(out, allow_pickle=False), in_memory_kernels(data)["ntk"])
     assert main(["export", str(store), "test", "-o", str(out), "--get", "nngp"]) == 2
     assert "exists; pass --force" in capsys.readouterr().err
     assert main(["export", str(store), "test", "-o", str(out), "--get", "nngp", "--force"]) == 0
-    np.testing.assert_allclose(np.load(out, allow_pickle=False), reference(data, "test")["nngp"], rtol=1e-11)
+    assert_matches_in_memory(np.load(out, allow_pickle=False), in_memory_kernels(data, "test")["nngp"])
     assert not [p for p in os.listdir(tmp_path) if "partial" in p]
 
 

@@ -11,8 +11,7 @@ from ntkscale.config.cluster import AddressClusterConfig, LocalClusterConfig, au
 from ntkscale.config.run import RunConfig, load_config
 from ntkscale.config.sections import parse_memory
 from ntkscale.errors import ConfigError
-
-from .gram_util import config_dict, make_data, write_config
+from tests.support.gram import config_dict, make_data, write_config
 
 
 @pytest.fixture

@@ -1,14 +1,10 @@
 """Convolutional kernels: agreement with neural-tangents 0.6.5, layouts,
 memory-bounded evaluation, the cost model and input errors.
 
-Reference values: tests/reference/nt_reference.npz (generated in a separate
-venv by tests/reference/generate_nt_reference.py); CI does not need
-neural-tangents.
+Reference values and tolerances: tests/support/reference.py.
 """
 
 import json
-import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,36 +13,12 @@ from ntkscale import stax
 from ntkscale.errors import InputError, SpecError, UnsupportedOptionError
 from ntkscale.stax.engine import reference_image as conv_eval
 from ntkscale.stax.engine import select_path
+from tests.support.nets import SQRT2
+from tests.support.reference import (NT_CONV_EXTRA, assert_matches_nt, case_names, load_case, needs_nt,
+                                     needs_nt_conv_extra)
 
-REFERENCE = Path(__file__).parent / "reference" / "nt_reference.npz"
-EXTRA = Path(__file__).parent / "reference" / "nt_conv_extra.npz"  # generate_nt_conv_extra.py
-_DATA = np.load(REFERENCE) if REFERENCE.exists() else None
-_EXTRA = np.load(EXTRA) if EXTRA.exists() else None
-CONV_CASES = sorted(
-    k[:-len("__spec")] for k in (_DATA.files if _DATA is not None else [])
-    if k.endswith("__spec") and (k.startswith("conv") or k.startswith("myrtle"))
-)
-EXTRA_CASES = json.loads(str(_EXTRA["__cases__"])) if _EXTRA is not None else []
-SQRT2 = math.sqrt(2.0)
-needs_reference = pytest.mark.skipif(_DATA is None, reason="reference file missing")
-
-
-def load_case(name, data=None):
-    data = _DATA if data is None else data
-    spec = json.loads(str(data[f"{name}__spec"]))
-    x1 = data[f"{name}__x1"]
-    x2 = None if int(data[f"{name}__x2_is_none"]) else data[f"{name}__x2"]
-    return spec, x1, x2, data[f"{name}__nngp"], data[f"{name}__ntk"]
-
-
-def assert_close_to_nt(out, ref, self_pairs):
-    """rtol 1e-10, except 1e-7 on x-vs-x pairs: every matching pixel pair
-    there is exactly parallel and neural-tangents' own values carry ~1e-8
-    relative rounding error (NT-CONVENTIONS)."""
-    out = np.asarray(out)
-    tol = np.where(self_pairs, 1e-7, 1e-10) * np.abs(ref) + 1e-13 * np.abs(ref).max()
-    err = np.abs(out - ref)
-    assert (err <= tol).all(), f"worst relative error {np.max(err / np.abs(ref)):.3g}"
+CONV_CASES = case_names(prefixes=("conv", "myrtle"))
+EXTRA_CASES = case_names(NT_CONV_EXTRA)
 
 
 def small_net(head="gap", padding="SAME", strides=None, act=None, pool=None, b_std=0.1,
@@ -64,40 +36,35 @@ def small_net(head="gap", padding="SAME", strides=None, act=None, pool=None, b_s
 
 
 # ------------------------------------------------------------ neural-tangents
-@needs_reference
+@needs_nt
 @pytest.mark.parametrize("name", CONV_CASES)
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])
 def test_conv_against_neural_tangents(name, fast):
     spec, x1, x2, nngp, ntk = load_case(name)
     kernel_fn = stax.from_spec(spec)[2]
     out = kernel_fn(x1, x2, ("nngp", "ntk"), fast=fast)
-    self_pairs = np.eye(*nngp.shape, dtype=bool) if x2 is None else np.zeros(nngp.shape, bool)
-    assert_close_to_nt(out[0], nngp, self_pairs)
-    assert_close_to_nt(out[1], ntk, self_pairs)
+    assert_matches_nt(out[0], nngp, x1, x2)
+    assert_matches_nt(out[1], ntk, x1, x2)
 
 
-@pytest.mark.skipif(_EXTRA is None, reason="extra reference file missing")
+@needs_nt_conv_extra
 @pytest.mark.parametrize("name", EXTRA_CASES)
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])
 def test_conv_extra_cases_against_neural_tangents(name, fast):
     """normalize_edges, CIRCULAR/strided pooling, Dense and activations on
     images, flat activations after pooling, Myrtle-7, ... (x1[2] = −x1[0]/2:
     anti-parallel images, compared like self pairs)."""
-    spec, x1, x2, nngp, ntk = load_case(name, _EXTRA)
+    spec, x1, x2, nngp, ntk = load_case(name, NT_CONV_EXTRA)
     out = stax.from_spec(spec)[2](x1, x2, ("nngp", "ntk"), fast=fast)
-    loose = np.zeros(nngp.shape, bool)
-    if x2 is None:
-        loose |= np.eye(*nngp.shape, dtype=bool)
-        loose[0, 2] = loose[2, 0] = True
-    assert_close_to_nt(out[0], nngp, loose)
-    assert_close_to_nt(out[1], ntk, loose)
+    assert_matches_nt(out[0], nngp, x1, x2)
+    assert_matches_nt(out[1], ntk, x1, x2)
 
 
 def _pooled_slab_cases():
     cases = [(n, None) for n in CONV_CASES] + [(n, "extra") for n in EXTRA_CASES]
     out = []
     for name, which in cases:
-        spec = load_case(name, _EXTRA if which else None)[0]
+        spec = load_case(name, NT_CONV_EXTRA if which else None).spec
         if any(l[0] == "AvgPool" for l in spec) and "CIRCULAR" not in json.dumps(spec):
             out.append((name, which))
     return out
@@ -107,7 +74,7 @@ def _pooled_slab_cases():
 def test_pooling_cases_run_on_the_slab_path(name, which, monkeypatch):
     """The neural-tangents AvgPool cases (Myrtle-5/7, VALID/SAME pools,
     normalize_edges) go through the compiled slab path, not the reference."""
-    spec, x1, x2, nngp, ntk = load_case(name, _EXTRA if which else None)
+    spec, x1, x2, nngp, ntk = load_case(name, NT_CONV_EXTRA if which else None)
     kernel_fn = stax.from_spec(spec)[2]
     assert select_path(kernel_fn, x1.shape[1:]).name == "cpu_slab_pooled"
 
@@ -117,16 +84,11 @@ def test_pooling_cases_run_on_the_slab_path(name, which, monkeypatch):
     monkeypatch.setattr(conv_eval, "_pair_tile", refuse)
     monkeypatch.setattr(conv_eval, "self_trajectory", refuse)
     out = kernel_fn(x1, x2, ("nngp", "ntk"))
-    loose = np.zeros(nngp.shape, bool)
-    if x2 is None:
-        loose |= np.eye(*nngp.shape, dtype=bool)
-        if which:
-            loose[0, 2] = loose[2, 0] = True
-    assert_close_to_nt(out[0], nngp, loose)
-    assert_close_to_nt(out[1], ntk, loose)
+    assert_matches_nt(out[0], nngp, x1, x2)
+    assert_matches_nt(out[1], ntk, x1, x2)
 
 
-@needs_reference
+@needs_nt
 def test_reference_covers_the_issue_cases():
     wanted = ["conv_same_gap", "conv_same_flatten", "conv_valid_gap", "conv_circular_gap",
               "conv_strides2_gap", "conv_avgpool_valid_gap", "conv_filter32_gap",
@@ -134,7 +96,7 @@ def test_reference_covers_the_issue_cases():
     assert set(wanted) <= set(CONV_CASES)
 
 
-@needs_reference
+@needs_nt
 def test_myrtle_preset_is_the_reference_myrtle():
     spec, x1, x2, nngp, ntk = load_case("myrtle5")
     preset = stax.presets.myrtle(5, width=16, final_pools=1)

@@ -12,41 +12,7 @@ from ntkscale.stax.engine import reference_image as conv_eval
 from ntkscale.stax.engine import cost_per_entry, cpu_slab as conv_fast, select_path, slab_kernels, slab_program
 from ntkscale.stax.layers.base import PARALLEL_TOLERANCE_EPS
 from ntkscale.stax.layers.activations import ErfImpl, ReluImpl, LeakyReluImpl
-
-from .support.nets import SLAB_ACTS as ACTS
-
-
-def sampled_nets(count, seed=0):
-    """Random conv nets the slab kernel supports: filters, strides, paddings,
-    activations, Dense on images, parameterizations, GAP/Flatten, flat tails."""
-    rng = np.random.default_rng(seed)
-    nets = []
-    for i in range(count):
-        circular = i % 5 == 4
-        padding = "CIRCULAR" if circular else ["SAME", "VALID", "SAME"][i % 3]
-        std = i % 4 == 3
-        param = "standard" if std else "ntk"
-        b_std = [0.1, None, 0.0][i % 3]
-        layers = []
-        for blk in range(int(rng.integers(1, 3 if padding == "VALID" else 4))):
-            fh, fw = (3, 3) if i % 2 == 0 else tuple(int(v) for v in rng.integers(1, 4, 2))
-            strides = None if (blk or padding != "SAME" or rng.uniform() < 0.5) else (2, 1)
-            layers += [stax.Conv(6, (fh, fw), strides=strides, padding=padding,
-                                 W_std=float(rng.uniform(0.8, 1.8)), b_std=b_std,
-                                 parameterization=param),
-                       ACTS[int(rng.integers(len(ACTS)))]]
-            if rng.uniform() < 0.2:
-                layers.append(stax.Dense(5, W_std=1.2, b_std=0.3, parameterization=param))
-        layers.append(stax.GlobalAvgPool() if i % 3 else stax.Flatten())
-        if rng.uniform() < 0.4:
-            layers += [stax.Dense(7, W_std=1.3, b_std=0.2, parameterization=param),
-                       ACTS[int(rng.integers(len(ACTS)))]]
-        layers.append(stax.Dense(1, W_std=1.1, b_std=0.1, parameterization=param))
-        nets.append(stax.serial(*layers))
-    return nets
-
-
-NETS = sampled_nets(14)
+from tests.support.nets import SLAB_NETS as NETS
 
 
 def _images(rng, n, hw=(6, 6), c=2):

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from ntkscale import stax
-
-from .test_conv_fast import NETS
+from tests.support.nets import SLAB_NETS as NETS
 
 pytestmark = pytest.mark.gpu
 cupy = pytest.importorskip("cupy")

@@ -8,16 +8,16 @@ import shutil
 import signal
 
 import numpy as np
-import psutil
 import pytest
 
 from ntkscale.cli.main import main
 from ntkscale.store.maintenance import verify
 from ntkscale.gram.schedule import FAULT_DELAY_ENV
 from ntkscale.store.gram_store import GramStore
-
-from .gram_util import (LAYERS, cli, config_dict, kill_group, make_data, reference,
-                        snapshot, start_cli, status_json, wait_for, write_config)
+from tests.support.gram import config_dict, make_data, snapshot, status_json, write_config
+from tests.support.nets import LAYERS
+from tests.support.processes import cli, kill_group, start_cli, wait_for, worker_processes
+from tests.support.reference import assert_matches_in_memory, in_memory_kernels
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -58,7 +58,7 @@ def world(tmp_path_factory):
     with threadpool_limits(1):
         GramPipeline(RunConfig.from_mapping(local, tmp), progress=False).run()
     ref = _arrays(tmp / "ref.zarr")
-    np.testing.assert_allclose(ref["train/ntk"], reference(data)["ntk"], rtol=1e-11)
+    assert_matches_in_memory(ref["train/ntk"], in_memory_kernels(data)["ntk"])
     return tmp, data, raw, ref
 
 
@@ -68,30 +68,16 @@ def _config(world, name, **over):
     return write_config(tmp, cfg, f"{name}.yaml"), tmp / f"{name}.zarr"
 
 
-def _worker_processes(pid):
-    """Dask worker processes (multiprocessing spawn children) under ``pid``."""
-    try:
-        kids = psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-    out = []
-    for p in kids:
-        try:
-            cmd = " ".join(p.cmdline())
-        except psutil.Error:
-            continue
-        if "spawn_main" in cmd and "resource_tracker" not in cmd:
-            out.append(p)
-    return out
-
-
 def test_sigkill_a_worker_mid_run_completes_with_the_same_gram(world):
     tmp = world[0]
     cfg, store = _config(world, "killworker")
     proc = start_cli("gram", str(cfg), cwd=tmp, env=SLOW, log=tmp / "killworker.log")
     try:
-        wait_for(lambda: (status_json(store) or {}).get("blocks_done", 0) >= 4, what="first blocks")
-        workers = wait_for(lambda: _worker_processes(proc.pid), what="worker processes")
+        wait_for(lambda: (status_json(store) or {}).get("blocks_done", 0) >= 4, timeout=60,
+                 what="first blocks")
+        workers = wait_for(lambda: worker_processes(parent=proc.pid, contains=("spawn_main",),
+                                                  excludes=("resource_tracker",)),
+                           timeout=60, what="worker processes")
         assert len(workers) == 2
         os.kill(workers[0].pid, signal.SIGKILL)
         st = status_json(store)
@@ -111,7 +97,8 @@ def test_sigkill_the_whole_run_then_resume_computes_only_missing_blocks(world, c
     cfg, store = _config(world, "killrun")
     proc = start_cli("gram", str(cfg), cwd=tmp, env=SLOWER, log=tmp / "killrun.log")
     try:
-        wait_for(lambda: (status_json(store) or {}).get("blocks_done", 0) >= 3, what="first blocks")
+        wait_for(lambda: (status_json(store) or {}).get("blocks_done", 0) >= 3, timeout=60,
+                 what="first blocks")
         # status is read-only and works while the run holds the store
         assert main(["status", str(store), "--json"]) == 0
         live = json.loads(capsys.readouterr().out)

@@ -12,8 +12,9 @@ from ntkscale.errors import InputError, SpecMismatchError
 from ntkscale.store.maintenance import status, verify
 from ntkscale.stages.gram import GramPipeline
 from ntkscale.store.gram_store import GramStore, Manifest, StoreError
-
-from .gram_util import LAYERS, config_dict, make_data, reference, snapshot
+from tests.support.gram import config_dict, make_data, snapshot
+from tests.support.nets import LAYERS
+from tests.support.reference import assert_matches_in_memory, in_memory_kernels
 
 
 @pytest.fixture(scope="module")
@@ -33,19 +34,18 @@ def _run(tmp_path, data, client, **over):
 
 def _check_equal(store_path, data, get, dtype, with_test):
     s = GramStore.open(store_path)
-    tol = dict(rtol=1e-11, atol=1e-13) if dtype == "float64" else dict(rtol=2e-5, atol=1e-6)
-    ref = reference(data, "train")
+    ref = in_memory_kernels(data, "train")
     for kind in get:
         k = s.train_array(kind)[...]
         assert k.dtype == np.dtype(dtype)
-        np.testing.assert_allclose(k, ref[kind], **tol)
+        assert_matches_in_memory(k, ref[kind], dtype)
         np.testing.assert_array_equal(k, k.T)
-        np.testing.assert_allclose(s.diag("train", kind), ref[f"diag_{kind}"], **tol)
+        assert_matches_in_memory(s.diag("train", kind), ref[f"diag_{kind}"], dtype)
     if with_test:
-        reft = reference(data, "test")
+        reft = in_memory_kernels(data, "test")
         for kind in get:
-            np.testing.assert_allclose(s.test_array(kind)[...], reft[kind], **tol)
-            np.testing.assert_allclose(s.diag("test", kind), reft[f"diag_{kind}"], **tol)
+            assert_matches_in_memory(s.test_array(kind)[...], reft[kind], dtype)
+            assert_matches_in_memory(s.diag("test", kind), reft[f"diag_{kind}"], dtype)
 
 
 @pytest.mark.parametrize("n, m, block, get, dtype", [

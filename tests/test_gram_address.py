@@ -7,14 +7,14 @@ import signal
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from ntkscale.cli.main import main
 from ntkscale.cluster.client import WORKER_ENV
 from ntkscale.store.gram_store import GramStore
-
-from .gram_util import cli, config_dict, make_data, reference, wait_for, write_config
+from tests.support.gram import config_dict, make_data, write_config
+from tests.support.processes import cli, wait_for
+from tests.support.reference import assert_matches_in_memory, in_memory_kernels
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -62,11 +62,11 @@ def test_address_cluster_gives_the_same_gram(tmp_path, scheduler, capsys):
     # 2 workers x 2 threads, one of which only writes: 2 compute slots
     assert report["blocks_computed"] == report["blocks_total"] and report["slots"] == 2
     s = GramStore.open(tmp_path / "run.zarr")
-    ref, reft = reference(data), reference(data, "test")
+    ref, reft = in_memory_kernels(data), in_memory_kernels(data, "test")
     for kind in ("nngp", "ntk"):
-        np.testing.assert_allclose(s.train_array(kind)[...], ref[kind], rtol=1e-11, atol=1e-13)
-        np.testing.assert_allclose(s.test_array(kind)[...], reft[kind], rtol=1e-11, atol=1e-13)
-        np.testing.assert_allclose(s.diag("test", kind), reft[f"diag_{kind}"], rtol=1e-11)
+        assert_matches_in_memory(s.train_array(kind)[...], ref[kind])
+        assert_matches_in_memory(s.test_array(kind)[...], reft[kind])
+        assert_matches_in_memory(s.diag("test", kind), reft[f"diag_{kind}"])
     # the blocks were computed by the external workers, not by a local cluster
     from distributed import Client
 

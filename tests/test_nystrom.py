@@ -9,8 +9,7 @@ from ntkscale.errors import InputError
 from ntkscale.solvers import (GramOperator, build_preconditioner, cg, nystrom_preconditioner,
     pivoted_cholesky_preconditioner)
 from ntkscale.solvers.nystrom import LowRankPreconditioner, pivoted_cholesky
-
-from .support.solvers import spd
+from tests.support.solvers import spd
 
 
 def low_rank(n=120, r=15, seed=0):

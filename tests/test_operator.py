@@ -11,8 +11,7 @@ from ntkscale import stax
 from ntkscale.errors import InputError
 from ntkscale.solvers import GramOperator, choose_mode, make_operator
 from ntkscale.solvers.operator import measure_flop_rate, measure_read_bandwidth
-
-from .support.solvers import spd
+from tests.support.solvers import spd
 
 
 def _net():

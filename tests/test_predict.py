@@ -12,8 +12,7 @@ from ntkscale.errors import InputError
 from ntkscale.predict.blocked import nngp_posterior_variance, ntk_posterior_variance, predict
 from ntkscale.solvers import GramOperator, relative_ridges, select_ridge, solve, validation_split
 from ntkscale.targets import encode_targets, r2
-
-from .support.solvers import spd
+from tests.support.solvers import spd
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from ntkscale.config.run import RunConfig, load_config
 from ntkscale.errors import ConfigError, InputError
 from ntkscale.stages.run import RunPipeline
 from ntkscale.store.gram_store import GramStore, StoreError
-
-from .run_util import blobs, last_json, run_config, write
+from tests.support.gram import write_config
+from tests.support.run import blobs, last_json, run_config
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def solved(tmp_path_factory):
     """One Gram store (cg solve done) shared by the tests that only read it."""
     tmp = tmp_path_factory.mktemp("run")
     data = blobs(tmp)
-    cfg = write(tmp, run_config(data))
+    cfg = write_config(tmp, run_config(data))
     metrics = RunPipeline(load_config(cfg), progress=False).run()
     return tmp, data, cfg, metrics
 
@@ -73,7 +73,7 @@ def test_cholesky_agrees_with_cg_and_reuses_tiles(solved, tmp_path):
     for name in ("x", "y", "xt", "yt"):
         shutil.copy(data[name], tmp_path)
     shutil.copytree(tmp / "run.zarr", tmp_path / "run.zarr")
-    path = write(tmp_path, run_config(data, solver={"method": "cholesky", "ridge": 1e-4, "tile": 48}))
+    path = write_config(tmp_path, run_config(data, solver={"method": "cholesky", "ridge": 1e-4, "tile": 48}))
     pipe = RunPipeline(load_config(path), progress=False)
     out = pipe.run()
     assert out["gram"]["blocks_computed"] == 0 and out["solve"]["cholesky_tiles_computed"] > 0
@@ -89,7 +89,7 @@ def test_cholesky_agrees_with_cg_and_reuses_tiles(solved, tmp_path):
 
 def test_run_json_regression_last_line(tmp_path, capsys):
     data = blobs(tmp_path, n=90, m=30, regression=True)
-    cfg = write(tmp_path, run_config(data, solver={"method": "cg", "ridge": 1e-3, "tol": 1e-8, "mode": "streamed",
+    cfg = write_config(tmp_path, run_config(data, solver={"method": "cg", "ridge": 1e-3, "tol": 1e-8, "mode": "streamed",
                                                    "preconditioner": {"kind": "pivoted_cholesky", "rank": 16}}))
     assert main(["run", str(cfg), "--json"]) == 0
     out = capsys.readouterr()
@@ -102,7 +102,7 @@ def test_run_json_regression_last_line(tmp_path, capsys):
 def test_ridge_list_selected_on_validation(tmp_path, capsys):
     data = blobs(tmp_path, n=150, m=40, seed=3)
     ridges = [1e-8, 1e-3, 10.0, 1e3]
-    cfg = write(tmp_path, run_config(data, solver={"method": "cg", "ridge": ridges, "tol": 1e-8,
+    cfg = write_config(tmp_path, run_config(data, solver={"method": "cg", "ridge": ridges, "tol": 1e-8,
                                                    "validation_fraction": 0.2, "seed": 1,
                                                    "preconditioner": {"kind": "nystrom", "rank": 30}}))
     assert main(["run", str(cfg), "--json"]) == 0
@@ -142,7 +142,7 @@ def test_predict_new_inputs_and_report(solved, tmp_path, capsys):
 
 def test_negative_ridge_rejected_before_work(tmp_path, capsys):
     data = blobs(tmp_path, n=20, m=5)
-    cfg = write(tmp_path, run_config(data, solver={"ridge": -1e-6}))
+    cfg = write_config(tmp_path, run_config(data, solver={"ridge": -1e-6}))
     assert main(["run", str(cfg)]) == 2
     assert "solver.ridge: must be >= 0" in capsys.readouterr().err
     assert not (tmp_path / "run.zarr").exists()
@@ -154,13 +154,13 @@ def test_nan_targets_and_unknown_test_classes_rejected_before_work(tmp_path):
     y[[3, 17]] = np.nan
     np.save(data["y"], y)
     with pytest.raises(InputError, match=r"NaN.*rows 3, 17"):
-        RunPipeline(load_config(write(tmp_path, run_config(data))), progress=False).run()
+        RunPipeline(load_config(write_config(tmp_path, run_config(data))), progress=False).run()
     assert not (tmp_path / "run.zarr").exists()
     data = blobs(tmp_path, n=30, m=10, classes=3)
     np.save(data["y"], np.load(data["y"]) % 2)            # train has classes 0, 1 only
     np.save(data["yt"], np.arange(10) % 3)                # test has class 2
     with pytest.raises(InputError, match=r"classes \[2\] that do not appear in the training labels"):
-        RunPipeline(load_config(write(tmp_path, run_config(data))), progress=False).run()
+        RunPipeline(load_config(write_config(tmp_path, run_config(data))), progress=False).run()
     assert not (tmp_path / "run.zarr").exists()
 
 
@@ -168,7 +168,7 @@ def test_store_without_the_gram_blocks(solved, tmp_path):
     tmp, data, _, _ = solved
     for name in ("x", "y", "xt", "yt"):
         shutil.copy(data[name], tmp_path)
-    path = write(tmp_path, run_config(data))
+    path = write_config(tmp_path, run_config(data))
     with pytest.raises(StoreError, match="no Gram store .*ntkscale gram CONFIG"):
         RunPipeline(load_config(path), progress=False).solve()
     shutil.copytree(tmp / "run.zarr", tmp_path / "run.zarr")
@@ -231,7 +231,7 @@ def _dense_variances(store, ridge):
 def test_posterior_variance_from_the_cli_matches_the_dense_formula(tmp_path, capsys, method):
     data = blobs(tmp_path, n=80, m=25, regression=True)
     solver = {"method": method, "ridge": 1e-2, "tol": 1e-10, "preconditioner": {"kind": "nystrom", "rank": 20}}
-    cfg = write(tmp_path, run_config(data, solver=solver, kernel={"layers": run_config(data)["kernel"]["layers"],
+    cfg = write_config(tmp_path, run_config(data, solver=solver, kernel={"layers": run_config(data)["kernel"]["layers"],
                                                                   "get": ["nngp", "ntk"]}))
     assert main(["run", str(cfg), "--quiet"]) == 0
     store = GramStore.open(tmp_path / "run.zarr")
@@ -254,7 +254,7 @@ def test_nngp_posterior_variance_and_ntk_only_store(solved, tmp_path):
     with pytest.raises(InputError, match=r"the NTK-GP variance needs the NNGP too: set kernel.get: \[nngp, ntk\]"):
         RunPipeline(load_config(cfg), progress=False).variance()
     data = blobs(tmp_path, n=60, m=20)
-    path = write(tmp_path, run_config(data, kernel={"layers": run_config(data)["kernel"]["layers"], "get": "nngp"},
+    path = write_config(tmp_path, run_config(data, kernel={"layers": run_config(data)["kernel"]["layers"], "get": "nngp"},
                                       solver={"method": "cholesky", "ridge": 1e-3}))
     pipe = RunPipeline(load_config(path), progress=False)
     pipe.run()

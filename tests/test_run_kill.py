@@ -15,8 +15,8 @@ import pytest
 from ntkscale.config.run import load_config
 from ntkscale.stages.run import RunPipeline
 from ntkscale.store.gram_store import GramStore
-
-from .run_util import blobs, run_config, write
+from tests.support.gram import write_config
+from tests.support.run import blobs, run_config
 
 # The real CLI in a subprocess, with each Gram sweep slowed down so the kill lands mid-solve.
 SLOW_RUN = """
@@ -49,7 +49,7 @@ def test_killed_run_resumes_from_gram_and_cg_checkpoint(tmp_path):
     data = blobs(tmp_path, n=256, m=32, d=8, classes=4, seed=5)
     solver = {"method": "cg", "ridge": 1e-7, "tol": 1e-10, "preconditioner": "none", "checkpoint_every": 5,
               "maxiter": 3000}
-    cfg = write(tmp_path, run_config(data, solver=solver))
+    cfg = write_config(tmp_path, run_config(data, solver=solver))
     store = tmp_path / "run.zarr"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-c", SLOW_RUN, str(cfg)], stdout=subprocess.PIPE,
@@ -76,7 +76,7 @@ def test_killed_run_resumes_from_gram_and_cg_checkpoint(tmp_path):
     shutil.rmtree(ref_dir / "run.zarr" / "solver")
     for name in ("x", "y", "xt", "yt"):
         shutil.copy(data[name], ref_dir)
-    fresh = RunPipeline(load_config(write(ref_dir, run_config(data, solver=solver))), progress=False).run()
+    fresh = RunPipeline(load_config(write_config(ref_dir, run_config(data, solver=solver))), progress=False).run()
 
     resumed = RunPipeline(load_config(cfg), progress=False).run()
     print(f"\nresumed {resumed['solve']}, fresh {fresh['solve']}")

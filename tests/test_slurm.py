@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.timeout(600)]
 dask_jobqueue = pytest.importorskip("dask_jobqueue")
 psutil = pytest.importorskip("psutil")
 
-from .support.processes import wait_for, worker_processes  # noqa: E402
+from tests.support.processes import wait_for, worker_processes  # noqa: E402
 
 from ntkscale import stax  # noqa: E402
 from ntkscale.cluster.probe import check_store_visible  # noqa: E402

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from ntkscale import stax
-
-from .helpers import SQRT2, fc_relu, relu_net_closed_form
+from tests.support.derivations import relu_net_closed_form
+from tests.support.nets import SQRT2, fc_relu
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3])

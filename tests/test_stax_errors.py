@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from ntkscale import InputError, SpecError, UnsupportedOptionError, stax
-
-from .helpers import fc_relu
+from tests.support.nets import fc_relu
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from ntkscale import stax
-
-from .helpers import empirical_ntk
+from tests.support.derivations import empirical_ntk
 
 ACTIVATIONS = {
     "Relu": stax.Relu(),

@@ -11,10 +11,7 @@ from hypothesis import strategies as st
 
 from ntkscale import stax
 from ntkscale.stax.engine import evaluate
-
-from .helpers import fc_relu
-
-from .support.nets import FLAT_ACTS as ACTS
+from tests.support.nets import FLAT_ACTS as ACTS, fc_relu
 
 
 @st.composite

@@ -18,8 +18,7 @@ from ntkscale.store.lock import StoreLock, lock_holder
 from ntkscale.store.maintenance import status
 from ntkscale.store.manifest import Manifest, block_token, write_block
 from ntkscale.store.meta import StoreDiff, StoreMeta
-
-from .gram_util import LAYERS
+from tests.support.nets import LAYERS
 
 N, M, B = 20, 7, 8
 

@@ -16,10 +16,10 @@ from ntkscale import stax
 from ntkscale.cli.main import main
 from ntkscale.store.gram_store import GramStore
 from ntkscale.store.manifest import Manifest
+from tests.support.paths import FIXTURES
+from tests.support.run import last_json
 
-from .run_util import last_json
-
-FIXTURE = Path(__file__).parent / "fixtures" / "store-0.1.0"
+FIXTURE = FIXTURES / "store-0.1.0"
 KINDS = ("nngp", "ntk")
 
 

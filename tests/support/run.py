@@ -1,4 +1,4 @@
-"""Helpers for the end-to-end run tests: small classification/regression data and configs."""
+"""Data and configs for the end-to-end run tests (Gram, solve, predict)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,8 @@ from typing import Any, Dict
 
 import numpy as np
 
-from .gram_util import apply_overrides, write_config
-
-LAYERS = [["Dense", {"W_std": 1.414, "b_std": 0.1}], ["Relu", {}],
-          ["Dense", {"W_std": 1.414, "b_std": 0.1}], ["Relu", {}],
-          ["Dense", {"W_std": 1.414, "b_std": 0.1}]]
+from tests.support.gram import apply_overrides
+from tests.support.nets import LAYERS
 
 #: an in-process cluster (threads): starts in a fraction of a second on a loaded machine
 CLUSTER = {"kind": "local", "n_workers": 1, "threads_per_worker": 2, "io_threads": 0, "processes": False,
@@ -35,6 +32,7 @@ def blobs(tmp: Path, n: int = 120, m: int = 40, d: int = 6, classes: int = 3, se
 
 
 def run_config(data: Dict[str, Path], **over: Any) -> Dict[str, Any]:
+    """A run config for ``data``: NTK Gram, CG with a Nyström preconditioner, in-process cluster."""
     cfg: Dict[str, Any] = {
         "data": {"train": {"x": data["x"].name, "y": data["y"].name},
                  "test": {"x": data["xt"].name, "y": data["yt"].name}},
@@ -45,8 +43,6 @@ def run_config(data: Dict[str, Path], **over: Any) -> Dict[str, Any]:
     return apply_overrides(cfg, over)
 
 
-write = write_config
-
-
 def last_json(stdout: str) -> Dict[str, Any]:
+    """The JSON document on the last line of a command's stdout."""
     return json.loads(stdout.strip().splitlines()[-1])

@@ -71,12 +71,11 @@ class Case(NamedTuple):
 
 
 def case_names(data: Optional[np.lib.npyio.NpzFile] = NT, prefixes: tuple = ()) -> List[str]:
-    """The cases of a reference file, in its own order, optionally only those
-    whose name starts with one of ``prefixes``; [] when the file is missing."""
+    """The case names of a reference file, sorted, optionally only those that
+    start with one of ``prefixes``; [] when the file is missing."""
     if data is None:
         return []
-    names = json.loads(str(data["__cases__"]))
-    return [n for n in names if not prefixes or n.startswith(prefixes)]
+    return sorted(n for n in json.loads(str(data["__cases__"])) if not prefixes or n.startswith(prefixes))
 
 
 def load_case(name: str, data: Optional[np.lib.npyio.NpzFile] = None) -> Case:

@@ -21,6 +21,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.timeout(600)]
 dask_jobqueue = pytest.importorskip("dask_jobqueue")
 psutil = pytest.importorskip("psutil")
 
+from tests.support.paths import ROOT  # noqa: E402
 from tests.support.processes import wait_for, worker_processes  # noqa: E402
 
 from ntkscale import stax  # noqa: E402
@@ -147,8 +148,7 @@ def test_sbatch_script_runs_a_whole_job(partition, tmp_path):
     import yaml  # noqa: PLC0415
 
 
-    repo = __import__("pathlib").Path(__file__).resolve().parents[1]
-    script = (repo / "deploy" / "slurm" / "ntkscale-job.sbatch").read_text()
+    script = (ROOT / "deploy" / "slurm" / "ntkscale-job.sbatch").read_text()
     # The local SLURM has no GPUs: drop the GPU default (a user does the same on CPU nodes).
     job = tmp_path / "job.sbatch"
     job.write_text("\n".join(line for line in script.splitlines()

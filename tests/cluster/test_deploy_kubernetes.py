@@ -27,10 +27,11 @@ jsonschema = pytest.importorskip("jsonschema")
 from ntkscale.cluster.kubernetes import kubernetes_cluster_spec  # noqa: E402
 from ntkscale.config.kubernetes import parse_kubernetes_options  # noqa: E402
 from ntkscale.config.run import RunConfig  # noqa: E402
+from tests.support.paths import ROOT  # noqa: E402
 
 #: Kubernetes version whose JSON schemas ship in kubernetes-validate (>=1.31).
 K8S_VERSION = "1.31.0"
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes"
+DEPLOY = ROOT / "deploy" / "kubernetes"
 OPERATOR_GROUP = "kubernetes.dask.org/"
 OPERATOR_KINDS = ("DaskCluster", "DaskJob", "DaskWorkerGroup")
 

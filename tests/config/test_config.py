@@ -90,7 +90,7 @@ def test_address_cluster_and_scheduler_file(tmp_path, data):
 
 
 def test_solver_and_task_sections_are_typed_and_frozen(tmp_path, data):
-    # the sections are validated by ntkscale.config.solver (more in tests/test_run_config.py)
+    # the sections are validated by ntkscale.config.solver (more in tests/stages/test_run.py, test_solver_section_is_typed_and_checked)
     raw = config_dict(data, solver={"method": "cg", "tol": 1e-6, "ridge": [0.1, 1.0]}, task="regression")
     cfg = RunConfig.from_mapping(raw, tmp_path)
     assert cfg.solver.method == "cg" and cfg.solver.ridge == (0.1, 1.0) and cfg.task == "regression"

@@ -5,14 +5,13 @@ temporary results directory, in a few seconds."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.support.paths import ROOT
 
 
 def test_suite_runs_the_tiny_benchmark(tmp_path):
     out = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--only", "tiny", "--quiet",
-                          "--results-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
+                          "--results-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     suite = json.loads((tmp_path / "suite.json").read_text())
     entry = suite["benchmarks"]["tiny"]
@@ -37,12 +36,12 @@ def test_suite_runs_the_tiny_benchmark(tmp_path):
 
 def test_suite_rejects_unknown_names(tmp_path):
     out = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "nope", "--results-dir", str(tmp_path)],
-                         cwd=REPO, capture_output=True, text=True, timeout=60)
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "unknown benchmark" in out.stderr
 
 
 def test_readme_section_is_replaced_between_markers_only(tmp_path):
-    sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(ROOT))
     from benchmarks.suite import BEGIN, END, write_readme
 
     path = tmp_path / "README.md"

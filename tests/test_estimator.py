@@ -7,11 +7,9 @@ import pytest
 from sklearn.base import clone
 from sklearn.utils.estimator_checks import check_estimator
 
-from ntkscale import (NotPSDError, NTKClassifier, NTKRegressor, NumericalWarning, default_layers,
-    stax)
+from ntkscale import NotPSDError, NTKClassifier, NTKRegressor, NumericalWarning, default_layers
 from ntkscale.solvers.dense import cho_factor_with_jitter, solve_psd
-
-from .helpers import fc_relu
+from tests.support.nets import fc_relu
 
 
 @pytest.mark.parametrize("est", [NTKRegressor(), NTKClassifier(), NTKRegressor(get="nngp", ridge=1e-3)],

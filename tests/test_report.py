@@ -8,8 +8,7 @@ import pytest
 from ntkscale.report import (plot_cg_residuals, plot_metric_vs_ridge, plot_spectrum,
     spectrum_estimate, write_report)
 from ntkscale.solvers import GramOperator, cg
-
-from .support.solvers import spd
+from tests.support.solvers import spd
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -1,19 +1,21 @@
-"""Helpers for tests that drive real processes: start one, wait on it, find its workers."""
+"""Helpers for tests that drive real processes: start one (Python code or the
+``ntkscale`` CLI), wait on it, find its workers, kill it with everything it started."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import psutil
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.paths import ROOT
 
 
 def spawn(code: str) -> subprocess.Popen:
@@ -22,6 +24,36 @@ def spawn(code: str) -> subprocess.Popen:
            "OPENBLAS_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+#: ``python -m ntkscale.cli.main`` would load cli/main.py twice (as __main__ and as ntkscale.cli.main).
+CLI = [sys.executable, "-c", "import sys; from ntkscale.cli.main import main; sys.exit(main())"]
+
+
+def cli(*args: str, cwd: Optional[Path] = None, env: Optional[Dict[str, str]] = None,
+        timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``ntkscale ARGS`` in a fresh interpreter and wait for it."""
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([*CLI, *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start_cli(*args: str, cwd: Optional[Path] = None, env: Optional[Dict[str, str]] = None,
+              log: Optional[Path] = None) -> subprocess.Popen:
+    """Start ``ntkscale ARGS`` in its own process group (so the test can kill the whole run)."""
+    full_env = dict(os.environ, **(env or {}))
+    out = open(log, "w") if log else subprocess.DEVNULL
+    return subprocess.Popen([*CLI, *args], cwd=cwd, env=full_env,
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a process started by :func:`start_cli` and everything it started."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
 
 
 def wait_for(pred: Callable[[], Any], proc: Optional[subprocess.Popen] = None, *, timeout: float = 90.0,

@@ -46,7 +46,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import NT_VENV, machine, nt_python, print_table, save_result  # noqa: E402
 
-#: neural-tangents 0.6.5 on exactly these splits (tests/test_estimator.py, tests/test_conv_digits.py).
+#: neural-tangents 0.6.5 on exactly these splits (tests/test_estimator.py, tests/stax/test_conv_digits.py).
 NT_RECORDED = {"mnist_fc3_ntk": 0.952, "digits_cntk3_ntk": 0.998}
 TOL_PRED = 1e-6
 TOL_KERNEL = 1e-6

@@ -6,7 +6,7 @@ the ~10 full-size temporaries of the array-API reference path: BLAS computes
 ``X1 X2ᵀ`` (SYRK when x2 is x1), then a parallel numba loop runs all layers
 on each entry in registers (in float64 for both input precisions) and writes
 NNGP and NTK once. For x2 = x1 only the upper triangle is computed and
-mirrored. Parity with the reference path is tested (tests/test_stax_properties.py, tests/test_conv_fast.py).
+mirrored. Parity with the reference path is tested (tests/stax/test_stax_properties.py, tests/stax/test_conv_fast.py).
 
 Hand-written because no library fuses a per-entry layer recursion after a
 GEMM on CPU; the arithmetic mirrors ``activations.py`` exactly.

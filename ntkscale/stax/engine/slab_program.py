@@ -22,7 +22,7 @@ ending in GlobalAvgPool or Flatten, then any flat layers (run by the
 reference code on the ``n1 × n2`` result). Other image networks (Gelu/Sin on
 images, CIRCULAR pooling) use the array-API path; the CuPy kernel has no
 AvgPool. Arithmetic is in the input dtype. Parity with the reference path is
-tested in ``tests/test_conv_fast.py``.
+tested in ``tests/stax/test_conv_fast.py``.
 """
 
 from __future__ import annotations

@@ -76,15 +76,25 @@ class RunContext:
 
     @property
     def store(self) -> GramStore:
-        """The run's store, opened once (for writing the ``solver``/``predict`` records,
-        which happens under the store's lock)."""
+        """The run's store, opened once: read-only until a stage needs to write
+        (:meth:`writable_store`), then that handle."""
         if self._store is None:
-            path = Path(self.config.store)
-            if not GramStore.is_store(path):
-                raise StoreError(f"no Gram store at {path}: compute it first with `ntkscale gram CONFIG` "
-                                 "(or `ntkscale run CONFIG`, which does every stage)")
-            self._store = GramStore.open(path, "r+")
+            self._store = GramStore.open(self._store_path(), "r")
         return self._store
+
+    def writable_store(self) -> GramStore:
+        """The store opened for writing the ``solver``/``predict`` records (the caller
+        holds the store's lock); later reads use this handle too."""
+        if self._store is None or self._store.read_only:
+            self._store = GramStore.open(self._store_path(), "r+")
+        return self._store
+
+    def _store_path(self) -> Path:
+        path = Path(self.config.store)
+        if not GramStore.is_store(path):
+            raise StoreError(f"no Gram store at {path}: compute it first with `ntkscale gram CONFIG` "
+                             "(or `ntkscale run CONFIG`, which does every stage)")
+        return path
 
     def forget_store(self) -> None:
         """The Gram stage changed the store: open it afresh on next use."""

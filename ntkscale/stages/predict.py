@@ -70,7 +70,7 @@ def predict(ctx: RunContext) -> Dict[str, Any]:
         out["ridges"] = per
         out["chosen_index"] = chosen
     with StoreLock(ctx.config.store, command="ntkscale predict"):
-        save_predictions(store.group("predict"), scores, enc.decode(scores[chosen]),
+        save_predictions(ctx.writable_store().group("predict"), scores, enc.decode(scores[chosen]),
                          {"metrics": out, "test_fingerprint": store.fingerprint("test")})
     out["predict_seconds"] = time.perf_counter() - t0
     return jsonable(out)

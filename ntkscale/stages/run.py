@@ -70,8 +70,9 @@ class RunPipeline:
         return self.context.cluster()
 
     def open_store(self, mode: str = "r") -> GramStore:
-        """The run's store (opened once, writable; ``mode`` is kept for compatibility)."""
-        return self.context.store
+        """The run's store, opened once: ``"r"`` read-only, ``"r+"`` for writing
+        (the caller holds the store's lock)."""
+        return self.context.writable_store() if mode == "r+" else self.context.store
 
     # -- helpers over a store ---------------------------------------------------------
     kind = staticmethod(kernel_kind)

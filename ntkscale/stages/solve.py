@@ -72,6 +72,7 @@ def solve(ctx: RunContext) -> Dict[str, Any]:
     enc = encoder(store, ctx.task)          # y checked (NaN, one class) before any work
     ident = identity(ctx.solver, ctx.task, store)
     with StoreLock(ctx.config.store, command="ntkscale solve"), ctx.cluster():
+        store = ctx.writable_store()
         group = store.group("solver")
         prev = dict(group.attrs).get("run") or {}
         if prev.get("identity") == ident and "alpha" in group:

@@ -134,6 +134,11 @@ class GramStore:
                                     path=self.path)
 
     @property
+    def read_only(self) -> bool:
+        """Opened with ``mode="r"``."""
+        return bool(self._group.read_only)
+
+    @property
     def kinds(self) -> Tuple[str, ...]:
         return tuple(self.meta["get"])
 

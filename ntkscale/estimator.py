@@ -19,6 +19,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 from . import stax
+from .choices import KERNELS
 from .errors import InputError, SpecError
 from .solvers.dense import mean_diagonal, solve_psd
 from .stax.network import KernelFn, Layer
@@ -70,7 +71,7 @@ class _KernelRidgeBase(BaseEstimator):
         return isinstance(self.kernel, str) and self.kernel == "precomputed"
 
     def _check_params(self) -> Optional[KernelFn]:
-        if self.get not in ("nngp", "ntk"):
+        if self.get not in KERNELS:
             raise InputError(f"get={self.get!r} is not available; choose 'nngp' or 'ntk'")
         if not isinstance(self.ridge, (int, float)) or not math.isfinite(self.ridge) or self.ridge < 0:
             raise InputError(f"ridge={self.ridge!r} must be a finite number >= 0")

@@ -40,6 +40,7 @@ import numpy as np
 
 from . import model as costmodel
 from .. import stax
+from ..choices import DTYPES, KERNELS
 from ..errors import CalibrationError, NtkscaleError
 from ..gram.plan import choose_block_size
 from ..store.blocks import grid
@@ -137,7 +138,7 @@ def _grid_work(n: int, n_test: int, block: int) -> Dict[str, float]:
 
 def project(n: int, input_shape: Sequence[int], net: NetLike, device_kind: str = "cpu", n_devices: int = 1,
             dtype: str = "float64", calibration: Union[None, str, os.PathLike, Dict[str, Any]] = None, *,
-            n_test: int = 0, get: Sequence[str] = ("nngp", "ntk"), block_size: Optional[int] = None,
+            n_test: int = 0, get: Sequence[str] = KERNELS, block_size: Optional[int] = None,
             memory_per_task: int = 4 << 30) -> Dict[str, Any]:
     """Projected device time of an ``n``-example Gram run (plus ``n_test`` rows of K(test, train)).
 
@@ -150,7 +151,7 @@ def project(n: int, input_shape: Sequence[int], net: NetLike, device_kind: str =
     if int(n) < 1 or int(n_devices) < 1 or int(n_test) < 0:
         raise NtkscaleError(f"need n >= 1, n_devices >= 1 and n_test >= 0; got n={n}, n_devices={n_devices}, "
                             f"n_test={n_test}")
-    if dtype not in ("float32", "float64"):
+    if dtype not in DTYPES:
         raise NtkscaleError(f"dtype={dtype!r}: choose float32 or float64")
     shape = tuple(int(s) for s in input_shape)
     kernel_fn = resolve_net(net, shape)

@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ...backend import is_cupy_namespace, is_numpy_namespace
+from ...choices import DTYPES
 from ...errors import InputError
 from ..layers.base import LayerImpl
 from ..spec import build_layers, canonical_spec
@@ -52,8 +53,8 @@ PATH_LAYERS = {
     "cuda_slab": cuda_slab.SUPPORTED_LAYERS,
 }
 PATHS = tuple(PATH_LAYERS)
-#: Input dtypes of the compiled kernels.
-COMPILED_DTYPES = ("float32", "float64")
+#: Input dtypes of the compiled kernels: every dtype ntkscale computes in.
+COMPILED_DTYPES = DTYPES
 _SLAB = ("cpu_slab", "cpu_slab_pooled", "cuda_slab")
 
 

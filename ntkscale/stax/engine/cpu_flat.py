@@ -34,7 +34,6 @@ _ACTIVATION_OPS = {
 #: Layers this path runs (by registry name); any flat network of them qualifies.
 SUPPORTED_LAYERS = frozenset({"Dense"} | set(_ACTIVATION_OPS))
 #: Input dtypes of the compiled kernel.
-DTYPES = ("float32", "float64")
 
 
 def unsupported(layers: Sequence[LayerImpl], input_shape: Tuple[int, ...]) -> Optional[str]:

@@ -33,7 +33,6 @@ _ACTIVATION_OPS = {
 
 #: Layers this path runs (by registry name); any flat network of them qualifies.
 SUPPORTED_LAYERS = frozenset({"Dense"} | set(_ACTIVATION_OPS))
-#: Input dtypes of the compiled kernel.
 
 
 def unsupported(layers: Sequence[LayerImpl], input_shape: Tuple[int, ...]) -> Optional[str]:

@@ -56,15 +56,30 @@ def resolve_kernel(kernel: KernelLike) -> Optional[KernelFn]:
     )
 
 
+def _flow_coefficients(k: np.ndarray, Y: np.ndarray, ridge: float, eta_t: float) -> np.ndarray:
+    """``V diag((1 − exp(−η t λ/N)) / λ) V^T Y`` (``K + ridge·I = V diag(λ) V^T``,
+    ``N = Y.size``): the dual coefficients of the gradient-flow prediction at
+    time ``t`` (Lee et al. 2019, Eq. 11), with neural-tangents' conventions
+    (eigenvalues below 0 clipped in the exponential, ``λ = 0`` by its limit)."""
+    lam, vec = np.linalg.eigh(k + ridge * np.eye(k.shape[0]))
+    size = Y.size
+    decay = -np.expm1(-np.maximum(lam, 0.0) * eta_t / size)
+    safe = np.where(lam == 0, 1.0, np.abs(lam))
+    gain = np.where(lam == 0, eta_t / size, decay / safe)
+    return vec @ (gain[:, None] * (vec.T @ Y))
+
+
 class _KernelRidgeBase(BaseEstimator):
     """Shared fit/predict of the NTK/NNGP kernel-ridge estimators."""
 
     def __init__(self, kernel: KernelLike = None, *, get: str = "ntk", ridge: float = 1e-6,
-                 ridge_relative: bool = True):
+                 ridge_relative: bool = True, t: Optional[float] = None, learning_rate: float = 1.0):
         self.kernel = kernel
         self.get = get
         self.ridge = ridge
         self.ridge_relative = ridge_relative
+        self.t = t
+        self.learning_rate = learning_rate
 
     # -- helpers --------------------------------------------------------
     def _precomputed(self) -> bool:
@@ -75,6 +90,10 @@ class _KernelRidgeBase(BaseEstimator):
             raise InputError(f"get={self.get!r} is not available; choose 'nngp' or 'ntk'")
         if not isinstance(self.ridge, (int, float)) or not math.isfinite(self.ridge) or self.ridge < 0:
             raise InputError(f"ridge={self.ridge!r} must be a finite number >= 0")
+        if self.t is not None and (not isinstance(self.t, (int, float)) or math.isnan(self.t) or self.t < 0):
+            raise InputError(f"t={self.t!r} must be a training time >= 0 (inf allowed), or None for t = infinity")
+        if not isinstance(self.learning_rate, (int, float)) or not 0 < self.learning_rate < math.inf:
+            raise InputError(f"learning_rate={self.learning_rate!r} must be a finite number > 0")
         return resolve_kernel(self.kernel)
 
     def _validate_x(self, X: Any, reset: bool, kernel_fn: Optional[KernelFn], y: Any = None,
@@ -101,7 +120,10 @@ class _KernelRidgeBase(BaseEstimator):
             raise InputError(f"with kernel='precomputed', fit takes the square training Gram; got shape {k.shape}")
         scale = mean_diagonal(k) if self.ridge_relative else 1.0
         self.ridge_absolute_ = float(self.ridge) * scale
-        self.dual_coef_ = solve_psd(k, Y, self.ridge_absolute_, what=f"the training {self.get.upper()} Gram")
+        if self.t is None:
+            self.dual_coef_ = solve_psd(k, Y, self.ridge_absolute_, what=f"the training {self.get.upper()} Gram")
+        else:
+            self.dual_coef_ = _flow_coefficients(k, Y, self.ridge_absolute_, self.learning_rate * float(self.t))
         self.X_fit_ = None if kernel_fn is None else X
         self.n_train_ = k.shape[0]
         return self
@@ -137,6 +159,9 @@ class NTKRegressor(RegressorMixin, _KernelRidgeBase):
     ridge : float, default 1e-6
         Added to the diagonal; multiplied by the mean diagonal of the training
         Gram when ``ridge_relative`` (neural-tangents' ``diag_reg``).
+    t : float or None, default None
+        Training time of gradient descent on the MSE (None: t = ∞, kernel ridge
+        regression); ``learning_rate`` η multiplies it (only η·t matters).
     """
 
     def fit(self, X: Any, y: Any) -> "NTKRegressor":

@@ -7,7 +7,8 @@ import pytest
 from sklearn.base import clone
 from sklearn.utils.estimator_checks import check_estimator
 
-from ntkscale import NotPSDError, NTKClassifier, NTKRegressor, NumericalWarning, default_layers
+from ntkscale import InputError, NotPSDError, NTKClassifier, NTKRegressor, NumericalWarning, default_layers
+from ntkscale.predict import gradient_descent_mse
 from ntkscale.solvers.dense import cho_factor_with_jitter, solve_psd
 from tests.support.nets import fc_relu
 
@@ -105,3 +106,37 @@ def test_mnist_fc_depth3_ntk_accuracy():
     est = NTKClassifier(fc_relu(3), get="ntk", ridge=1e-6).fit(x[:4000], y[:4000])
     acc = est.score(x[4000:], y[4000:])
     assert acc >= 0.95, acc
+
+
+@pytest.mark.parametrize("get,ridge", [("ntk", 0.0), ("ntk", 1e-3), ("nngp", 1e-2)])
+def test_training_time_matches_dense_dynamics(rng, get, ridge):
+    """NTKRegressor(t=...) equals ntkscale.predict.gradient_descent_mse from zero
+    initial outputs; t=inf equals t=None (kernel ridge regression)."""
+    x, xt = rng.standard_normal((30, 4)), rng.standard_normal((7, 4))
+    y = rng.standard_normal((30, 2))
+    kernel_fn = fc_relu(2)[2]
+    k, kx = kernel_fn(x, None, get), kernel_fn(xt, x, get)
+    flow = gradient_descent_mse(k, y, learning_rate=0.5, diag_reg=ridge)
+    for t in (0.0, 3.0, 100.0, 1e4):
+        est = NTKRegressor(kernel_fn, get=get, ridge=ridge, t=t, learning_rate=0.5).fit(x, y)
+        np.testing.assert_allclose(est.predict(xt), flow(t, 0.0, 0.0, kx)[1], rtol=1e-9, atol=1e-12)
+    if ridge:
+        at_inf = NTKRegressor(kernel_fn, get=get, ridge=ridge, t=np.inf).fit(x, y).predict(xt)
+        np.testing.assert_allclose(at_inf, NTKRegressor(kernel_fn, get=get, ridge=ridge).fit(x, y).predict(xt),
+                                   rtol=1e-7, atol=1e-10)
+
+
+def test_classifier_training_time(rng):
+    x, xt = rng.standard_normal((40, 4)), rng.standard_normal((9, 4))
+    labels = np.array(["a", "b", "c"])[rng.integers(0, 3, 40)]
+    kernel_fn = fc_relu(2)[2]
+    clf = NTKClassifier(kernel_fn, ridge=1e-4, t=50.0).fit(x, labels)
+    y = np.eye(3)[np.searchsorted(clf.classes_, labels)] - 1.0 / 3
+    flow = gradient_descent_mse(kernel_fn(x, None, "ntk"), y, diag_reg=1e-4)
+    scores = flow(50.0, 0.0, 0.0, kernel_fn(xt, x, "ntk"))[1]
+    np.testing.assert_allclose(clf.decision_function(xt), scores, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(clf.predict(xt), clf.classes_[np.argmax(scores, axis=1)])
+    with pytest.raises(InputError, match="training time"):
+        NTKClassifier(kernel_fn, t=-1.0).fit(x, labels)
+    with pytest.raises(InputError, match="learning_rate"):
+        NTKRegressor(kernel_fn, t=1.0, learning_rate=0.0).fit(x, labels == "a")

@@ -20,6 +20,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 
 from . import stax
 from .choices import KERNELS
+from .predict.dynamics import apply_in_eigenbasis, eigenbasis, inv_expm1_flow
 from .errors import InputError, SpecError
 from .solvers.dense import mean_diagonal, solve_psd
 from .stax.network import KernelFn, Layer
@@ -59,14 +60,11 @@ def resolve_kernel(kernel: KernelLike) -> Optional[KernelFn]:
 def _flow_coefficients(k: np.ndarray, Y: np.ndarray, ridge: float, eta_t: float) -> np.ndarray:
     """``V diag((1 − exp(−η t λ/N)) / λ) V^T Y`` (``K + ridge·I = V diag(λ) V^T``,
     ``N = Y.size``): the dual coefficients of the gradient-flow prediction at
-    time ``t`` (Lee et al. 2019, Eq. 11), with neural-tangents' conventions
-    (eigenvalues below 0 clipped in the exponential, ``λ = 0`` by its limit)."""
-    lam, vec = np.linalg.eigh(k + ridge * np.eye(k.shape[0]))
-    size = Y.size
-    decay = -np.expm1(-np.maximum(lam, 0.0) * eta_t / size)
-    safe = np.where(lam == 0, 1.0, np.abs(lam))
-    gain = np.where(lam == 0, eta_t / size, decay / safe)
-    return vec @ (gain[:, None] * (vec.T @ Y))
+    time ``t`` (Lee et al. 2019, Eq. 11), computed as
+    :func:`ntkscale.predict.gradient_descent_mse` does."""
+    evals, evecs = eigenbasis(k, ridge, True, np)
+    gain = inv_expm1_flow(evals, np.array([[eta_t]]), Y.size, np)
+    return apply_in_eigenbasis(evecs, gain, -Y, np)[0]
 
 
 class _KernelRidgeBase(BaseEstimator):

@@ -42,7 +42,7 @@ ALLOWED: Dict[str, Set[str]] = {
     "predict": BASE | {"stax", "solvers", "targets", "store"},
     "costs": BASE | {"stax", "gram", "store"},
     "report": BASE | {"solvers"},
-    "estimator": BASE | {"stax", "solvers", "targets"},
+    "estimator": BASE | {"stax", "solvers", "targets", "predict"},
     "stages": BASE | {"__init__", "stax", "data", "targets", "config", "gram", "store", "cluster", "solvers",
                       "predict", "costs", "report"},
     "cli": BASE | {"__init__", "stax", "data", "targets", "config", "gram", "store", "cluster", "solvers",

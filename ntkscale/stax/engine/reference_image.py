@@ -99,6 +99,7 @@ def _walk_shapes(layers: Sequence[LayerImpl], cur: Optional[Tuple[int, int]], wh
     """Forward shape walk: appends the spatial shape after every layer to ``hw``
     (top level) or records it in ``inner`` (branches); returns the output's."""
     h0, w0, c0 = h0w0c0
+    flattened_by = "it was flattened before this branch"
     for l, layer in enumerate(layers):
         name = f"{where}layer {l} ({_name(layer)})"
         if prefix:
@@ -113,8 +114,8 @@ def _walk_shapes(layers: Sequence[LayerImpl], cur: Optional[Tuple[int, int]], wh
                                 "strides and padding)")
             cur = outs[0]
         elif layer.image_layer and cur is None:
-            raise SpecError(f"{name} needs an image, but its input is already flat; put image "
-                            "layers before GlobalAvgPool/Flatten")
+            raise SpecError(f"{name} needs an image, but its input is already flat ({flattened_by}); "
+                            "put image layers before GlobalAvgPool/Flatten")
         elif layer.layer_name in ("Conv", "AvgPool"):
             out = layer.output_hw(cur)
             if min(out) <= 0:
@@ -125,6 +126,7 @@ def _walk_shapes(layers: Sequence[LayerImpl], cur: Optional[Tuple[int, int]], wh
                     "use padding='SAME', a smaller window or larger images")
             cur = out
         elif layer.layer_name in ("GlobalAvgPool", "Flatten"):
+            flattened_by = f"{where}layer {l} is {_name(layer)}"
             cur = None
         if not prefix:
             hw.append(cur)
@@ -286,7 +288,7 @@ def _slice(traj: Dict[Any, Any], r0: int, r1: int) -> Dict[Any, Any]:
 # ------------------------------------------------------------- pair tiles
 def _pair_tile(layers: Sequence[LayerImpl], plan: ImagePlan, x1: Any, x2: Any,
                t1: Dict[Any, Any], t2: Dict[Any, Any], xp: Any, want_ntk: bool,
-               diag_offset: Optional[int]) -> Tuple[Any, Any]:
+               diag_offset: Optional[int] = None) -> Tuple[Any, Any]:
     layout = plan.layouts[0]
     k0 = _k0_diag(x1, x2, xp) if layout == DIAG else _k0_full(x1, x2, xp)
     state = KernelState(nngp=k0, ntk=0.0 if want_ntk else None, var1=t1[(0,)], var2=t2[(0,)],

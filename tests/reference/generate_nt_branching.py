@@ -123,7 +123,24 @@ CASES = {
 }
 
 
+def wrn_block(c, strides=(1, 1), mismatch=False):
+    main = [RELU, conv(c, strides=strides, b_std=None, W_std=1.0), RELU, conv(c, b_std=None, W_std=1.0)]
+    short = [conv(c, strides=strides, b_std=None, W_std=1.0)] if mismatch else [IDENT]
+    return block(main, short)
+
+
+# neural-tangents' README WideResnet(block_size=1, k=1, num_classes=10) on 8x8 images: AvgPool((2, 2))
+CASES["img_wide_resnet_8x8"] = ("img8", [conv(16, b_std=None, W_std=1.0)] + wrn_block(16, mismatch=True)
+                                + wrn_block(32, (2, 2), True) + wrn_block(64, (2, 2), True)
+                                + [["AvgPool", {"window_shape": [2, 2]}], FLAT, dense(10, 1.0, 0.0)])
+
+
 def inputs(kind, rng):
+    if kind == "img8":
+        x1 = rng.standard_normal((3, 8, 8, 3))
+        x2 = rng.standard_normal((2, 8, 8, 3))
+        x2[0] = -0.5 * x1[1]
+        return x1, x2
     if kind == "fc":
         x1 = rng.standard_normal((6, 5))
         x2 = rng.standard_normal((4, 5))

@@ -56,3 +56,14 @@ def test_spec_round_trips_and_nests():
     # a nested serial inside a branch flattens exactly like at the top level
     flat = stax.parallel(stax.serial(stax.Relu(), stax.serial(stax.Dense(8))), stax.Identity())
     assert flat.spec == blk.spec[1:2]
+
+
+@needs_nt_branching
+def test_wide_resnet_preset_is_the_readme_network():
+    case = load_case("img_wide_resnet_8x8_cross", NT_BRANCHING)
+    preset = stax.presets.wide_resnet(1, 1, 10, pool=2)
+    assert preset[2].spec == stax.from_spec(case.spec)[2].spec
+    readme = stax.presets.wide_resnet(2, 2, 10)
+    assert readme[2].spec[-3] == ["AvgPool", readme[2].spec[-3][1]]
+    assert readme[2].spec[-3][1]["window_shape"] == [8, 8]
+    assert sum(1 for layer in readme[2].spec if layer[0] == "parallel") == 6

@@ -31,8 +31,8 @@ class Param:
     """One keyword of a layer constructor.
 
     kind: ``float``, ``float?`` (float or None), ``int?``, ``int``, ``str``,
-    ``bool``, ``ints`` (tuple of ints), ``ints?``, ``any``.
-    ``branches`` (a list of layer lists, each canonicalised recursively).
+    ``bool``, ``ints`` (tuple of ints), ``ints?``, ``any``, ``branches`` (a list of
+    layer lists, each canonicalised recursively).
     ``supported``: when not None, the only values ntkscale supports yet.
     """
 

@@ -70,3 +70,29 @@ def test_gram_stage_residual_fc(tmp_path, dropout):
         assert_matches_in_memory(store.train_array(kind)[...], ref[kind])
         assert_matches_in_memory(store.diag("train", kind), ref[f"diag_{kind}"])
         assert_matches_in_memory(store.array("test", kind)[...], reft[kind])
+
+
+def test_yaml_config_expresses_a_residual_block(tmp_path):
+    """A YAML config with a residual block (short forms: a bare layer name, no keywords)
+    loads to the same canonical spec and hash as the Python-built network."""
+    from ntkscale.config import load_config
+    from tests.support.gram import make_data
+
+    make_data(tmp_path, n=10, m=0)
+    (tmp_path / "run.yaml").write_text("""
+data:
+  train: {x: x.npy, y: y.npy}
+kernel:
+  layers:
+    - [Dense, {out_dim: 16, W_std: 1.4, b_std: 0.1}]
+    - [FanOut, {num: 2}]
+    - [parallel, {branches: [[[Relu], [Dense, {out_dim: 16}]], [[Identity]]]}]
+    - [FanInSum]
+    - [Relu]
+    - [Dense, {out_dim: 1}]
+store: run.zarr
+""")
+    cfg = load_config(str(tmp_path / "run.yaml"))
+    net = _res_fc()
+    assert cfg.kernel.spec_json == net[2].spec_json
+    assert cfg.kernel.kernel_fn().spec_hash == net[2].spec_hash

@@ -5,16 +5,20 @@ the same layer names, keywords, defaults and numbers.
 """
 
 from .layers.activations import ABRelu, Abs, Erf, Gelu, Identity, LeakyRelu, Relu, Sin
+from .layers.branching import FanInConcat, FanInProd, FanInSum, FanOut, parallel
 from .layers.conv import Conv
 from .layers.dense import Dense
 from .network import (ApplyFn, InitFn, Kernel, KernelFn, Layer, from_spec, kernel_fn_from_spec,
     serial)
+from .layers.normalization import Dropout, LayerNorm
 from .layers.pooling import AvgPool, Flatten, GlobalAvgPool
 from . import presets  # noqa: E402  (stax.presets.myrtle, stax.presets.cntk)
 from .spec import canonical_spec, layer_names, spec_hash, spec_to_json
 
 __all__ = [
-    "ABRelu", "Abs", "ApplyFn", "AvgPool", "Conv", "Dense", "Erf", "Flatten", "Gelu",
-    "GlobalAvgPool", "Identity", "InitFn", "Kernel", "KernelFn", "Layer", "LeakyRelu", "Relu",
-    "Sin", "canonical_spec", "from_spec", "kernel_fn_from_spec", "layer_names", "serial", "spec_hash", "spec_to_json",
+    "ABRelu", "Abs", "ApplyFn", "AvgPool", "Conv", "Dense", "Dropout", "Erf", "FanInConcat",
+    "FanInProd", "FanInSum", "FanOut", "Flatten", "Gelu", "GlobalAvgPool", "Identity", "InitFn",
+    "Kernel", "KernelFn", "Layer", "LayerNorm", "LeakyRelu", "Relu", "Sin", "canonical_spec",
+    "from_spec", "kernel_fn_from_spec", "layer_names", "parallel", "serial", "spec_hash",
+    "spec_to_json",
 ]

@@ -20,7 +20,7 @@ from ..errors import InputError, SpecError
 from . import spec as registry
 from .engine import Explanation, cost_per_entry, evaluate, evaluate_diagonal, explain
 from .inputs import validate_pair
-from .layers.base import LayerImpl
+from .layers.base import LayerImpl, check_arity
 from .spec import Spec
 
 
@@ -110,6 +110,7 @@ class InitFn(_Bound):
     """``init_fn(rng, input_shape) -> (output_shape, params)``; finite width."""
 
     def __call__(self, rng: Union[int, np.random.Generator, None], input_shape: Sequence[int]):
+        check_arity(self._layers, "the network")
         rng = np.random.default_rng(rng)
         shape = tuple(int(s) for s in input_shape)
         per_example = shape[1:]
@@ -121,14 +122,21 @@ class InitFn(_Bound):
 
 
 class ApplyFn(_Bound):
-    """``apply_fn(params, x) -> outputs`` of the finite-width NumPy network."""
+    """``apply_fn(params, x, rng=None) -> outputs`` of the finite-width NumPy network
+    (``rng``: the dropout masks of top-level ``Dropout(mode="train")`` layers)."""
 
-    def __call__(self, params: Sequence[Any], x: Any, **kwargs: Any) -> np.ndarray:
+    def __call__(self, params: Sequence[Any], x: Any, *, rng: Any = None,
+                 **kwargs: Any) -> np.ndarray:
+        check_arity(self._layers, "the network")
         if len(params) != len(self._layers):
             raise InputError(f"params has {len(params)} entries for {len(self._layers)} layers; use init_fn's output")
         x = np.asarray(x, dtype=np.float64)
+        gen = None if rng is None else np.random.default_rng(rng)
         for layer, p in zip(self._layers, params):
-            x = layer.apply(p, x)
+            if gen is not None and getattr(layer, "stochastic", False):
+                x = layer.apply_random(p, x, gen)
+            else:
+                x = layer.apply(p, x)
         return x
 
 
@@ -200,7 +208,8 @@ def make_layer(name: str, kwargs: Dict[str, Any]) -> Layer:
     return Layer([registry.canonical_layer(name, kwargs)])
 
 
-def _spec_of(item: Any, index: int) -> Spec:
+def spec_of(item: Any, index: int, where: str = "serial") -> Spec:
+    """The canonical spec of a layer (or a triple/function of one), argument ``index`` of ``where``."""
     if isinstance(item, Layer):
         return item.spec
     for part in (item if isinstance(item, tuple) and len(item) == 3 else ()):
@@ -209,7 +218,7 @@ def _spec_of(item: Any, index: int) -> Spec:
     if isinstance(item, _Bound):
         return item.spec
     raise SpecError(
-        f"serial() argument {index} is {type(item).__name__}, not an ntkscale layer; build layers "
+        f"{where}() argument {index} is {type(item).__name__}, not an ntkscale layer; build layers "
         "with ntkscale.stax (e.g. stax.Dense(512), stax.Relu())"
     )
 
@@ -220,7 +229,7 @@ def serial(*layers: Any) -> Layer:
         layers = tuple(layers[0])
     spec: Spec = []
     for i, layer in enumerate(layers):
-        spec.extend(_spec_of(layer, i))
+        spec.extend(spec_of(layer, i))
     return Layer(spec)
 
 

@@ -1,4 +1,4 @@
-"""Preset architectures people compare kernels against (FC, Myrtle, CNTK).
+"""Preset architectures people compare kernels against (FC, Myrtle, CNTK, WideResNet).
 
 Each function returns a ``serial`` layer (``(init_fn, apply_fn, kernel_fn)``
 with its JSON spec); the docstrings give the exact layer list. ``width`` is
@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from typing import Optional, Tuple
 
-from .layers.activations import Relu
+from .layers.activations import Identity, Relu
+from .layers.branching import FanInSum, FanOut, parallel
 from .layers.conv import Conv
 from .layers.dense import Dense
 from .network import Layer, serial
@@ -96,3 +97,44 @@ def cntk(depth: int = 3, pooling: str = "gap", *, width: Optional[int] = None,
     layers.append(GlobalAvgPool() if pooling == "gap" else Flatten())
     layers.append(Dense(out_dim, W_std=W_std, b_std=b_std))
     return serial(*layers)
+
+
+def wide_resnet_block(channels: int, strides: Tuple[int, int] = (1, 1),
+                      channel_mismatch: bool = False) -> Layer:
+    """One WideResNet block of neural-tangents' README (Zagoruyko & Komodakis 2016)::
+
+        FanOut(2),
+        parallel(serial(Relu(), Conv(channels, (3, 3), strides, padding="SAME"),
+                        Relu(), Conv(channels, (3, 3), padding="SAME")),
+                 Identity()  or, with channel_mismatch,  Conv(channels, (3, 3), strides, padding="SAME")),
+        FanInSum()
+    """
+    main = serial(Relu(), Conv(channels, (3, 3), strides, padding="SAME"),
+                  Relu(), Conv(channels, (3, 3), padding="SAME"))
+    shortcut = (Conv(channels, (3, 3), strides, padding="SAME") if channel_mismatch
+                else Identity())
+    return serial(FanOut(2), parallel(main, shortcut), FanInSum())
+
+
+def wide_resnet(block_size: int, k: float, num_classes: int, *, pool: int = 8) -> Layer:
+    """WideResNet of neural-tangents' README: ``Conv(16, (3, 3), padding="SAME")``, three
+    groups of ``block_size`` blocks with ``16k``, ``32k``, ``64k`` channels (strides 1, 2, 2;
+    the first block of a group has a Conv shortcut), ``AvgPool((pool, pool))``, ``Flatten()``,
+    ``Dense(num_classes, 1.0, 0.0)``.
+
+    ``pool=8`` is the README's (32×32 inputs: 32 → 16 → 8 pixels, pooled to 1); 8×8 inputs
+    end at 2×2 pixels and take ``pool=2``. Runs on the reference path (branches).
+    """
+    if block_size < 1:
+        raise ValueError(f"wide_resnet(block_size={block_size!r}) must be >= 1")
+
+    def group(n: int, channels: int, strides: Tuple[int, int]) -> Layer:
+        blocks = [wide_resnet_block(channels, strides, channel_mismatch=True)]
+        blocks += [wide_resnet_block(channels, (1, 1)) for _ in range(n - 1)]
+        return serial(*blocks)
+
+    return serial(Conv(16, (3, 3), padding="SAME"),
+                  group(block_size, int(16 * k), (1, 1)),
+                  group(block_size, int(32 * k), (2, 2)),
+                  group(block_size, int(64 * k), (2, 2)),
+                  AvgPool((pool, pool)), Flatten(), Dense(num_classes, 1.0, 0.0))

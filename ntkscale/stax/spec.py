@@ -4,6 +4,13 @@ A network is data: ``[[LayerName, {kwargs}], ...]``. The canonical form has
 every keyword present with its default filled in, tuples as lists and sorted
 keys; its hash is the SHA-256 of that JSON. No semantic aliasing: ``Relu`` and
 ``ABRelu(0, 1)`` are different specs with equal values.
+
+Branches nest: ``parallel(a, b)`` is ONE layer whose keyword ``branches`` holds
+one canonical layer list per branch, ``["parallel", {"branches": [[...], [...]]}]``;
+``FanOut``/``FanIn*`` are plain layers around it. A residual block reads
+``[["FanOut", {"num": 2}], ["parallel", {"branches": [[["Relu", {...}], ["Dense",
+{...}]], [["Identity", {}]]]}], ["FanInSum", {}]]``. Nested ``serial`` flattens
+(also inside a branch), so specs without branches are exactly what they were.
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ class Param:
     """One keyword of a layer constructor.
 
     kind: ``float``, ``float?`` (float or None), ``int?``, ``int``, ``str``,
-    ``bool``, ``ints`` (tuple of ints), ``ints?``, ``any``.
+    ``bool``, ``ints`` (tuple of ints), ``ints?``, ``any``, ``branches`` (a list of
+    layer lists, each canonicalised recursively).
     ``supported``: when not None, the only values ntkscale supports yet.
     """
 
@@ -103,6 +111,11 @@ def _coerce(layer: str, key: str, value: Any, p: Param) -> Any:
         if not isinstance(value, str):
             raise SpecError(f"{where} must be a string, got {value!r}")
         return value
+    if kind == "branches":
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
+            raise SpecError(f"{where} must be a non-empty list of branches, each a layer list; "
+                            f"got {value!r}")
+        return [canonical_spec(branch) for branch in value]
     if kind == "bool":
         if not isinstance(value, bool):
             raise SpecError(f"{where} must be True or False, got {value!r}")

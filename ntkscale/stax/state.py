@@ -35,6 +35,11 @@ class KernelState:
       spatial: ``(H, W)`` for image kernels, ``None`` for flat ones.
       diagonal_spatial: image kernels that track matching pixels only.
       symmetric: ``x2 is x1`` (the matrix is symmetric; its diagonal pairs are exact).
+      gaussian: the activations are mean-zero Gaussian (after Dense/Conv, kept by
+        linear layers), which ``FanInSum``/``FanInConcat`` and ``LayerNorm``
+        require, as neural-tangents' ``is_gaussian``.
+      diag_offset: when not None, entry ``(i, i + diag_offset)`` pairs an input with
+        itself (``x2 is x1``; ``Dropout(mode="train")`` scales those entries).
     """
 
     nngp: Array
@@ -46,6 +51,8 @@ class KernelState:
     spatial: Optional[Tuple[int, int]] = None
     diagonal_spatial: bool = False
     symmetric: bool = False
+    gaussian: bool = False
+    diag_offset: Optional[int] = None
 
     def replace(self, **changes: Any) -> "KernelState":
         return dataclasses.replace(self, **changes)

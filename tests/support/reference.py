@@ -55,8 +55,11 @@ def _load(name: str) -> Optional[np.lib.npyio.NpzFile]:
 NT = _load("nt_reference")
 #: more conv cases: normalize_edges, CIRCULAR/strided pooling, Dense and activations on images, ...
 NT_CONV_EXTRA = _load("nt_conv_extra")
+#: residual blocks, FanInConcat/FanInProd, LayerNorm and Dropout (issue 12; generate_nt_branching.py)
+NT_BRANCHING = _load("nt_branching")
 #: skip a test when the neural-tangents reference file is missing
 needs_nt = pytest.mark.skipif(NT is None, reason="reference file missing")
+needs_nt_branching = pytest.mark.skipif(NT_BRANCHING is None, reason="branching reference file missing")
 needs_nt_conv_extra = pytest.mark.skipif(NT_CONV_EXTRA is None, reason="extra reference file missing")
 
 

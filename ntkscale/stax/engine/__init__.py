@@ -32,7 +32,7 @@ import numpy as np
 from ...backend import is_cupy_namespace, is_numpy_namespace
 from ...choices import DTYPES
 from ...errors import InputError
-from ..layers.base import LayerImpl
+from ..layers.base import BRANCH_LAYERS, LayerImpl, check_arity
 from ..spec import build_layers, canonical_spec
 from . import cpu_flat, cpu_slab, cuda_slab, reference, reference_image, slab_program
 from .explain import Explanation
@@ -104,6 +104,22 @@ def _names(layers: Sequence[LayerImpl]) -> str:
     return ", ".join(seen)
 
 
+#: Layers only the reference path runs so far (a compiled path would need their maps).
+REFERENCE_ONLY = BRANCH_LAYERS | {"LayerNorm", "Dropout"}
+
+
+def reference_only(layers: Sequence[LayerImpl]) -> Optional[str]:
+    """Why no compiled path runs ``layers`` (the first layer only the reference
+    path has, inside branches too), or None."""
+    for l, layer in enumerate(layers):
+        if layer.layer_name in REFERENCE_ONLY:
+            what = "branches (FanOut/parallel/FanIn)" if layer.layer_name in BRANCH_LAYERS \
+                else layer.layer_name
+            return (f"layer {l} ({layer.layer_name}): the compiled paths have no kernel for "
+                    f"{what} yet; the reference path runs it")
+    return None
+
+
 def select_path(network: Network, shapes: Any, device: str = "cpu", *, dtype: Any = "float64",
                 fast: bool = True, namespace: Optional[str] = None,
                 diagonal: bool = False) -> Path:
@@ -118,6 +134,7 @@ def select_path(network: Network, shapes: Any, device: str = "cpu", *, dtype: An
     if device not in DEVICES:
         raise InputError(f"device must be one of {', '.join(map(repr, DEVICES))}; got {device!r}")
     layers = layers_of(network)
+    check_arity(layers, "the network")
     shape = _per_example(shapes)
     image = any(layer.image_layer for layer in layers)
     plan = plan_image_net(layers, shape) if image else None
@@ -132,6 +149,9 @@ def select_path(network: Network, shapes: Any, device: str = "cpu", *, dtype: An
     dt = str(np.dtype(dtype)) if not isinstance(dtype, str) else dtype
     if dt not in COMPILED_DTYPES:
         return ref(f"dtype {dt}: the compiled kernels take float32 or float64")
+    special = reference_only(layers)
+    if special is not None:
+        return ref(special)
     if not image:
         if diagonal:
             return ref("the diagonal of a flat network is O(n): the reference maps run it")

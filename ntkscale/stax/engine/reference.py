@@ -23,8 +23,9 @@ from ..state import KernelState
 #: Every registered layer: the reference path runs each layer's own kernel map
 #: (a test checks this table against the registry).
 SUPPORTED_LAYERS = frozenset({
-    "ABRelu", "Abs", "AvgPool", "Conv", "Dense", "Erf", "Flatten", "Gelu", "GlobalAvgPool",
-    "Identity", "LeakyRelu", "Relu", "Sin",
+    "ABRelu", "Abs", "AvgPool", "Conv", "Dense", "Dropout", "Erf", "FanInConcat", "FanInProd",
+    "FanInSum", "FanOut", "Flatten", "Gelu", "GlobalAvgPool", "Identity", "LayerNorm",
+    "LeakyRelu", "Relu", "Sin", "parallel",
 })
 
 #: Temporaries alive at once per output entry in the reference path (bytes
@@ -53,7 +54,7 @@ def initial_state(x1: Any, x2: Any, xp: Any, want_ntk: bool,
         cols = xp.arange(n2)[None, :]
         k = xp.where(cols == rows + diag_offset, var1[:, None], k)
     return KernelState(nngp=k, ntk=0.0 if want_ntk else None, var1=var1, var2=var2,
-                       width=int(d), symmetric=diag_offset is not None)
+                       width=int(d), symmetric=diag_offset is not None, diag_offset=diag_offset)
 
 
 def run_layers(layers: Sequence[LayerImpl], state: KernelState, xp: Any) -> KernelState:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ...backend import concat, itemsize
 from ...errors import InputError, SpecError
@@ -57,24 +57,80 @@ class ImagePlan:
 
     ``hw[l]``/``layouts[l]``: spatial shape and layout entering layer ``l``
     (``l = len(layers)`` is the output). ``to_diag_after[l]``: cut a full state
-    to its spatial diagonal after layer ``l``.
+    to its spatial diagonal after layer ``l``. ``inner``: for the layers inside
+    ``parallel`` branches, ``{key: (hw, layout)}`` with ``key`` the path
+    ``(l, branch, l2, ...)``; a branch keeps the layout entering its ``parallel``
+    (the full one when a branch pools), so no cut happens inside a branch.
     """
 
     input_shape: Tuple[int, int, int]
     hw: Tuple[Optional[Tuple[int, int]], ...]
     layouts: Tuple[str, ...]
     to_diag_after: Tuple[bool, ...]
+    inner: Dict[Tuple[int, ...], Tuple[Optional[Tuple[int, int]], str]] = dataclasses.field(
+        default_factory=dict, compare=False)
 
     def entries(self, l: int) -> int:
         """Covariance values per image pair entering layer ``l``."""
-        if self.layouts[l] == FLAT:
-            return 1
-        h, w = self.hw[l]
-        return h * h * w * w if self.layouts[l] == FULL else h * w
+        return _entries(self.hw[l], self.layouts[l])
 
     @property
     def pair_entries(self) -> int:
-        return max(self.entries(l) for l in range(len(self.layouts)))
+        top = max(self.entries(l) for l in range(len(self.layouts)))
+        return max([top] + [_entries(hw, lay) for hw, lay in self.inner.values()])
+
+
+def _entries(hw: Optional[Tuple[int, int]], layout: str) -> int:
+    if layout == FLAT or hw is None:
+        return 1
+    h, w = hw
+    return h * h * w * w if layout == FULL else h * w
+
+
+def _pools(layer: LayerImpl) -> bool:
+    if layer.layer_name in ("GlobalAvgPool", "AvgPool"):
+        return True
+    return any(_pools(x) for b in getattr(layer, "branches", ()) for x in b)
+
+
+def _walk_shapes(layers: Sequence[LayerImpl], cur: Optional[Tuple[int, int]], where: str,
+                 h0w0c0: Tuple[int, int, int], hw: List[Optional[Tuple[int, int]]],
+                 inner: Dict[Tuple[int, ...], Any], prefix: Tuple[int, ...]) -> Optional[Tuple[int, int]]:
+    """Forward shape walk: appends the spatial shape after every layer to ``hw``
+    (top level) or records it in ``inner`` (branches); returns the output's."""
+    h0, w0, c0 = h0w0c0
+    flattened_by = "it was flattened before this branch"
+    for l, layer in enumerate(layers):
+        name = f"{where}layer {l} ({_name(layer)})"
+        if prefix:
+            inner[prefix + (l,)] = cur
+        if layer.layer_name == "parallel":
+            outs = [_walk_shapes(branch, cur, f"{where}layer {l} (parallel) branch {b}: ", h0w0c0,
+                                 [], inner, prefix + (l, b)) for b, branch in enumerate(layer.branches)]
+            if any(o != outs[0] for o in outs):
+                shown = ", ".join("flat" if o is None else f"{o[0]}x{o[1]} pixels" for o in outs)
+                raise SpecError(f"{name}: its branches end in different shapes ({shown}); the FanIn "
+                                "layer after it needs equal shapes (give every branch the same "
+                                "strides and padding)")
+            cur = outs[0]
+        elif layer.image_layer and cur is None:
+            raise SpecError(f"{name} needs an image, but its input is already flat ({flattened_by}); "
+                            "put image layers before GlobalAvgPool/Flatten")
+        elif layer.layer_name in ("Conv", "AvgPool"):
+            out = layer.output_hw(cur)
+            if min(out) <= 0:
+                window = layer.filter if layer.layer_name == "Conv" else layer.window
+                raise InputError(
+                    f"{name} needs an image of at least {window[0]}x{window[1]} "
+                    f"pixels, but its input is {cur[0]}x{cur[1]} (input images are {h0}x{w0}x{c0}); "
+                    "use padding='SAME', a smaller window or larger images")
+            cur = out
+        elif layer.layer_name in ("GlobalAvgPool", "Flatten"):
+            flattened_by = f"{where}layer {l} is {_name(layer)}"
+            cur = None
+        if not prefix:
+            hw.append(cur)
+    return cur
 
 
 def plan_image_net(layers: Sequence[LayerImpl], input_shape: Tuple[int, ...]) -> ImagePlan:
@@ -86,30 +142,8 @@ def plan_image_net(layers: Sequence[LayerImpl], input_shape: Tuple[int, ...]) ->
         )
     h0, w0, c0 = (int(s) for s in input_shape)
     hw: List[Optional[Tuple[int, int]]] = [(h0, w0)]
-    flattened_by: Optional[str] = None
-    for l, layer in enumerate(layers):
-        cur = hw[-1]
-        if layer.image_layer:
-            if cur is None:
-                raise SpecError(
-                    f"layer {l} ({_name(layer)}) needs an image, but its input is already flat "
-                    f"({flattened_by}); put image layers before GlobalAvgPool/Flatten"
-                )
-        if layer.layer_name in ("Conv", "AvgPool"):
-            out = layer.output_hw(cur)
-            if min(out) <= 0:
-                window = layer.filter if layer.layer_name == "Conv" else layer.window
-                raise InputError(
-                    f"layer {l} ({_name(layer)}) needs an image of at least {window[0]}x{window[1]} "
-                    f"pixels, but its input is {cur[0]}x{cur[1]} (input images are {h0}x{w0}x{c0}); "
-                    "use padding='SAME', a smaller window or larger images"
-                )
-            hw.append(out)
-        elif layer.layer_name in ("GlobalAvgPool", "Flatten"):
-            flattened_by = f"layer {l} is {_name(layer)}"
-            hw.append(None)
-        else:
-            hw.append(cur)
+    inner_hw: Dict[Tuple[int, ...], Any] = {}
+    _walk_shapes(layers, (h0, w0), "", (h0, w0, c0), hw, inner_hw, ())
     if hw[-1] is not None:
         raise SpecError(
             f"the network's output is still an image ({hw[-1][0]}x{hw[-1][1]} pixels); end the image "
@@ -125,11 +159,15 @@ def plan_image_net(layers: Sequence[LayerImpl], input_shape: Tuple[int, ...]) ->
             req = FLAT
         elif layer.layer_name == "Flatten":
             req = DIAG
-        elif layer.layer_name in ("GlobalAvgPool", "AvgPool"):
+        elif _pools(layer):
             req = FULL
+        elif layer.layer_name == "parallel" and req == FLAT:
+            req = DIAG   # branches that end in Flatten
         layouts[l] = req
+    inner = {key: (cur, FLAT if cur is None else layouts[key[0]])
+             for key, cur in inner_hw.items()}
     to_diag = tuple(layouts[l] == FULL and layouts[l + 1] == DIAG for l in range(n))
-    return ImagePlan((h0, w0, c0), tuple(hw), tuple(layouts), to_diag)
+    return ImagePlan((h0, w0, c0), tuple(hw), tuple(layouts), to_diag, inner)
 
 
 # ----------------------------------------------------------- initial states
@@ -165,35 +203,68 @@ def _to_diag(state: KernelState, xp: Any) -> KernelState:
 
 
 # ------------------------------------------------------ self trajectories
+def _tmap(fn: Callable[..., Any], *states: Any) -> Any:
+    """``fn`` over a state, or over each branch of a tuple of states."""
+    if isinstance(states[0], tuple):
+        return tuple(fn(*parts) for parts in zip(*states))
+    return fn(*states)
+
+
+def walk(layers: Sequence[LayerImpl], state: Any, xp: Any,
+         step: Callable[[Tuple[int, ...], Optional[LayerImpl], Any], Any],
+         prefix: Tuple[int, ...] = ()) -> Any:
+    """Run ``layers`` on ``state``, entering ``parallel`` branches: ``step(key,
+    layer, state)`` runs every other layer (``key``: its path ``(l, branch, l2,
+    ...)``) and, with ``layer=None``, ends every ``parallel``."""
+    for l, layer in enumerate(layers):
+        key = prefix + (l,)
+        if layer.layer_name == "parallel":
+            parts = layer._inputs(state)
+            state = tuple(walk(branch, s, xp, step, key + (b,))
+                          for b, (branch, s) in enumerate(zip(layer.branches, parts)))
+            state = step(key, None, state)
+        else:
+            state = step(key, layer, state)
+    return state
+
+
+def _sync(state: KernelState, xp: Any) -> KernelState:
+    """Keep a self-pair state's variances exactly equal to its covariance's diagonal."""
+    if state.spatial is None or state.diagonal_spatial:
+        return state.replace(var1=state.nngp)
+    return state.replace(var1=spatial_diagonal(state.nngp, xp))
+
+
 def _self_batch(layers: Sequence[LayerImpl], plan: ImagePlan, x: Any, xp: Any,
-                want_ntk: bool) -> Tuple[List[Any], KernelState]:
+                want_ntk: bool) -> Tuple[Dict[Any, Any], KernelState]:
     c = x.shape[-1]
     var = xp.sum(x * x, axis=-1) / c
     state = KernelState(nngp=_self_k0(x, plan.layouts[0], xp), ntk=0.0 if want_ntk else None,
                         var1=var, var2=None, diagonal_batch=True, width=int(c),
                         spatial=plan.hw[0], diagonal_spatial=plan.layouts[0] == DIAG)
-    traj = []
-    for l, layer in enumerate(layers):
-        traj.append(state.var1)
-        state = layer.kernel(state, xp)
-        if plan.to_diag_after[l]:
-            state = _to_diag(state, xp)
-        # Keep the variances exactly equal to the covariance's diagonal.
-        if state.spatial is None or state.diagonal_spatial:
-            state = state.replace(var1=state.nngp)
-        else:
-            state = state.replace(var1=spatial_diagonal(state.nngp, xp))
-    traj.append(state.var1)
+    traj: Dict[Any, Any] = {}
+
+    def step(key: Tuple[int, ...], layer: Optional[LayerImpl], st: Any) -> Any:
+        if layer is not None:
+            traj[key] = _tmap(lambda t: t.var1, st)
+            st = layer.kernel(st, xp)
+        if len(key) == 1 and plan.to_diag_after[key[0]]:
+            st = _tmap(lambda t: _to_diag(t, xp), st)
+        return _tmap(lambda t: _sync(t, xp), st)
+
+    state = walk(layers, state, xp, step)
+    traj["out"] = state.var1
     return traj, state
 
 
 def self_trajectory(layers: Sequence[LayerImpl], plan: ImagePlan, x: Any, xp: Any, budget: int,
                     want_ntk: bool = False, batch: Optional[int] = None
-                    ) -> Tuple[List[Any], Dict[str, Any]]:
-    """Per-pixel self-variances entering every layer (``traj[l]``, shape
-    ``(n, H_l, W_l)`` or ``(n,)``) and the final ``k(x_i, x_i)``."""
+                    ) -> Tuple[Dict[Any, Any], Dict[str, Any]]:
+    """Per-pixel self-variances entering every layer (``traj[key]`` for the layer
+    at path ``key``, ``(l,)`` at the top level; shape ``(n, H_l, W_l)`` or
+    ``(n,)``, a tuple of them between FanOut and FanIn) and the final ``k(x_i, x_i)``."""
     n = x.shape[0]
-    per_sample = max(1, max(_self_entries(plan, l) for l in range(len(plan.layouts))))
+    per_sample = max(1, plan.pair_entries)
     rows = batch or int(max(1, min(n, budget // (per_sample * itemsize(x) * IMAGE_TEMPORARIES))))
     trajs, finals, ntks = [], [], []
     for r0 in range(0, n, rows):
@@ -202,30 +273,37 @@ def self_trajectory(layers: Sequence[LayerImpl], plan: ImagePlan, x: Any, xp: An
         finals.append(state.nngp)
         if want_ntk:
             ntks.append(state.ntk)
-    traj = [concat([t[l] for t in trajs], xp) for l in range(len(trajs[0]))]
+    joined = {key: _tmap(lambda *parts: concat(list(parts), xp), *[t[key] for t in trajs])
+              for key in trajs[0]}
     out = {"nngp": concat(finals, xp)}
     if want_ntk:
         out["ntk"] = concat(ntks, xp)
-    return traj, out
+    return joined, out
 
 
-def _self_entries(plan: ImagePlan, l: int) -> int:
-    return plan.entries(l)
+def _slice(traj: Dict[Any, Any], r0: int, r1: int) -> Dict[Any, Any]:
+    return {key: _tmap(lambda a: a[r0:r1, ...], v) for key, v in traj.items()}
 
 
 # ------------------------------------------------------------- pair tiles
 def _pair_tile(layers: Sequence[LayerImpl], plan: ImagePlan, x1: Any, x2: Any,
-               t1: List[Any], t2: List[Any], xp: Any, want_ntk: bool) -> Tuple[Any, Any]:
+               t1: Dict[Any, Any], t2: Dict[Any, Any], xp: Any, want_ntk: bool,
+               diag_offset: Optional[int] = None) -> Tuple[Any, Any]:
     layout = plan.layouts[0]
     k0 = _k0_diag(x1, x2, xp) if layout == DIAG else _k0_full(x1, x2, xp)
-    state = KernelState(nngp=k0, ntk=0.0 if want_ntk else None, var1=t1[0], var2=t2[0],
+    state = KernelState(nngp=k0, ntk=0.0 if want_ntk else None, var1=t1[(0,)], var2=t2[(0,)],
                         width=int(x1.shape[-1]), spatial=plan.hw[0],
-                        diagonal_spatial=layout == DIAG)
-    for l, layer in enumerate(layers):
-        state = state.replace(var1=t1[l], var2=t2[l])
-        state = layer.kernel(state, xp)
-        if plan.to_diag_after[l]:
-            state = _to_diag(state, xp)
+                        diagonal_spatial=layout == DIAG, diag_offset=diag_offset)
+
+    def step(key: Tuple[int, ...], layer: Optional[LayerImpl], st: Any) -> Any:
+        if layer is not None:
+            st = _tmap(lambda t, v1, v2: t.replace(var1=v1, var2=v2), st, t1[key], t2[key])
+            st = layer.kernel(st, xp)
+        if len(key) == 1 and plan.to_diag_after[key[0]]:
+            st = _tmap(lambda t: _to_diag(t, xp), st)
+        return st
+
+    state = walk(layers, state, xp, step)
     ntk = state.ntk
     if want_ntk and not hasattr(ntk, "shape"):
         ntk = xp.zeros_like(state.nngp) + ntk
@@ -292,8 +370,8 @@ def evaluate_image(layers: List[LayerImpl], x1: Any, x2: Optional[Any], xp: Any,
                 t = None if t is None else _transpose(t, xp)
             else:
                 k, t = _pair_tile(layers, plan, x1[r0:r1, ...], x2f[c0:c1, ...],
-                                  [a[r0:r1, ...] for a in traj1], [a[c0:c1, ...] for a in traj2],
-                                  xp, want_ntk)
+                                  _slice(traj1, r0, r1), _slice(traj2, c0, c1), xp, want_ntk,
+                                  0 if symmetric and c0 == r0 else None)
                 if symmetric and c0 == r0:
                     k = _mirror_upper(k, xp)
                     t = None if t is None else _mirror_upper(t, xp)

@@ -57,6 +57,8 @@ class Elementwise(LayerImpl):
     """An activation: ``dual`` (cross pairs) and ``dual_diag`` (x with itself)."""
 
     elementwise = True
+    #: Only ``Identity`` keeps Gaussian activations Gaussian (neural-tangents' ``is_gaussian``).
+    keeps_gaussian = False
 
     def dual(self, cov: Array, q1: Array, q2: Array, xp: Any,
              want_dot: bool) -> Tuple[Array, Optional[Array]]:  # pragma: no cover
@@ -69,7 +71,8 @@ class Elementwise(LayerImpl):
         q1, q2 = state.pair_variances(xp)
         nngp, dot = self.dual(state.nngp, q1, q2, xp, state.ntk is not None)
         ntk = None if state.ntk is None else state.ntk * dot
-        return state.replace(nngp=nngp, ntk=ntk).map_variances(lambda v: self.dual_diag(v, xp))
+        gaussian = state.gaussian and self.keeps_gaussian
+        return state.replace(nngp=nngp, ntk=ntk, gaussian=gaussian).map_variances(lambda v: self.dual_diag(v, xp))
 
     def fn(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
@@ -214,6 +217,8 @@ class SinImpl(Elementwise):
 @register("Identity", {})
 class IdentityImpl(Elementwise):
     """φ(x) = x: K = c, K̇ = 1."""
+
+    keeps_gaussian = True
 
     def dual(self, cov, q1, q2, xp, want_dot):
         return cov, (1.0 if want_dot else None)

@@ -3,13 +3,18 @@ few helpers the engine shares with the layers (it imports only this layer module
 
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
+
+from ...errors import SpecError
 
 from ..state import KernelState
 
 Shape = Tuple[int, ...]
+
+#: Layers that take or give a tuple of states (the branch structure, ``layers.branching``).
+BRANCH_LAYERS = frozenset({"FanOut", "parallel", "FanInSum", "FanInProd", "FanInConcat"})
 
 #: Cosines within this many machine epsilons of ±1 are treated as exactly
 #: (anti)parallel: below it q·q' − c² is rounding noise (NT-CONVENTIONS).
@@ -71,3 +76,33 @@ class LayerImpl:
         nets, ``(H, H, W, W)`` or ``(H, W)`` for image nets).
         """
         return 20.0 * float(np.prod(state_shape or (1,)))
+
+
+def check_arity(layers: Sequence[LayerImpl], where: str) -> None:
+    """Check that ``layers`` maps one input to one output: every ``FanOut(n)`` is
+    followed by ``parallel`` of ``n`` branches (optional) and a ``FanIn*`` layer."""
+    arity = None  # None: one state; n: a tuple of n states
+    for l, layer in enumerate(layers):
+        name = layer.layer_name
+        what = f"layer {l} ({name}) of {where}"
+        if name == "FanOut":
+            if arity is not None:
+                raise SpecError(f"{what} follows another FanOut; close its {arity} branches with "
+                                "a FanIn layer first")
+            arity = layer.params["num"]
+        elif name == "parallel":
+            n = len(layer.branches)
+            if arity != n:
+                raise SpecError(f"{what} has {n} branches but receives "
+                                f"{'one input' if arity is None else f'{arity} inputs'}; put "
+                                f"FanOut({n}) before it")
+        elif name in ("FanInSum", "FanInProd", "FanInConcat"):
+            if arity is None:
+                raise SpecError(f"{what} needs the branches of a FanOut; put FanOut(n) before it")
+            arity = None
+        elif arity is not None:
+            raise SpecError(f"{what} receives {arity} branches; combine them with "
+                            "parallel(...) and FanInSum/FanInConcat/FanInProd first")
+    if arity is not None:
+        raise SpecError(f"{where} ends with {arity} open branches; close them with FanInSum, "
+                        "FanInConcat or FanInProd")

@@ -191,7 +191,7 @@ class ConvImpl(WindowedLayer):
         moved = state.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2,
                               spatial=self.output_hw(state.spatial))
         out = affine_kernel(moved, p["W_std"], p["b_std"], p["parameterization"], fan_in, "Conv")
-        return out.replace(width=p["out_chan"])
+        return out.replace(width=p["out_chan"], gaussian=True)
 
     # finite width ----------------------------------------------------------
     def output_shape(self, input_shape: Shape) -> Shape:

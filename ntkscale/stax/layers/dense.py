@@ -60,7 +60,7 @@ class DenseImpl(LayerImpl):
     def kernel(self, state: KernelState, xp: Any) -> KernelState:
         p = self.params
         out = affine_kernel(state, p["W_std"], p["b_std"], p["parameterization"], state.width, "Dense")
-        return out.replace(width=p["out_dim"])
+        return out.replace(width=p["out_dim"], gaussian=True)
 
     def output_shape(self, input_shape: Shape) -> Shape:
         return tuple(input_shape[:-1]) + (self._out_dim(),)

@@ -36,7 +36,7 @@ from .. import __version__
 from ..cluster import check_store_visible, dashboard_link, open_client, security_from_tls, total_threads
 from ..config.run import AddressClusterConfig, LocalClusterConfig, RunConfig
 from ..data import InputSet, load_inputs
-from ..errors import BlockFailedError, NtkscaleError, StoreError
+from ..errors import BlockFailedError, NtkscaleError, PersistentBlockError, StoreError
 from ..stax.engine import Explanation
 from ..gram.plan import choose_block_size, describe, effective_block_size
 from ..store.blocks import Plan, make_plan
@@ -339,10 +339,17 @@ def compute_missing(store: GramStore, job: Job, cluster: Any, *, client: Any = N
     report.task_seconds = sum(r["read_s"] + r["compute_s"] + r["write_s"] for r in results.records)
     report.compute_seconds = sum(r["compute_s"] for r in results.records)
     report.seconds = time.perf_counter() - t0
+    kept = report.blocks_done_before + report.blocks_computed
+    if results.fault is not None:
+        key, fault = results.fault
+        raise PersistentBlockError(
+            f"block {key} failed: {fault.message} [{fault.detail}]; stopped at once without retrying "
+            f"({results.cancelled} blocks cancelled, {kept} of {plan.n_blocks} finished blocks kept): "
+            f"{fault.fix}")
     if results.failed:
         shown = "; ".join(f"{k}: {v}" for k, v in list(results.failed.items())[:5])
         raise BlockFailedError(f"{len(results.failed)} blocks failed ({shown}); the "
-                               f"{report.blocks_done_before + report.blocks_computed} finished blocks are "
+                               f"{kept} finished blocks are "
                                "kept: rerun the same command to retry only the failed ones")
     return report
 

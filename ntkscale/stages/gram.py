@@ -307,6 +307,14 @@ class GramPipeline:
         for finding in self.check(store, self._plan(store, want)):   # hopeless configs: refused here
             self._say(f"warning: {finding.message}")
         run_id = uuid.uuid4().hex[:12]
+        with contextlib.ExitStack() as stack:
+            if client is None and self.config.cluster.kind != "local":   # a cluster that does not
+                client = stack.enter_context(                           # answer fails before the store
+                    open_client(self.config.cluster, security(self.config)))
+            return self._run_locked(store, diff, want, run_id, client, t0)
+
+    def _run_locked(self, store: Optional[GramStore], diff: Optional[StoreDiff], want: Dict[str, Any],
+                    run_id: str, client: Any, t0: float) -> RunReport:
         with StoreLock(self.config.store, extra={"run_id": run_id}):
             if GramStore.read_attributes(self.config.store) != (store.meta if store is not None else None):
                 store = self._existing_store("r+")   # another run changed it while this one waited

@@ -87,3 +87,7 @@ class StoreReadOnlyError(StoreError):
 
 class ClusterUnreachableError(ConfigError):
     """No Dask scheduler answered within the connect deadline."""
+
+
+class ClusterStartError(NtkscaleError):
+    """A local Dask cluster did not start (after a retry)."""

@@ -58,3 +58,36 @@ class BlockFailedError(NtkscaleError):
 
 class CalibrationError(NtkscaleError):
     """No usable cost-model calibration for the requested device kind."""
+
+
+# gram faults, preflight, damaged and read-only stores, cluster connections (issue 15, rel2)
+
+
+class PersistentBlockError(BlockFailedError):
+    """A block failed for a reason no retry fixes (disk full, read-only or forbidden
+    store, missing backend, bad spec); the run stopped at once, finished blocks kept."""
+
+
+class BackendUnavailableError(NtkscaleError):
+    """The requested array backend (CuPy) is not installed or has no usable device."""
+
+
+class PreflightError(ConfigError):
+    """A run cannot work as configured here (free disk, worker memory, task count,
+    worker count, backend, store path); refused before any work."""
+
+
+class StoreDamagedError(StoreError):
+    """Blocks a command reads are missing on disk or fail their checksums."""
+
+
+class StoreReadOnlyError(StoreError):
+    """A command that writes was given a store on a read-only filesystem."""
+
+
+class ClusterUnreachableError(ConfigError):
+    """No Dask scheduler answered within the connect deadline."""
+
+
+class ClusterStartError(NtkscaleError):
+    """A local Dask cluster did not start (after a retry)."""

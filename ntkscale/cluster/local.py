@@ -10,9 +10,17 @@ cluster is closed again when the run ends.
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Any, Dict, Iterator
 
 from ..config.cluster import LocalClusterConfig
+from ..errors import ClusterStartError
+
+logger = logging.getLogger(__name__)
+
+#: Tries to start a LocalCluster: a worker killed while the cluster starts fails the
+#: start ("Nanny failed to start"); a second try on fresh processes gets past it.
+START_ATTEMPTS = 2
 
 #: Environment of local worker processes. Each Dask thread runs one block, so
 #: the kernel engine's own threads (BLAS, numba) are pinned to one per task;
@@ -46,8 +54,27 @@ def local_cluster_kwargs(cfg: LocalClusterConfig, security: Any = None) -> Dict[
 @contextlib.contextmanager
 def open_local(cfg: LocalClusterConfig, security: Any = None) -> Iterator[Any]:
     """A Client on a new LocalCluster; both are closed on exit."""
-    from distributed import Client, LocalCluster  # noqa: PLC0415 (heavy: imported when a cluster opens)
+    with start_local_cluster(cfg, security) as cluster:
+        from distributed import Client  # noqa: PLC0415 (heavy: imported when a cluster opens)
 
-    with LocalCluster(**local_cluster_kwargs(cfg, security)) as cluster, \
-            Client(cluster, security=security) as client:
-        yield client
+        with Client(cluster, security=security) as client:
+            yield client
+
+
+def start_local_cluster(cfg: LocalClusterConfig, security: Any = None) -> Any:
+    """A started LocalCluster; a start that fails (a worker lost while starting) is
+    retried once on fresh processes, then :class:`~ntkscale.errors.ClusterStartError`."""
+    from distributed import LocalCluster  # noqa: PLC0415 (heavy: imported when a cluster opens)
+
+    attempt = 1
+    while True:
+        try:
+            return LocalCluster(**local_cluster_kwargs(cfg, security))
+        except (RuntimeError, OSError, TimeoutError) as exc:
+            why = f"{type(exc).__name__}: {exc}" + (f" ({exc.__cause__})" if exc.__cause__ else "")
+            if attempt >= START_ATTEMPTS:
+                raise ClusterStartError(
+                    f"the local Dask cluster did not start ({START_ATTEMPTS} tries; last: {why}); check free "
+                    "memory and ports, or lower cluster.n_workers") from None
+            logger.warning("ntkscale: the local Dask cluster failed to start (%s); trying once more", why)
+            attempt += 1

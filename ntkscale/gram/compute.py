@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import stax
 from ..backend import default_backend_name, is_numpy_namespace, namespace_by_name, to_numpy
+from ..errors import BackendUnavailableError
 
 
 @functools.lru_cache(maxsize=8)
@@ -27,9 +28,13 @@ def kernel_fn_for(spec_json: str) -> Any:
 
 
 def backend_for(name: str) -> Tuple[str, Any]:
-    """``(name, namespace)`` of a backend name (``auto``: this process's default)."""
+    """``(name, namespace)`` of a backend name (``auto``: this process's default);
+    :class:`~ntkscale.errors.BackendUnavailableError` when it cannot run here."""
     name = default_backend_name() if name == "auto" else name
-    return name, namespace_by_name(name)
+    try:
+        return name, namespace_by_name(name)
+    except RuntimeError as exc:   # CuPy missing or no CUDA device: no retry fixes that
+        raise BackendUnavailableError(f"{exc} (backend: {name})") from None
 
 
 def _to_backend(x: Any, dtype: str, xp: Any) -> Any:

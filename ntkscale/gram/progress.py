@@ -36,31 +36,41 @@ class Progress:
         self.every = 0.2 if self.tty else every
         self.t0 = time.monotonic()
         self._last = -1e9
+        self.failed = 0     # blocks of this run that failed: never counted as done
 
     def line(self) -> str:
         elapsed = time.monotonic() - self.t0
         frac = self.entries_done / self.entries_todo
         rate = self.entries_done / elapsed if elapsed > 0 else 0.0
         eta = (self.entries_todo - self.entries_done) / rate if rate > 0 else float("nan")
-        pct = 100.0 * self.done / max(1, self.total)
-        return (f"blocks {self.done}/{self.total} ({pct:.0f}%)  {rate:.3g} entries/s  "
+        # floor, not round: 99.6 % done is not "100%" (and failed blocks are never done)
+        pct = math.floor(100.0 * self.done / max(1, self.total))
+        failed = f"  {self.failed} FAILED" if self.failed else ""
+        return (f"blocks {self.done}/{self.total} ({pct:.0f}%){failed}  {rate:.3g} entries/s  "
                 f"elapsed {_hms(elapsed)}  ETA {_hms(eta) if 0.01 <= frac < 1 else '0:00:00' if frac >= 1 else '?'}")
 
     def update(self, record: Optional[Dict[str, Any]]) -> None:
-        self.done += 1
+        """One block finished (``record``) or failed (``None``)."""
         if record:
+            self.done += 1
             self.entries_done += int(record.get("entries", 0))
+        else:
+            self.failed += 1
         if not self.enabled:
             return
         t = time.monotonic()
-        if t - self._last >= self.every or self.done == self.total:
+        last = self.done + self.failed >= self.total
+        if t - self._last >= self.every or last:
             self._last = t
-            end = "\r" if self.tty and self.done < self.total else "\n"
+            end = "\r" if self.tty and not last else "\n"
             print(("\r" if self.tty else "") + self.line(), end=end, file=self.stream, flush=True)
 
     def close(self) -> None:
-        if self.enabled and self.tty:
-            print(file=self.stream, flush=True)
+        """End the status line; a run that stopped early prints where it stopped."""
+        if not self.enabled:
+            return
+        if self.done + self.failed < self.total:
+            print(("\r" if self.tty else "") + self.line(), file=self.stream, flush=True)
 
 
 def _hms(seconds: float) -> str:

@@ -7,7 +7,10 @@ worker, NumPy otherwise), writes its chunk(s), checksum and manifest entry
 never travel through the scheduler. Worker deaths are handled by Dask (the
 scheduler reschedules the task on another worker, up to
 ``distributed.scheduler.allowed-failures`` times); exceptions raised by a task
-are retried ``retries`` times (``Client.submit(retries=...)``).
+are retried ``retries`` times (``Client.submit(retries=...)``), unless they are
+persistent (:mod:`ntkscale.gram.faults`: disk full, read-only store, missing
+backend, bad spec): those come back as a record, and :func:`run_blocks` stops
+the run at once, cancelling the blocks not yet finished.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..store.layout import input_path, now
 from ..store.manifest import write_block
-from .compute import backend_for, compute_block, compute_diag, kernel_fn_for
 from ..store.blocks import Block
+from .compute import backend_for, compute_block, compute_diag, kernel_fn_for
+from .faults import Fault, persistent_fault
 from .progress import Progress
 
 #: Fault-injection hook for tests: seconds each block task sleeps before computing.
@@ -85,7 +89,22 @@ def _worker_address() -> str:
 
 
 def run_block(job: Job, block: Block, token: str) -> Dict[str, Any]:
-    """Dask task: compute one block and write it into the store; return its record."""
+    """Dask task: compute one block and write it into the store; return its record.
+
+    A persistent failure (:func:`~ntkscale.gram.faults.persistent_fault`) is
+    returned as ``{"block": key, "fault": {...}}`` instead of raised: Dask
+    would retry it in vain and log a traceback on the worker for each try.
+    """
+    try:
+        return _run_block(job, block, token)
+    except Exception as exc:
+        fault = persistent_fault(exc)
+        if fault is None:
+            raise                       # transient: Dask retries it
+        return {"block": block.key, "fault": fault.as_dict()}
+
+
+def _run_block(job: Job, block: Block, token: str) -> Dict[str, Any]:
     t0 = time.perf_counter()
     delay = float(os.environ.get(FAULT_DELAY_ENV) or 0)
     if delay:
@@ -126,6 +145,8 @@ def run_block(job: Job, block: Block, token: str) -> Dict[str, Any]:
 class BlockResults:
     records: List[Dict[str, Any]]
     failed: Dict[str, str]
+    fault: Optional[Tuple[str, Fault]] = None   # (block, fault): the persistent failure that stopped the run
+    cancelled: int = 0                          # blocks not run because of it
 
 
 def block_cost(block: Block) -> int:
@@ -141,6 +162,42 @@ def submission_order(blocks: Sequence[Block]) -> List[Block]:
     one worker while the others idle.
     """
     return sorted(blocks, key=block_cost, reverse=True)
+
+
+#: After a persistent failure, how long the run waits for its tasks already running
+#: to end (they fail fast on the same fault) before it closes the cluster and the lock.
+DRAIN_S = 30.0
+
+
+def stop_blocks(client: Any, futures: List[Any], timeout: float = DRAIN_S) -> None:
+    """Cancel the blocks not started yet and wait for the running ones to end.
+
+    Cancelling does not interrupt a running task: left alone it would write
+    after the lock is released, or be killed noisily when the cluster closes
+    under it. So only queued tasks are cancelled; running ones are awaited
+    (up to ``timeout``), and cancelled at the end if they are still running.
+    """
+    from distributed import wait  # heavy import, kept out of `import ntkscale` and `ntkscale --help`
+
+    deadline = time.monotonic() + timeout
+    left = list(futures)
+    while left and time.monotonic() < deadline:
+        try:
+            running = {k for ks in client.processing().values() for k in ks}
+        except Exception:  # the scheduler is gone: nothing runs any more
+            return
+        queued = [f for f in left if f.key not in running and not f.done()]
+        if queued:
+            client.cancel(queued)
+        left = [f for f in left if f.key in running and not f.done()]
+        if left:
+            try:
+                wait(left, timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+            except Exception:  # distributed's TimeoutError: look again
+                pass
+            left = [f for f in left if not f.done()]
+    if left:
+        client.cancel(left)
 
 
 def run_blocks(client: Any, job: Job, blocks: Sequence[Block], tokens: Dict[str, str], *,
@@ -159,8 +216,11 @@ def run_blocks(client: Any, job: Job, blocks: Sequence[Block], tokens: Dict[str,
                               pure=False)] = block
     records: List[Dict[str, Any]] = []
     failed: Dict[str, str] = {}
+    fault: Optional[Tuple[str, Fault]] = None
     for fut in as_completed(list(futures)):
-        block = futures.pop(fut)
+        block = futures.pop(fut, None)
+        if block is None:               # cancelled after a persistent failure
+            continue
         try:
             record = fut.result()
         except Exception as exc:  # KilledWorker, or the task's own error after retries
@@ -171,12 +231,23 @@ def run_blocks(client: Any, job: Job, blocks: Sequence[Block], tokens: Dict[str,
             failed[block.key] = why
             record = None
         else:
-            records.append(record)
-            if on_record:
-                on_record(record)
+            if "fault" in record:       # persistent: no other block can succeed either
+                fault = (block.key, Fault.from_dict(record["fault"]))
+                failed[block.key] = fault[1].detail
+                record = None
+            else:
+                records.append(record)
+                if on_record:
+                    on_record(record)
         if progress:
             progress.update(record)
         fut.release()
+        if fault is not None:
+            break
+    cancelled = len(futures)
+    if futures:
+        stop_blocks(client, list(futures))
+        futures.clear()
     if progress:
         progress.close()
-    return BlockResults(records, failed)
+    return BlockResults(records, failed, fault, cancelled)

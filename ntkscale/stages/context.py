@@ -15,7 +15,7 @@ import numpy as np
 from ..cluster.client import open_client
 from ..config.run import RunConfig
 from ..config.solver import SolverConfig
-from ..errors import InputError
+from ..errors import InputError, StoreDamagedError
 from ..gram.progress import say
 from ..solvers.operator import GramOperator, make_operator
 from ..store.gram_store import GramStore, StoreError
@@ -29,18 +29,34 @@ def kernel_kind(store: GramStore) -> str:
 
 
 def check_complete(store: GramStore, part: str) -> None:
-    """Every block (and diagonal) of ``part`` in the manifest, or a clear error."""
+    """Every block (and diagonal) of ``part`` in the manifest, its chunk files on disk
+    with their full size, and the diagonal blocks matching their checksums; or a
+    clear error naming the blocks and the repair (never NaNs deep inside a solve).
+    Gram blocks are checked by presence and size only (one ``stat`` a chunk); their
+    checksums take a full read, which ``ntkscale verify`` does."""
     keys = store.manifest.keys()
-    need = [b.key for b in store.plan().blocks if b.part in (part, f"diag-{part}")]
-    missing = [k for k in need if k not in keys]
-    if not need and part == "test":
+    blocks = [b for b in store.plan().blocks if b.part in (part, f"diag-{part}")]
+    missing = [b.key for b in blocks if b.key not in keys]
+    if not blocks and part == "test":
         raise InputError(f"{store.path} has no test part; add data.test to the config and run "
                          "`ntkscale gram CONFIG`")
     if missing:
         raise InputError(
-            f"{store.path} lacks {len(missing)} of the {len(need)} {part} Gram blocks the solver needs "
+            f"{store.path} lacks {len(missing)} of the {len(blocks)} {part} Gram blocks the solver needs "
             f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}); compute them with "
             "`ntkscale gram CONFIG` (or `ntkscale run CONFIG`), or check them with `ntkscale verify`")
+    bad = store.damaged_chunks(blocks)
+    records = store.manifest.records([b.key for b in blocks if b.is_diag and b.key not in bad])
+    for b in blocks:
+        if b.is_diag and b.key not in bad:
+            problem = store.check_block(b, records.get(b.key))
+            if problem is not None:
+                bad[b.key] = problem
+    if bad:
+        shown = "; ".join(f"{k}: {v}" for k, v in sorted(bad.items())[:4]) + ("; ..." if len(bad) > 4 else "")
+        raise StoreDamagedError(
+            f"{len(bad)} {part} blocks of {store.path} are damaged ({shown}); recompute them with "
+            f"`ntkscale verify --repair {store.path}`")
 
 
 def labels(store: GramStore, which: str) -> Optional[np.ndarray]:

@@ -36,9 +36,10 @@ from .. import __version__
 from ..cluster import check_store_visible, dashboard_link, open_client, security_from_tls, total_threads
 from ..config.run import AddressClusterConfig, LocalClusterConfig, RunConfig
 from ..data import InputSet, load_inputs
-from ..errors import BlockFailedError, NtkscaleError, StoreError
+from ..errors import BlockFailedError, NtkscaleError, PersistentBlockError, PreflightError, StoreError
 from ..stax.engine import Explanation
 from ..gram.plan import choose_block_size, describe, effective_block_size
+from ..gram.preflight import TARGET_FRACTION, WORKER_BASELINE, Facts, Finding, preflight
 from ..store.blocks import Plan, make_plan
 from ..gram.progress import Progress, say
 from ..gram.schedule import Job, run_blocks
@@ -51,6 +52,8 @@ from ..store.meta import StoreDiff
 
 #: Per-task memory when neither the config nor the cluster says (address clusters).
 DEFAULT_TASK_MEMORY = 2 << 30
+#: The smallest per-task budget planned (a tiny memory_limit is then refused by the preflight).
+MIN_TASK_MEMORY = 16 << 20
 #: How long a run waits for the first worker of an existing cluster.
 WAIT_FOR_WORKERS_S = 120
 
@@ -80,17 +83,33 @@ class RunReport:
                 f"({rate:.3g} entries/s)")
 
 
+def worker_memory(config: RunConfig) -> Optional[int]:
+    """``memory_limit`` of one local worker (Dask's "auto": the machine's memory
+    shared by the workers), or None when the cluster does not say."""
+    c = config.cluster
+    if not isinstance(c, LocalClusterConfig):
+        return None
+    if c.memory_limit:
+        return int(c.memory_limit)
+    return int(psutil.virtual_memory().total) // max(1, c.slots // c.threads_per_worker)
+
+
+def blocks_per_worker(config: RunConfig) -> int:
+    """Block tasks a worker holds at once (its computing and writing threads)."""
+    c = config.cluster
+    return c.threads_per_worker + c.io_threads if isinstance(c, LocalClusterConfig) else 1
+
+
 def task_memory(config: RunConfig) -> int:
-    """Memory budget of one block task, for planning."""
+    """Memory budget of one block task, for planning: a local worker's blocks fit in
+    ``TARGET_FRACTION`` (60 %) of its memory_limit after the worker's baseline, well
+    under Dask's pause threshold (80 %), see :mod:`ntkscale.gram.preflight`."""
     if config.memory_budget:
         return config.memory_budget
-    c = config.cluster
-    if isinstance(c, LocalClusterConfig):
-        per_worker = c.threads_per_worker + c.io_threads   # blocks alive at once per worker
-        if c.memory_limit:
-            return c.memory_limit // per_worker
-        n_workers = max(1, c.slots // c.threads_per_worker)
-        return int(psutil.virtual_memory().total * 0.8) // (n_workers * per_worker)
+    limit = worker_memory(config)
+    if limit is not None:
+        usable = int(limit * TARGET_FRACTION) - WORKER_BASELINE
+        return max(MIN_TASK_MEMORY, usable // blocks_per_worker(config))
     return DEFAULT_TASK_MEMORY
 
 
@@ -200,7 +219,39 @@ class GramPipeline:
         out.update(store=self.config.store, store_exists=store is not None, flops_per_entry=flops,
                    task_memory=task_memory(self.config), slots=planned_slots(self.config),
                    kernel=self.explain(plan.block_size).as_dict())
+        out["preflight"] = [f.as_dict() for f in self.check(store, plan)]
         return out
+
+    def findings(self, store: Optional[GramStore], plan: Plan) -> List[Finding]:
+        """The preflight findings of this run (:mod:`ntkscale.gram.preflight`): free disk,
+        worker memory, task count, worker count, backend and store path."""
+        c, itemsize, nk = self.config.cluster, np.dtype(self.config.dtype).itemsize, len(self.config.kernel.get)
+        done = store.manifest.keys() if store is not None else set()
+        todo = [b for b in plan.blocks if b.key not in done]
+        chunk = {p: int(np.prod(plan.chunk_shape(p))) for p in plan.by_part()}
+        copies = [(2 if b.mirrored else 1) for b in todo]
+        sets = self.inputs()
+        b = plan.block_size
+        facts = Facts(
+            store=self.config.store, store_exists=store is not None,
+            bytes_todo=sum(chunk[blk.part] * k for blk, k in zip(todo, copies)) * itemsize * nk,
+            files_todo=sum(k * nk + 1 for k in copies),
+            input_bytes=sum(int(np.prod(s.x.shape)) * itemsize for s in sets.values()),
+            tasks=len(todo), block_size=b, block_size_fixed=bool(self.config.block_size) or store is not None,
+            block_bytes=(nk + 1) * b * b * itemsize, engine_bytes_per_entry=self.bytes_per_entry(),
+            engine_budget=task_memory(self.config) // 2, local=isinstance(c, LocalClusterConfig),
+            n_workers=getattr(c, "n_workers", None), blocks_per_worker=blocks_per_worker(self.config),
+            memory_limit=worker_memory(self.config), backend=self.config.backend)
+        return preflight(facts)
+
+    def check(self, store: Optional[GramStore], plan: Plan) -> List[Finding]:
+        """Run the preflight once: raise :class:`PreflightError` naming every error,
+        else return the warnings."""
+        found = self.findings(store, plan)
+        errors = [f.message for f in found if f.level == "error"]
+        if errors:
+            raise PreflightError(f"refused before any work: {'; '.join(errors)}")
+        return found
 
     # -- running ---------------------------------------------------------------
     def _prepare(self, store: Optional[GramStore], diff: Optional[StoreDiff], want: Dict[str, Any]) -> GramStore:
@@ -251,13 +302,25 @@ class GramPipeline:
         """
         t0 = time.perf_counter()
         want = self.wanted()  # every input is checked before any work starts
-        store = self._existing_store("r+")
+        store = self._existing_store("r")
         diff = self._check(store, want) if store is not None else None
+        for finding in self.check(store, self._plan(store, want)):   # hopeless configs: refused here
+            self._say(f"warning: {finding.message}")
         run_id = uuid.uuid4().hex[:12]
+        with contextlib.ExitStack() as stack:
+            if client is None and self.config.cluster.kind != "local":   # a cluster that does not
+                client = stack.enter_context(                           # answer fails before the store
+                    open_client(self.config.cluster, security(self.config)))
+            return self._run_locked(store, diff, want, run_id, client, t0)
+
+    def _run_locked(self, store: Optional[GramStore], diff: Optional[StoreDiff], want: Dict[str, Any],
+                    run_id: str, client: Any, t0: float) -> RunReport:
         with StoreLock(self.config.store, extra={"run_id": run_id}):
             if GramStore.read_attributes(self.config.store) != (store.meta if store is not None else None):
                 store = self._existing_store("r+")   # another run changed it while this one waited
                 diff = self._check(store, want) if store is not None else None
+            elif store is not None:
+                store = GramStore.open(store.path, "r+")   # checked read-only; written under the lock
             store = self._prepare(store, diff, want)
             job = Job(store=str(store.path), spec_json=store.spec_json, get=store.kinds,
                       dtype=store.dtype, backend=self.config.backend, checksum=store.checksum,
@@ -339,10 +402,17 @@ def compute_missing(store: GramStore, job: Job, cluster: Any, *, client: Any = N
     report.task_seconds = sum(r["read_s"] + r["compute_s"] + r["write_s"] for r in results.records)
     report.compute_seconds = sum(r["compute_s"] for r in results.records)
     report.seconds = time.perf_counter() - t0
+    kept = report.blocks_done_before + report.blocks_computed
+    if results.fault is not None:
+        key, fault = results.fault
+        raise PersistentBlockError(
+            f"block {key} failed: {fault.message} [{fault.detail}]; stopped at once without retrying "
+            f"({results.cancelled} blocks cancelled, {kept} of {plan.n_blocks} finished blocks kept): "
+            f"{fault.fix}")
     if results.failed:
         shown = "; ".join(f"{k}: {v}" for k, v in list(results.failed.items())[:5])
         raise BlockFailedError(f"{len(results.failed)} blocks failed ({shown}); the "
-                               f"{report.blocks_done_before + report.blocks_computed} finished blocks are "
+                               f"{kept} finished blocks are "
                                "kept: rerun the same command to retry only the failed ones")
     return report
 

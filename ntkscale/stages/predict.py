@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, StoreReadOnlyError
 from ..predict.blocked import cross_operator, nngp_posterior_variance, ntk_posterior_variance
 from ..predict.blocked import predict as predict_scores
 from ..store.lock import StoreLock
@@ -69,9 +69,14 @@ def predict(ctx: RunContext) -> Dict[str, Any]:
     if ctx.solver.ridge_list:
         out["ridges"] = per
         out["chosen_index"] = chosen
-    with StoreLock(ctx.config.store, command="ntkscale predict"):
-        save_predictions(ctx.writable_store().group("predict"), scores, enc.decode(scores[chosen]),
-                         {"metrics": out, "test_fingerprint": store.fingerprint("test")})
+    attrs = {"metrics": out, "test_fingerprint": store.fingerprint("test")}
+    try:
+        with StoreLock(ctx.config.store, command="ntkscale predict"):
+            save_predictions(ctx.writable_store().group("predict"), scores, enc.decode(scores[chosen]), attrs)
+    except StoreReadOnlyError:
+        # reading needs no lock: the predictions stay in memory (``predict -o`` writes them out)
+        ctx.say(f"predict: {store.path} is read-only; the predictions are not saved in the store")
+        save_predictions(store.keep_in_memory("predict"), scores, enc.decode(scores[chosen]), attrs)
     out["predict_seconds"] = time.perf_counter() - t0
     return jsonable(out)
 

@@ -49,7 +49,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
@@ -73,6 +73,8 @@ class GramStore:
         self._group = group
         self.meta: Dict[str, Any] = dict(group.attrs[ATTR])
         self.manifest = Manifest(self.path)
+        self._chunk_keys: Dict[str, Callable[..., str]] = {}
+        self._overlay: Dict[str, Any] = {}      # in-memory reserved groups of a read-only store
 
     # -- opening ------------------------------------------------------------
     @staticmethod
@@ -243,9 +245,22 @@ class GramStore:
         created on first use when the store is open for writing."""
         if name not in RESERVED_GROUPS:
             raise ValueError(f"reserved groups are {', '.join(RESERVED_GROUPS)}; got {name!r}")
+        if name in self._overlay:
+            return self._overlay[name]
         if self._group.read_only:
             return self._node(name)
         return self._group.require_group(name)
+
+    def keep_in_memory(self, name: str) -> Any:
+        """A fresh in-memory group that stands in for the reserved group ``name`` from
+        now on (:meth:`group`): a store on a read-only filesystem keeps this process's
+        records (e.g. predictions for ``predict -o``) there instead of on disk."""
+        import zarr  # heavy import, kept out of `import ntkscale` and `ntkscale --help`
+
+        if name not in RESERVED_GROUPS:
+            raise ValueError(f"reserved groups are {', '.join(RESERVED_GROUPS)}; got {name!r}")
+        self._overlay[name] = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
+        return self._overlay[name]
 
     # -- writing (engine side) ----------------------------------------------
     def create_part_arrays(self, part: str, *, only_missing: bool = False) -> None:
@@ -316,23 +331,69 @@ class GramStore:
         arr = self.array(block.part, kind)
         return transpose(arr[c0:c1, r0:r1]) if mirror else arr[r0:r1, c0:c1]
 
+    def chunk_file(self, block: Block, kind: str, mirror: bool = False) -> Path:
+        """The file holding a block's chunk of ``kind`` (its mirror chunk with ``mirror``)."""
+        path = diag_path(block.row_set, kind) if block.is_diag else gram_path(block.part, kind)
+        encode = self._chunk_keys.get(path)
+        if encode is None:
+            encode = self._chunk_keys[path] = self._node(path).metadata.encode_chunk_key
+        coords = (block.i,) if block.is_diag else (block.j, block.i) if mirror else (block.i, block.j)
+        return self.path / path / encode(coords)
+
+    def chunk_problem(self, block: Block) -> Optional[str]:
+        """``None`` when every chunk file of ``block`` is on disk with its full size, else
+        what is wrong. Cheap (one ``stat`` a chunk): it finds deleted and truncated
+        chunks, not altered bytes (that takes the checksums, :meth:`check_block`)."""
+        part = f"diag-{block.row_set}" if block.is_diag else block.part
+        want = int(np.prod(chunk_shape(part, self.n_train, self.n_test, self.block_size))) * \
+            np.dtype(self.dtype).itemsize
+        for kind in self.kinds:
+            for mirror in ((False, True) if block.mirrored else (False,)):
+                where = f"{kind}{' mirror' if mirror else ''} chunk"
+                try:
+                    size = os.stat(self.chunk_file(block, kind, mirror)).st_size
+                except FileNotFoundError:
+                    return f"{where} file is missing"
+                except StoreError:
+                    return f"{kind} array is missing"
+                if size != want:
+                    return f"{where} file has {size} bytes, not {want} (truncated or replaced)"
+        return None
+
+    def damaged_chunks(self, blocks: Iterable[Block]) -> Dict[str, str]:
+        """``{key: problem}`` of :meth:`chunk_problem` for ``blocks`` (finished ones)."""
+        out = {}
+        for block in blocks:
+            problem = self.chunk_problem(block)
+            if problem is not None:
+                out[block.key] = problem
+        return out
+
+    def read_verified(self, block: Block, kind: str, record: Optional[Dict[str, Any]],
+                      mirror: bool = False) -> Tuple[Optional[np.ndarray], Optional[str]]:
+        """``(values, None)`` when the chunk of ``kind`` (or its mirror) matches the
+        block's manifest checksum, else ``(None, what is wrong)``."""
+        if record is None:
+            return None, "missing"
+        if record.get("token") != block_token(self.meta, block):
+            return None, "its manifest entry belongs to other inputs or settings (stale token)"
+        want = (record.get("checksums") or {}).get(kind)
+        if want is None:
+            return None, f"no {kind} checksum in its manifest entry"
+        where = f"{kind}{' mirror' if mirror else ''}"
+        try:
+            values = self.read_block(block, kind, mirror)
+        except Exception as exc:  # a truncated chunk fails to decode
+            return None, f"{where} chunk unreadable ({type(exc).__name__}: {exc})"
+        if self.checksum_fn()(values) != want:
+            return None, f"{where} chunk does not match its checksum"
+        return values, None
+
     def check_block(self, block: Block, record: Optional[Dict[str, Any]]) -> Optional[str]:
         """``None`` when the block is finished and intact, else what is wrong."""
-        if record is None:
-            return "missing"
-        if record.get("token") != block_token(self.meta, block):
-            return "its manifest entry belongs to other inputs or settings (stale token)"
-        sums = record.get("checksums") or {}
-        fn = self.checksum_fn()
         for kind in self.kinds:
-            if kind not in sums:
-                return f"no {kind} checksum in its manifest entry"
             for mirror in ((False, True) if block.mirrored else (False,)):
-                where = f"{kind}{' mirror' if mirror else ''}"
-                try:
-                    values = self.read_block(block, kind, mirror)
-                except Exception as exc:  # a truncated chunk fails to decode
-                    return f"{where} chunk unreadable ({type(exc).__name__}: {exc})"
-                if fn(values) != sums[kind]:
-                    return f"{where} chunk does not match its checksum"
+                _, problem = self.read_verified(block, kind, record, mirror)
+                if problem is not None:
+                    return problem
         return None

@@ -28,9 +28,11 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from ..errors import StoreBusyError
+from ..errors import StoreBusyError, StoreReadOnlyError
 
 LOCK_NODE = "lock"
+#: A lock that cannot be created for these reasons means the store is read-only for us.
+READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _lock_file(root: Path) -> Path:
@@ -76,8 +78,16 @@ class StoreLock:
 
     def acquire(self) -> "StoreLock":
         path = _lock_file(self.root)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if exc.errno not in READ_ONLY_ERRNOS:
+                raise
+            raise StoreReadOnlyError(
+                f"store {self.root} is read-only here ({errno.errorcode[exc.errno]}): `{self.command}` must write "
+                "into it; make it writable, or use the commands that only read (status, verify without "
+                "--repair, export, predict -o / --x)") from None
         deadline = time.monotonic() + self.wait
         while True:
             try:
@@ -131,7 +141,7 @@ def lock_holder(root: os.PathLike | str) -> Optional[Dict[str, Any]]:
     path = _lock_file(Path(root))
     try:
         fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     try:
         try:

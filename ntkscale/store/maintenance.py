@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Union
 import numpy as np
 
 from ..data import fingerprint
-from ..errors import StoreError
+from ..errors import StoreDamagedError, StoreError
 from .blocks import Plan
 from .gram_store import GramStore
 from .layout import input_path
@@ -33,7 +33,15 @@ def _open(store: StoreOrPath) -> GramStore:
 
 def status(path: os.PathLike | str) -> Dict[str, Any]:
     """Progress of a store: blocks done/total per part, the running run (if any),
-    its rate and an ETA. Never writes."""
+    its rate and an ETA. Never writes, takes no lock (works on a read-only store).
+
+    ``complete`` means every block is in the manifest *and* its chunk files are on
+    disk with their full size (one ``stat`` a chunk, :meth:`GramStore.chunk_problem`);
+    blocks whose chunks are deleted or truncated are listed in ``damaged``. Altered
+    bytes are found by the checksums of ``ntkscale verify`` (``checked`` says so).
+    """
+    if Path(path).exists() and not Path(path).is_dir():
+        raise StoreError(f"{path} is a file, not a Gram store (a store is a directory, e.g. run.zarr)")
     if not GramStore.is_store(path):
         holder = lock_holder(path)
         if holder is not None:   # a first run is creating the store right now
@@ -47,10 +55,13 @@ def status(path: os.PathLike | str) -> Dict[str, Any]:
         parts[part] = {"blocks_done": sum(b.key in keys for b in blocks), "blocks_total": len(blocks)}
     done = sum(p["blocks_done"] for p in parts.values())
     holder = lock_holder(store.path)
+    damaged = {} if holder is not None else store.damaged_chunks(b for b in plan.blocks if b.key in keys)
     out: Dict[str, Any] = {
         "store": str(store.path), "running": holder is not None, "holder": holder,
         "state": "running" if holder is not None else "idle",
-        "blocks_done": done, "blocks_total": plan.n_blocks, "complete": done == plan.n_blocks,
+        "blocks_done": done, "blocks_total": plan.n_blocks,
+        "complete": done == plan.n_blocks and not damaged, "damaged": damaged,
+        "checked": "manifest entries and chunk files (presence, size); `ntkscale verify` checks the checksums",
         "parts": parts, "n_train": store.n_train, "n_test": store.n_test,
         "block_size": store.block_size, "dtype": store.dtype, "get": list(store.kinds),
         "spec_hash": store.spec_hash, "storage_bytes": plan.storage_bytes(np.dtype(store.dtype).itemsize,
@@ -127,7 +138,11 @@ def missing_blocks(store: GramStore, part: str) -> List[str]:
 
 def export(path: StoreOrPath, which: str, out: os.PathLike | str, *, kind: Optional[str] = None,
            force: bool = False) -> Path:
-    """Write the dense ``train`` (n×n) or ``test`` (m×n) Gram to a ``.npy`` file."""
+    """Write the dense ``train`` (n×n) or ``test`` (m×n) Gram to a ``.npy`` file.
+
+    Every block is checked against its manifest checksum as it is read; any bad
+    block fails the export naming it (:class:`StoreDamagedError`) and no file is
+    left at ``out``. Reads only: works on a read-only store, takes no lock."""
     store = _open(path)
     if which not in ("train", "test"):
         raise StoreError(f"export takes 'train' or 'test', got {which!r}")
@@ -135,7 +150,7 @@ def export(path: StoreOrPath, which: str, out: os.PathLike | str, *, kind: Optio
         raise StoreError(f"{store.path} holds both nngp and ntk; pick one with --get nngp|ntk")
     if which == "test" and not store.n_test:
         raise StoreError(f"{store.path} has no test set")
-    arr = store.array(which, kind)
+    arr = store.array(which, kind or store.kinds[0])
     missing = missing_blocks(store, which)
     if missing:
         shown = ", ".join(missing[:8]) + (", ..." if len(missing) > 8 else "")
@@ -149,14 +164,37 @@ def export(path: StoreOrPath, which: str, out: os.PathLike | str, *, kind: Optio
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     try:
         mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=arr.dtype, shape=arr.shape)
-        rows, cols = arr.chunks
-        for r0 in range(0, arr.shape[0], rows):
-            for c0 in range(0, arr.shape[1], cols):
-                mm[r0:r0 + rows, c0:c0 + cols] = arr[r0:r0 + rows, c0:c0 + cols]
+        bad = _copy_verified(store, which, kind or store.kinds[0], mm)
         mm.flush()
         del mm
+        if bad:
+            shown = "; ".join(f"{k}: {v}" for k, v in list(bad.items())[:5]) + ("; ..." if len(bad) > 5 else "")
+            raise StoreDamagedError(
+                f"{len(bad)} {which} blocks of {store.path} fail their checksums ({shown}); nothing was "
+                f"written to {out}: repair them with `ntkscale verify --repair {store.path}`")
         os.replace(tmp, out)
     finally:
         if tmp.exists():
             tmp.unlink()
     return out
+
+
+def _copy_verified(store: GramStore, which: str, kind: str, mm: np.ndarray) -> Dict[str, str]:
+    """Copy every block of ``which`` into ``mm``, each checked against its manifest
+    checksum as it is read (a mirrored train block: both chunks); returns the bad ones."""
+    records = store.manifest.records()
+    bad: Dict[str, str] = {}
+    for block in store.plan().blocks:
+        if block.part != which:
+            continue
+        (r0, r1), (c0, c1) = block.rows, block.cols
+        for mirror in ((False, True) if block.mirrored else (False,)):
+            values, problem = store.read_verified(block, kind, records.get(block.key), mirror)
+            if problem is not None:
+                bad.setdefault(block.key, problem)
+                continue
+            if mirror:
+                mm[c0:c1, r0:r1] = values.T
+            else:
+                mm[r0:r1, c0:c1] = values
+    return bad

@@ -28,18 +28,23 @@ def _writable_dir(path: Path) -> bool:
     return os.access(path, os.W_OK | os.X_OK)
 
 
+def cache_home() -> Path:
+    """ntkscale's per-user cache directory: ``$XDG_CACHE_HOME/ntkscale`` (``~/.cache/ntkscale``
+    without it), or ``<tmp>/ntkscale-<user>`` when that cannot be written (read-only home)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    path = Path(base) / "ntkscale"
+    if os.path.isabs(base) and _writable_dir(path):
+        return path
+    user = str(os.getuid()) if hasattr(os, "getuid") else (os.environ.get("USERNAME") or "user")
+    return Path(tempfile.gettempdir()) / f"ntkscale-{user}"
+
+
 def numba_cache_dir() -> str:
     """Where numba caches ntkscale's compiled kernels: ``$NUMBA_CACHE_DIR`` when the user set
-    it, else ``$XDG_CACHE_HOME/ntkscale/numba/<version>`` (``~/.cache/...`` without it), else
-    (home not writable) ``<tmp>/ntkscale-<user>/numba/<version>``."""
+    it, else ``numba/<version>`` under :func:`cache_home`."""
     if os.environ.get("NUMBA_CACHE_DIR"):
         return os.environ["NUMBA_CACHE_DIR"]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    path = Path(base) / "ntkscale" / "numba" / __version__
-    if os.path.isabs(base) and _writable_dir(path):
-        return str(path)
-    user = str(os.getuid()) if hasattr(os, "getuid") else (os.environ.get("USERNAME") or "user")
-    return str(Path(tempfile.gettempdir()) / f"ntkscale-{user}" / "numba" / __version__)
+    return str(cache_home() / "numba" / __version__)
 
 
 def _set_numba_cache_dir() -> None:
@@ -72,7 +77,7 @@ _LAZY = {
 
 __all__ = [
     "ConfigError", "InputError", "NotPSDError", "NtkscaleError", "NumericalWarning", "SpecError",
-    "SpecMismatchError", "UnsupportedOptionError", "__version__", "numba_cache_dir", "stax",
+    "SpecMismatchError", "UnsupportedOptionError", "__version__", "cache_home", "numba_cache_dir", "stax",
     *_LAZY,
 ]
 

@@ -83,3 +83,28 @@ def test_output_names_get_npy(tmp_path, capsys):
     assert main(["predict", str(path), "--quiet", "-o", str(tmp_path / "pred")]) == 0
     assert f"writing {tmp_path / 'pred'}.npy" in capsys.readouterr().err
     assert np.load(tmp_path / "pred.npy").shape == (40,)
+
+
+@pytest.mark.xfail(strict=True, reason="needs ntkscale/targets.py (not this area's): encode_targets names empty "
+                   "y_train before counting classes; remove this marker with that change")
+def test_empty_train_data_is_named_as_empty(tmp_path, capsys):
+    data = blobs(tmp_path)
+    np.save(data["x"], np.zeros((0, 6)))
+    np.save(data["y"], np.zeros((0,), dtype=np.int64))
+    assert main(["run", str(write_config(tmp_path, make_config(data))), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "empty" in err and "single class" not in err, err
+
+
+@pytest.mark.xfail(strict=True, reason="needs ntkscale/data.py and the store's y arrays (not this area's) to "
+                   "accept string class labels, as scikit-learn does; remove this marker with that change")
+def test_string_class_labels_are_accepted(tmp_path, capsys):
+    data = blobs(tmp_path)
+    names = np.array(["cat", "dog", "emu"])
+    np.save(data["y"], names[np.load(data["y"])])
+    np.save(data["yt"], names[np.load(data["yt"])])
+    path = write_config(tmp_path, make_config(data))
+    assert main(["run", str(path), "--quiet", "--json"]) == 0, capsys.readouterr().err
+    assert last_json(capsys.readouterr().out)["test_accuracy"] >= 0.9
+    assert main(["predict", str(path), "--quiet", "-o", str(tmp_path / "pred.npy")]) == 0
+    assert set(np.load(tmp_path / "pred.npy").tolist()) <= set(names.tolist())

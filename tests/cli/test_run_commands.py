@@ -6,7 +6,6 @@ no CG residual plot."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

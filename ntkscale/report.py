@@ -6,11 +6,12 @@
   Nyström sketch (Frangella, Tropp & Udell 2021) or from ``eigvalsh`` of a
   random principal submatrix scaled by ``n / m`` (the sample spectrum of a
   kernel matrix approximates the operator's; Williams & Seeger 2001);
-* :func:`plot_metric_vs_ridge` - validation and test metric for each ridge,
-  the chosen ridge marked.
+* :func:`plot_metric_vs_ridge` - validation and test metrics against the ridge
+  (log axis, one panel per metric), the chosen ridge marked.
 
 :func:`write_report` writes whichever of them it has data for and returns
-the paths; ``ntkscale report STORE`` maps the store's solver records onto it.
+the paths, with the reason for each plot it left out; ``ntkscale report STORE`` maps
+the store's solver records onto it.
 """
 
 from __future__ import annotations
@@ -106,49 +107,106 @@ def plot_spectrum(eigenvalues: np.ndarray, path: str, *, ridges: Optional[Sequen
     return _save(fig, path)
 
 
+#: what a ``metrics`` row of :func:`plot_metric_vs_ridge` may plot: validation and test metrics
+METRIC_PREFIXES = ("val_", "test_")
+
+
+def metric_keys(metrics: Sequence[Dict[str, Any]]) -> List[str]:
+    """The metric columns of per-ridge rows (``val_*``/``test_*`` numbers present in every row);
+    ``ridge`` and ``ridge_absolute`` are the x axis, never a metric."""
+    if not metrics:
+        return []
+    return [k for k in metrics[0] if k.startswith(METRIC_PREFIXES)
+            and all(isinstance(m.get(k), (int, float)) and not isinstance(m.get(k), bool) for m in metrics)]
+
+
 def plot_metric_vs_ridge(ridges: Sequence[float], metrics: Sequence[Dict[str, float]], path: str, *,
                          chosen: Optional[int] = None, relative: Optional[Sequence[float]] = None,
                          title: str = "metric vs ridge") -> str:
-    """``metrics``: one dict per ridge, e.g. ``{"val_accuracy": .., "test_accuracy": ..}``;
-    every key common to all of them is drawn. ``relative`` ridges, when given, label the x axis."""
-    plt = _plt()
+    """Save :func:`metric_vs_ridge_figure` as a PNG at ``path``."""
+    return _save(metric_vs_ridge_figure(ridges, metrics, chosen=chosen, relative=relative, title=title), path)
+
+
+def metric_vs_ridge_figure(ridges: Sequence[float], metrics: Sequence[Dict[str, float]], *,
+                           chosen: Optional[int] = None, relative: Optional[Sequence[float]] = None,
+                           title: str = "metric vs ridge") -> Any:
+    """Validation and test metrics against the ridge, on a log ridge axis: one panel per
+    metric (accuracy, mse, r2: each on its own scale), validation and test as two curves.
+    ``metrics``: one dict per ridge (``ridge``/``ridge_absolute`` entries are ignored);
+    ``relative`` ridges, when given, are the x axis. Needs two or more ridges."""
+    keys = metric_keys(metrics)
     x = np.asarray(relative if relative is not None else ridges, dtype=np.float64)
-    keys = [k for k in metrics[0] if all(k in m for m in metrics)] if metrics else []
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    xpos = np.where(x > 0, x, np.nan)
-    if np.all(np.isnan(xpos)):
-        xpos = np.arange(len(x), dtype=np.float64)
-    for k in keys:
-        ax.plot(xpos, [m[k] for m in metrics], marker="o", label=k)
-    if np.any(np.isfinite(xpos)) and np.nanmin(xpos) > 0:
+    if len(metrics) < 2 or len(x) != len(metrics):
+        raise ValueError(f"a metric-vs-ridge plot needs two or more ridges with one metrics row each; got "
+                         f"{len(x)} ridges and {len(metrics)} rows")
+    if not keys:
+        raise ValueError(f"no val_*/test_* metrics in the rows (keys: {sorted(metrics[0])})")
+    plt = _plt()
+    names = list(dict.fromkeys(k.split("_", 1)[1] for k in keys))
+    fig, axes = plt.subplots(len(names), 1, figsize=(6.4, 2.2 + 2.0 * len(names)), dpi=110, sharex=True,
+                             squeeze=False)
+    for ax, name in zip(axes[:, 0], names):
+        for prefix, style in (("val_", "s--"), ("test_", "o-")):
+            if prefix + name in keys:
+                ax.plot(x, [m[prefix + name] for m in metrics], style, label=prefix.rstrip("_"))
+        if chosen is not None and 0 <= chosen < len(x):
+            ax.axvline(x[chosen], color="k", linestyle=":", linewidth=1, label=f"chosen {x[chosen]:.3g}")
+        ax.set_ylabel(name)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    ax = axes[-1, 0]
+    if np.all(x > 0):
         ax.set_xscale("log")
-    if chosen is not None and 0 <= chosen < len(x):
-        ax.axvline(xpos[chosen], color="k", linestyle=":", linewidth=1, label="chosen (validation)")
-    ax.set_xlabel("ridge" + (" (relative to mean diagonal)" if relative is not None else ""))
-    ax.set_ylabel("metric")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    else:  # a zero ridge: linear near 0, logarithmic beyond the smallest positive ridge
+        positive = x[x > 0]
+        ax.set_xscale("symlog", linthresh=float(positive.min()) if positive.size else 1.0)
+    ax.set_xlabel("ridge" + (" (relative to the mean train diagonal)" if relative is not None else ""))
+    axes[0, 0].set_title(title)
+    return fig
+
+
+class Report(List[str]):
+    """The PNG paths :func:`write_report` wrote (a list), and ``skipped``: ``{file name: why
+    it was not written}``."""
+
+    def __init__(self, paths: Sequence[str] = (), skipped: Optional[Dict[str, str]] = None):
+        super().__init__(paths)
+        self.skipped: Dict[str, str] = dict(skipped or {})
 
 
 def write_report(outdir: str, *, history: Optional[np.ndarray] = None, ridges: Optional[Sequence[float]] = None,
                  rtol: Optional[float] = None, eigenvalues: Optional[np.ndarray] = None,
                  ridge_metrics: Optional[Sequence[Dict[str, float]]] = None, chosen: Optional[int] = None,
-                 relative_ridges: Optional[Sequence[float]] = None) -> List[str]:
-    """Write ``cg_residuals.png``, ``spectrum.png`` and ``metric_vs_ridge.png``
-    (whichever there is data for) into ``outdir``; returns their paths."""
+                 relative_ridges: Optional[Sequence[float]] = None, method: Optional[str] = None) -> Report:
+    """Write ``cg_residuals.png``, ``spectrum.png`` and ``metric_vs_ridge.png`` into ``outdir``,
+    each when there is data for it; returns their paths, with the reason for each plot left
+    out in ``.skipped`` (``method``: the solver, to say why there are no CG residuals)."""
     os.makedirs(outdir, exist_ok=True)
-    paths = []
+    out = Report()
     if history is not None and np.size(history):
-        paths.append(plot_cg_residuals(history, os.path.join(outdir, "cg_residuals.png"), ridges=ridges, rtol=rtol))
+        out.append(plot_cg_residuals(history, os.path.join(outdir, "cg_residuals.png"), ridges=ridges, rtol=rtol))
+    elif method is not None and method != "cg":
+        out.skipped["cg_residuals.png"] = (f"the {method} solver is direct: it has no iterations and no "
+                                           "residuals to plot (solver.method: cg records them)")
+    else:
+        out.skipped["cg_residuals.png"] = "the solve recorded no CG residual history"
     if eigenvalues is not None and np.size(eigenvalues):
-        paths.append(plot_spectrum(eigenvalues, os.path.join(outdir, "spectrum.png"), ridges=ridges))
-    if ridge_metrics:
-        paths.append(plot_metric_vs_ridge(ridges if ridges is not None else range(len(ridge_metrics)), ridge_metrics,
-                                          os.path.join(outdir, "metric_vs_ridge.png"), chosen=chosen,
-                                          relative=relative_ridges))
-    return paths
+        out.append(plot_spectrum(eigenvalues, os.path.join(outdir, "spectrum.png"), ridges=ridges))
+    else:
+        out.skipped["spectrum.png"] = "no eigenvalue estimate was given"
+    rows = list(ridge_metrics or [])
+    if len(rows) >= 2 and metric_keys(rows):
+        out.append(plot_metric_vs_ridge(ridges if ridges is not None else range(len(rows)), rows,
+                                        os.path.join(outdir, "metric_vs_ridge.png"), chosen=chosen,
+                                        relative=relative_ridges))
+    elif len(rows) == 1:
+        x = (relative_ridges or ridges or [float("nan")])[0]
+        values = ", ".join(f"{k} {rows[0][k]:.4g}" for k in metric_keys(rows))
+        out.skipped["metric_vs_ridge.png"] = (f"one ridge ({x:.3g}{': ' + values if values else ''}): nothing to "
+                                              "plot against; give solver.ridge a list to compare ridges")
+    else:
+        out.skipped["metric_vs_ridge.png"] = "no test or validation metrics yet (run `ntkscale predict CONFIG`)"
+    return out
 
 
 def _save(fig: Any, path: str) -> str:

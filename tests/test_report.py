@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ntkscale.report import (plot_cg_residuals, plot_metric_vs_ridge, plot_spectrum,
-    spectrum_estimate, write_report)
+from ntkscale.report import (metric_keys, metric_vs_ridge_figure, plot_cg_residuals, plot_metric_vs_ridge,
+    plot_spectrum, spectrum_estimate, write_report)
 from ntkscale.solvers import GramOperator, cg
 from tests.support.solvers import spd
 
@@ -64,3 +64,51 @@ def test_solution_record_round_trip(tmp_path):
     assert back["attrs"]["solve"]["cg"]["converged"] and back["attrs"]["relative_ridges"] == [1e-2, 1e-1]
     paths = write_report(str(tmp_path / "r"), history=back["history"], ridges=back["attrs"]["solve"]["ridges"])
     assert _is_png(paths[0])
+
+
+#: rows as ``ntkscale predict`` stores them: the ridge (relative and absolute) and the metrics
+ROWS = [{"ridge": 1e-6, "ridge_absolute": 3e-7, "val_accuracy": 0.91, "test_accuracy": 0.90},
+        {"ridge": 1e-4, "ridge_absolute": 3e-5, "val_accuracy": 0.93, "test_accuracy": 0.915},
+        {"ridge": 1e-2, "ridge_absolute": 3e-3, "val_accuracy": 0.89, "test_accuracy": 0.88}]
+
+
+def test_metric_vs_ridge_plots_metrics_not_ridges_on_a_log_axis():
+    import matplotlib.pyplot as plt
+
+    assert metric_keys(ROWS) == ["val_accuracy", "test_accuracy"]
+    fig = metric_vs_ridge_figure([r["ridge_absolute"] for r in ROWS], ROWS, chosen=1,
+                                 relative=[r["ridge"] for r in ROWS])
+    try:
+        (ax,) = fig.axes                                   # one metric (accuracy): one panel
+        curves = {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("chosen")}
+        assert set(curves) == {"val", "test"}
+        np.testing.assert_array_equal(curves["test"].get_ydata(), [0.90, 0.915, 0.88])
+        np.testing.assert_array_equal(curves["val"].get_xdata(), [1e-6, 1e-4, 1e-2])
+        assert ax.get_xscale() == "log" and ax.get_ylabel() == "accuracy"
+        lo, hi = ax.get_ylim()
+        assert 0.85 < lo and hi < 0.95                     # the axis spans the metrics, not 0-1 with ridges
+    finally:
+        plt.close(fig)
+
+
+def test_regression_metrics_get_one_panel_each():
+    import matplotlib.pyplot as plt
+
+    rows = [{"ridge": r, "ridge_absolute": r, "test_mse": m, "test_r2": q} for r, m, q in
+            [(1e-3, 0.2, 0.8), (1e-1, 0.1, 0.9)]]
+    fig = metric_vs_ridge_figure([1e-3, 1e-1], rows)
+    try:
+        assert [ax.get_ylabel() for ax in fig.axes] == ["mse", "r2"]
+    finally:
+        plt.close(fig)
+
+
+def test_one_ridge_and_a_direct_solve_say_what_is_left_out_and_why(tmp_path):
+    rep = write_report(str(tmp_path / "r"), ridges=[3e-7], relative_ridges=[1e-6], ridge_metrics=ROWS[:1],
+                       eigenvalues=np.array([2.0, 1.0]), method="cholesky")
+    assert [p.rsplit("/", 1)[1] for p in rep] == ["spectrum.png"]
+    assert not (tmp_path / "r" / "metric_vs_ridge.png").exists()
+    assert "one ridge (1e-06: val_accuracy 0.91, test_accuracy 0.9)" in rep.skipped["metric_vs_ridge.png"]
+    assert rep.skipped["cg_residuals.png"].startswith("the cholesky solver is direct")
+    with pytest.raises(ValueError, match="two or more ridges"):
+        plot_metric_vs_ridge([1e-6], ROWS[:1], str(tmp_path / "x.png"))

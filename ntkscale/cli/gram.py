@@ -23,16 +23,27 @@ from ..stages.gram import GramPipeline, repair
 from ..stages.plan import plan_report
 from ..store.lock import describe_holder
 from ..store.maintenance import export, status, verify
-from .output import duration, human_bytes, print_json
+from .output import duration, human_bytes, npy_path, print_json
 from .project import add_shape_arguments, project_cmd
 
 
-def _config(args: argparse.Namespace) -> RunConfig:
+def cluster_args(p: argparse.ArgumentParser) -> None:
+    """``--scheduler`` and ``--workers``: override the config's ``cluster:`` section."""
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="use the Dask scheduler at ADDRESS instead of the config's cluster (cluster kind: address)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="use a local cluster of N worker processes instead of the config's cluster")
+
+
+def run_config(args: argparse.Namespace) -> RunConfig:
     """The run config with ``--scheduler``/``--workers`` applied."""
     config = load_config(args.config)
+    workers = getattr(args, "workers", None)
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers {workers}: give at least 1 worker process")
     if getattr(args, "scheduler", None):
         config = config.replace(cluster=AddressClusterConfig(address=args.scheduler))
-    if getattr(args, "workers", None):
+    if workers:
         base = config.cluster if isinstance(config.cluster, LocalClusterConfig) else LocalClusterConfig()
         config = config.replace(cluster=dataclasses.replace(base, n_workers=args.workers))
     return config
@@ -57,7 +68,7 @@ def plan_cmd(args: argparse.Namespace) -> int:
             raise ConfigError("plan needs a CONFIG file, or shapes instead of data: give "
                               f"{', '.join(missing)} (e.g. --n 50000 --input-shape 32,32,3 --net myrtle5)")
         return project_cmd(args)
-    config = _config(args)
+    config = run_config(args)
     info: Dict[str, Any] = plan_report(config, timed=not args.no_calibrate)
     if args.json:
         print_json(info)
@@ -90,19 +101,23 @@ def plan_cmd(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- gram
 
 
-def gram_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="run configuration (YAML or JSON)")
+def store_change_args(p: argparse.ArgumentParser) -> None:
+    """``--recompute-test`` and ``--replace-y``: accept a store whose test inputs or labels changed."""
     p.add_argument("--recompute-test", action="store_true",
                    help="the test inputs changed: recompute only the test part of the store")
     p.add_argument("--replace-y", action="store_true", help="store changed labels (the Gram is kept)")
-    p.add_argument("--scheduler", metavar="ADDRESS", help="use this Dask scheduler (cluster kind: address)")
-    p.add_argument("--workers", type=int, metavar="N", help="local cluster: number of worker processes")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def gram_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="run configuration (YAML or JSON)")
+    store_change_args(p)
+    cluster_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.add_argument("--json", action="store_true", help="print the run report as JSON at the end")
 
 
 def gram_cmd(args: argparse.Namespace) -> int:
-    pipe = GramPipeline(_config(args), recompute_test=args.recompute_test, replace_y=args.replace_y,
+    pipe = GramPipeline(run_config(args), recompute_test=args.recompute_test, replace_y=args.replace_y,
                         progress=not args.quiet)
     report = pipe.run()
     if args.json:
@@ -194,12 +209,12 @@ def verify_cmd(args: argparse.Namespace) -> int:
 def export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("store", help="a Gram store directory (run.zarr)")
     p.add_argument("which", choices=("train", "test"), help="train (n×n) or test (m×n)")
-    p.add_argument("-o", "--output", required=True, metavar="FILE.npy", help="output .npy file")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.npy", help="output .npy file (.npy is added when missing)")
     p.add_argument("--get", choices=KERNELS, help="which kernel (needed when both are stored)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
 
 
 def export_cmd(args: argparse.Namespace) -> int:
-    out = export(args.store, args.which, args.output, kind=args.get, force=args.force)
+    out = export(args.store, args.which, npy_path(args.output), kind=args.get, force=args.force)
     print(f"wrote {out}", file=sys.stderr)
     return 0

@@ -34,14 +34,15 @@ COMMANDS: Dict[str, Command] = {
                       gram.export_args, gram.export_cmd),
     "project": Command("Project the time of a Gram run from shapes alone (n, input shape, net, devices).",
                        project.project_args, project.project_cmd),
-    "solve": Command("solve kernel regression on the stored train Gram (CG or tiled Cholesky; resumable)",
+    "solve": Command("Solve kernel regression on the stored train Gram (CG or tiled Cholesky; resumable).",
                      run.solve_args, run.solve_cmd),
-    "predict": Command("predict the test set (or new inputs with --x) from a solved store",
+    "predict": Command("Predict the test set (or new inputs with --x) from a solved store.",
                        run.predict_args, run.predict_cmd),
-    "run": Command("plan -> gram -> solve -> predict, resuming whatever is already done", run.run_args, run.run_cmd),
-    "demo": Command("end-to-end run on bundled MNIST digits (FC depth 3 NTK, CG + Nystrom) in about a minute",
+    "run": Command("Plan, gram, solve and predict, resuming whatever is already done.", run.run_args, run.run_cmd),
+    "demo": Command("Run end to end on bundled MNIST digits (FC depth 3 NTK, CG + Nystrom): about a minute, "
+                    "--quick about ten seconds.",
                     demo.demo_args, demo.demo_cmd),
-    "report": Command("PNG plots: CG residual per iteration, kernel spectrum estimate, test metric vs ridge",
+    "report": Command("Write PNG plots of a solve: CG residuals, spectrum estimate, test metrics vs ridge.",
                       run.report_args, run.report_cmd),
 }
 

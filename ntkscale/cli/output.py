@@ -7,7 +7,16 @@ from typing import Any
 
 from ..gram.progress import say
 
-__all__ = ["duration", "human_bytes", "print_json", "say"]
+__all__ = ["duration", "human_bytes", "npy_path", "print_json", "say"]
+
+
+def npy_path(path: str, flag: str = "-o") -> str:
+    """``path`` with ``.npy`` appended when it lacks it (NumPy's ``np.load`` and ``np.save``
+    expect the suffix), saying so on stderr."""
+    if path.endswith(".npy"):
+        return path
+    say(f"{flag} {path}: writing {path}.npy (.npy files carry the suffix)")
+    return path + ".npy"
 
 
 def print_json(obj: Any, indent: int = 2) -> None:

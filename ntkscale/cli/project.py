@@ -21,12 +21,14 @@ def add_shape_arguments(p: argparse.ArgumentParser, required: bool = True) -> No
     p.add_argument("--input-shape", required=required, help="per-example shape, e.g. 32,32,3 or 784")
     p.add_argument("--net", required=required,
                    help="myrtle5 | myrtle7 | myrtle10 | cntk-gapDEPTH (e.g. cntk-gap21) | cntk-flattenDEPTH | fcDEPTH")
-    p.add_argument("--devices", type=int, default=1, help="number of GPUs or CPU cores")
-    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    p.add_argument("--dtype", choices=DTYPES, default="float64")
-    p.add_argument("--get", default="nngp,ntk", help="kernels computed (nngp,ntk | ntk | nngp)")
-    p.add_argument("--block-size", type=int, default=None, help="default: the planner's choice")
-    p.add_argument("--calibration", default=None, help="cost-model calibration JSON (default: costmodel_<device>.json)")
+    p.add_argument("--devices", type=int, default=1, help="number of GPUs or CPU cores the blocks share (default 1)")
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                   help="what computes the blocks: CPU cores (numba) or GPUs (CuPy) (default cpu)")
+    p.add_argument("--dtype", choices=DTYPES, default="float64", help="dtype of the Gram (default float64)")
+    p.add_argument("--get", default="nngp,ntk", help="kernels computed: nngp,ntk | ntk | nngp (default nngp,ntk)")
+    p.add_argument("--block-size", type=int, default=None, help="rows per block (default: the planner's choice)")
+    p.add_argument("--calibration", default=None,
+                   help="cost-model calibration JSON (default: the one shipped for --device)")
 
 
 def project_args(p: argparse.ArgumentParser) -> None:

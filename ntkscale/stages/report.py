@@ -1,23 +1,26 @@
 """The report of a solved store, as ``ntkscale report`` writes it: PNG plots of the
-CG residuals, a spectrum estimate of the train Gram and the test metric per ridge."""
+CG residuals, a spectrum estimate of the train Gram and the test metrics per ridge,
+and ``report.json`` listing the files written and why any plot was left out."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import numpy as np
 
 from ..errors import InputError
-from ..report import spectrum_estimate, write_report
+from ..report import Report, spectrum_estimate, write_report
 from ..solvers.operator import GramOperator
 from ..store.gram_store import GramStore
 
 
-def store_report(store_path: os.PathLike | str, output: Optional[str] = None, *, rank: int = 256) -> List[str]:
+def store_report(store_path: os.PathLike | str, output: Optional[str] = None, *, rank: int = 256) -> Report:
     """Write the plots of the solve in ``store_path`` into ``output`` (default
-    ``STORE-report/`` next to the store); returns the paths written."""
+    ``STORE-report/`` next to the store) and ``report.json`` (``written``, ``skipped``:
+    file -> reason); returns the PNG paths written, with ``.skipped``."""
     store = GramStore.open(store_path, "r")
     try:
         group = store.group("solver")
@@ -37,7 +40,11 @@ def store_report(store_path: os.PathLike | str, output: Optional[str] = None, *,
     rows = metrics.get("ridges") or ([{k: v for k, v in metrics.items() if k.startswith(("test_", "val_"))}]
                                      if metrics else None)
     out = Path(output) if output else store.path.parent / f"{store.path.name}-report"
-    return write_report(str(out), history=history, ridges=rec.get("ridges_absolute"),
-                        rtol=rec.get("tol") if rec.get("method") == "cg" else None, eigenvalues=eig,
-                        ridge_metrics=rows, chosen=rec.get("chosen_index"),
-                        relative_ridges=rec.get("ridges_relative"))
+    report = write_report(str(out), history=history, ridges=rec.get("ridges_absolute"),
+                          rtol=rec.get("tol") if rec.get("method") == "cg" else None, eigenvalues=eig,
+                          ridge_metrics=rows, chosen=rec.get("chosen_index"),
+                          relative_ridges=rec.get("ridges_relative"), method=rec.get("method"))
+    summary = {"store": str(store.path), "method": rec.get("method"), "ridges": rec.get("ridges_relative"),
+               "written": [Path(p).name for p in report], "skipped": report.skipped}
+    (out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return report

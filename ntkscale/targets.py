@@ -111,6 +111,9 @@ def encode_targets(y_train: Any, task: str = "auto") -> TargetEncoder:
     if task not in TASKS:
         raise InputError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
     y = _check_labels(y_train, "y_train")
+    if y.ndim == 0 or y.shape[0] == 0:
+        raise InputError(f"y_train is empty (shape {y.shape}): the training data has no samples; check "
+                         "data.train in the config")
     if task == "auto":
         task = infer_task(y)
     if task == "classification":

@@ -85,6 +85,8 @@ def plan_cmd(args: argparse.Namespace) -> int:
     print(f"work       {info['flops_todo']:.3g} flops to do ({info['entries_todo']:,} kernel entries, "
           f"{info['flops_per_entry']:.0f} flops each)")
     print(f"memory     {human_bytes(info['task_memory'])} per task, {info['slots']} task slots planned")
+    for finding in info.get("preflight", []):
+        print(f"{finding['level']:<10} {finding['message']}")
     kernel = info["kernel"]
     detail = (f"{kernel['lanes']} image pairs per group" if kernel["lanes"] else
               f"tiles of {kernel['tile'][0]} x {kernel['tile'][1]}" if kernel["tile"] else "")
@@ -158,6 +160,12 @@ def status_cmd(args: argparse.Namespace) -> int:
         eta = info.get("eta_s")
         print(f"rate       {info['entries_per_s']:.3g} entries/s this run; ETA "
               f"{duration(eta) if eta is not None else '?'}")
+    for key, why in list(info.get("damaged", {}).items())[:20]:
+        print(f"damaged    {key}: {why} (run `ntkscale verify --repair {info['store']}`)")
+    if len(info.get("damaged", {})) > 20:
+        print(f"damaged    ... {len(info['damaged'])} blocks in all")
+    if info.get("checked"):
+        print(f"checked    {info['checked']}")
     return 0
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Dict, Optional, Sequence, Tuple
 
+import numba
 import numpy as np
 
 from .. import stax
@@ -23,7 +24,14 @@ from ..errors import BackendUnavailableError
 
 @functools.lru_cache(maxsize=8)
 def kernel_fn_for(spec_json: str) -> Any:
-    """The ``kernel_fn`` of a canonical spec JSON text, built once per process."""
+    """The ``kernel_fn`` of a canonical spec JSON text, built once per process.
+
+    A Dask worker imports numba before Dask applies the worker's environment
+    (``NUMBA_NUM_THREADS=1``); numba's config is re-read here, once per worker
+    process and before any kernel runs, so that loading some kernels from the
+    cache and compiling others sees one consistent thread count (numba refuses
+    a changed ``NUMBA_NUM_THREADS`` once its threads are running)."""
+    numba.core.config.reload_config()
     return stax.from_spec(spec_json)[2]
 
 

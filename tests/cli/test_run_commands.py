@@ -84,8 +84,6 @@ def test_output_names_get_npy(tmp_path, capsys):
     assert np.load(tmp_path / "pred.npy").shape == (40,)
 
 
-@pytest.mark.xfail(strict=True, reason="needs ntkscale/targets.py (not this area's): encode_targets names empty "
-                   "y_train before counting classes; remove this marker with that change")
 def test_empty_train_data_is_named_as_empty(tmp_path, capsys):
     data = blobs(tmp_path)
     np.save(data["x"], np.zeros((0, 6)))

@@ -19,6 +19,7 @@ from typing import Any, Dict
 from ..choices import KERNELS
 from ..config.run import AddressClusterConfig, LocalClusterConfig, RunConfig, load_config
 from ..errors import ConfigError
+from ..gram.progress import say
 from ..stages.gram import GramPipeline, repair
 from ..stages.plan import plan_report
 from ..store.lock import describe_holder
@@ -69,7 +70,7 @@ def plan_cmd(args: argparse.Namespace) -> int:
                               f"{', '.join(missing)} (e.g. --n 50000 --input-shape 32,32,3 --net myrtle5)")
         return project_cmd(args)
     config = run_config(args)
-    info: Dict[str, Any] = plan_report(config, timed=not args.no_calibrate)
+    info: Dict[str, Any] = plan_report(config, timed=not args.no_calibrate, say=say)
     if args.json:
         print_json(info)
         return 0
@@ -93,7 +94,8 @@ def plan_cmd(args: argparse.Namespace) -> int:
     print(f"kernel     {kernel['path']} path on {kernel['device']}: {kernel['reason']}"
           + (f"; {detail}" if detail else ""))
     if "estimated_s" in info:
-        print(f"estimate   ~{duration(info['estimated_s'])} plus cluster start-up: compute "
+        print(f"estimate   ~{duration(info['estimated_s'])} plus cluster start-up (the plan's estimate; "
+              "gram's progress line shows the ETA it measures): compute "
               f"{duration(info['compute_s'])} on {info['slots']} slots ({info['calibration_s_per_entry']:.3g} s "
               f"per entry on one core), writes {duration(info['write_s'])} at "
               f"{human_bytes(info['write_bytes_per_s'])}/s (timed here)")

@@ -105,3 +105,17 @@ def test_string_class_labels_are_accepted(tmp_path, capsys):
     assert last_json(capsys.readouterr().out)["test_accuracy"] >= 0.9
     assert main(["predict", str(path), "--quiet", "-o", str(tmp_path / "pred.npy")]) == 0
     assert set(np.load(tmp_path / "pred.npy").tolist()) <= set(names.tolist())
+
+
+def test_plan_says_on_stderr_what_it_times_and_names_its_estimate(tmp_path, capsys):
+    path = write_config(tmp_path, make_config(blobs(tmp_path)))
+    assert main(["plan", str(path), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["estimated_s"] > 0                # stdout stays the JSON plan
+    assert "timing one 120x120 block on one core for the estimate (--no-calibrate skips it) ..." in err
+    assert main(["plan", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert "timing one" in err and "timing one" not in out
+    assert "(the plan's estimate; gram's progress line shows the ETA it measures)" in out
+    assert main(["plan", str(path), "--no-calibrate"]) == 0
+    assert "timing one" not in capsys.readouterr().err

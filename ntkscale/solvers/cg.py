@@ -55,10 +55,12 @@ needs almost a full solve.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import time
 import warnings
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -108,10 +110,51 @@ def _fingerprint(op: Any, b: np.ndarray, shifts: np.ndarray, variant: str, rtol:
     return h.hexdigest()
 
 
+#: ``(iteration, largest relative residual, seconds) -> None``: a CG progress report.
+ProgressFn = Callable[[int, float, float], None]
+_PROGRESS: contextvars.ContextVar[Optional[Tuple[ProgressFn, float]]] = contextvars.ContextVar(
+    "ntkscale_cg_progress", default=None)
+
+
+@contextlib.contextmanager
+def report_progress(fn: ProgressFn, every: float = 5.0) -> Iterator[None]:
+    """Every :func:`cg` call inside the block reports ``fn(iteration, relative
+    residual, seconds)`` at most every ``every`` seconds (and once at the end) unless
+    given its own ``progress``; for callers that reach CG through
+    :func:`ntkscale.solvers.api.solve`."""
+    token = _PROGRESS.set((fn, float(every)))
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+class _ReportingSaver(CheckpointSaver):
+    """The checkpoint saver, which the CG loops call after every iteration, also
+    reports progress on a timer: the largest relative residual of the columns still
+    iterating (the last row of the residual history)."""
+
+    def __init__(self, inner: CheckpointSaver, fn: ProgressFn, every: float, t0: float):
+        super().__init__(inner.checkpoint, inner.every, inner.fingerprint)
+        self.fn, self.interval, self.t0 = fn, every, t0
+        self.last = time.perf_counter()
+        self.reported = -1
+
+    def maybe_save(self, it: int, state_fn: Callable[[], Dict[str, Any]], force: bool = False) -> None:
+        super().maybe_save(it, state_fn, force)
+        now = time.perf_counter()
+        if it != self.reported and (force or now - self.last >= self.interval):
+            self.last, self.reported = now, it
+            row = np.asarray(state_fn()["history"][-1], dtype=np.float64)
+            res = float(np.nanmax(row)) if np.any(np.isfinite(row)) else 0.0
+            self.fn(int(it), res, now - self.t0)
+
+
 def cg(A: Any, B: Any, x0: Any = None, *, rtol: float = 1e-6, atol: float = 0.0, maxiter: Optional[int] = None,
        M: Any = None, callback: Optional[Callable[[np.ndarray], None]] = None, checkpoint: Any = None,
        checkpoint_every: int = 10, ridges: Optional[Sequence[float]] = None, ridge_path: str = "auto",
-       warn: bool = True) -> Tuple[np.ndarray, CGInfo]:
+       warn: bool = True, progress: Optional[ProgressFn] = None,
+       progress_every: float = 5.0) -> Tuple[np.ndarray, CGInfo]:
     """Solve ``A X = B`` (or ``(A + l_j I) X_j = B`` for each ``l_j`` in ``ridges``) by CG.
 
     Parameters
@@ -130,6 +173,10 @@ def cg(A: Any, B: Any, x0: Any = None, *, rtol: float = 1e-6, atol: float = 0.0,
         resumes from it.
     ridges : absolute shifts added to ``A``; the result then has a leading ridge axis.
     ridge_path : ``auto|multishift|sequential|batched`` (module docstring).
+    progress : called as ``progress(iteration, relative residual, seconds)`` at most
+        every ``progress_every`` seconds and once at the end (default: the one set by
+        :func:`report_progress`, if any); the residual is the largest over the
+        columns (and ridges) still iterating.
 
     Returns
     -------
@@ -164,6 +211,10 @@ def cg(A: Any, B: Any, x0: Any = None, *, rtol: float = 1e-6, atol: float = 0.0,
     base_ridge = float(getattr(op, "ridge", 0.0))
     ckpt = CheckpointSaver(checkpoint, checkpoint_every, _fingerprint(op, b, rid, variant, rtol, atol))
     resume = ckpt.load()
+    if progress is None and _PROGRESS.get() is not None:
+        progress, progress_every = _PROGRESS.get()
+    if progress is not None:
+        ckpt = _ReportingSaver(ckpt, progress, progress_every, t_start)
     resumed_from = None if resume is None else int(resume.get("it_total", 0)) + int(resume.get("it", 0))
     bnorm = np.linalg.norm(b, axis=0)
     tol = np.maximum(rtol * bnorm, atol)  # (k,)

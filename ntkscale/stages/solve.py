@@ -25,6 +25,7 @@ from ..config.solver import SolverConfig
 from ..data import open_array
 from ..errors import InputError, NumericalWarning
 from ..solvers.api import solve as solve_system
+from ..solvers.cg import report_progress
 from ..solvers.checkpoint import ZarrCheckpoint
 from ..solvers.operator import GramOperator
 from ..solvers.ridge import select_ridge
@@ -36,6 +37,13 @@ from .context import RunContext, check_complete, encoder, kernel_kind, labels
 
 #: Bumped when a stored solve can no longer be reused by this code.
 SOLVE_FORMAT = 1
+#: Seconds between CG progress lines of a long solve.
+PROGRESS_EVERY = 5.0
+
+
+def cg_progress_line(iteration: int, residual: float, seconds: float) -> str:
+    """One CG progress line: ``solve: CG iteration 40, relative residual 3.1e-05, 12.3 s``."""
+    return f"solve: CG iteration {iteration}, relative residual {residual:.2g}, {seconds:.1f} s"
 
 
 def identity(solver: SolverConfig, task: str, store: GramStore) -> str:
@@ -101,9 +109,10 @@ def _solve(ctx: RunContext, group: Any, enc: TargetEncoder, ident: str) -> Dict[
     if sv.ridge_list and len(ridges) > 1:
         ctx.say(f"solve: choosing among {len(ridges)} ridges on a {sv.validation_fraction:g} validation "
                 f"split of the training rows ({sv.method})")
-        sel = select_ridge(op, y, ridges, encoder=enc, validation_fraction=sv.validation_fraction,
-                           seed=sv.seed, group=group if sv.method == "cholesky" else None,
-                           warn=False, **{k: v for k, v in kw.items() if k != "seed"})
+        with report_progress(lambda *a: ctx.say(cg_progress_line(*a)), PROGRESS_EVERY):
+            sel = select_ridge(op, y, ridges, encoder=enc, validation_fraction=sv.validation_fraction,
+                               seed=sv.seed, group=group if sv.method == "cholesky" else None,
+                               warn=False, **{k: v for k, v in kw.items() if k != "seed"})
         record["chosen_index"] = int(sel.best_index)
         record["validation"] = {"metric": sel.metric, "metrics": jsonable(sel.metrics),
                                 "n_fit": len(sel.fit_idx), "n_val": len(sel.val_idx)}
@@ -112,7 +121,8 @@ def _solve(ctx: RunContext, group: Any, enc: TargetEncoder, ident: str) -> Dict[
     record["products"] = where
     ctx.say(f"solve: {sv.method} on the {n}x{n} {kind} Gram ({op.mode}; products on the "
             f"{where}), {Y.shape[1]} right-hand side(s), ridge(s) {', '.join(f'{r:.3g}' for r in ridges)}")
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, \
+            report_progress(lambda *a: ctx.say(cg_progress_line(*a)), PROGRESS_EVERY):
         warnings.simplefilter("always", NumericalWarning)
         res = solve_system(op, Y, ridges=ridges, checkpoint=ckpt, checkpoint_every=sv.checkpoint_every,
                            group=group.require_group("cholesky") if sv.method == "cholesky" else None, **kw)

@@ -67,15 +67,23 @@ def fingerprint(arr: Any) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def _check_dtype(arr: Any, what: str) -> None:
+#: dtype kinds accepted for inputs ``x`` (real numbers) and labels ``y`` (also strings, as scikit-learn).
+X_KINDS, Y_KINDS = "biuf", "biufUS"
+
+
+def _check_dtype(arr: Any, what: str, kinds: str = X_KINDS) -> None:
     kind = np.dtype(arr.dtype).kind
-    if kind not in "biuf":
-        raise InputError(f"{what} has dtype {arr.dtype}; inputs must be real numbers (float or integer)")
+    if kind not in kinds:
+        if kinds == X_KINDS:
+            raise InputError(f"{what} has dtype {arr.dtype}; inputs must be real numbers (float or integer)")
+        raise InputError(f"{what} has dtype {arr.dtype}; labels must be numbers or strings "
+                         "(save them with np.save as a numeric or str array)")
 
 
-def scan(arr: Any, what: str) -> str:
-    """Fingerprint ``arr`` and check it is finite, in one streaming pass."""
-    _check_dtype(arr, what)
+def scan(arr: Any, what: str, kinds: str = X_KINDS) -> str:
+    """Fingerprint ``arr`` and check it is finite, in one streaming pass; ``kinds``
+    are the dtype kinds accepted (:data:`X_KINDS` or, for labels, :data:`Y_KINDS`)."""
+    _check_dtype(arr, what, kinds)
     h = hashlib.sha256(f"{np.dtype(arr.dtype).str}|{tuple(int(s) for s in arr.shape)}|".encode())
     bad_rows: list = []
     n_nan = n_inf = 0
@@ -123,6 +131,13 @@ class InputSet:
         return {"x": self.x_path, "y": self.y_path}
 
 
+def label_codes(y: Any) -> Tuple[np.ndarray, np.ndarray]:
+    """String labels as ``(codes, classes)``: ``classes`` sorted (``np.unique``),
+    ``classes[codes] == y``; codes are int32 (how the store keeps string labels)."""
+    classes, codes = np.unique(np.asarray(y), return_inverse=True)
+    return codes.reshape(np.shape(y)).astype(np.int32), classes
+
+
 def load_input_set(name: str, x_path: str, y_path: Optional[str], kernel_fn: Any = None) -> InputSet:
     """Open, check and fingerprint one input set; errors name ``data.<name>.x|y``."""
     key = f"data.{name}"
@@ -148,7 +163,7 @@ def load_input_set(name: str, x_path: str, y_path: Optional[str], kernel_fn: Any
             got = "a scalar" if y.ndim == 0 else f"{int(y.shape[0])} rows"
             raise InputError(f"{what_y} has {got} but {key}.x has {int(x.shape[0])} samples; "
                              "y needs one row per sample")
-        fy = scan(y, what_y)
+        fy = scan(y, what_y, Y_KINDS)
     return InputSet(name, x, y, x_path, y_path, fx, fy)
 
 

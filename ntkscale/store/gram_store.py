@@ -55,13 +55,41 @@ import numpy as np
 
 from .. import stax
 from ..choices import KERNELS
-from ..data import iter_row_chunks
+from ..data import iter_row_chunks, label_codes
 from ..errors import StoreError
 from .blocks import Block, Plan, chunk_shape, make_plan
 from .layout import (ATTR, FORMAT_VERSION, MANIFEST, RESERVED_GROUPS, diag_path, gram_path, input_path,
     transpose)
 from .manifest import CHECKSUMS, DEFAULT_CHECKSUM, Manifest, block_token
 from .meta import StoreDiff, StoreMeta
+
+
+#: Attributes of a y array that holds string labels as integer codes.
+LABEL_CLASSES, LABEL_DTYPE = "classes", "label_dtype"
+
+
+class LabelArray:
+    """String labels stored as integer codes (attribute ``classes``), read back as
+    the original strings: ``shape``, ``dtype``, ``ndim`` and slicing like an array,
+    so fingerprints and ``np.asarray(y[...])`` see the labels that were given."""
+
+    def __init__(self, codes: Any):
+        self.codes = codes
+        self.attrs = codes.attrs
+        self.dtype = np.dtype(codes.attrs.get(LABEL_DTYPE) or "U")
+        self.classes = np.asarray(codes.attrs[LABEL_CLASSES], dtype=self.dtype)
+        self.shape = tuple(codes.shape)
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return self.classes[np.asarray(self.codes[key], dtype=np.intp)]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[...]
+        return out if dtype is None else out.astype(dtype)
 
 
 class GramStore:
@@ -203,9 +231,10 @@ class GramStore:
 
     def _node(self, path: str) -> Any:
         try:
-            return self._group[path]
+            node = self._group[path]
         except KeyError:
             raise StoreError(f"{self.path} has no {path!r} yet") from None
+        return LabelArray(node) if LABEL_CLASSES in node.attrs else node
 
     def array(self, part: str, kind: Optional[str] = None) -> Any:
         """``zarr.Array`` of ``gram/<part>/<kind>``, part ``train`` or ``test``."""
@@ -235,9 +264,11 @@ class GramStore:
         return self._node(input_path(which, "x"))
 
     def y(self, which: str) -> Optional[Any]:
+        """The stored labels of ``which``; string labels come back as strings
+        (:class:`LabelArray`), numbers as the Zarr array."""
         try:
-            return self._group[input_path(which, "y")]
-        except KeyError:
+            return self._node(input_path(which, "y"))
+        except StoreError:
             return None
 
     def group(self, name: str) -> Any:
@@ -305,12 +336,18 @@ class GramStore:
                 continue
             shape = tuple(int(s) for s in arr.shape)
             dims = ["sample"] + [f"{name}_axis{k}" for k in range(1, len(shape))]
+            strings = np.dtype(arr.dtype).kind in "US"
+            if strings:   # Zarr 3 has no stable spec for fixed-length strings: codes + class names
+                codes, classes = label_codes(arr[...])
+                arr = codes
             z = self._group.create_array(input_path(which, name), shape=shape, dtype=arr.dtype,
                                          chunks=(max(1, min(self.block_size, shape[0])),) + shape[1:],
                                          compressors=None,  # read by every block task: no decode cost
                                          overwrite=True, dimension_names=dims)
             for start, chunk in iter_row_chunks(arr):
                 z[start:start + len(chunk)] = chunk
+            if strings:
+                z.attrs.update({LABEL_CLASSES: classes.tolist(), LABEL_DTYPE: classes.dtype.str})
 
     def drop_part(self, which: str) -> None:
         """Delete a part's Gram/diag/inputs and manifest entries (``--recompute-test``).

@@ -6,7 +6,9 @@ Layout (docs/store.md reserves the groups)::
     solver/history     (T+1, s, k) CG relative residuals (CG only; NaN where a column idled)
     solver attrs       {"solve": the solve's summary, "run": the run's solve record, ...}
     predict/scores     (s, m, k) raw predictions, one per ridge
-    predict/labels     (m,) decoded predictions of the chosen ridge (numeric labels only)
+    predict/labels     (m,) decoded predictions of the chosen ridge; string labels as int32
+                       codes with the class names in its attributes (``classes``), read
+                       back as strings by :func:`load_labels`
     predict attrs      {"metrics": ..., "test_fingerprint": ...}
 
 ``ntkscale report`` reads ``history`` and the ridge metrics back from here.
@@ -70,7 +72,25 @@ def save_predictions(group: Any, scores: np.ndarray, labels: Any, attrs: Dict[st
                              compressors=None, overwrite=True)
     arr[...] = s
     lab = np.asarray(labels)
+    classes = None
+    if lab.dtype.kind in "US":   # Zarr 3 has no stable spec for fixed-length strings
+        classes, codes = np.unique(lab, return_inverse=True)
+        lab = codes.reshape(lab.shape).astype(np.int32)
     if lab.dtype.kind in "biuf":
         la = group.create_array("labels", shape=lab.shape, dtype=lab.dtype, compressors=None, overwrite=True)
         la[...] = lab
+        if classes is not None:
+            la.attrs.update({"classes": classes.tolist(), "label_dtype": classes.dtype.str})
     group.attrs.update(jsonable(attrs))
+
+
+def load_labels(group: Any) -> np.ndarray:
+    """The ``predict`` group's decoded predictions: string labels as the original
+    strings, numbers as they are; KeyError without predictions."""
+    arr = group["labels"]
+    values = np.asarray(arr[...])
+    attrs = dict(arr.attrs)
+    if "classes" not in attrs:
+        return values
+    classes = np.asarray(attrs["classes"], dtype=np.dtype(attrs.get("label_dtype") or "U"))
+    return classes[values.astype(np.intp)]

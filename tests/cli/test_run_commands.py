@@ -13,6 +13,8 @@ import pytest
 from ntkscale.cli.gram import run_config
 from ntkscale.cli.main import build_parser, main
 from ntkscale.config.cluster import AddressClusterConfig, LocalClusterConfig
+from ntkscale.store.gram_store import GramStore
+from ntkscale.store.records import load_labels
 from tests.support.gram import write_config
 from tests.support.run import blobs, last_json, run_config as make_config
 
@@ -93,8 +95,6 @@ def test_empty_train_data_is_named_as_empty(tmp_path, capsys):
     assert "empty" in err and "single class" not in err, err
 
 
-@pytest.mark.xfail(strict=True, reason="needs ntkscale/data.py and the store's y arrays (not this area's) to "
-                   "accept string class labels, as scikit-learn does; remove this marker with that change")
 def test_string_class_labels_are_accepted(tmp_path, capsys):
     data = blobs(tmp_path)
     names = np.array(["cat", "dog", "emu"])
@@ -103,8 +103,31 @@ def test_string_class_labels_are_accepted(tmp_path, capsys):
     path = write_config(tmp_path, make_config(data))
     assert main(["run", str(path), "--quiet", "--json"]) == 0, capsys.readouterr().err
     assert last_json(capsys.readouterr().out)["test_accuracy"] >= 0.9
+    # the store keeps integer codes with the class names as attributes, and reads strings back
+    import zarr
+    root = zarr.open_group(str(tmp_path / "run.zarr"), mode="r")
+    z = root["inputs/train/y"]
+    assert z.dtype.kind == "i" and z.attrs["classes"] == ["cat", "dog", "emu"]
+    store = GramStore.open(tmp_path / "run.zarr", "r")
+    np.testing.assert_array_equal(np.asarray(store.y("test")[...]), np.load(data["yt"]))
+    pred = load_labels(root["predict"])
+    assert pred.dtype.kind == "U" and np.mean(pred == np.load(data["yt"])) >= 0.9
+    assert main(["verify", str(tmp_path / "run.zarr"), "--json"]) == 0   # y matches its fingerprint
+    assert json.loads(capsys.readouterr().out)["inputs"] == {"train": "ok", "test": "ok"}
+
+
+@pytest.mark.xfail(strict=True, reason="cli/run.py's predict -o reads predict/labels raw (codes): it needs "
+                   "ntkscale.store.records.load_labels (not this area's file); remove this marker with that change")
+def test_string_class_predictions_are_written_as_strings(tmp_path, capsys):
+    data = blobs(tmp_path)
+    names = np.array(["cat", "dog", "emu"])
+    np.save(data["y"], names[np.load(data["y"])])
+    np.save(data["yt"], names[np.load(data["yt"])])
+    path = write_config(tmp_path, make_config(data))
+    assert main(["run", str(path), "--quiet"]) == 0
     assert main(["predict", str(path), "--quiet", "-o", str(tmp_path / "pred.npy")]) == 0
-    assert set(np.load(tmp_path / "pred.npy").tolist()) <= set(names.tolist())
+    pred = np.load(tmp_path / "pred.npy")
+    assert pred.dtype.kind == "U" and set(pred.tolist()) <= set(names.tolist())
 
 
 def test_plan_says_on_stderr_what_it_times_and_names_its_estimate(tmp_path, capsys):

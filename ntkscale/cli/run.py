@@ -23,6 +23,7 @@ from ..stages.gram import GramPipeline
 from ..stages.report import store_report
 from ..stages.run import RunPipeline
 from ..stages.solve import check_targets
+from ..store.records import load_labels
 from .gram import cluster_args, run_config, store_change_args
 from .output import npy_path, print_json, say
 
@@ -116,7 +117,7 @@ def predict_cmd(args: argparse.Namespace) -> int:
     m = pipe.predict()
     if args.output:
         store = pipe.open_store("r")
-        np.save(args.output, np.asarray(store.group("predict")["labels"][...]), allow_pickle=False)
+        np.save(args.output, load_labels(store.group("predict")), allow_pickle=False)
     if args.variance:
         m["variance"] = _write_variance(pipe, args.variance, None)
     emit(m, args.json)

@@ -116,8 +116,6 @@ def test_string_class_labels_are_accepted(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["inputs"] == {"train": "ok", "test": "ok"}
 
 
-@pytest.mark.xfail(strict=True, reason="cli/run.py's predict -o reads predict/labels raw (codes): it needs "
-                   "ntkscale.store.records.load_labels (not this area's file); remove this marker with that change")
 def test_string_class_predictions_are_written_as_strings(tmp_path, capsys):
     data = blobs(tmp_path)
     names = np.array(["cat", "dog", "emu"])

@@ -21,6 +21,10 @@ import time
 import weakref
 from typing import Any, Callable, Dict, Optional, TextIO
 
+from ..store.maintenance import eta_seconds
+
+__all__ = ["LOG_EVERY", "TTY_EVERY", "Progress", "eta_seconds", "say"]
+
 #: Seconds between redraws on a terminal (in place) and into a pipe or log file (new lines).
 TTY_EVERY, LOG_EVERY = 1.0, 15.0
 
@@ -28,16 +32,6 @@ TTY_EVERY, LOG_EVERY = 1.0, 15.0
 def say(message: str, stream: Optional[TextIO] = None) -> None:
     """Print ``message`` as one line to ``stream`` (default: stderr) and flush."""
     print(message, file=stream or sys.stderr, flush=True)
-
-
-def eta_seconds(entries_done: int, entries_todo: int, elapsed: float) -> float:
-    """The ETA: entries left at this run's measured rate (NaN before the first entry).
-
-    Blocks are weighed by their kernel entries, so cheap diagonal segments do
-    not make the run look faster than it is.
-    """
-    rate = entries_done / elapsed if elapsed > 0 else 0.0
-    return (entries_todo - entries_done) / rate if rate > 0 else float("nan")
 
 
 class Progress:

@@ -9,6 +9,7 @@ blocks and lives in :mod:`ntkscale.stages.gram`.
 from __future__ import annotations
 
 import concurrent.futures
+import math
 import os
 import time
 from pathlib import Path
@@ -74,21 +75,48 @@ def status(path: os.PathLike | str) -> Dict[str, Any]:
     return out
 
 
+def eta_seconds(entries_done: int, entries_todo: int, elapsed: float) -> float:
+    """The ETA: entries left at this run's measured rate (NaN before the first entry).
+
+    Blocks are weighed by their kernel entries, so cheap diagonal segments do
+    not make the run look faster than it is. The one ETA of ntkscale: the progress
+    line of ``ntkscale gram`` (:mod:`ntkscale.gram.progress`) and ``ntkscale status``
+    both compute it here.
+    """
+    rate = entries_done / elapsed if elapsed > 0 else 0.0
+    return (entries_todo - entries_done) / rate if rate > 0 else float("nan")
+
+
 def _rate(store: GramStore, plan: Plan, keys: set, since: float) -> Dict[str, Any]:
-    """Blocks finished by the running run (manifest entries newer than its start)."""
+    """The running run's rate and ETA from the blocks it finished (manifest
+    entries written since the run took the lock), measured from its first to its
+    last finished block, so cluster start-up and planning before the first block
+    do not slow the rate down. A manifest entry is written once, when its block
+    finishes, so its file time is the finish time (sub-second, one ``stat``; the
+    record's ISO ``finished`` field has whole seconds). The ETA is
+    :func:`eta_seconds` of the blocks after the first over that interval, the
+    same function as the progress line's."""
     entries = {b.key: b.entries for b in plan.blocks}
-    recent, weight = 0, 0
+    finished = []
     for key in keys & set(entries):
         try:
-            if os.stat(store.manifest.dir / key / "zarr.json").st_mtime >= since:
-                recent, weight = recent + 1, weight + entries[key]
+            t = os.stat(store.manifest.dir / key / "zarr.json").st_mtime
         except FileNotFoundError:
             continue
-    elapsed = max(time.time() - since, 1e-9)
+        if t >= since:
+            finished.append((t, entries[key]))
+    finished.sort()
     remaining = sum(n for k, n in entries.items() if k not in keys)
-    rate = weight / elapsed
-    return {"run_blocks_done": recent, "run_elapsed_s": round(elapsed, 1),
-            "entries_per_s": rate, "eta_s": (remaining / rate) if rate > 0 else None}
+    out: Dict[str, Any] = {"run_blocks_done": len(finished), "run_elapsed_s": round(max(time.time() - since, 0.0), 1),
+                           "entries_per_s": None, "eta_s": None}
+    if len(finished) >= 2:
+        span = finished[-1][0] - finished[0][0]
+        measured = sum(n for _, n in finished[1:])     # entries computed between the first and last finish
+        eta = eta_seconds(measured, measured + remaining, span)
+        if span > 0:
+            out["entries_per_s"] = measured / span
+        out["eta_s"] = None if math.isnan(eta) else eta
+    return out
 
 
 def verify(path: StoreOrPath, *, threads: Optional[int] = None,

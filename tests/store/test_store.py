@@ -261,3 +261,45 @@ def test_store_meta_round_trips_and_is_frozen(tmp_path):
     s = GramStore.create(tmp_path / "m.zarr", meta)
     assert GramStore.open(s.path).meta == attrs and GramStore.open(s.path).store_meta == meta
     assert GramStore.read_attributes(s.path) == attrs
+
+
+def test_status_rate_counts_from_the_first_finished_block_with_the_progress_lines_eta(store):
+    """Issue 15 item 9: ``status`` measured its rate from the lock's start, so cluster
+    start-up slowed it and its ETA disagreed with the progress line's. It now runs
+    from the run's first to its last finished block, through the same eta_seconds."""
+    from ntkscale.gram.progress import Progress, eta_seconds
+
+    blocks = sorted(store.plan().blocks, key=lambda b: b.key)
+    rng = np.random.default_rng(3)
+    with StoreLock(store.path, command="test"):
+        since = float(lock_holder(store.path)["started_unix"])
+        run = blocks[: len(blocks) // 2]
+        for i, blk in enumerate(run):          # finished 100 s after the lock (start-up), then every 2 s
+            (r0, r1), (c0, c1) = blk.rows, blk.cols
+            shape = (r1 - r0,) if blk.is_diag else (r1 - r0, c1 - c0)
+            write_block(str(store.path), blk, {n: rng.standard_normal(shape) for n in ("nngp", "ntk")},
+                        {"token": "t"})
+            t = since + 100.0 + 2.0 * i
+            os.utime(store.manifest.dir / blk.key / "zarr.json", (t, t))
+        info = status(store.path)
+    assert info["run_blocks_done"] == len(run)
+    measured = sum(b.entries for b in run[1:])
+    remaining = sum(b.entries for b in blocks[len(run):])
+    span = 2.0 * (len(run) - 1)
+    assert info["entries_per_s"] == pytest.approx(measured / span)
+    assert info["eta_s"] == pytest.approx(remaining * span / measured)
+    # the progress line in the same state: its clock started at the first finish
+    clock = [0.0]
+    bar = Progress(len(blocks), 1, measured + remaining, enabled=False, timer=False, clock=lambda: clock[0])
+    for blk in run[1:]:
+        bar.update({"entries": blk.entries})
+    clock[0] = span
+    assert info["eta_s"] == pytest.approx(eta_seconds(bar.entries_done, bar.entries_todo, span))
+    assert f"blocks {len(run)}/" in bar.line()
+
+
+def test_status_has_no_rate_before_two_blocks_of_the_run_finished(store):
+    with StoreLock(store.path, command="test"):
+        info = status(store.path)
+    assert info["running"] and info["run_blocks_done"] == 0
+    assert info["entries_per_s"] is None and info["eta_s"] is None

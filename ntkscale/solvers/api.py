@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -28,6 +28,25 @@ from .cholesky import TiledCholesky
 from .nystrom import build_preconditioner
 from .operator import ArraySource, GramOperator, ZarrSource, as_operator
 from .validate import check_rhs, check_ridges
+
+@dataclass(frozen=True)
+class SolveProgress:
+    """One progress report of a long solve: CG's ``iteration`` and largest relative
+    ``residual``, or the tiled Cholesky's ``tiles_done`` of ``tiles_total`` (for the
+    factor of ``ridge``); ``seconds`` since that CG run or factorisation began."""
+
+    method: str
+    seconds: float
+    iteration: int = 0
+    residual: float = float("nan")
+    tiles_done: int = 0
+    tiles_total: int = 0
+    ridge: float = 0.0
+
+
+#: ``(SolveProgress) -> None``: where :func:`solve` sends its progress reports.
+SolveProgressFn = Callable[[SolveProgress], None]
+
 
 @dataclass
 class SolveResult:
@@ -74,7 +93,8 @@ def solve(A: Any, Y: Any, *, ridges: Any = 0.0, method: str = "cg", rtol: float 
           maxiter: Optional[int] = None, preconditioner: Optional[str] = "nystrom", rank: int = 500,
           seed: Any = 0, ridge_path: str = "auto", checkpoint: Any = None, checkpoint_every: int = 10,
           group: Any = None, tile: Optional[int] = None, client: Any = None, num_workers: Optional[int] = None,
-          singular_rtol: float = 1e-3, warn: bool = True) -> SolveResult:
+          singular_rtol: float = 1e-3, warn: bool = True, progress: Optional[SolveProgressFn] = None,
+          progress_every: float = 5.0) -> SolveResult:
     """Solve ``(K + l I) alpha_l = Y`` for every absolute ridge ``l``; ``alpha`` is
     ``(s,) + Y.shape`` (one solution per ridge, each shaped like ``Y``).
 
@@ -83,6 +103,8 @@ def solve(A: Any, Y: Any, *, ridges: Any = 0.0, method: str = "cg", rtol: float 
     and re-targeted to each ridge; ``checkpoint`` makes it resumable.
     ``method="cholesky"``: :class:`~ntkscale.solvers.cholesky.TiledCholesky`,
     one factor per ridge in ``group`` (a Zarr group; default in memory).
+    ``progress`` receives a :class:`SolveProgress` every ``progress_every``
+    seconds and at the end of each CG run or factorisation.
     """
     t0 = time.perf_counter()
     if method not in METHODS:
@@ -107,7 +129,9 @@ def solve(A: Any, Y: Any, *, ridges: Any = 0.0, method: str = "cg", rtol: float 
             if not warn:
                 warnings.simplefilter("ignore", NumericalWarning)
             x, info = cg(op, y, rtol=rtol, atol=atol, maxiter=maxiter, M=M, ridges=rid, ridge_path=ridge_path,
-                         checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+                         checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                         progress=None if progress is None else _cg_reporter(progress),
+                         progress_every=progress_every)
         result.alpha, result.info = x, info
         if int(info) and np.min(total) == 0:
             raise NotPSDError(
@@ -124,7 +148,8 @@ def solve(A: Any, Y: Any, *, ridges: Any = 0.0, method: str = "cg", rtol: float 
         client = client if client is not None else getattr(op, "client", None)
         for r in total:
             f = TiledCholesky(arr, group, ridge=float(r), tile=tile, client=client, num_workers=num_workers,
-                              name=f"cholesky-{float(r):.6g}")
+                              name=f"cholesky-{float(r):.6g}", progress_every=progress_every,
+                              progress=None if progress is None else _tile_reporter(progress, float(r)))
             with warnings.catch_warnings():
                 if not warn:
                     warnings.simplefilter("ignore", NumericalWarning)
@@ -139,6 +164,15 @@ def solve(A: Any, Y: Any, *, ridges: Any = 0.0, method: str = "cg", rtol: float 
         result.alpha = result.alpha[..., 0]
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _cg_reporter(progress: SolveProgressFn) -> Callable[[int, float, float], None]:
+    return lambda it, resid, sec: progress(SolveProgress("cg", sec, iteration=it, residual=resid))
+
+
+def _tile_reporter(progress: SolveProgressFn, ridge: float) -> Callable[[int, int, float], None]:
+    return lambda done, total, sec: progress(SolveProgress("cholesky", sec, tiles_done=done, tiles_total=total,
+                                                           ridge=ridge))
 
 
 def _check_singular(op: Any, y: np.ndarray, result: SolveResult, singular_rtol: float) -> None:

@@ -55,12 +55,10 @@ needs almost a full solve.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import hashlib
 import time
 import warnings
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -112,21 +110,6 @@ def _fingerprint(op: Any, b: np.ndarray, shifts: np.ndarray, variant: str, rtol:
 
 #: ``(iteration, largest relative residual, seconds) -> None``: a CG progress report.
 ProgressFn = Callable[[int, float, float], None]
-_PROGRESS: contextvars.ContextVar[Optional[Tuple[ProgressFn, float]]] = contextvars.ContextVar(
-    "ntkscale_cg_progress", default=None)
-
-
-@contextlib.contextmanager
-def report_progress(fn: ProgressFn, every: float = 5.0) -> Iterator[None]:
-    """Every :func:`cg` call inside the block reports ``fn(iteration, relative
-    residual, seconds)`` at most every ``every`` seconds (and once at the end) unless
-    given its own ``progress``; for callers that reach CG through
-    :func:`ntkscale.solvers.api.solve`."""
-    token = _PROGRESS.set((fn, float(every)))
-    try:
-        yield
-    finally:
-        _PROGRESS.reset(token)
 
 
 class _ReportingSaver(CheckpointSaver):
@@ -174,8 +157,7 @@ def cg(A: Any, B: Any, x0: Any = None, *, rtol: float = 1e-6, atol: float = 0.0,
     ridges : absolute shifts added to ``A``; the result then has a leading ridge axis.
     ridge_path : ``auto|multishift|sequential|batched`` (module docstring).
     progress : called as ``progress(iteration, relative residual, seconds)`` at most
-        every ``progress_every`` seconds and once at the end (default: the one set by
-        :func:`report_progress`, if any); the residual is the largest over the
+        every ``progress_every`` seconds and once at the end; the residual is the largest over the
         columns (and ridges) still iterating.
 
     Returns
@@ -211,8 +193,6 @@ def cg(A: Any, B: Any, x0: Any = None, *, rtol: float = 1e-6, atol: float = 0.0,
     base_ridge = float(getattr(op, "ridge", 0.0))
     ckpt = CheckpointSaver(checkpoint, checkpoint_every, _fingerprint(op, b, rid, variant, rtol, atol))
     resume = ckpt.load()
-    if progress is None and _PROGRESS.get() is not None:
-        progress, progress_every = _PROGRESS.get()
     if progress is not None:
         ckpt = _ReportingSaver(ckpt, progress, progress_every, t_start)
     resumed_from = None if resume is None else int(resume.get("it_total", 0)) + int(resume.get("it", 0))

@@ -40,8 +40,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import threading
+import time
 import warnings
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import scipy.linalg
@@ -131,6 +133,34 @@ def _tile_task(src: Any, L: Any, done: Any, jit: Any, i: int, j: int, n: int, t:
     return 0.0
 
 
+#: ``(tiles done, tiles total, seconds) -> None``: a tiled Cholesky progress report.
+TileProgressFn = Callable[[int, int, float], None]
+
+
+@contextlib.contextmanager
+def _reporting(fn: Optional[TileProgressFn], count: Callable[[], int], total: int, every: float):
+    """Call ``fn(count(), total, seconds)`` every ``every`` seconds from a daemon
+    thread while the block runs, and once more when it ends without an error
+    (then with every tile done)."""
+    if fn is None:
+        yield
+        return
+    t0, stop = time.perf_counter(), threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(max(float(every), 1e-3)):
+            fn(count(), total, time.perf_counter() - t0)
+
+    thread = threading.Thread(target=loop, name="ntkscale-cholesky-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+    fn(count(), total, time.perf_counter() - t0)
+
+
 @contextlib.contextmanager
 def _blas_threads(limit: Optional[int]):
     if limit is None:
@@ -155,12 +185,16 @@ class TiledCholesky:
         single-threaded).
     token : identity of ``A`` (e.g. the store's spec hash + data fingerprint);
         default a hash of its shape, dtype and diagonal.
+    progress : called as ``progress(tiles done, tiles total, seconds)`` every
+        ``progress_every`` seconds while :meth:`factor` runs and once when it
+        ends; tiles done count those of a resumed factor too.
     """
 
     def __init__(self, A: Any, group: Any, *, tile: Optional[int] = None, ridge: float = 0.0,
                  name: str = "cholesky", client: Any = None, num_workers: Optional[int] = None,
                  memory_limit: Optional[float] = None, token: Optional[str] = None,
-                 jitter_steps: Tuple[float, ...] = JITTER_STEPS, dtype: Any = None):
+                 jitter_steps: Tuple[float, ...] = JITTER_STEPS, dtype: Any = None,
+                 progress: Optional[TileProgressFn] = None, progress_every: float = 5.0):
         import zarr  # noqa: PLC0415 - deferred: 0.6 s, and `import ntkscale` loads the solvers
 
         if getattr(A, "ndim", None) != 2 or A.shape[0] != A.shape[1]:
@@ -177,6 +211,7 @@ class TiledCholesky:
             raise InputError(f"tile must be >= 1; got {tile}")
         self.T = math.ceil(n / self.tile)
         self.client, self.num_workers = client, num_workers
+        self.progress, self.progress_every = progress, float(progress_every)
         self.tiles_computed = 0
         self.jitter_steps = tuple(jitter_steps)
         self.diag = self._diagonal()
@@ -267,18 +302,32 @@ class TiledCholesky:
             self.tiles_computed = 0
             return self
         dsk, keys = self.graph()
-        self.tiles_computed = sum(1 for v in dsk.values() if isinstance(v, tuple))
+        todo = {k for k, v in dsk.items() if isinstance(v, tuple)}
+        self.tiles_computed = len(todo)
+        before = self.tiles_total - len(todo)
         if self.client is not None:
             if isinstance(self.A, np.ndarray):
                 raise InputError("a distributed tiled Cholesky reads its tiles on the workers: pass the Gram as a "
                                  "Zarr array (e.g. GramStore.train_array()), not an in-memory array")
-            self.client.get(dsk, keys, sync=True)
+            futures = self.client.get(dsk, keys, sync=False)
+            mine = [f for k, f in zip(keys, futures) if k in todo]
+            with _reporting(self.progress, lambda: before + sum(f.done() for f in mine), self.tiles_total,
+                            self.progress_every):
+                self.client.gather(futures)
         else:
             import dask.threaded  # noqa: PLC0415 - deferred: 0.2 s, and `import ntkscale` loads the solvers
 
+            finished = [before]
+
+            def posttask(key: Any, *_: Any) -> None:
+                if key in todo:
+                    finished[0] += 1        # one scheduler thread runs the callbacks
+
             workers = self.num_workers or 1
-            with _blas_threads(1 if workers > 1 else None):
-                dask.threaded.get(dsk, keys, num_workers=workers)
+            with _reporting(self.progress, lambda: finished[0], self.tiles_total, self.progress_every), \
+                    _blas_threads(1 if workers > 1 else None):
+                # dask.local's callback tuple (start, start_state, pretask, posttask, finish), for this graph only
+                dask.threaded.get(dsk, keys, num_workers=workers, callbacks=[(None, None, None, posttask, None)])
         self.root.attrs.update({"complete": True})
         self._report_jitter()
         return self

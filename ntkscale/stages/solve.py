@@ -24,8 +24,8 @@ import numpy as np
 from ..config.solver import SolverConfig
 from ..data import open_array
 from ..errors import InputError, NumericalWarning
+from ..solvers.api import SolveProgress
 from ..solvers.api import solve as solve_system
-from ..solvers.cg import report_progress
 from ..solvers.checkpoint import ZarrCheckpoint
 from ..solvers.operator import GramOperator
 from ..solvers.ridge import select_ridge
@@ -37,13 +37,27 @@ from .context import RunContext, check_complete, encoder, kernel_kind, labels
 
 #: Bumped when a stored solve can no longer be reused by this code.
 SOLVE_FORMAT = 1
-#: Seconds between CG progress lines of a long solve.
+#: Seconds between progress lines of a long solve (CG iterations, Cholesky tiles).
 PROGRESS_EVERY = 5.0
 
 
 def cg_progress_line(iteration: int, residual: float, seconds: float) -> str:
     """One CG progress line: ``solve: CG iteration 40, relative residual 3.1e-05, 12.3 s``."""
     return f"solve: CG iteration {iteration}, relative residual {residual:.2g}, {seconds:.1f} s"
+
+
+def cholesky_progress_line(tiles_done: int, tiles_total: int, seconds: float) -> str:
+    """One Cholesky progress line: ``solve: Cholesky tile 120/528 (23 %), 14.2 s``
+    (floored: 99.9 % of the tiles is not 100 %)."""
+    pct = 100 * tiles_done // max(1, tiles_total)
+    return f"solve: Cholesky tile {tiles_done}/{tiles_total} ({pct} %), {seconds:.1f} s"
+
+
+def progress_line(p: SolveProgress) -> str:
+    """The progress line of one :class:`~ntkscale.solvers.api.SolveProgress` report."""
+    if p.method == "cholesky":
+        return cholesky_progress_line(p.tiles_done, p.tiles_total, p.seconds)
+    return cg_progress_line(p.iteration, p.residual, p.seconds)
 
 
 def identity(solver: SolverConfig, task: str, store: GramStore) -> str:
@@ -99,7 +113,8 @@ def _solve(ctx: RunContext, group: Any, enc: TargetEncoder, ident: str) -> Dict[
     mean_diag = op.mean_diagonal()
     rel = np.asarray(sv.ridge, dtype=np.float64)
     ridges = rel * mean_diag if sv.ridge_relative else rel
-    kw = {**solver_options(sv, n), "ridge_path": sv.ridge_path}
+    kw = {**solver_options(sv, n), "ridge_path": sv.ridge_path,
+          "progress": lambda p: ctx.say(progress_line(p)), "progress_every": PROGRESS_EVERY}
     record: Dict[str, Any] = {"identity": ident, "method": sv.method, "kind": kind,
                               "task": enc.task, "n_train": n, "mean_diagonal": mean_diag, "tol": sv.tol,
                               "ridges_relative": rel.tolist() if sv.ridge_relative else (rel / mean_diag).tolist(),
@@ -109,10 +124,9 @@ def _solve(ctx: RunContext, group: Any, enc: TargetEncoder, ident: str) -> Dict[
     if sv.ridge_list and len(ridges) > 1:
         ctx.say(f"solve: choosing among {len(ridges)} ridges on a {sv.validation_fraction:g} validation "
                 f"split of the training rows ({sv.method})")
-        with report_progress(lambda *a: ctx.say(cg_progress_line(*a)), PROGRESS_EVERY):
-            sel = select_ridge(op, y, ridges, encoder=enc, validation_fraction=sv.validation_fraction,
-                               seed=sv.seed, group=group if sv.method == "cholesky" else None,
-                               warn=False, **{k: v for k, v in kw.items() if k != "seed"})
+        sel = select_ridge(op, y, ridges, encoder=enc, validation_fraction=sv.validation_fraction,
+                           seed=sv.seed, group=group if sv.method == "cholesky" else None,
+                           warn=False, **{k: v for k, v in kw.items() if k != "seed"})
         record["chosen_index"] = int(sel.best_index)
         record["validation"] = {"metric": sel.metric, "metrics": jsonable(sel.metrics),
                                 "n_fit": len(sel.fit_idx), "n_val": len(sel.val_idx)}
@@ -121,8 +135,7 @@ def _solve(ctx: RunContext, group: Any, enc: TargetEncoder, ident: str) -> Dict[
     record["products"] = where
     ctx.say(f"solve: {sv.method} on the {n}x{n} {kind} Gram ({op.mode}; products on the "
             f"{where}), {Y.shape[1]} right-hand side(s), ridge(s) {', '.join(f'{r:.3g}' for r in ridges)}")
-    with warnings.catch_warnings(record=True) as caught, \
-            report_progress(lambda *a: ctx.say(cg_progress_line(*a)), PROGRESS_EVERY):
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", NumericalWarning)
         res = solve_system(op, Y, ridges=ridges, checkpoint=ckpt, checkpoint_every=sv.checkpoint_every,
                            group=group.require_group("cholesky") if sv.method == "cholesky" else None, **kw)

@@ -140,8 +140,12 @@ def test_distributed_factor_and_solve_on_workers(tmp_path):
     b = np.random.default_rng(2).standard_normal((260, 3))
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                   memory_limit="512MiB") as cluster, distributed.Client(cluster) as client:
-        f = TiledCholesky(a, _group(tmp_path), tile=64, ridge=1e-3, client=client).factor()
+        calls = []                                  # progress from the futures' states, on a timer
+        f = TiledCholesky(a, _group(tmp_path), tile=64, ridge=1e-3, client=client,
+                          progress=lambda *c: calls.append(c), progress_every=0.01).factor()
         assert f.tiles_computed == 15
+        done = [c[0] for c in calls]
+        assert done == sorted(done) and done[-1] == 15 and {c[1] for c in calls} == {15}
         np.testing.assert_allclose(f.solve(b), reference(k, b, 1e-3), rtol=1e-8, atol=1e-10)
         with pytest.raises(InputError, match="Zarr array"):
             TiledCholesky(k, _group(), tile=64, client=client).factor()

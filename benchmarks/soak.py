@@ -501,8 +501,7 @@ def run_soak(seed: int, budget: float, only: List[str], trial: Optional[int] = N
     try:
         if "fuzz" in only:
             n_fuzz = MIN_TRIALS["fuzz"] if trial is None else trial + 1
-            results += run_fuzz(seed, n_fuzz, tmp / "fuzz", only_trial=trial,
-                                deadline=t0 + budget * (0.3 if len(only) > 1 else 1.0))
+            results += run_fuzz(seed, n_fuzz, tmp / "fuzz", only_trial=trial)
         kinds = [k for k in KIND_ORDER if k in only and k != "fuzz"]
         counts = {k: 0 for k in kinds}
         spent: Dict[str, float] = {k: 0.0 for k in kinds}

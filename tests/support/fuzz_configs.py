@@ -156,8 +156,7 @@ def plan_one(where: Path, example: Dict[str, Any], timeout: int = 30) -> Optiona
     return None
 
 
-def run_fuzz(soak_seed: int, count: int, where: Path, only_trial: Optional[int] = None,
-             deadline: Optional[float] = None) -> List[Dict[str, Any]]:
+def run_fuzz(soak_seed: int, count: int, where: Path, only_trial: Optional[int] = None) -> List[Dict[str, Any]]:
     """``count`` fuzzed configs through ``plan`` (or only example ``only_trial``): soak trial records."""
     where.mkdir(parents=True, exist_ok=True)
     make_data(where, n=40, m=12, d=4)                  # x.npy, y.npy, xt.npy, yt.npy the base config names

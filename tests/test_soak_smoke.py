@@ -56,16 +56,12 @@ def test_one_trial_reruns_alone_from_its_seed(tmp_path):
     assert again["trials"][0]["detail"] == report["trials"][0]["detail"]     # the same config both times
 
 
-@pytest.mark.xfail(strict=True, reason="soak finding: a manifest entry whose 'checksums' is not a mapping makes "
-                   "`ntkscale verify` die with AttributeError (store/gram_store.py read_verified)")
 def test_verify_survives_a_manifest_entry_of_the_wrong_type(tmp_path):
     r, report = _soak("--seed", "0", "--budget", "60", "--only", "corrupt", "--trial", "3", tmp_path=tmp_path)
     assert "retype" in json.dumps(report["trials"]) or "AttributeError" in json.dumps(report["trials"])
     assert report["failures"] == [], report["failures"]
 
 
-@pytest.mark.xfail(strict=True, reason="soak finding: `cluster: {kind: [..]}` (a list) makes `ntkscale plan` die with "
-                   "TypeError: unhashable type: 'list' (config/cluster.py parse_cluster)")
 def test_plan_refuses_a_cluster_kind_that_is_a_list(tmp_path):
     from tests.support.fuzz_configs import plan_one
 

@@ -13,6 +13,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional
 
 from .. import __version__
 from ..errors import NtkscaleError
+from ..gram.faults import persistent_fault
 from . import demo, gram, project, run
 
 
@@ -69,6 +70,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         return int(COMMANDS[args.command].run(args) or 0)
     except NtkscaleError as exc:
         print(f"ntkscale {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:   # the driver's own writes: a full or read-only disk is no bug
+        fault = persistent_fault(exc)
+        if fault is None:
+            raise
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"ntkscale {args.command}: error: {fault.message}{where}; finished work is kept: {fault.fix}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ntkscale {args.command}: interrupted; finished work is kept, rerun to resume", file=sys.stderr)

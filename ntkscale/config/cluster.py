@@ -174,6 +174,6 @@ def parse_cluster(mapping: Any, base: Path, source: str) -> ClusterConfig:
     """Validate ``cluster:`` (None: a default local cluster) with the parser of its kind."""
     sec = Section({} if mapping is None else mapping, "cluster", source)
     kind = sec.get("kind", "local")
-    if kind not in CLUSTER_PARSERS:
+    if not isinstance(kind, str) or kind not in CLUSTER_PARSERS:
         raise sec.error(f"unknown kind {kind!r}; choose one of {', '.join(CLUSTER_PARSERS)}", "kind")
     return CLUSTER_PARSERS[kind](sec, base)

@@ -414,7 +414,10 @@ class GramStore:
             return None, "missing"
         if record.get("token") != block_token(self.meta, block):
             return None, "its manifest entry belongs to other inputs or settings (stale token)"
-        want = (record.get("checksums") or {}).get(kind)
+        checksums = record.get("checksums")
+        if not isinstance(checksums, dict):
+            return None, f"its manifest entry has no checksums mapping (got {type(checksums).__name__})"
+        want = checksums.get(kind)
         if want is None:
             return None, f"no {kind} checksum in its manifest entry"
         where = f"{kind}{' mirror' if mirror else ''}"

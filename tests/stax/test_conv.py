@@ -14,8 +14,8 @@ from ntkscale.errors import InputError, SpecError, UnsupportedOptionError
 from ntkscale.stax.engine import reference_image as conv_eval
 from ntkscale.stax.engine import select_path
 from tests.support.nets import SQRT2
-from tests.support.reference import (NT_CONV_EXTRA, assert_matches_nt, case_names, load_case, needs_nt,
-                                     needs_nt_conv_extra)
+from tests.support.reference import (NT_CONV_EXTRA, assert_case_matches_nt, assert_matches_nt, case_names,
+                                     load_case, needs_nt, needs_nt_conv_extra)
 
 CONV_CASES = case_names(prefixes=("conv", "myrtle"))
 EXTRA_CASES = case_names(NT_CONV_EXTRA)
@@ -40,11 +40,7 @@ def small_net(head="gap", padding="SAME", strides=None, act=None, pool=None, b_s
 @pytest.mark.parametrize("name", CONV_CASES)
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])
 def test_conv_against_neural_tangents(name, fast):
-    spec, x1, x2, nngp, ntk = load_case(name)
-    kernel_fn = stax.from_spec(spec)[2]
-    out = kernel_fn(x1, x2, ("nngp", "ntk"), fast=fast)
-    assert_matches_nt(out[0], nngp, x1, x2)
-    assert_matches_nt(out[1], ntk, x1, x2)
+    assert_case_matches_nt(name, fast)
 
 
 @needs_nt_conv_extra
@@ -54,10 +50,7 @@ def test_conv_extra_cases_against_neural_tangents(name, fast):
     """normalize_edges, CIRCULAR/strided pooling, Dense and activations on
     images, flat activations after pooling, Myrtle-7, ... (x1[2] = −x1[0]/2:
     anti-parallel images, compared like self pairs)."""
-    spec, x1, x2, nngp, ntk = load_case(name, NT_CONV_EXTRA)
-    out = stax.from_spec(spec)[2](x1, x2, ("nngp", "ntk"), fast=fast)
-    assert_matches_nt(out[0], nngp, x1, x2)
-    assert_matches_nt(out[1], ntk, x1, x2)
+    assert_case_matches_nt(name, fast, NT_CONV_EXTRA)
 
 
 def _pooled_slab_cases():

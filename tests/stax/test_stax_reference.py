@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ntkscale import stax
-from tests.support.reference import assert_matches_nt, case_names, load_case, needs_nt
+from tests.support.reference import assert_case_matches_nt, assert_matches_nt, case_names, load_case, needs_nt
 
 FC_CASES = case_names(prefixes=("fc_",))
 
@@ -14,11 +14,7 @@ FC_CASES = case_names(prefixes=("fc_",))
 @pytest.mark.parametrize("name", FC_CASES)
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])
 def test_fc_against_neural_tangents(name, fast):
-    spec, x1, x2, nngp, ntk = load_case(name)
-    kernel_fn = stax.from_spec(spec)[2]
-    out = kernel_fn(x1, x2, ("nngp", "ntk"), fast=fast)
-    assert_matches_nt(out[0], nngp, x1, x2)
-    assert_matches_nt(out[1], ntk, x1, x2)
+    assert_case_matches_nt(name, fast)
 
 
 @needs_nt

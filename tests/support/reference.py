@@ -111,6 +111,15 @@ def assert_matches_nt(out, ref: np.ndarray, x1: np.ndarray, x2: Optional[np.ndar
                            f"{np.max(err / np.maximum(np.abs(ref), 1e-300)):.3g} (scale {np.abs(ref).max():.3g})")
 
 
+def assert_case_matches_nt(name: str, fast: bool, data: Optional[np.lib.npyio.NpzFile] = None) -> None:
+    """The reference case ``name``: its spec's ``kernel_fn`` (``fast`` or the reference path)
+    gives neural-tangents' NNGP and NTK within the policy above."""
+    spec, x1, x2, nngp, ntk = load_case(name, data)
+    out = stax.from_spec(spec)[2](x1, x2, ("nngp", "ntk"), fast=fast)
+    assert_matches_nt(out[0], nngp, x1, x2)
+    assert_matches_nt(out[1], ntk, x1, x2)
+
+
 def in_memory_kernels(data: Dict[str, Path], which: str = "train", layers=LAYERS) -> Dict[str, np.ndarray]:
     """``kernel_fn`` of ``layers`` in memory on the .npy inputs of ``data``:
     nngp, ntk and their diagonals for the train Gram (x vs x) or the test one (xt vs x)."""

@@ -1,21 +1,25 @@
-"""CuPy path for convolutional kernels: one CUDA block per (image pair, slab).
+"""GPU path for convolutional kernels: the slab method on CUDA (numba-cuda), AvgPool included.
 
 The same slab formulation as ``cpu_slab`` (see its docstring): the pixel-pair
-covariance splits into independent per-offset slabs ``S_δ[h, w]``, each an
-``H × W`` image that Conv / activation / Dense layers map on their own. On the
-GPU a thread block owns one slab of one image pair: the slab (Σ and Θ, double
-buffered) lives in shared memory, each Conv is a stencil over shared memory
-fused with the affine map, each activation an elementwise closed form, and
-the final GlobalAvgPool/Flatten a block reduction plus one ``atomicAdd`` per
-pair. Nothing of size ``H²W²`` ever touches global memory, unlike running
-the array-API reference path under CuPy (which materialises
-``n1·n2·H²W²`` covariances and ~10 temporaries per layer).
+covariance splits into independent per-offset slabs ``S_δ[h, w]`` that Conv /
+activation / Dense layers map on their own, and AvgPool stages join them
+(``slab_program``). The kernel (``cuda_kernels``) runs one thread block per
+(image pair, slab) with the slab in shared memory; nothing of size ``H²W²``
+per pair touches global memory except the window sums of pooled stages
+(Myrtle), unlike running the array-API reference path under CuPy (which
+materialises ``n1·n2·H²W²`` covariances and ~10 temporaries per layer).
 
-Orchestration (self-variances, pair lists, mirroring, flat layers after the
-pooling) is shared with ``cpu_slab.evaluate`` and tested on the CPU; only
-``run_pairs`` below is GPU-specific. CuPy is imported lazily. Checked with
-``benchmarks/gpu_check_conv.py`` (parity with NumPy and throughput) on a GPU
-machine; tests marked ``gpu``.
+This module plans the launches and orchestrates a call: self-variances
+(the reference maps without pooling; the kernel's own self pass with
+pooling), pair lists, mirroring and the flat layers after the image part
+(``cpu_slab``'s helpers). Inputs are CuPy arrays on a GPU, or NumPy arrays
+when ``numba.cuda`` is numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``:
+CI runs the very same kernel on a CPU, tests marked ``cudasim``).
+
+Flat (FC) networks on the GPU take the array-API reference path on CuPy: a
+GEMM plus one CuPy elementwise expression per layer. A fused elementwise
+kernel could save the ~10 temporaries per layer, but no GPU measurement has
+shown that it would pay, so there is none.
 """
 
 from __future__ import annotations
@@ -25,250 +29,55 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from ...backend import namespace_of
-from . import cpu_slab
+from . import cuda_kernels
+from .cpu_slab import CHUNK_PAIRS, _module, _needs_tail_variances, _pair_chunks, _tail, _variances
 from .reference_image import ImagePlan
-from .slab_program import SUPPORTED_LAYERS as SLAB_LAYERS
-from .slab_program import Program, unsupported as slab_unsupported
+from .slab_program import LANES_MAX, Program, unsupported as slab_unsupported
 from ..layers.base import LayerImpl
 
-#: Layers this kernel runs on images: the slab layers without AvgPool (it has
-#: no pooling stages); flat layers after the image part run the reference maps.
-SUPPORTED_LAYERS = SLAB_LAYERS - {"AvgPool"}
+#: Layers this kernel runs on images (registry names), up to and including the
+#: GlobalAvgPool/Flatten that ends the image part; flat layers after it run the
+#: reference maps on the ``n1 × n2`` result. Explicit: a layer the CPU slab
+#: program learns later is not claimed here until this kernel runs it.
+SUPPORTED_LAYERS = frozenset({"Conv", "Dense", "AvgPool", "GlobalAvgPool", "Flatten",
+                              "Relu", "LeakyRelu", "Abs", "ABRelu", "Erf", "Identity"})
 
-#: Threads per block (loop over slab positions).
+#: Threads per block on a GPU (a power of two: the final reduction halves it),
+#: and in the simulator, where every thread is a Python thread.
 THREADS = 256
-#: Largest dynamic shared memory a block may ask for (bytes; H100/H200 allow
-#: 227 KiB with opt-in, every CUDA GPU since Volta at least 96 KiB).
-MAX_SHARED = 96 * 1024
+SIM_THREADS = 8
+#: Largest dynamic shared memory a block asks for (bytes): 48 KiB, the limit
+#: every CUDA GPU grants without an opt-in (a 32×32 slab with 3×3 SAME Convs,
+#: float64, needs 41 KiB).
+MAX_SHARED = 48 * 1024
 #: Blocks per launch (pairs × slabs), bounded to keep pair lists small.
 MAX_BLOCKS = 1 << 24
-
-_SOURCE = r"""
-typedef __TYPE__ T;
-
-__device__ __forceinline__ void valid_range(int n, int delta, int circ, int* lo, int* hi) {
-    if (circ) { *lo = 0; *hi = n; }
-    else { *lo = max(0, -delta); *hi = min(n, n - delta); }
-}
-
-__device__ __forceinline__ int wrap(int a, int n) { int r = a % n; return r < 0 ? r + n : r; }
-
-// ReLU family (f0 = A, f1 = F) in the scale-free form of slab_ops.abrelu1.
-__device__ __forceinline__ T abrelu(T c, T sa, T sb, T f0, T f1, T tol, T* dot) {
-    T norm = sa * sb;
-    T ac = fmin(fabs(c), norm);
-    if (ac > norm - tol * norm) ac = norm;
-    T s = sqrt((norm - ac) * (norm + ac));
-    T sang = norm > (T)0 ? s : (T)1;
-    T th = atan2(sang, c >= (T)0 ? ac : -ac);
-    *dot = f0 - f1 * th;
-    return f1 * s + (*dot) * (c >= (T)0 ? ac : -ac);
-}
-
-__device__ __forceinline__ T erf_dual(T c, T qa, T sa, T qb, T sb, T a, T b, T shift, T tol,
-                                      T* dot) {
-    const T pi = (T)3.141592653589793;
-    T b2 = b * b;
-    T norm = sa * sb;
-    T ac = fmin(fabs(c), norm);
-    if (ac > norm - tol * norm) ac = norm;
-    T root = sqrt((T)1 + (T)2 * b2 * (qa + qb) + (T)4 * b2 * b2 * ((norm - ac) * (norm + ac)));
-    *dot = a * a * b2 * (T)4 / pi / root;
-    return a * a * (T)2 / pi * atan2((T)2 * b2 * c, root) + shift * shift;
-}
-
-extern "C" __global__ void slab_kernel(
-    const T* __restrict__ X1, const T* __restrict__ X2, const int H0, const int W0, const int C,
-    const long long* __restrict__ pi, const long long* __restrict__ pj, const long long npairs,
-    const int* __restrict__ ops, const int nops, const T* __restrict__ fpar,
-    const int* __restrict__ sdim, const int* __restrict__ spad,
-    const int* __restrict__ deltas, const int ndelta,
-    const T* __restrict__ Q1, const T* __restrict__ S1, const T* __restrict__ Q2,
-    const T* __restrict__ S2, const int nv, const int maxbuf,
-    const T tol, const T inv_count, const int circ, const int want_ntk,
-    T* __restrict__ out_k, T* __restrict__ out_t)
-{
-    extern __shared__ unsigned char smem_raw[];
-    T* smem = reinterpret_cast<T*>(smem_raw);
-    T* kbuf[2] = {smem, smem + maxbuf};
-    T* tbuf[2] = {smem + 2 * maxbuf, smem + 3 * maxbuf};
-    T* red = smem + 4 * maxbuf;
-
-    const long long blk = blockIdx.x;
-    const long long p = blk / ndelta;
-    const int d = (int)(blk % ndelta);
-    if (p >= npairs) return;
-    const long long i = pi[p], j = pj[p];
-    const int tid = threadIdx.x, nt = blockDim.x;
-    const int* dl = deltas + (long long)d * (nops + 1) * 2;
-
-    // ---- stage 0: K0 = <x_a, x_b> / C on the slab (zero outside)
-    int cur = 0;
-    {
-        const int H = sdim[0], W = sdim[1];
-        const int plh = spad[0], plw = spad[1], Hp = spad[2], Wp = spad[3];
-        const int dh = dl[0], dw = dl[1];
-        int h0, h1, w0, w1;
-        valid_range(H, dh, circ, &h0, &h1);
-        valid_range(W, dw, circ, &w0, &w1);
-        for (int pos = tid; pos < Hp * Wp; pos += nt) {
-            const int P = pos / Wp - plh, Q = pos % Wp - plw;
-            T v = 0;
-            if (P >= h0 && P < h1 && Q >= w0 && Q < w1) {
-                const int Pb = wrap(P + dh, H), Qb = wrap(Q + dw, W);
-                const T* a = X1 + ((i * H0 + P) * W0 + Q) * C;
-                const T* b = X2 + ((j * H0 + Pb) * W0 + Qb) * C;
-                for (int c = 0; c < C; ++c) v += a[c] * b[c];
-                v = v / (T)C;
-            }
-            kbuf[0][pos] = v;
-            tbuf[0][pos] = 0;
-        }
-    }
-    bool ntk_zero = true;
-    __syncthreads();
-
-    for (int o = 0; o < nops; ++o) {
-        const int* op = ops + o * 7;
-        const int kind = op[0];
-        const int H = sdim[2 * o], W = sdim[2 * o + 1];
-        const int plh = spad[4 * o], plw = spad[4 * o + 1], Hp = spad[4 * o + 2], Wp = spad[4 * o + 3];
-        const int dh = dl[2 * o], dw = dl[2 * o + 1];
-        const T f0 = fpar[4 * o], f1 = fpar[4 * o + 1], f2 = fpar[4 * o + 2], f3 = fpar[4 * o + 3];
-        if (kind == 0) {  // Conv: stencil + affine map into the other buffer
-            const int fh = op[1], fw = op[2], sh = op[3], sw = op[4], standard = op[6];
-            const int Ho = sdim[2 * o + 2], Wo = sdim[2 * o + 3];
-            const int qlh = spad[4 * o + 4], qlw = spad[4 * o + 5];
-            const int Hq = spad[4 * o + 6], Wq = spad[4 * o + 7];
-            const bool use_t = want_ntk && !ntk_zero;
-            if (circ) {  // wrap-fill the input margins
-                for (int pos = tid; pos < Hp * Wp; pos += nt) {
-                    const int r = pos / Wp, c = pos % Wp;
-                    const int sr = plh + wrap(r - plh, H), sc = plw + wrap(c - plw, W);
-                    if (sr != r || sc != c) {
-                        kbuf[cur][pos] = kbuf[cur][sr * Wp + sc];
-                        if (use_t) tbuf[cur][pos] = tbuf[cur][sr * Wp + sc];
-                    }
-                }
-                __syncthreads();
-            }
-            int h0, h1, w0, w1;
-            valid_range(Ho, dl[2 * o + 2], circ, &h0, &h1);
-            valid_range(Wo, dl[2 * o + 3], circ, &w0, &w1);
-            const int nxt = 1 - cur;
-            for (int pos = tid; pos < Hq * Wq; pos += nt) {
-                const int P = pos / Wq - qlh, Q = pos % Wq - qlw;
-                T kn = 0, tn = 0;
-                if (P >= h0 && P < h1 && Q >= w0 && Q < w1) {
-                    T ks = 0, ts = 0;
-                    for (int eh = 0; eh < fh; ++eh) {
-                        const T* kr = kbuf[cur] + (sh * P + eh) * Wp + sw * Q;
-                        const T* tr = tbuf[cur] + (sh * P + eh) * Wp + sw * Q;
-                        for (int ew = 0; ew < fw; ++ew) {
-                            ks += kr[ew];
-                            if (use_t) ts += tr[ew];
-                        }
-                    }
-                    kn = f0 * ks + f1;
-                    if (want_ntk) tn = standard ? f2 * ks + f0 * ts + f3 : kn + f0 * ts;
-                }
-                kbuf[nxt][pos] = kn;
-                tbuf[nxt][pos] = tn;
-            }
-            cur = nxt;
-            if (want_ntk) ntk_zero = false;
-            __syncthreads();
-            continue;
-        }
-        // pointwise ops on the valid part of the slab (in place)
-        int h0, h1, w0, w1;
-        valid_range(H, dh, circ, &h0, &h1);
-        valid_range(W, dw, circ, &w0, &w1);
-        const int voff = op[5], standard = op[6];
-        for (int pos = tid; pos < Hp * Wp; pos += nt) {
-            const int P = pos / Wp - plh, Q = pos % Wp - plw;
-            if (!(P >= h0 && P < h1 && Q >= w0 && Q < w1)) {
-                if (kind == 4 && want_ntk && ntk_zero) tbuf[cur][pos] = 0;
-                continue;
-            }
-            const long long ia = (long long)i * nv + voff + P * W + Q;
-            const long long ib = (long long)j * nv + voff + wrap(P + dh, H) * W + wrap(Q + dw, W);
-            T c = kbuf[cur][pos];
-            T dot = 1;
-            if (kind == 1) {
-                kbuf[cur][pos] = abrelu(c, S1[ia], S2[ib], f0, f1, tol, &dot);
-                if (want_ntk) tbuf[cur][pos] *= dot;
-            } else if (kind == 2) {
-                kbuf[cur][pos] = erf_dual(c, Q1[ia], S1[ia], Q2[ib], S2[ib], f0, f1, f2, tol, &dot);
-                if (want_ntk) tbuf[cur][pos] *= dot;
-            } else if (kind == 4) {
-                const T kn = f0 * c + f1;
-                if (want_ntk) {
-                    const T t = ntk_zero ? (T)0 : tbuf[cur][pos];
-                    tbuf[cur][pos] = standard ? f2 * c + f0 * t + f3 : kn + f0 * t;
-                }
-                kbuf[cur][pos] = kn;
-            }
-        }
-        if (kind == 4 && want_ntk) ntk_zero = false;
-        __syncthreads();
-    }
-
-    // ---- final reduction: sum of the valid slab entries, one atomicAdd per pair
-    {
-        const int H = sdim[2 * nops], W = sdim[2 * nops + 1];
-        const int plh = spad[4 * nops], plw = spad[4 * nops + 1], Wp = spad[4 * nops + 3];
-        const int Hp = spad[4 * nops + 2];
-        int h0, h1, w0, w1;
-        valid_range(H, dl[2 * nops], circ, &h0, &h1);
-        valid_range(W, dl[2 * nops + 1], circ, &w0, &w1);
-        T sk = 0, st = 0;
-        for (int pos = tid; pos < Hp * Wp; pos += nt) {
-            const int P = pos / Wp - plh, Q = pos % Wp - plw;
-            if (P >= h0 && P < h1 && Q >= w0 && Q < w1) {
-                sk += kbuf[cur][pos];
-                if (want_ntk && !ntk_zero) st += tbuf[cur][pos];
-            }
-        }
-        red[tid] = sk;
-        red[nt + tid] = st;
-        __syncthreads();
-        for (int s = nt / 2; s > 0; s >>= 1) {
-            if (tid < s) {
-                red[tid] += red[tid + s];
-                red[nt + tid] += red[nt + tid + s];
-            }
-            __syncthreads();
-        }
-        if (tid == 0) {
-            atomicAdd(out_k + p, red[0] * inv_count);
-            if (want_ntk) atomicAdd(out_t + p, red[nt] * inv_count);
-        }
-    }
-}
-"""
-
-_KERNELS: Dict[str, Any] = {}
+#: Fraction of the device's free memory the window sums of a pooled call may take.
+FREE_MEMORY_FRACTION = 0.5
 
 
-def _kernel(dtype: np.dtype) -> Any:
-    import cupy  # noqa: PLC0415  (optional dependency)
-
-    name = "double" if dtype == np.float64 else "float"
-    if name not in _KERNELS:
-        _KERNELS[name] = cupy.RawKernel(_SOURCE.replace("__TYPE__", name), "slab_kernel")
-    return _KERNELS[name]
-
-
-def shared_bytes(prog: Any, itemsize: int) -> int:
+def shared_bytes(prog: Program, itemsize: int, threads: int = THREADS) -> int:
+    """Dynamic shared memory of one block: Σ and Θ double buffered, plus the reduction."""
     maxbuf = int((prog.spad[:, 2] * prog.spad[:, 3]).max())
-    return (4 * maxbuf + 2 * THREADS) * itemsize
+    return (4 * maxbuf + 2 * threads) * itemsize
+
+
+def _image_layers(layers: List[LayerImpl], plan: ImagePlan) -> List[LayerImpl]:
+    """The layers up to and including the one that makes the state flat."""
+    for l in range(len(layers)):
+        if plan.hw[l + 1] is None:
+            return layers[:l + 1]
+    return list(layers)
 
 
 def unsupported(layers: List[LayerImpl], plan: ImagePlan, dtype: Any) -> Optional[str]:
     """Why this kernel cannot run the network on ``dtype`` inputs, or None:
-    the slab conditions without AvgPool, and a slab that fits in shared memory."""
-    why = slab_unsupported(layers, plan, pooling=False)
+    a layer outside ``SUPPORTED_LAYERS`` on images, the slab conditions
+    (``slab_program.unsupported``), or a slab over the shared memory."""
+    for l, layer in enumerate(_image_layers(list(layers), plan)):
+        if layer.layer_name not in SUPPORTED_LAYERS:
+            return f"layer {l} ({layer.layer_name}) on images has no CUDA slab kernel"
+    why = slab_unsupported(layers, plan, pooling=True)
     if why is not None:
         return why
     dt = np.dtype(str(dtype))
@@ -279,57 +88,169 @@ def unsupported(layers: List[LayerImpl], plan: ImagePlan, dtype: Any) -> Optiona
     return None
 
 
-def run_pairs(prog: Any, x1: Any, x2: Any, v1: Any, v2: Any, pi: Any, pj: Any,
-              want_ntk: bool) -> Tuple[Any, Any]:
-    """Pooled Σ and Θ of the pairs ``(pi[p], pj[p])`` on the GPU."""
-    import cupy  # noqa: PLC0415  (optional dependency)
+def device_free_bytes(mod: Any) -> Optional[int]:
+    """Free memory of the current CUDA device (CuPy), or None (simulator: NumPy)."""
+    if mod is np:
+        return None
+    return int(mod.cuda.Device().mem_info[0])
 
+
+def _tables(prog: Program, mod: Any) -> Dict[str, Any]:
+    """The program's tables on the device (int32 indices, fpar/pinv/consts in the dtype)."""
+    i32 = {k: mod.asarray(np.ascontiguousarray(getattr(prog, k), dtype=np.int32))
+           for k in ("ops", "sdim", "spad", "deltas", "stages", "pools", "lut", "accoff")}
+    i32.update(fpar=mod.asarray(prog.fpar), pinv=mod.asarray(prog.pinv),
+               consts=mod.asarray(prog.consts))
+    return i32
+
+
+def _pairs_per_launch(prog: Program, npairs: int, itemsize: int, budget: int) -> int:
+    """Pairs per group of launches: the window sums of pooled stages (Σ and Θ per
+    pair) within ``budget`` bytes, and at most ``MAX_BLOCKS`` blocks a launch."""
+    nd = int(max(d1 - d0 for _, _, d0, d1 in prog.stages.tolist()))
+    m = max(1, MAX_BLOCKS // max(nd, 1))
+    if prog.pooled:
+        m = min(m, max(1, budget // (2 * max(prog.accsize, 1) * itemsize)))
+    return max(1, min(m, npairs))
+
+
+def run_pairs(prog: Program, x1: Any, x2: Any, var1: Tuple[Any, Any], var2: Tuple[Any, Any],
+              pi: Any, pj: Any, want_ntk: bool, *, capture: bool = False,
+              budget: int = 1 << 30) -> Tuple[Any, Any]:
+    """Pooled Σ and Θ of the pairs ``(pi[p], pj[p])``.
+
+    ``var1``/``var2``: ``(q, √q)`` per image and activation pixel, ``(n, nvar)``
+    each. ``capture``: the pairs are self pairs (i, i) whose variances the
+    kernel computes itself (pooled nets) and writes into ``var1`` (which must
+    be ``var2``): every stage's δ = 0 slab runs first, alone."""
+    mod = _module(x1)
     dtype = np.dtype(str(x1.dtype))
-    kernel = _kernel(dtype)
-    smem = shared_bytes(prog, dtype.itemsize)
-    if smem > 48 * 1024:
-        kernel.max_dynamic_shared_size_bytes = smem
-    dev = _device_program(prog, dtype)
-    s1 = cupy.sqrt(v1)
-    s2 = s1 if v2 is v1 else cupy.sqrt(v2)
-    npairs = int(pi.shape[0])
-    ndelta = int(prog.deltas.shape[0])
-    out_k = cupy.zeros(npairs, dtype)
-    out_t = cupy.zeros(npairs, dtype)
+    kernel = cuda_kernels.kernels(dtype)
+    threads = SIM_THREADS if cuda_kernels.simulated() else THREADS
+    smem = shared_bytes(prog, dtype.itemsize, threads)
+    host = mod is np   # NumPy arrays (the simulator): copied to the (fake) device once here
+    dev = cuda_kernels.to_device if host else (lambda a: a)
+    tab = {k: dev(v) for k, v in _tables(prog, mod).items()}
     maxbuf = int((prog.spad[:, 2] * prog.spad[:, 3]).max())
-    h0, w0, c = (int(s) for s in x1.shape[1:])
-    step = max(1, MAX_BLOCKS // ndelta)
+    npairs = int(pi.shape[0])
+    out_k = dev(mod.zeros(npairs, dtype))
+    out_t = dev(mod.zeros(npairs, dtype))
+    x1d = dev(x1)
+    x2d = x1d if x2 is x1 else dev(x2)
+    v1 = tuple(dev(v) for v in var1)
+    v2 = v1 if var2 is var1 else tuple(dev(v) for v in var2)
+    pid, pjd = dev(pi), dev(pj)
+    step = _pairs_per_launch(prog, npairs, dtype.itemsize, budget)
+    inv_count = dtype.type(1.0 / prog.count)
+    width = max(int(prog.accsize), 1) if prog.pooled else 1
     for a in range(0, npairs, step):
         b = min(npairs, a + step)
-        kernel((int((b - a) * ndelta),), (THREADS,),
-               (x1, x2, np.int32(h0), np.int32(w0), np.int32(c), pi[a:b], pj[a:b],
-                np.int64(b - a), dev["ops"], np.int32(prog.ops.shape[0]), dev["fpar"],
-                dev["sdim"], dev["spad"], dev["deltas"], np.int32(ndelta),
-                v1, s1, v2, s2, np.int32(v1.shape[1]), np.int32(maxbuf),
-                dtype.type(prog.consts[15]), dtype.type(1.0 / prog.count),
-                np.int32(prog.circ), np.int32(want_ntk), out_k[a:b], out_t[a:b]),
-               shared_mem=smem)
-    return out_k, out_t
+        pk = dev(mod.zeros((b - a, width), dtype))
+        pt = dev(mod.zeros((b - a, width), dtype)) if want_ntk else pk
+        for st, (_, _, d0, d1) in enumerate(prog.stages.tolist()):
+            launches = [(d0, 1), (d0 + 1, d1 - d0 - 1)] if capture else [(d0, d1 - d0)]
+            for ds, nd in launches:
+                if nd <= 0:
+                    continue
+                kernel[(b - a) * nd, threads, 0, smem](
+                    x1d, x2d, pid[a:b], pjd[a:b], v1[0], v1[1], v2[0], v2[1], tab["ops"],
+                    tab["fpar"], tab["sdim"], tab["spad"], tab["deltas"], tab["stages"],
+                    tab["pools"], tab["pinv"], tab["lut"], tab["accoff"], tab["consts"], pk, pt,
+                    out_k[a:b], out_t[a:b], st, ds, nd, maxbuf, bool(prog.circ), bool(want_ntk),
+                    bool(capture and ds == d0), inv_count)
+    if not host:
+        return out_k, out_t
+    if capture:
+        for h, d in zip(var1, v1):
+            h[...] = d.copy_to_host()
+    return out_k.copy_to_host(), out_t.copy_to_host()
 
 
-def _device_program(prog: Any, dtype: np.dtype) -> Dict[str, Any]:
-    import cupy  # noqa: PLC0415  (optional dependency)
+def self_pass(prog: Program, x: Any, want_ntk: bool, budget: int
+              ) -> Tuple[Any, Any, Tuple[Any, Any]]:
+    """``k(x_i, x_i)``, ``Θ(x_i, x_i)`` and ``(q, √q)`` entering every activation, from
+    the kernel on the self pairs (after an AvgPool the per-pixel variance needs the
+    image's pooled self-covariance, which the self pair's δ = 0 slabs hold)."""
+    mod = _module(x)
+    n = int(x.shape[0])
+    var = (mod.zeros((n, max(prog.nvar, 1)), x.dtype), mod.zeros((n, max(prog.nvar, 1)), x.dtype))
+    idx = mod.arange(n, dtype=mod.int64)
+    k, t = run_pairs(prog, x, x, var, var, idx, idx, want_ntk, capture=True, budget=budget)
+    return k, t, var
 
-    return {"ops": cupy.asarray(prog.ops.astype(np.int32)),
-            "fpar": cupy.asarray(prog.fpar.astype(dtype)),
-            "sdim": cupy.asarray(prog.sdim.astype(np.int32)),
-            "spad": cupy.asarray(prog.spad.astype(np.int32)),
-            "deltas": cupy.asarray(prog.deltas.astype(np.int32))}
+
+def _prepare(layers: List[LayerImpl], plan: ImagePlan, prog: Program, x: Any, xp: Any,
+             budget: int) -> Tuple[Tuple[Any, Any], Optional[Any]]:
+    """``(q, √q)`` of ``x`` and, for pooled nets, ``k(x_i, x_i)`` from the self pass."""
+    if prog.pooled:
+        k, _, var = self_pass(prog, x, False, budget)
+        return var, k
+    mod = _module(x)
+    q = _variances(layers, prog, plan, x, xp)
+    return (q, mod.sqrt(q)), None
+
+
+def _budget(mod: Any, memory_budget: int) -> int:
+    free = device_free_bytes(mod)
+    return int(memory_budget if free is None else min(memory_budget, FREE_MEMORY_FRACTION * free))
 
 
 def evaluate(layers: List[LayerImpl], plan: ImagePlan, x1: Any, x2: Optional[Any], *,
              want_ntk: bool, memory_budget: int) -> Dict[str, Any]:
-    return cpu_slab.evaluate(layers, plan, x1, x2, want_ntk=want_ntk, memory_budget=memory_budget,
-                              xp=namespace_of(x1), run_pairs=run_pairs)
+    """All pairs of x1 and x2 (x2=None: x1, upper triangle mirrored), then the flat tail."""
+    mod = _module(x1)
+    xp = namespace_of(x1)
+    budget = _budget(mod, memory_budget)
+    symmetric = x2 is None
+    x1 = mod.ascontiguousarray(x1)
+    x2f = x1 if symmetric else mod.ascontiguousarray(x2)
+    prog = Program(layers, plan, np.dtype(str(x1.dtype)))
+    var1, self1 = _prepare(layers, plan, prog, x1, xp, budget)
+    var2, self2 = (var1, self1) if symmetric else _prepare(layers, plan, prog, x2f, xp, budget)
+    n1, n2 = int(x1.shape[0]), int(x2f.shape[0])
+    k = mod.empty((n1, n2), x1.dtype)
+    t = mod.empty((n1, n2), x1.dtype) if want_ntk else None
+    chunk = int(max(LANES_MAX, min(CHUNK_PAIRS, budget // 64)))
+    for pi, pj in _pair_chunks(n1, n2, symmetric, chunk):
+        pi, pj = mod.asarray(pi), mod.asarray(pj)
+        ok, ot = run_pairs(prog, x1, x2f, var1, var2, pi, pj, want_ntk, budget=budget)
+        k[pi, pj] = ok
+        if symmetric:
+            k[pj, pi] = ok
+        if want_ntk:
+            t[pi, pj] = ot
+            if symmetric:
+                t[pj, pi] = ot
+    if not _needs_tail_variances(layers, prog):
+        tail1, tail2 = mod.zeros(n1, x1.dtype), mod.zeros(n2, x1.dtype)
+    elif symmetric:
+        idx = mod.arange(n1, dtype=mod.int64)
+        tail1 = tail2 = k[idx, idx].copy()
+    else:
+        tail1 = self1 if self1 is not None else _self_k(prog, x1, var1, budget)
+        tail2 = self2 if self2 is not None else _self_k(prog, x2f, var2, budget)
+    return _tail(layers, prog, k, t, tail1, tail2, False, want_ntk, xp)
+
+
+def _self_k(prog: Program, x: Any, var: Tuple[Any, Any], budget: int) -> Any:
+    mod = _module(x)
+    idx = mod.arange(int(x.shape[0]), dtype=mod.int64)
+    return run_pairs(prog, x, x, var, var, idx, idx, False, budget=budget)[0]
 
 
 def evaluate_diagonal(layers: List[LayerImpl], plan: ImagePlan, x: Any, *, want_ntk: bool,
                       memory_budget: int) -> Dict[str, Any]:
-    return cpu_slab.evaluate_diagonal(layers, plan, x, want_ntk=want_ntk,
-                                       memory_budget=memory_budget, xp=namespace_of(x),
-                                       run_pairs=run_pairs)
+    """``k(x_i, x_i)`` for every image."""
+    mod = _module(x)
+    xp = namespace_of(x)
+    budget = _budget(mod, memory_budget)
+    x = mod.ascontiguousarray(x)
+    prog = Program(layers, plan, np.dtype(str(x.dtype)))
+    if prog.pooled:
+        k, t, _ = self_pass(prog, x, want_ntk, budget)
+    else:
+        q = _variances(layers, prog, plan, x, xp)
+        var = (q, mod.sqrt(q))
+        idx = mod.arange(int(x.shape[0]), dtype=mod.int64)
+        k, t = run_pairs(prog, x, x, var, var, idx, idx, want_ntk, budget=budget)
+    return _tail(layers, prog, k, t, k.copy(), None, True, want_ntk, xp)

@@ -1,0 +1,405 @@
+"""The CUDA slab kernel, written with numba-cuda: one thread block per (image pair, slab).
+
+It interprets the same encoded network (``slab_program.Program``: op table,
+slab offsets, stages between AvgPools, window-sum offsets) as the CPU numba
+kernel (``slab_kernels``), so the two share every planning decision and
+differ only in how a slab is walked. A block holds its slab (Σ and Θ,
+double buffered) in dynamic shared memory; each Conv is a stencil over it
+fused with the affine map, each activation an elementwise closed form
+(ReLU family: Cho & Saul 2009, arc-cosine kernel; Erf: Williams 1997),
+separated by ``syncthreads`` barriers. A stage ends either
+
+* in the final GlobalAvgPool/Flatten: a shared-memory tree reduction and
+  one ``atomic.add`` per pair into the output, or
+* in an AvgPool: every entry of the slab is added (``atomic.add``, several
+  slabs feed the same pooled entry) to the window sums of the pooled slabs of
+  the next stage, kept per pair in global memory (``pk``/``pt``, the layout
+  of ``Program.accoff``); the next stage's launch loads its slabs from them,
+  divided by the window sizes (``Program.pinv``).
+
+Activations after an AvgPool need each image's pooled per-pixel variance:
+the self pass (pairs (i, i), ``capture``) launches the δ = 0 slab of every
+stage first, which writes the variances entering its activations into
+``Q``/``S`` (q and √q per activation pixel), then the stage's other slabs.
+
+The same source runs on a GPU (CuPy arrays, passed through
+``__cuda_array_interface__``) and in numba's CUDA simulator on a CPU
+(``NUMBA_ENABLE_CUDASIM=1`` set before ``numba.cuda`` is first imported;
+NumPy arrays), which is how CI executes it (tests marked ``cudasim``).
+``numba.cuda`` is an optional dependency imported only when a kernel is
+built, so ``import ntkscale`` never loads it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Dict
+
+import numpy as np
+
+from .slab_ops import C_FH, C_FW, C_KIND, C_SH, C_STD, C_SW, C_VOFF, K_ABRELU, K_AFFINE, K_CONV, \
+    K_ERF
+
+__all__ = ["kernels", "simulated", "to_device"]
+
+_BUILT: Dict[str, Any] = {}
+#: ``numba.cuda``, bound by ``_build`` (a module global, not a closure: the simulator
+#: swaps the module global ``cuda`` of a kernel for its own fake module).
+cuda: Any = None
+
+
+def simulated() -> bool:
+    """Whether ``numba.cuda`` is (or will be, once imported) numba's CUDA simulator."""
+    import numba.cuda  # noqa: PLC0415 (optional dependency: numba-cuda)
+
+    return bool(getattr(numba.cuda, "simulator_enabled", False)) or \
+        os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+
+def kernels(dtype: Any) -> Any:
+    """The compiled stage kernel for ``dtype`` (float32 or float64), built once."""
+    name = np.dtype(dtype).name
+    if name not in _BUILT:
+        _BUILT[name] = _build(name)
+    return _BUILT[name]
+
+
+def to_device(array: np.ndarray) -> Any:
+    """A device copy of a host array (in the simulator: a fake device array). The kernel
+    gets device arrays, so an array passed twice (the self pass's variances) is one
+    array, not two host-to-device copies of which the last copied back wins."""
+    import numba.cuda  # noqa: PLC0415 (optional dependency: numba-cuda)
+
+    return numba.cuda.to_device(np.ascontiguousarray(array))
+
+
+def _build(name: str) -> Any:  # noqa: C901 - one kernel and its device functions
+    global cuda
+    import numba.cuda  # noqa: PLC0415 (optional dependency: numba-cuda)
+    from numba import types  # noqa: PLC0415
+
+    cuda = numba.cuda
+
+    T = types.float64 if name == "float64" else types.float32
+
+    @cuda.jit(device=True)
+    def valid_range(n, delta, circ):
+        """Positions P of a slab whose partner P + δ is inside the image."""
+        if circ:
+            return 0, n
+        return max(0, -delta), min(n, n - delta)
+
+    @cuda.jit(device=True)
+    def abrelu(c, sa, sb, f0, f1, tol, zero, one):
+        """ReLU family (f0 = A, f1 = F), the scale-free form of ``slab_ops.abrelu1``:
+        K = F·√(n² − c²) + (A − Fθ)·c, K̇ = A − Fθ, θ = atan2(√(n² − c²), c)."""
+        norm = sa * sb
+        ac = min(abs(c), norm)
+        if ac > norm - tol * norm:
+            ac = norm
+        s = math.sqrt((norm - ac) * (norm + ac))
+        sang = s if norm > zero else one
+        sc = ac if c >= zero else -ac
+        th = math.atan2(sang, sc)
+        dot = f0 - f1 * th
+        return f1 * s + dot * sc, dot
+
+    @cuda.jit(device=True)
+    def erf_dual(c, qa, sa, qb, sb, a, b, shift, tol, one, two, pi_):
+        """a·erf(b·x) + shift (Williams 1997), as ``slab_ops.erf_row``."""
+        b2 = b * b
+        norm = sa * sb
+        ac = min(abs(c), norm)
+        if ac > norm - tol * norm:
+            ac = norm
+        root = math.sqrt(one + two * b2 * (qa + qb) + two * two * b2 * b2 * ((norm - ac) * (norm + ac)))
+        dot = a * a * b2 * two * two / pi_ / root
+        return a * a * two / pi_ * math.atan2(two * b2 * c, root) + shift * shift, dot
+
+    @cuda.jit(device=True)
+    def window_axis(delta, a, a2, stride, n_out, i0, i1, lo):
+        """One axis of an AvgPool window offset pair (a, a'), as ``slab_pool._pool_axis``:
+        (ok, e, v0, p0, p1): pooled slab offset e = (δ − a' + a)/s, its first valid
+        position v0, and the output positions [p0, p1) reading input rows [i0, i1)."""
+        nd = delta - a2 + a
+        if nd % stride != 0:
+            return False, 0, 0, 0, 0
+        e = nd // stride
+        if e <= -n_out or e >= n_out:
+            return False, 0, 0, 0, 0
+        v0 = max(0, -e)
+        v1 = min(n_out, n_out - e)
+        shift = a - lo
+        p0 = max(0, -((shift - i0) // stride))
+        p1 = max(p0, min(n_out, -((shift - i1) // stride)))
+        return True, e, v0, max(p0, v0), min(p1, v1)
+
+    @cuda.jit(device=True)
+    def conv(sm, cur, maxbuf, ops, fpar, sdim, spad, deltas, o, d, circ, want_ntk, use_t, tid, nt):
+        """Conv op o on slab d: stencil + affine map from buffer ``cur`` into ``1 − cur``."""
+        H = sdim[o, 0]
+        W = sdim[o, 1]
+        plh = spad[o, 0]
+        plw = spad[o, 1]
+        Hp = spad[o, 2]
+        Wp = spad[o, 3]
+        kin = cur * maxbuf
+        tin = (2 + cur) * maxbuf
+        if circ:  # wrap-fill the input margins
+            for pos in range(tid, Hp * Wp, nt):
+                r = pos // Wp
+                c = pos % Wp
+                sr = plh + (r - plh) % H
+                sc = plw + (c - plw) % W
+                if sr != r or sc != c:
+                    sm[kin + pos] = sm[kin + sr * Wp + sc]
+                    if use_t:
+                        sm[tin + pos] = sm[tin + sr * Wp + sc]
+            cuda.syncthreads()
+        fh = ops[o, C_FH]
+        fw = ops[o, C_FW]
+        sh = ops[o, C_SH]
+        sw = ops[o, C_SW]
+        standard = ops[o, C_STD] != 0
+        f0 = fpar[o, 0]
+        f1 = fpar[o, 1]
+        f2 = fpar[o, 2]
+        f3 = fpar[o, 3]
+        qlh = spad[o + 1, 0]
+        qlw = spad[o + 1, 1]
+        Hq = spad[o + 1, 2]
+        Wq = spad[o + 1, 3]
+        h0, h1 = valid_range(sdim[o + 1, 0], deltas[d, o + 1, 0], circ)
+        w0, w1 = valid_range(sdim[o + 1, 1], deltas[d, o + 1, 1], circ)
+        kout = (1 - cur) * maxbuf
+        tout = (3 - cur) * maxbuf
+        zero = f0 - f0
+        for pos in range(tid, Hq * Wq, nt):
+            P = pos // Wq - qlh
+            Q = pos % Wq - qlw
+            kn = zero
+            tn = zero
+            if P >= h0 and P < h1 and Q >= w0 and Q < w1:
+                ks = zero
+                ts = zero
+                for eh in range(fh):
+                    row = (sh * P + eh) * Wp + sw * Q
+                    for ew in range(fw):
+                        ks += sm[kin + row + ew]
+                        if use_t:
+                            ts += sm[tin + row + ew]
+                kn = f0 * ks + f1
+                if want_ntk:
+                    tn = f2 * ks + f0 * ts + f3 if standard else kn + f0 * ts
+            sm[kout + pos] = kn
+            sm[tout + pos] = tn
+        cuda.syncthreads()
+
+    @cuda.jit(device=True)
+    def pointwise(sm, cur, maxbuf, i, j, Q1, S1, Q2, S2, ops, fpar, sdim, spad, deltas, consts,
+                  o, d, circ, want_ntk, ntk_zero, capture, tid, nt):
+        """Activation or Dense-on-images op o on the valid part of slab d (in place).
+        ``capture``: slab d is the δ = 0 slab of a self pair (i, i), whose entries
+        entering an activation are its variances: written to ``Q1``/``S1`` first."""
+        kind = ops[o, C_KIND]
+        H = sdim[o, 0]
+        W = sdim[o, 1]
+        plh = spad[o, 0]
+        plw = spad[o, 1]
+        Hp = spad[o, 2]
+        Wp = spad[o, 3]
+        dh = deltas[d, o, 0]
+        dw = deltas[d, o, 1]
+        h0, h1 = valid_range(H, dh, circ)
+        w0, w1 = valid_range(W, dw, circ)
+        voff = ops[o, C_VOFF]
+        standard = ops[o, C_STD] != 0
+        f0 = fpar[o, 0]
+        f1 = fpar[o, 1]
+        f2 = fpar[o, 2]
+        f3 = fpar[o, 3]
+        zero = consts[0]
+        one = consts[1]
+        two = consts[2]
+        pi_ = consts[3]
+        tol = consts[15]
+        kb = cur * maxbuf
+        tb = (2 + cur) * maxbuf
+        for pos in range(tid, Hp * Wp, nt):
+            P = pos // Wp - plh
+            Q = pos % Wp - plw
+            if not (P >= h0 and P < h1 and Q >= w0 and Q < w1):
+                if kind == K_AFFINE and want_ntk and ntk_zero:
+                    sm[tb + pos] = zero
+                continue
+            c = sm[kb + pos]
+            ia = voff + P * W + Q
+            ib = voff + ((P + dh) % H) * W + (Q + dw) % W
+            if capture and (kind == K_ABRELU or kind == K_ERF):
+                Q1[i, ia] = c
+                S1[i, ia] = math.sqrt(c)
+            if kind == K_ABRELU:
+                k, dot = abrelu(c, S1[i, ia], S2[j, ib], f0, f1, tol, zero, one)
+                sm[kb + pos] = k
+                if want_ntk:
+                    sm[tb + pos] = sm[tb + pos] * dot
+            elif kind == K_ERF:
+                k, dot = erf_dual(c, Q1[i, ia], S1[i, ia], Q2[j, ib], S2[j, ib], f0, f1, f2, tol,
+                                  one, two, pi_)
+                sm[kb + pos] = k
+                if want_ntk:
+                    sm[tb + pos] = sm[tb + pos] * dot
+            elif kind == K_AFFINE:
+                kn = f0 * c + f1
+                if want_ntk:
+                    t = zero if ntk_zero else sm[tb + pos]
+                    sm[tb + pos] = f2 * c + f0 * t + f3 if standard else kn + f0 * t
+                sm[kb + pos] = kn
+        cuda.syncthreads()
+
+    @cuda.jit
+    def stage_kernel(X1, X2, pi, pj, Q1, S1, Q2, S2, ops, fpar, sdim, spad, deltas, stages, pools,
+                     pinv, lut, accoff, consts, pk, pt, out_k, out_t, st, dstart, nd, maxbuf, circ,
+                     want_ntk, capture, inv_count):
+        """Slabs ``dstart .. dstart + nd − 1`` of stage ``st`` for every pair of the launch:
+        block b runs pair ``b // nd`` and slab ``dstart + b % nd``."""
+        sm = cuda.shared.array(0, T)
+        tid = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        blk = cuda.blockIdx.x
+        p = blk // nd
+        d = dstart + blk % nd
+        i = pi[p]
+        j = pj[p]
+        zero = consts[0]
+        o0 = stages[st, 0]
+        o1 = stages[st, 1]
+        ntk_zero = True   # Θ is zero until a Conv or Dense (NTK only)
+        for o in range(o0):
+            if want_ntk and (ops[o, C_KIND] == K_CONV or ops[o, C_KIND] == K_AFFINE):
+                ntk_zero = False
+        # ---- load the stage's input slab into buffer 0
+        H = sdim[o0, 0]
+        W = sdim[o0, 1]
+        plh = spad[o0, 0]
+        plw = spad[o0, 1]
+        Hp = spad[o0, 2]
+        Wp = spad[o0, 3]
+        dh = deltas[d, o0, 0]
+        dw = deltas[d, o0, 1]
+        h0, h1 = valid_range(H, dh, circ)
+        w0, w1 = valid_range(W, dw, circ)
+        use_t = want_ntk and not ntk_zero
+        base = accoff[d]
+        nw = w1 - w0
+        for pos in range(tid, Hp * Wp, nt):
+            P = pos // Wp - plh
+            Q = pos % Wp - plw
+            v = zero
+            tv = zero
+            if P >= h0 and P < h1 and Q >= w0 and Q < w1:
+                if st == 0:  # K0 = <x_a, x_b> / C
+                    Pb = (P + dh) % H
+                    Qb = (Q + dw) % W
+                    for c in range(X1.shape[3]):
+                        v += X1[i, P, Q, c] * X2[j, Pb, Qb, c]
+                    v = v / consts[16]
+                else:        # window sums of the AvgPool before this stage / window sizes
+                    f = pinv[st, 0, P] * pinv[st, 0, P + dh] * (pinv[st, 1, Q] * pinv[st, 1, Q + dw])
+                    m = base + (P - h0) * nw + (Q - w0)
+                    v = pk[p, m] * f
+                    if use_t:
+                        tv = pt[p, m] * f
+            sm[pos] = v
+            sm[2 * maxbuf + pos] = tv
+        cuda.syncthreads()
+        # ---- the stage's ops
+        cur = 0
+        for o in range(o0, o1):
+            kind = ops[o, C_KIND]
+            if kind == K_CONV:
+                conv(sm, cur, maxbuf, ops, fpar, sdim, spad, deltas, o, d, circ, want_ntk,
+                     want_ntk and not ntk_zero, tid, nt)
+                cur = 1 - cur
+                if want_ntk:
+                    ntk_zero = False
+            else:
+                pointwise(sm, cur, maxbuf, i, j, Q1, S1, Q2, S2, ops, fpar, sdim, spad, deltas,
+                          consts, o, d, circ, want_ntk, ntk_zero, capture, tid, nt)
+                if kind == K_AFFINE and want_ntk:
+                    ntk_zero = False
+        kb = cur * maxbuf
+        tb = (2 + cur) * maxbuf
+        use_t = want_ntk and not ntk_zero
+        H = sdim[o1, 0]
+        W = sdim[o1, 1]
+        plh = spad[o1, 0]
+        plw = spad[o1, 1]
+        Wp = spad[o1, 3]
+        h0, h1 = valid_range(H, deltas[d, o1, 0], circ)
+        w0, w1 = valid_range(W, deltas[d, o1, 1], circ)
+        if o1 == ops.shape[0]:
+            # ---- final slab: block reduction, one atomic add per pair
+            red = 4 * maxbuf
+            sk = zero
+            stt = zero
+            for pos in range(tid, spad[o1, 2] * Wp, nt):
+                P = pos // Wp - plh
+                Q = pos % Wp - plw
+                if P >= h0 and P < h1 and Q >= w0 and Q < w1:
+                    sk += sm[kb + pos]
+                    if use_t:
+                        stt += sm[tb + pos]
+            sm[red + tid] = sk
+            sm[red + nt + tid] = stt
+            cuda.syncthreads()
+            s = nt // 2
+            while s > 0:
+                if tid < s:
+                    sm[red + tid] += sm[red + tid + s]
+                    sm[red + nt + tid] += sm[red + nt + tid + s]
+                cuda.syncthreads()
+                s //= 2
+            if tid == 0:
+                cuda.atomic.add(out_k, p, sm[red] * inv_count)
+                if want_ntk:
+                    cuda.atomic.add(out_t, p, sm[red + nt] * inv_count)
+            return
+        # ---- AvgPool op o1: add the slab to the window sums of stage st + 1
+        Ho = sdim[o1 + 1, 0]
+        Wo = sdim[o1 + 1, 1]
+        kh = ops[o1, C_FH]
+        kw = ops[o1, C_FW]
+        sh = ops[o1, C_SH]
+        sw = ops[o1, C_SW]
+        nxt = st + 1
+        loh = pools[nxt, 0]
+        low = pools[nxt, 1]
+        R = (lut.shape[1] - 1) // 2
+        for a in range(kh):
+            for a2 in range(kh):
+                okh, eh, vh0, p0, p1 = window_axis(deltas[d, o1, 0], a, a2, sh, Ho, h0, h1, loh)
+                if not okh or p1 <= p0:
+                    continue
+                for b in range(kw):
+                    for b2 in range(kw):
+                        okw, ew, vw0, q0, q1 = window_axis(deltas[d, o1, 1], b, b2, sw, Wo, w0, w1,
+                                                           low)
+                        if not okw or q1 <= q0:
+                            continue
+                        e = lut[nxt, eh + R, ew + R]
+                        if e < 0:
+                            continue
+                        nrow = min(Wo, Wo - ew) - vw0
+                        nq = q1 - q0
+                        for t in range(tid, (p1 - p0) * nq, nt):
+                            P = p0 + t // nq
+                            Q = q0 + t % nq
+                            src = (sh * P + a - loh + plh) * Wp + plw + b - low + sw * Q
+                            dst = accoff[e] + (P - vh0) * nrow + (Q - vw0)
+                            cuda.atomic.add(pk, (p, dst), sm[kb + src])
+                            if use_t:
+                                cuda.atomic.add(pt, (p, dst), sm[tb + src])
+
+    return stage_kernel

@@ -45,7 +45,7 @@ SUPPORTED_LAYERS = frozenset({"Conv", "Dense", "AvgPool", "GlobalAvgPool", "Flat
 #: Threads per block on a GPU (a power of two: the final reduction halves it),
 #: and in the simulator, where every thread is a Python thread.
 THREADS = 256
-SIM_THREADS = 8
+SIM_THREADS = 4
 #: Largest dynamic shared memory a block asks for (bytes): 48 KiB, the limit
 #: every CUDA GPU grants without an opt-in (a 32×32 slab with 3×3 SAME Convs,
 #: float64, needs 41 KiB).

@@ -1,0 +1,198 @@
+"""The CUDA slab kernel (``cuda_slab``/``cuda_kernels``) against the CPU slab path.
+
+One body, :func:`case_error`, serves two runs of the same cases:
+
+* ``cudasim`` (default suite, no GPU): the kernel's own source executes in
+  numba's CUDA simulator on NumPy arrays, shared memory, barriers and atomics
+  included. The simulator must be chosen before ``numba.cuda`` is first
+  imported (``NUMBA_ENABLE_CUDASIM=1``) and stays for the life of the process,
+  so the cases run in ONE child process (:func:`simulated_errors`) and the
+  simulator never leaks into the other tests of the session. When pytest itself
+  runs under the simulator (``NUMBA_ENABLE_CUDASIM=1 pytest -m cudasim``) they
+  run in-process.
+* ``gpu`` (``pytest -m gpu`` on a GPU machine): CuPy arrays through
+  ``kernel_fn``, which picks the ``cuda_slab`` path itself.
+
+Sizes are tiny (3×3 and 4×4 images, 2 + 1 images): the simulator runs each
+CUDA thread as a Python thread, ~10 ms per thread block.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Tuple
+
+import numpy as np
+import pytest
+
+from ntkscale import stax
+from ntkscale.stax.engine import cuda_slab, layers_of, select_path
+
+ROOT = Path(__file__).resolve().parents[2]
+#: Parity bounds (max |GPU − CPU| / max |CPU|), per dtype.
+TOLERANCE = {"float64": 1e-12, "float32": 1e-5}
+
+
+def _conv(*args: Any, **kw: Any) -> Any:
+    kw.setdefault("W_std", 1.4)
+    kw.setdefault("b_std", 0.1)
+    return stax.Conv(3, *args, **kw)
+
+
+def _nets() -> Dict[str, Tuple[Callable[[], Any], Tuple[int, int, int], Tuple[str, ...]]]:
+    """name -> (network builder, per-example shape, dtypes)."""
+    return {
+        "cntk_gap": (lambda: stax.serial(_conv((3, 3), padding="SAME"), stax.Relu(),
+                                         _conv((3, 3), padding="SAME"), stax.Relu(),
+                                         stax.GlobalAvgPool(), stax.Dense(1)),
+                     (3, 3, 2), ("float64", "float32")),
+        "flatten_readout_erf_valid": (
+            lambda: stax.serial(_conv((3, 3), padding="SAME"), stax.Erf(0.7, 1.3, 0.2),
+                                _conv((2, 2), padding="VALID"), stax.Relu(), stax.Flatten(),
+                                stax.Dense(3, W_std=1.3, b_std=0.2), stax.Relu(), stax.Dense(1)),
+            (4, 4, 2), ("float64",)),
+        "strides_dense_standard": (
+            lambda: stax.serial(
+                stax.Conv(3, (3, 2), strides=(2, 1), padding="SAME", W_std=1.3, b_std=0.2,
+                          parameterization="standard"),
+                stax.LeakyRelu(0.2), stax.Dense(4, W_std=1.2, b_std=0.3, parameterization="standard"),
+                stax.Abs(), stax.GlobalAvgPool(), stax.Dense(1, parameterization="standard")),
+            (4, 3, 2), ("float64",)),
+        "circular_abrelu": (lambda: stax.serial(_conv((3, 3), padding="CIRCULAR"), stax.ABRelu(-0.3, 1.2),
+                                                _conv((3, 3), padding="CIRCULAR"), stax.Identity(),
+                                                stax.GlobalAvgPool(), stax.Dense(1)),
+                            (3, 3, 2), ("float64", "float32")),
+        "myrtle_style_avgpool_gap": (
+            lambda: stax.serial(_conv((3, 3), padding="SAME"), stax.Relu(),
+                                stax.AvgPool((2, 2), (2, 2)), _conv((3, 3), padding="SAME"),
+                                stax.Relu(), stax.GlobalAvgPool(), stax.Dense(1)),
+            (4, 4, 2), ("float64",)),
+        "avgpool_same_edges_flatten": (
+            lambda: stax.serial(_conv((2, 2), padding="SAME", b_std=None), stax.Erf(),
+                                stax.AvgPool((2, 2), (1, 1), padding="SAME"), stax.Relu(),
+                                stax.Flatten(), stax.Dense(1)),
+            (3, 3, 2), ("float64",)),
+    }
+
+
+NETS = _nets()
+CASES = [(name, dt) for name, (_, _, dts) in NETS.items() for dt in dts]
+IDS = [f"{n}-{d}" for n, d in CASES]
+
+
+def case_error(name: str, dtype: str, device: str) -> float:
+    """Largest relative deviation of the CUDA kernel from the CPU slab path on one net:
+    nngp and ntk of k(x1, x1) (symmetric), k(x1, x2) and the diagonal.
+
+    ``device="sim"``: NumPy arrays straight into ``cuda_slab`` (this process must run
+    numba's CUDA simulator); ``"gpu"``: CuPy arrays through ``kernel_fn``."""
+    build, shape, _ = NETS[name]
+    kf = build()[2]
+    layers = layers_of(kf)
+    path = select_path(layers, shape, "gpu", dtype=dtype)
+    assert path.name == "cuda_slab", path.reason
+    rng = np.random.default_rng(7)
+    x1 = rng.uniform(-1, 1, (2,) + shape).astype(dtype)
+    x2 = rng.uniform(-1, 1, (1,) + shape).astype(dtype)
+    assert select_path(layers, shape, "cpu", dtype=dtype).name.startswith("cpu_slab")
+    get = ("nngp", "ntk")
+    refs = [kf(x1, None, get), kf(x1, x2, get), (kf.diag(x1, "nngp"), kf.diag(x1, "ntk"))]
+    if device == "gpu":
+        import cupy  # noqa: PLC0415 (GPU runs only)
+
+        c1, c2 = cupy.asarray(x1), cupy.asarray(x2)
+        outs = [kf(c1, None, get), kf(c1, c2, get), (kf.diag(c1, "nngp"), kf.diag(c1, "ntk"))]
+        outs = [tuple(cupy.asnumpy(o) for o in out) for out in outs]
+    else:
+        budget = 1 << 26
+        run = [cuda_slab.evaluate(layers, path.plan, x1, None, want_ntk=True, memory_budget=budget),
+               cuda_slab.evaluate(layers, path.plan, x1, x2, want_ntk=True, memory_budget=budget),
+               cuda_slab.evaluate_diagonal(layers, path.plan, x1, want_ntk=True, memory_budget=budget)]
+        outs = [(r["nngp"], r["ntk"]) for r in run]
+    worst = 0.0
+    for out, ref in zip(outs, refs):
+        for o, r in zip(out, ref):
+            assert o.dtype == np.dtype(dtype) and o.shape == r.shape
+            worst = max(worst, float(np.abs(o - r).max() / np.abs(r).max()))
+    return worst
+
+
+def all_errors(device: str) -> Dict[str, Dict[str, float]]:
+    """Every case: its error and seconds (``device`` as :func:`case_error`)."""
+    out = {}
+    for (name, dtype), key in zip(CASES, IDS):
+        t0 = time.perf_counter()
+        err = case_error(name, dtype, device)
+        out[key] = {"error": err, "seconds": time.perf_counter() - t0}
+    return out
+
+
+def _in_simulator() -> bool:
+    mod = sys.modules.get("numba.cuda")
+    return mod is not None and bool(getattr(mod, "simulator_enabled", False))
+
+
+def simulated_errors(timeout: float = 600.0) -> Dict[str, Dict[str, float]]:
+    """:func:`all_errors` under numba's CUDA simulator: in this process when it already
+    runs the simulator, else in one child process with ``NUMBA_ENABLE_CUDASIM=1``."""
+    if _in_simulator():
+        sys.setswitchinterval(1e-6)
+        return all_errors("sim")
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONPATH=str(ROOT))
+    # The simulator runs each CUDA thread as a Python thread and polls them: a short GIL
+    # switch interval makes its barriers ~10x faster.
+    code = ("import json, sys; sys.setswitchinterval(1e-6); "
+            "from tests.stax.test_cudasim_slab import all_errors; "
+            "print('RESULT ' + json.dumps(all_errors('sim')))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise AssertionError(f"the simulator run failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def _has_numba_cuda() -> bool:
+    try:
+        return importlib.util.find_spec("numba.cuda") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+@pytest.fixture(scope="module")
+def sim_results() -> Dict[str, Dict[str, float]]:
+    if not _has_numba_cuda():
+        pytest.skip("numba-cuda is not installed (pip install 'ntkscale[gpu]' or numba-cuda)")
+    return simulated_errors()
+
+
+@pytest.mark.cudasim
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_cuda_kernel_in_simulator_matches_cpu(case, sim_results):
+    name, dtype = case
+    row = sim_results[f"{name}-{dtype}"]
+    assert row["error"] <= TOLERANCE[dtype], (name, dtype, row)
+
+
+def _gpu() -> bool:
+    try:
+        import cupy  # noqa: PLC0415
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_cuda_kernel_on_gpu_matches_cpu(case):
+    if not _gpu():
+        pytest.skip("needs CuPy and a CUDA device")
+    name, dtype = case
+    assert case_error(name, dtype, "gpu") <= TOLERANCE[dtype]

@@ -91,3 +91,11 @@ class ClusterUnreachableError(ConfigError):
 
 class ClusterStartError(NtkscaleError):
     """A local Dask cluster did not start (after a retry)."""
+
+
+# GPU workers (issue 16)
+
+
+class GpuConfigError(ConfigError):
+    """A GPU cluster config this machine cannot honour: no CuPy, no CUDA device, or
+    more (or other) GPUs asked for than are present."""

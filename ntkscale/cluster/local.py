@@ -3,7 +3,10 @@
 Each worker gets ``threads_per_worker + io_threads`` Dask threads; at most
 ``threads_per_worker`` of them compute at once (:func:`ntkscale.gram.schedule.compute_gate`),
 the others write finished blocks meanwhile. With ``gpus`` there is one worker per
-listed CUDA device, pinned to it by the :mod:`ntkscale.cluster.gpu` preload. The
+listed CUDA device: dask-cuda's ``LocalCUDACluster`` when dask-cuda is installed
+(``ntkscale[gpu]``; it rotates ``CUDA_VISIBLE_DEVICES`` so worker i sees device i
+first), else a ``LocalCluster`` whose workers the :mod:`ntkscale.cluster.gpu` preload
+pins to their device. Either way every worker's CUDA context is on its own GPU. The
 cluster is closed again when the run ends.
 """
 
@@ -11,10 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Dict, Iterator
+from typing import Any, Dict, Iterator, Optional
 
 from ..config.cluster import LocalClusterConfig
 from ..errors import ClusterStartError
+from .gpu import check_gpus
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +32,19 @@ START_ATTEMPTS = 2
 WORKER_ENV = {"NUMBA_NUM_THREADS": "1"}
 
 
-def local_cluster_kwargs(cfg: LocalClusterConfig, security: Any = None) -> Dict[str, Any]:
-    """Keyword arguments of ``distributed.LocalCluster`` for this config (no I/O)."""
+def cuda_cluster_class() -> Optional[Any]:
+    """dask-cuda's ``LocalCUDACluster``, or None when dask-cuda is not installed."""
+    try:
+        from dask_cuda import LocalCUDACluster  # noqa: PLC0415 (optional: ntkscale[gpu])
+    except ImportError:
+        return None
+    return LocalCUDACluster
+
+
+def local_cluster_kwargs(cfg: LocalClusterConfig, security: Any = None,
+                         cuda: bool = False) -> Dict[str, Any]:
+    """Keyword arguments of ``distributed.LocalCluster`` for this config (no I/O);
+    ``cuda``: of dask-cuda's ``LocalCUDACluster`` instead (only with ``gpus``)."""
     kwargs: Dict[str, Any] = dict(
         n_workers=cfg.n_workers, threads_per_worker=cfg.threads_per_worker + cfg.io_threads,
         memory_limit=cfg.memory_limit if cfg.memory_limit is not None else "auto",
@@ -37,11 +52,14 @@ def local_cluster_kwargs(cfg: LocalClusterConfig, security: Any = None) -> Dict[
     )
     if cfg.processes:
         kwargs["env"] = dict(WORKER_ENV)
-    if cfg.gpus:
-        # One worker process per device: each sees the whole list and its preload
-        # keeps its own entry (worker i -> gpus[i]) before CuPy initialises CUDA.
-        # dask-cuda's LocalCUDACluster does the same, but would add a dependency (and
-        # its own worker class) for what one environment variable does here.
+    if cfg.gpus and cuda:
+        # LocalCUDACluster: one worker per listed device (it always uses processes).
+        del kwargs["processes"]
+        kwargs["CUDA_VISIBLE_DEVICES"] = ",".join(cfg.gpus)
+    elif cfg.gpus:
+        # Without dask-cuda: one worker process per device; each sees the whole list
+        # and its preload keeps its own entry (worker i -> gpus[i]) before CuPy
+        # initialises CUDA.
         kwargs["env"].update(CUDA_VISIBLE_DEVICES=",".join(cfg.gpus),
                              NTKSCALE_WORKERS_PER_JOB=str(len(cfg.gpus)))
         kwargs["preload"] = ["ntkscale.cluster.gpu"]
@@ -66,10 +84,14 @@ def start_local_cluster(cfg: LocalClusterConfig, security: Any = None) -> Any:
     retried once on fresh processes, then :class:`~ntkscale.errors.ClusterStartError`."""
     from distributed import LocalCluster  # noqa: PLC0415 (heavy: imported when a cluster opens)
 
+    if cfg.gpus:
+        check_gpus(cfg.gpus)   # no CuPy / no device / absent ids: one line, no workers started
+    cuda_cls = cuda_cluster_class() if cfg.gpus else None
+    factory = cuda_cls or LocalCluster
     attempt = 1
     while True:
         try:
-            return LocalCluster(**local_cluster_kwargs(cfg, security))
+            return factory(**local_cluster_kwargs(cfg, security, cuda=cuda_cls is not None))
         except (RuntimeError, OSError, TimeoutError) as exc:
             why = f"{type(exc).__name__}: {exc}" + (f" ({exc.__cause__})" if exc.__cause__ else "")
             if attempt >= START_ATTEMPTS:

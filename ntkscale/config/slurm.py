@@ -15,7 +15,13 @@ from .sections import Section, parse_memory
 
 SLURM_KEYS = ("kind", "jobs", "cores", "processes", "memory", "walltime", "partition", "account",
               "gpus_per_job", "interface", "scheduler_interface", "python", "extra_sbatch",
-              "prologue", "job_name", "log_directory", "local_directory", "dashboard_address")
+              "prologue", "job_name", "log_directory", "local_directory", "dashboard_address",
+              "gpu_workers")
+
+#: How a GPU job starts its workers (one per GPU): ``dask-cuda`` runs ``dask cuda worker``
+#: (dask-cuda on the nodes), ``preload`` runs ``dask worker --nworkers N`` with the
+#: ntkscale.cluster.gpu preload, ``auto`` picks dask-cuda when the driver has it.
+GPU_WORKER_MODES = ("auto", "dask-cuda", "preload")
 
 # minutes | minutes:seconds | hours:minutes:seconds | days-hours[:minutes[:seconds]]
 _WALLTIME = re.compile(r"^(\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2})$")
@@ -43,6 +49,7 @@ class SlurmOptions:
     log_directory: Optional[str] = None
     local_directory: Optional[str] = None      # worker scratch (spill) directory on the node
     dashboard_address: str = ":8787"
+    gpu_workers: str = "auto"                  # GPU_WORKER_MODES
 
     @property
     def slots(self) -> int:
@@ -67,6 +74,10 @@ def parse_slurm_options(options: Any, base_dir: Union[str, Path] = ".", *,
     if gpus and processes != gpus:
         raise sec.error(f"with gpus_per_job: {gpus} use processes: {gpus} (one worker process "
                         f"per GPU), got {processes}", "processes")
+    gpu_workers = sec.get("gpu_workers", "auto")
+    if gpu_workers not in GPU_WORKER_MODES:
+        raise sec.error(f"must be one of {', '.join(GPU_WORKER_MODES)}, got {gpu_workers!r}",
+                        "gpu_workers")
     walltime = sec.get("walltime", "01:00:00")
     if not isinstance(walltime, str) or not _WALLTIME.match(walltime):
         raise sec.error(f"must be a SLURM time such as '01:00:00' or '1-12:00:00' (quote it in "
@@ -93,5 +104,5 @@ def parse_slurm_options(options: Any, base_dir: Union[str, Path] = ".", *,
         python=sec.string("python"), extra_sbatch=extra, prologue=sec.string_list("prologue"),
         job_name=sec.string("job_name", "ntkscale-worker"),
         log_directory=path("log_directory"), local_directory=sec.string("local_directory"),
-        dashboard_address=sec.string("dashboard_address", ":8787"),
+        dashboard_address=sec.string("dashboard_address", ":8787"), gpu_workers=gpu_workers,
     )

@@ -109,7 +109,8 @@ MODEL_PATH = {"cpu_flat": "flat", "cpu_slab": "slab", "cuda_slab": "slab",
 
 def code_path(kernel_fn: Any, input_shape: Sequence[int], kind: str = "cpu") -> str:
     """The cost model's path (``PATHS``) of ``kernel_fn`` on inputs of per-example
-    ``input_shape``: NumPy (``kind="cpu"``) or CuPy (``"gpu"``: no AvgPool)."""
+    ``input_shape``: NumPy (``kind="cpu"``) or CuPy (``"gpu"``; the CUDA slab kernel
+    with AvgPool stages is the "pooled" path there too)."""
     return _path_and_lanes(_kernel_fn(kernel_fn), input_shape, kind)[0]
 
 
@@ -121,7 +122,10 @@ def _path_and_lanes(kernel_fn: Any, input_shape: Sequence[int], kind: str = "cpu
         return "flat", 1
     shape = (1,) + tuple(int(s) for s in input_shape)
     info = kernel_fn.explain(shape, device=kind, dtype=dtype)
-    return MODEL_PATH[info.path], int(info.lanes or 1)
+    path = MODEL_PATH[info.path]
+    if info.path == "cuda_slab" and any(layer.layer_name == "AvgPool" for layer in kernel_fn.layers):
+        path = "pooled"
+    return path, int(info.lanes or 1)
 
 
 def effective_lanes(lanes: int, pairs: float, threads: int = 1) -> int:

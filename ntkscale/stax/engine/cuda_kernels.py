@@ -37,6 +37,7 @@ import os
 from typing import Any, Dict
 
 import numpy as np
+from numba import types
 
 from .slab_ops import C_FH, C_FW, C_KIND, C_SH, C_STD, C_SW, C_VOFF, K_ABRELU, K_AFFINE, K_CONV, \
     K_ERF
@@ -77,7 +78,6 @@ def to_device(array: np.ndarray) -> Any:
 def _build(name: str) -> Any:  # noqa: C901 - one kernel and its device functions
     global cuda
     import numba.cuda  # noqa: PLC0415 (optional dependency: numba-cuda)
-    from numba import types  # noqa: PLC0415
 
     cuda = numba.cuda
 

@@ -102,7 +102,13 @@ def test_local_gpus_parse_and_refusals(base, monkeypatch):
 
 def test_local_gpu_workers_each_see_their_own_device(base):
     """Real worker processes: worker i keeps only gpus[i] in CUDA_VISIBLE_DEVICES
-    (set by the preload before anything could initialise CUDA)."""
+    (set by the preload before anything could initialise CUDA). The cluster is
+    started from the same keyword arguments open_client uses, without its GPU
+    check (which refuses these ids on a machine without GPUs)."""
+    from distributed import Client, LocalCluster
+
+    from ntkscale.cluster.local import local_cluster_kwargs
+
     cfg = _config(base, cluster={"kind": "local", "gpus": [3, 5], "memory_limit": "1GiB",
                                  "dashboard_address": ":0"})
 
@@ -110,7 +116,7 @@ def test_local_gpu_workers_each_see_their_own_device(base):
         import os
         return os.environ.get("CUDA_VISIBLE_DEVICES")
 
-    with open_client(cfg.cluster) as client:
+    with LocalCluster(**local_cluster_kwargs(cfg.cluster)) as cluster, Client(cluster) as client:
         client.wait_for_workers(2, timeout=60)
         seen = client.run(visible)
         names = {w["name"] for w in client.scheduler_info()["workers"].values()}

@@ -59,7 +59,7 @@ def test_code_paths():
     assert costmodel.code_path(default_layers(3), (10,)) == "flat"
     assert costmodel.code_path(stax.presets.cntk(3), (8, 8, 1)) == "slab"
     assert costmodel.code_path(stax.presets.myrtle(5), (32, 32, 3)) == "pooled"   # AvgPool stages
-    assert costmodel.code_path(stax.presets.myrtle(5), (32, 32, 3), "gpu") == "reference"  # CuPy: no AvgPool
+    assert costmodel.code_path(stax.presets.myrtle(5), (32, 32, 3), "gpu") == "pooled"  # CUDA pooling stages
     assert costmodel.code_path(stax.presets.cntk(3), (8, 8, 1), "gpu") == "slab"
     circular_pool = stax.serial(stax.Conv(1, (3, 3), padding="CIRCULAR"), stax.Relu(),
                                 stax.AvgPool((2, 2), (2, 2), "CIRCULAR"), stax.Flatten(),

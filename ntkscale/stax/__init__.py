@@ -4,6 +4,7 @@ Change ``from neural_tangents import stax`` to ``from ntkscale import stax``:
 the same layer names, keywords, defaults and numbers.
 """
 
+from .layers.attention import AttentionMechanism, GlobalSelfAttention, PositionalEmbedding
 from .layers.activations import ABRelu, Abs, Erf, Gelu, Identity, LeakyRelu, Relu, Sin
 from .layers.branching import FanInConcat, FanInProd, FanInSum, FanOut, parallel
 from .layers.conv import Conv
@@ -16,7 +17,7 @@ from . import presets  # noqa: E402  (stax.presets.myrtle, stax.presets.cntk)
 from .spec import canonical_spec, layer_names, spec_hash, spec_to_json
 
 __all__ = [
-    "ABRelu", "Abs", "ApplyFn", "AvgPool", "Conv", "Dense", "Dropout", "Erf", "FanInConcat",
+    "ABRelu", "Abs", "ApplyFn", "AttentionMechanism", "GlobalSelfAttention", "PositionalEmbedding", "AvgPool", "Conv", "Dense", "Dropout", "Erf", "FanInConcat",
     "FanInProd", "FanInSum", "FanOut", "Flatten", "Gelu", "GlobalAvgPool", "Identity", "InitFn",
     "Kernel", "KernelFn", "Layer", "LayerNorm", "LeakyRelu", "Relu", "Sin", "canonical_spec",
     "from_spec", "kernel_fn_from_spec", "layer_names", "parallel", "serial", "spec_hash",

@@ -24,7 +24,8 @@ from ..state import KernelState
 #: (a test checks this table against the registry).
 SUPPORTED_LAYERS = frozenset({
     "ABRelu", "Abs", "AvgPool", "Conv", "Dense", "Dropout", "Erf", "FanInConcat", "FanInProd",
-    "FanInSum", "FanOut", "Flatten", "Gelu", "GlobalAvgPool", "Identity", "LayerNorm",
+    "FanInSum", "FanOut", "Flatten", "Gelu", "GlobalAvgPool", "GlobalSelfAttention", "Identity",
+    "LayerNorm",
     "LeakyRelu", "Relu", "Sin", "parallel",
 })
 

@@ -19,7 +19,7 @@ from ..choices import KERNELS
 from ..errors import InputError, SpecError
 from . import spec as registry
 from .engine import Explanation, cost_per_entry, evaluate, evaluate_diagonal, explain
-from .engine.image_plan import rank_errors
+from .engine.image_plan import plan_image_net, rank_errors
 from .engine.reference import default_memory_budget
 from .engine.reference_image import evaluate_image, evaluate_image_diagonal
 from .inputs import as_float_array, validate_pair
@@ -96,9 +96,15 @@ class _Bound:
         except InputError as exc:
             if not self.is_image_net:
                 raise
-            raise InputError(f"{exc} (the network's input layer 0 is {self._first_name()})") from None
+            first = next(l for l, layer in enumerate(self._layers) if layer.image_layer)
+            if first == 0:
+                raise InputError(f"{exc} (the network's input layer 0 is {self._first_name()})") from None
+            layer = self._layers[first]
+            name = getattr(layer, "describe", lambda: layer.layer_name)()
+            raise InputError(f"{exc} (layer {first} of the network, {name}, needs them)") from None
         if self.is_image_net and x1.ndim == 3:
             self._check_rank(tuple(x1.shape), "x1")
+            plan_image_net(self._layers, tuple(x1.shape[1:]))   # shape errors in sequence terms
             x1 = xp.reshape(x1, (x1.shape[0], 1) + tuple(x1.shape[1:]))
             x2 = None if x2 is None else xp.reshape(x2, (x2.shape[0], 1) + tuple(x2.shape[1:]))
         return x1, x2, xp
@@ -131,8 +137,9 @@ class _Bound:
         for name, p, n in (("pattern1", p1, n1), ("pattern2", p2, n1 if n2 is None else n2)):
             arr, _ = as_float_array(p, name)
             if arr.ndim < 1 or arr.shape[0] != n:
-                raise InputError(f"{name} has shape {tuple(arr.shape)} but its inputs have {n} rows; "
-                                 "give one pattern per input (leading axis = batch)")
+                raise InputError(f"{name} (the graph pattern of Aggregate) has shape {tuple(arr.shape)} "
+                                 f"but its inputs have {n} rows; give one pattern per input (leading "
+                                 "axis = batch)")
             out.append(xp.asarray(arr))
         return out[0], out[1]
 

@@ -148,6 +148,8 @@ CASES.update({
                                                      pos_emb_decay_fn={"name": "exponential",
                                                                        "length_scale": 1.5})])),
     "img_attn_identity_sqrt": ("img", head([attn("IDENTITY", "CONCAT", linear=False)])),
+    "seq_layernorm_positions": ("seq", head([dense(8), ["LayerNorm", {"axis": [-2, -1], "eps": 0.01}],
+                                             RELU, dense(8), attn("SOFTMAX", "SUM")])),
 })
 
 

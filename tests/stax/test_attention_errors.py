@@ -120,3 +120,11 @@ def test_aggregate_axis_must_name_node_axes():
     net = stax.serial(stax.Aggregate(aggregate_axis=3), stax.GlobalAvgPool())
     with pytest.raises(SpecError, match=r"aggregate_axis must name node axes"):
         net[2](np.ones((2, 3, 4, 2)), None, pattern=(np.ones((2, 2, 2)), None))
+
+
+def test_layernorm_positive_axes_on_sequences():
+    net = stax.serial(stax.Dense(4), stax.LayerNorm(axis=(1, 2)), stax.GlobalAvgPool())
+    with pytest.raises(InputError, match=r"LayerNorm.*negative axes \(-1 channels, -2 positions\)"):
+        net[2](np.ones((2, 5, 3)))
+    ok = stax.serial(stax.Dense(4), stax.LayerNorm(axis=(-2, -1)), stax.GlobalAvgPool())
+    assert ok[2](np.random.default_rng(0).standard_normal((2, 5, 3)), None, "nngp").shape == (2, 2)

@@ -73,3 +73,14 @@ def test_float32_sequences(rng):
     k32 = kfn(x.astype(np.float32), None, "ntk")
     assert k32.dtype == np.float32
     np.testing.assert_allclose(k32, kfn(x, None, "ntk"), rtol=2e-4)
+
+
+def test_estimator_on_sequences(rng):
+    """The scikit-learn estimator takes NWC sequences with a transformer kernel."""
+    from ntkscale.estimator import NTKRegressor
+
+    x = rng.standard_normal((30, 6, 3))
+    y = x.mean(axis=(1, 2))
+    model = NTKRegressor(stax.presets.transformer(1, width=8, n_heads=2)).fit(x[:20], y[:20])
+    pred = model.predict(x[20:])
+    assert pred.shape == (10,) and np.corrcoef(pred, y[20:])[0, 1] > 0.8

@@ -83,6 +83,12 @@ def _fmt(hw: Tuple[int, int], rank: int) -> str:
 
 def _rank_error(layer: LayerImpl, name: str, rank: int, h0: int) -> Optional[str]:
     """Why a windowed layer does not fit inputs of spatial ``rank`` (None: it fits)."""
+    if rank == 1 and layer.layer_name == "LayerNorm":
+        axis = layer.params.get("axis")
+        axes = [axis] if isinstance(axis, int) else list(axis or ())
+        if any(isinstance(a, int) and a >= 0 for a in axes):
+            return (f"{name} on NWC sequences: give LayerNorm negative axes (-1 channels, -2 "
+                    "positions); sequences run as 1 x W images, where positive axes count differently")
     r = window_rank(layer) if layer.layer_name in ("Conv", "AvgPool") else None
     if r is None or r == rank or (r == 1 and h0 == 1):
         return None

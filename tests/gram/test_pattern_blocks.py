@@ -67,6 +67,8 @@ def test_bad_patterns_are_refused_before_any_work(tmp_path, rng):
         load_inputs(_config(paths, train_pattern=str(tmp_path / "wide.npy")), NET[2])
     with pytest.raises(InputError, match=r"data.train.pattern is given but data.test.pattern is not"):
         load_inputs(_config(paths, test_pattern=None), NET[2])
+    with pytest.raises(InputError, match=r"Aggregate layers but data.train has no pattern"):
+        load_inputs(_config(paths, train_pattern=None, test_pattern=None), NET[2])
 
 
 def test_blocks_with_sliced_patterns_equal_the_in_memory_gram(rng, tmp_path):

@@ -24,6 +24,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ...backend import to_numpy
 from ...errors import InputError, SpecError
 from .base import LayerImpl, Shape, spatial_diagonal
 from ..network import Layer, make_layer
@@ -107,7 +108,7 @@ class AggregateImpl(LayerImpl):
 
     def _from_edges(self, pattern: Any, n: int, hw: Tuple[int, int], readings, xp: Any,
                     which: str) -> Tuple[str, Any]:
-        edges = np.asarray(pattern)
+        edges = to_numpy(pattern)
         if edges.dtype.kind not in "iu" and not (edges.dtype.kind == "f" and np.all(edges == np.round(edges))):
             raise InputError(f"{self.describe()}: {which} must hold integer node indices")
         edges = edges.astype(np.int64)

@@ -8,7 +8,7 @@ from .layers.attention import AttentionMechanism, GlobalSelfAttention, Positiona
 from .layers.activations import ABRelu, Abs, Erf, Gelu, Identity, LeakyRelu, Relu, Sin
 from .layers.branching import FanInConcat, FanInProd, FanInSum, FanOut, parallel
 from .layers.conv import Conv
-from .layers.graph import Aggregate
+from .layers.graph import Aggregate, AggregateImplementation
 from .layers.dense import Dense
 from .network import (ApplyFn, InitFn, Kernel, KernelFn, Layer, from_spec, kernel_fn_from_spec,
     serial)
@@ -18,9 +18,12 @@ from . import presets  # noqa: E402  (stax.presets.myrtle, stax.presets.cntk)
 from .spec import canonical_spec, layer_names, spec_hash, spec_to_json
 
 __all__ = [
-    "ABRelu", "Abs", "Aggregate", "ApplyFn", "AttentionMechanism", "GlobalSelfAttention", "PositionalEmbedding", "AvgPool", "Conv", "Dense", "Dropout", "Erf", "FanInConcat",
+    "ABRelu", "Abs", "ApplyFn", "AvgPool", "Conv", "Dense", "Dropout", "Erf", "FanInConcat",
     "FanInProd", "FanInSum", "FanOut", "Flatten", "Gelu", "GlobalAvgPool", "Identity", "InitFn",
     "Kernel", "KernelFn", "Layer", "LayerNorm", "LeakyRelu", "Relu", "Sin", "canonical_spec",
     "from_spec", "kernel_fn_from_spec", "layer_names", "parallel", "serial", "spec_hash",
     "spec_to_json",
 ]
+# sequences, attention and graphs (issue 12)
+__all__ += ["Aggregate", "AggregateImplementation", "AttentionMechanism", "GlobalSelfAttention",
+            "PositionalEmbedding"]

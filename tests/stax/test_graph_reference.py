@@ -100,3 +100,13 @@ def test_no_pattern_is_the_identity(rng):
     assert json.loads(net[2].spec_json)[1][1] == {"aggregate_axis": None, "batch_axis": 0,
                                                   "channel_axis": -1, "implementation": "DENSE",
                                                   "to_dense": None}
+
+
+def test_enum_names_of_neural_tangents(rng):
+    x = rng.standard_normal((2, 4, 3))
+    a = stax.Aggregate(implementation=stax.AggregateImplementation.SPARSE)
+    assert a.spec == stax.Aggregate(implementation="SPARSE").spec
+    att = stax.GlobalSelfAttention(4, 4, 4, 1, attention_mechanism=stax.AttentionMechanism.RELU,
+                                   pos_emb_type=stax.PositionalEmbedding.CONCAT)
+    assert att.spec[0][1]["attention_mechanism"] == "RELU" and att.spec[0][1]["pos_emb_type"] == "CONCAT"
+    assert stax.serial(att, stax.GlobalAvgPool())[2](x, None, "nngp").shape == (2, 2)

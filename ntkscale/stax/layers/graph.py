@@ -20,6 +20,7 @@ data, so convert sparse formats before the call or use ``implementation="SPARSE"
 
 from __future__ import annotations
 
+import enum
 from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -30,6 +31,13 @@ from .base import LayerImpl, Shape, spatial_diagonal
 from ..network import Layer, make_layer
 from ..spec import Param, register
 from ..state import KernelState
+
+class AggregateImplementation(str, enum.Enum):
+    """neural-tangents' ``stax.AggregateImplementation``: the pattern format of ``Aggregate``."""
+
+    DENSE = "DENSE"
+    SPARSE = "SPARSE"
+
 
 #: the aggregated internal axes: "HW" (every node axis), "W" or "H"
 AXES_ALL, AXIS_W, AXIS_H = "HW", "W", "H"
@@ -215,4 +223,4 @@ def Aggregate(aggregate_axis: Optional[Sequence[int] | int] = None, batch_axis: 
                         "None) or pass (tail, head) edges with implementation='SPARSE'")
     return make_layer("Aggregate", dict(aggregate_axis=aggregate_axis, batch_axis=batch_axis,
                                         channel_axis=channel_axis, to_dense=None,
-                                        implementation=implementation))
+                                        implementation=getattr(implementation, "value", implementation)))

@@ -84,3 +84,16 @@ def test_estimator_on_sequences(rng):
     model = NTKRegressor(stax.presets.transformer(1, width=8, n_heads=2)).fit(x[:20], y[:20])
     pred = model.predict(x[20:])
     assert pred.shape == (10,) and np.corrcoef(pred, y[20:])[0, 1] > 0.8
+
+
+def test_array_api_strict_namespace(rng):
+    """The reference maps of attention and Aggregate are array-API: array-api-strict inputs
+    give the NumPy numbers."""
+    xp = pytest.importorskip("array_api_strict")
+    x, p = rng.standard_normal((3, 5, 2)), (rng.random((3, 5, 5)) < 0.5).astype(float)
+    net = stax.serial(stax.Dense(4), stax.Aggregate(),
+                      stax.GlobalSelfAttention(4, 4, 4, 1, pos_emb_type="SUM", pos_emb_decay_fn="exponential"),
+                      stax.LayerNorm(), stax.GlobalAvgPool(), stax.Dense(1))
+    got = net[2](xp.asarray(x), None, "ntk", pattern=(xp.asarray(p), None))
+    assert type(got).__module__.startswith("array_api_strict")
+    np.testing.assert_allclose(np.asarray(got), net[2](x, None, "ntk", pattern=(p, None)), rtol=1e-13)

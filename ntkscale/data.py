@@ -10,6 +10,12 @@ It is hand-written rather than ``dask.base.tokenize`` because tokenize hashes
 a memory-mapped file by its name and modification time, not its content, and
 its output is not promised stable across Dask versions; a store must be able
 to compare fingerprints years later.
+
+Graph networks (``stax.Aggregate``) take a *pattern* per input row (neural-tangents'
+``pattern=``): ``data.<set>.pattern`` names its array next to ``x``. It is checked
+(one pattern per row, finite numbers) and folded into the fingerprint of ``x``
+(:func:`combined_fingerprint`), so a store made with other patterns is refused like
+one made from other inputs; without a pattern the fingerprint is exactly what it was.
 """
 
 from __future__ import annotations
@@ -115,6 +121,11 @@ class InputSet:
     y_path: Optional[str]
     x_fingerprint: str
     y_fingerprint: Optional[str]
+    #: the graph patterns of the rows (``Aggregate``), their file and fingerprint; the
+    #: pattern fingerprint is already folded into ``x_fingerprint``
+    pattern: Optional[Any] = None
+    pattern_path: Optional[str] = None
+    pattern_fingerprint: Optional[str] = None
 
     @property
     def n(self) -> int:
@@ -125,10 +136,25 @@ class InputSet:
         return tuple(int(s) for s in self.x.shape[1:])
 
     def fingerprints(self) -> Dict[str, Optional[str]]:
-        return {"x": self.x_fingerprint, "y": self.y_fingerprint}
+        out = {"x": self.x_fingerprint, "y": self.y_fingerprint}
+        if self.pattern_fingerprint is not None:
+            out["pattern"] = self.pattern_fingerprint
+        return out
 
     def sources(self) -> Dict[str, Optional[str]]:
-        return {"x": self.x_path, "y": self.y_path}
+        out = {"x": self.x_path, "y": self.y_path}
+        if self.pattern_path is not None:
+            out["pattern"] = self.pattern_path
+        return out
+
+
+def combined_fingerprint(x_fingerprint: str, pattern_fingerprint: Optional[str]) -> str:
+    """The fingerprint of inputs ``x`` together with their graph patterns (``x``'s own
+    fingerprint when there are none, so stores without patterns keep theirs)."""
+    if pattern_fingerprint is None:
+        return x_fingerprint
+    h = hashlib.sha256(f"{x_fingerprint}|pattern|{pattern_fingerprint}".encode())
+    return "sha256:" + h.hexdigest()
 
 
 def label_codes(y: Any) -> Tuple[np.ndarray, np.ndarray]:
@@ -138,8 +164,20 @@ def label_codes(y: Any) -> Tuple[np.ndarray, np.ndarray]:
     return codes.reshape(np.shape(y)).astype(np.int32), classes
 
 
-def load_input_set(name: str, x_path: str, y_path: Optional[str], kernel_fn: Any = None) -> InputSet:
-    """Open, check and fingerprint one input set; errors name ``data.<name>.x|y``."""
+def _load_pattern(key: str, path: str, n: int) -> Tuple[Any, str]:
+    """Open and fingerprint ``data.<set>.pattern``: one pattern per input row."""
+    pattern = open_array(path, f"{key}.pattern")
+    what = f"{key}.pattern ({path})"
+    if pattern.ndim < 2 or int(pattern.shape[0]) != n:
+        got = f"shape {tuple(pattern.shape)}"
+        raise InputError(f"{what} has {got} but {key}.x has {n} samples; give one graph pattern per "
+                         "sample (leading axis = samples), as neural-tangents' pattern=")
+    return pattern, scan(pattern, what)
+
+
+def load_input_set(name: str, x_path: str, y_path: Optional[str], kernel_fn: Any = None,
+                   pattern_path: Optional[str] = None) -> InputSet:
+    """Open, check and fingerprint one input set; errors name ``data.<name>.x|y|pattern``."""
     key = f"data.{name}"
     x = open_array(x_path, f"{key}.x")
     what_x = f"{key}.x ({x_path})"
@@ -149,12 +187,18 @@ def load_input_set(name: str, x_path: str, y_path: Optional[str], kernel_fn: Any
     if x.shape[0] == 0 or any(int(s) == 0 for s in x.shape[1:]):
         raise InputError(f"{what_x} is empty (shape {tuple(x.shape)})")
     fx = scan(x, what_x)
+    pattern = fp = None
+    if pattern_path is not None:
+        pattern, fp = _load_pattern(key, pattern_path, int(x.shape[0]))
     if kernel_fn is not None:
-        # Let the kernel engine check rank/shape rules (flat vs NHWC images) on two rows.
+        # Let the kernel engine check rank/shape rules (flat, NHWC images, NWC sequences,
+        # graph patterns) on two rows.
+        extra = {} if pattern is None else {"pattern": (np.asarray(pattern[:2], dtype=np.float64), None)}
         try:
-            kernel_fn(np.asarray(x[:2], dtype=np.float64), get="nngp")
+            kernel_fn(np.asarray(x[:2], dtype=np.float64), get="nngp", **extra)
         except InputError as exc:
-            raise InputError(f"{what_x} does not fit the kernel: {exc}") from None
+            what = what_x if pattern is None else f"{what_x} with {key}.pattern ({pattern_path})"
+            raise InputError(f"{what} does not fit the kernel: {exc}") from None
     y = fy = None
     if y_path is not None:
         y = open_array(y_path, f"{key}.y")
@@ -164,14 +208,32 @@ def load_input_set(name: str, x_path: str, y_path: Optional[str], kernel_fn: Any
             raise InputError(f"{what_y} has {got} but {key}.x has {int(x.shape[0])} samples; "
                              "y needs one row per sample")
         fy = scan(y, what_y, Y_KINDS)
-    return InputSet(name, x, y, x_path, y_path, fx, fy)
+    return InputSet(name, x, y, x_path, y_path, combined_fingerprint(fx, fp), fy, pattern,
+                    pattern_path, fp)
+
+
+def _has_layer(layers: Any, name: str) -> bool:
+    """Is a layer called ``name`` among ``layers`` (inside ``parallel`` branches too)?"""
+    return any(layer.layer_name == name or any(_has_layer(b, name) for b in getattr(layer, "branches", ()))
+               for layer in layers)
 
 
 def load_inputs(data_config: Any, kernel_fn: Any = None) -> Dict[str, InputSet]:
     """Validate ``data.train`` and optional ``data.test`` of a run config."""
-    sets = {"train": load_input_set("train", data_config.train.x, data_config.train.y, kernel_fn)}
+    train_pattern = getattr(data_config.train, "pattern", None)
+    if train_pattern is None and kernel_fn is not None and _has_layer(kernel_fn.layers, "Aggregate"):
+        raise InputError("the network has Aggregate layers but data.train has no pattern; name the graph "
+                         "patterns next to x (data.train.pattern: p.npy), one per sample (without "
+                         "patterns Aggregate would be the identity)")
+    sets = {"train": load_input_set("train", data_config.train.x, data_config.train.y, kernel_fn,
+                                    train_pattern)}
     if data_config.test is not None:
-        test = load_input_set("test", data_config.test.x, data_config.test.y, kernel_fn)
+        test_pattern = getattr(data_config.test, "pattern", None)
+        if (train_pattern is None) != (test_pattern is None):
+            have, lack = ("train", "test") if test_pattern is None else ("test", "train")
+            raise InputError(f"data.{have}.pattern is given but data.{lack}.pattern is not; a graph "
+                             "network needs the patterns of both sets")
+        test = load_input_set("test", data_config.test.x, data_config.test.y, kernel_fn, test_pattern)
         train = sets["train"]
         if test.sample_shape != train.sample_shape:
             raise InputError(

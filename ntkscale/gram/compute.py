@@ -54,20 +54,35 @@ def _to_host(out: Sequence[Any], get: Sequence[str], dtype: str) -> Dict[str, np
     return {name: np.ascontiguousarray(to_numpy(a), dtype=dtype) for name, a in zip(get, out, strict=True)}
 
 
+def _pattern_kwargs(patterns: Optional[Tuple[Any, Any]], dtype: str, xp: Any) -> Dict[str, Any]:
+    """``pattern=(rows, cols)`` for ``kernel_fn`` (graph networks), or nothing."""
+    if patterns is None or patterns[0] is None:
+        return {}
+    p1, p2 = patterns
+    return {"pattern": (_to_backend(p1, dtype, xp), None if p2 is None else _to_backend(p2, dtype, xp))}
+
+
 def compute_block(kernel_fn: Any, x_rows: Any, x_cols: Optional[Any], *, get: Sequence[str],
-                  dtype: str, xp: Any, memory_budget: Optional[int] = None) -> Dict[str, np.ndarray]:
+                  dtype: str, xp: Any, memory_budget: Optional[int] = None,
+                  patterns: Optional[Tuple[Any, Any]] = None) -> Dict[str, np.ndarray]:
     """``kernel_fn(x_rows, x_cols)`` for every name in ``get``.
 
     ``x_cols=None`` is a diagonal block of a symmetric Gram (x2 = x1): the
-    engine then treats the pairs (i, i) as exactly parallel.
+    engine then treats the pairs (i, i) as exactly parallel. ``patterns``: the
+    graph patterns of the block's rows and columns (``(rows, None)`` with
+    ``x_cols=None``), sliced with the inputs (``stax.Aggregate``).
     """
     x1 = _to_backend(x_rows, dtype, xp)
     x2 = None if x_cols is None else _to_backend(x_cols, dtype, xp)
-    out = kernel_fn(x1, x2, get=tuple(get), memory_budget=memory_budget)
+    out = kernel_fn(x1, x2, get=tuple(get), memory_budget=memory_budget,
+                    **_pattern_kwargs(patterns, dtype, xp))
     return _to_host(out, get, dtype)
 
 
-def compute_diag(kernel_fn: Any, x: Any, *, get: Sequence[str], dtype: str, xp: Any) -> Dict[str, np.ndarray]:
-    """``k(x_i, x_i)`` for every row and every name in ``get``."""
-    out = kernel_fn.diag(_to_backend(x, dtype, xp), get=tuple(get))
+def compute_diag(kernel_fn: Any, x: Any, *, get: Sequence[str], dtype: str, xp: Any,
+                 pattern: Optional[Any] = None) -> Dict[str, np.ndarray]:
+    """``k(x_i, x_i)`` for every row and every name in ``get`` (``pattern``: the rows'
+    graph patterns)."""
+    extra = {} if pattern is None else {"pattern": _to_backend(pattern, dtype, xp)}
+    out = kernel_fn.diag(_to_backend(x, dtype, xp), get=tuple(get), **extra)
     return _to_host(out, get, dtype)

@@ -4,9 +4,11 @@ Change ``from neural_tangents import stax`` to ``from ntkscale import stax``:
 the same layer names, keywords, defaults and numbers.
 """
 
+from .layers.attention import AttentionMechanism, GlobalSelfAttention, PositionalEmbedding
 from .layers.activations import ABRelu, Abs, Erf, Gelu, Identity, LeakyRelu, Relu, Sin
 from .layers.branching import FanInConcat, FanInProd, FanInSum, FanOut, parallel
 from .layers.conv import Conv
+from .layers.graph import Aggregate, AggregateImplementation
 from .layers.dense import Dense
 from .network import (ApplyFn, InitFn, Kernel, KernelFn, Layer, from_spec, kernel_fn_from_spec,
     serial)
@@ -22,3 +24,6 @@ __all__ = [
     "from_spec", "kernel_fn_from_spec", "layer_names", "parallel", "serial", "spec_hash",
     "spec_to_json",
 ]
+# sequences, attention and graphs (issue 12)
+__all__ += ["Aggregate", "AggregateImplementation", "AttentionMechanism", "GlobalSelfAttention",
+            "PositionalEmbedding"]

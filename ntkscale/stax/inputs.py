@@ -76,11 +76,12 @@ def validate_pair(x1: Any, x2: Optional[Any], image: bool) -> Tuple[Any, Optiona
         arrays.append(("x2", x2))
     for name, x in arrays:
         if image:
-            if x.ndim != 4:
+            if x.ndim not in (3, 4):
                 raise InputError(
-                    f"{name} must be a 4-D NHWC image batch (n, height, width, channels) for a "
-                    f"convolutional network; got shape {tuple(x.shape)}"
-                    + ("; add a channel axis with x[..., None]" if x.ndim == 3 else "")
+                    f"{name} must be a 4-D NHWC image batch (n, height, width, channels) or a 3-D "
+                    f"NWC sequence batch (n, length, channels) for a network with spatial layers; "
+                    f"got shape {tuple(x.shape)}"
+                    + ("; add a channel axis with x[..., None] or x[:, :, None]" if x.ndim == 2 else "")
                 )
         elif x.ndim != 2:
             hint = (
@@ -96,7 +97,7 @@ def validate_pair(x1: Any, x2: Optional[Any], image: bool) -> Tuple[Any, Optiona
         check_finite(x, xp, name)
     if x2 is not None:
         if tuple(x1.shape[1:]) != tuple(x2.shape[1:]):
-            what = "channels/image shape" if image else "features"
+            what = "channels/spatial shape" if image else "features"
             raise InputError(
                 f"x1 and x2 disagree in {what}: x1 has per-sample shape {tuple(x1.shape[1:])}, "
                 f"x2 has {tuple(x2.shape[1:])}"

@@ -1,4 +1,5 @@
-"""Preset architectures people compare kernels against (FC, Myrtle, CNTK, WideResNet).
+"""Preset architectures people compare kernels against (FC, Myrtle, CNTK, WideResNet,
+a pre-LayerNorm transformer encoder).
 
 Each function returns a ``serial`` layer (``(init_fn, apply_fn, kernel_fn)``
 with its JSON spec); the docstrings give the exact layer list. ``width`` is
@@ -11,7 +12,10 @@ from __future__ import annotations
 import math
 from typing import Optional, Tuple
 
+from ..errors import SpecError
 from .layers.activations import Identity, Relu
+from .layers.attention import GlobalSelfAttention
+from .layers.normalization import LayerNorm
 from .layers.branching import FanInSum, FanOut, parallel
 from .layers.conv import Conv
 from .layers.dense import Dense
@@ -138,3 +142,38 @@ def wide_resnet(block_size: int, k: float, num_classes: int, *, pool: int = 8) -
                   group(block_size, int(32 * k), (2, 2)),
                   group(block_size, int(64 * k), (2, 2)),
                   AvgPool((pool, pool)), Flatten(), Dense(num_classes, 1.0, 0.0))
+
+
+def transformer(depth: int = 2, *, width: int = 64, n_heads: int = 4,
+                mlp_width: Optional[int] = None, attention_mechanism: str = "SOFTMAX",
+                pos_emb_type: str = "SUM", W_std: float = 1.0, b_std: Optional[float] = 0.1,
+                out_dim: int = 1, layernorm_eps: float = 1e-6) -> Layer:
+    """A small pre-LayerNorm transformer encoder for NWC sequences ``(n, length, channels)``
+    (Vaswani et al. 2017; pre-LN as Xiong et al. 2020; its infinite-width kernel as Hron
+    et al. 2020, "Infinite attention"):
+
+    ``Dense(width)`` embedding, then ``depth`` times a residual attention block
+    ``FanOut(2), parallel(serial(LayerNorm(), GlobalSelfAttention(width, width, width,
+    n_heads, attention_mechanism=..., pos_emb_type=..., b_std=b_std)), Identity()),
+    FanInSum()`` and a residual MLP block ``FanOut(2), parallel(serial(LayerNorm(),
+    Dense(mlp_width), Relu(), Dense(width)), Identity()), FanInSum()``; a final
+    ``LayerNorm()``, ``GlobalAvgPool()`` and the ``Dense(out_dim)`` readout. Every Dense
+    has ``W_std``/``b_std``; every LayerNorm normalises the channel axis with
+    ``eps=layernorm_eps``. ``mlp_width`` defaults to ``2 * width``. The widths matter only
+    to ``init_fn``/``apply_fn``: the kernel is their infinite limit. The attention uses
+    neural-tangents' default ``linear_scaling=True`` (the closed-form kernel).
+    """
+    if depth < 1:
+        raise SpecError(f"transformer(depth={depth!r}) must be >= 1 (blocks of attention + MLP)")
+    mlp_width = 2 * width if mlp_width is None else mlp_width
+    layers = [Dense(width, W_std, b_std)]
+    for _ in range(depth):
+        attention = GlobalSelfAttention(width, width, width, n_heads,
+                                        attention_mechanism=attention_mechanism,
+                                        pos_emb_type=pos_emb_type, b_std=b_std)
+        layers += [FanOut(2), parallel(serial(LayerNorm(-1, layernorm_eps), attention), Identity()),
+                   FanInSum()]
+        mlp = serial(LayerNorm(-1, layernorm_eps), Dense(mlp_width, W_std, b_std), Relu(),
+                     Dense(width, W_std, b_std))
+        layers += [FanOut(2), parallel(mlp, Identity()), FanInSum()]
+    return serial(*layers, LayerNorm(-1, layernorm_eps), GlobalAvgPool(), Dense(out_dim, W_std, b_std))

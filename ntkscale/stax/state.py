@@ -40,6 +40,18 @@ class KernelState:
         require, as neural-tangents' ``is_gaussian``.
       diag_offset: when not None, entry ``(i, i + diag_offset)`` pairs an input with
         itself (``x2 is x1``; ``Dropout(mode="train")`` scales those entries).
+      self_cov1: for a pair state entering a layer that needs it
+        (``GlobalSelfAttention``: its attention weights of an input depend on that
+        input's whole position-pair covariance), Σ(x, x) of every x1 over all
+        position pairs, ``(n1, H, H, W, W)``; the image evaluator supplies it from
+        the self trajectory. ``None`` otherwise.
+      self_cov2: the same for x2.
+      pattern1: the graph patterns (``Aggregate``, neural-tangents' ``pattern=``)
+        of the x1 rows of this state, ``(n1, W, W)`` for sequences (``(n1, H, W, H,
+        W)`` for images); ``None`` when the call has none.
+      pattern2: the same for x2 (``None`` for a ``diagonal_batch`` state).
+
+    Sequences (NWC) run as ``1 × W`` images: ``spatial = (1, W)``.
     """
 
     nngp: Array
@@ -53,6 +65,10 @@ class KernelState:
     symmetric: bool = False
     gaussian: bool = False
     diag_offset: Optional[int] = None
+    self_cov1: Optional[Array] = None
+    self_cov2: Optional[Array] = None
+    pattern1: Optional[Array] = None
+    pattern2: Optional[Array] = None
 
     def replace(self, **changes: Any) -> "KernelState":
         return dataclasses.replace(self, **changes)

@@ -23,8 +23,9 @@ from ..state import KernelState
 #: Every registered layer: the reference path runs each layer's own kernel map
 #: (a test checks this table against the registry).
 SUPPORTED_LAYERS = frozenset({
-    "ABRelu", "Abs", "AvgPool", "Conv", "Dense", "Dropout", "Erf", "FanInConcat", "FanInProd",
-    "FanInSum", "FanOut", "Flatten", "Gelu", "GlobalAvgPool", "Identity", "LayerNorm",
+    "ABRelu", "Abs", "Aggregate", "AvgPool", "Conv", "Dense", "Dropout", "Erf", "FanInConcat", "FanInProd",
+    "FanInSum", "FanOut", "Flatten", "Gelu", "GlobalAvgPool", "GlobalSelfAttention", "Identity",
+    "LayerNorm",
     "LeakyRelu", "Relu", "Sin", "parallel",
 })
 

@@ -24,6 +24,15 @@ Three steps, all pure (no I/O):
    result is exactly symmetric. The tiling never changes the arithmetic of a
    pair: results are identical for every budget.
 
+Sequences (NWC, one spatial axis) run as ``1 × W`` images: ``plan_image_net``
+accepts a per-sample shape ``(W, C)`` (``ImagePlan.rank == 1``) and checks that
+every windowed layer has the rank of the inputs. Layers that mix positions
+(``GlobalSelfAttention``, ``Aggregate``: ``needs_full_spatial``) need the full
+layout like the pools; attention also needs each input's whole self-covariance
+(``needs_self_cov``), which the self trajectory keeps (``traj[("cov",) + key]``)
+and the pair tiles receive as ``KernelState.self_cov1/2``; graph patterns
+(``Aggregate``) travel with the rows of their inputs (``patterns=``).
+
 This is the image half of the reference path; ``engine.select_path`` sends
 supported networks to the compiled slab paths (``cpu_slab``, ``cuda_slab``),
 which are tested for parity against it.
@@ -31,144 +40,21 @@ which are tested for parity against it.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ...backend import concat, itemsize
-from ...errors import InputError, SpecError
 from ..layers.base import LayerImpl, spatial_diagonal
 from ..state import KernelState
+from .image_plan import DIAG, FLAT, FULL, ImagePlan, plan_image_net
+
+__all__ = ["DIAG", "FLAT", "FULL", "IMAGE_TEMPORARIES", "ImagePlan", "cost_per_entry",
+           "evaluate_image", "evaluate_image_diagonal", "image_tile", "pair_entries",
+           "plan_image_net", "self_trajectory", "tile_shape", "walk"]
 
 #: Arrays of the size of one tile's covariance alive at once in the reference
 #: path (activations build ~10 temporaries; Σ and Θ in and out).
 IMAGE_TEMPORARIES = 16
-
-FULL, DIAG, FLAT = "full", "diag", "flat"
-
-
-def _name(layer: LayerImpl) -> str:
-    return getattr(layer, "describe", lambda: layer.layer_name)()
-
-
-@dataclasses.dataclass(frozen=True)
-class ImagePlan:
-    """Shapes and layouts of an image network for one input image shape.
-
-    ``hw[l]``/``layouts[l]``: spatial shape and layout entering layer ``l``
-    (``l = len(layers)`` is the output). ``to_diag_after[l]``: cut a full state
-    to its spatial diagonal after layer ``l``. ``inner``: for the layers inside
-    ``parallel`` branches, ``{key: (hw, layout)}`` with ``key`` the path
-    ``(l, branch, l2, ...)``; a branch keeps the layout entering its ``parallel``
-    (the full one when a branch pools), so no cut happens inside a branch.
-    """
-
-    input_shape: Tuple[int, int, int]
-    hw: Tuple[Optional[Tuple[int, int]], ...]
-    layouts: Tuple[str, ...]
-    to_diag_after: Tuple[bool, ...]
-    inner: Dict[Tuple[int, ...], Tuple[Optional[Tuple[int, int]], str]] = dataclasses.field(
-        default_factory=dict, compare=False)
-
-    def entries(self, l: int) -> int:
-        """Covariance values per image pair entering layer ``l``."""
-        return _entries(self.hw[l], self.layouts[l])
-
-    @property
-    def pair_entries(self) -> int:
-        top = max(self.entries(l) for l in range(len(self.layouts)))
-        return max([top] + [_entries(hw, lay) for hw, lay in self.inner.values()])
-
-
-def _entries(hw: Optional[Tuple[int, int]], layout: str) -> int:
-    if layout == FLAT or hw is None:
-        return 1
-    h, w = hw
-    return h * h * w * w if layout == FULL else h * w
-
-
-def _pools(layer: LayerImpl) -> bool:
-    if layer.layer_name in ("GlobalAvgPool", "AvgPool"):
-        return True
-    return any(_pools(x) for b in getattr(layer, "branches", ()) for x in b)
-
-
-def _walk_shapes(layers: Sequence[LayerImpl], cur: Optional[Tuple[int, int]], where: str,
-                 h0w0c0: Tuple[int, int, int], hw: List[Optional[Tuple[int, int]]],
-                 inner: Dict[Tuple[int, ...], Any], prefix: Tuple[int, ...]) -> Optional[Tuple[int, int]]:
-    """Forward shape walk: appends the spatial shape after every layer to ``hw``
-    (top level) or records it in ``inner`` (branches); returns the output's."""
-    h0, w0, c0 = h0w0c0
-    flattened_by = "it was flattened before this branch"
-    for l, layer in enumerate(layers):
-        name = f"{where}layer {l} ({_name(layer)})"
-        if prefix:
-            inner[prefix + (l,)] = cur
-        if layer.layer_name == "parallel":
-            outs = [_walk_shapes(branch, cur, f"{where}layer {l} (parallel) branch {b}: ", h0w0c0,
-                                 [], inner, prefix + (l, b)) for b, branch in enumerate(layer.branches)]
-            if any(o != outs[0] for o in outs):
-                shown = ", ".join("flat" if o is None else f"{o[0]}x{o[1]} pixels" for o in outs)
-                raise SpecError(f"{name}: its branches end in different shapes ({shown}); the FanIn "
-                                "layer after it needs equal shapes (give every branch the same "
-                                "strides and padding)")
-            cur = outs[0]
-        elif layer.image_layer and cur is None:
-            raise SpecError(f"{name} needs an image, but its input is already flat ({flattened_by}); "
-                            "put image layers before GlobalAvgPool/Flatten")
-        elif layer.layer_name in ("Conv", "AvgPool"):
-            out = layer.output_hw(cur)
-            if min(out) <= 0:
-                window = layer.filter if layer.layer_name == "Conv" else layer.window
-                raise InputError(
-                    f"{name} needs an image of at least {window[0]}x{window[1]} "
-                    f"pixels, but its input is {cur[0]}x{cur[1]} (input images are {h0}x{w0}x{c0}); "
-                    "use padding='SAME', a smaller window or larger images")
-            cur = out
-        elif layer.layer_name in ("GlobalAvgPool", "Flatten"):
-            flattened_by = f"{where}layer {l} is {_name(layer)}"
-            cur = None
-        if not prefix:
-            hw.append(cur)
-    return cur
-
-
-def plan_image_net(layers: Sequence[LayerImpl], input_shape: Tuple[int, ...]) -> ImagePlan:
-    """Check shapes layer by layer and choose each layer's layout."""
-    if len(input_shape) != 3:
-        raise InputError(
-            f"layer 0 ({_name(layers[0])}) of this convolutional network needs NHWC images; "
-            f"got per-sample shape {tuple(input_shape)}, expected (height, width, channels)"
-        )
-    h0, w0, c0 = (int(s) for s in input_shape)
-    hw: List[Optional[Tuple[int, int]]] = [(h0, w0)]
-    inner_hw: Dict[Tuple[int, ...], Any] = {}
-    _walk_shapes(layers, (h0, w0), "", (h0, w0, c0), hw, inner_hw, ())
-    if hw[-1] is not None:
-        raise SpecError(
-            f"the network's output is still an image ({hw[-1][0]}x{hw[-1][1]} pixels); end the image "
-            "part with GlobalAvgPool() or Flatten() before the readout Dense"
-        )
-    # Backwards: which layout does each layer need to see?
-    n = len(layers)
-    layouts: List[str] = [FLAT] * (n + 1)
-    req = FLAT
-    for l in range(n - 1, -1, -1):
-        layer = layers[l]
-        if hw[l] is None:
-            req = FLAT
-        elif layer.layer_name == "Flatten":
-            req = DIAG
-        elif _pools(layer):
-            req = FULL
-        elif layer.layer_name == "parallel" and req == FLAT:
-            req = DIAG   # branches that end in Flatten
-        layouts[l] = req
-    inner = {key: (cur, FLAT if cur is None else layouts[key[0]])
-             for key, cur in inner_hw.items()}
-    to_diag = tuple(layouts[l] == FULL and layouts[l + 1] == DIAG for l in range(n))
-    return ImagePlan((h0, w0, c0), tuple(hw), tuple(layouts), to_diag, inner)
-
 
 # ----------------------------------------------------------- initial states
 def _k0_full(x1: Any, x2: Any, xp: Any) -> Any:
@@ -235,18 +121,25 @@ def _sync(state: KernelState, xp: Any) -> KernelState:
     return state.replace(var1=spatial_diagonal(state.nngp, xp))
 
 
+def _cov_key(key: Tuple[int, ...]) -> Tuple[Any, ...]:
+    return ("cov",) + key
+
+
 def _self_batch(layers: Sequence[LayerImpl], plan: ImagePlan, x: Any, xp: Any,
-                want_ntk: bool) -> Tuple[Dict[Any, Any], KernelState]:
+                want_ntk: bool, pattern: Any = None) -> Tuple[Dict[Any, Any], KernelState]:
     c = x.shape[-1]
     var = xp.sum(x * x, axis=-1) / c
     state = KernelState(nngp=_self_k0(x, plan.layouts[0], xp), ntk=0.0 if want_ntk else None,
                         var1=var, var2=None, diagonal_batch=True, width=int(c),
-                        spatial=plan.hw[0], diagonal_spatial=plan.layouts[0] == DIAG)
+                        spatial=plan.hw[0], diagonal_spatial=plan.layouts[0] == DIAG,
+                        pattern1=pattern)
     traj: Dict[Any, Any] = {}
 
     def step(key: Tuple[int, ...], layer: Optional[LayerImpl], st: Any) -> Any:
         if layer is not None:
             traj[key] = _tmap(lambda t: t.var1, st)
+            if getattr(layer, "needs_self_cov", False):
+                traj[_cov_key(key)] = st.nngp
             st = layer.kernel(st, xp)
         if len(key) == 1 and plan.to_diag_after[key[0]]:
             st = _tmap(lambda t: _to_diag(t, xp), st)
@@ -258,17 +151,20 @@ def _self_batch(layers: Sequence[LayerImpl], plan: ImagePlan, x: Any, xp: Any,
 
 
 def self_trajectory(layers: Sequence[LayerImpl], plan: ImagePlan, x: Any, xp: Any, budget: int,
-                    want_ntk: bool = False, batch: Optional[int] = None
+                    want_ntk: bool = False, batch: Optional[int] = None, pattern: Any = None
                     ) -> Tuple[Dict[Any, Any], Dict[str, Any]]:
     """Per-pixel self-variances entering every layer (``traj[key]`` for the layer
     at path ``key``, ``(l,)`` at the top level; shape ``(n, H_l, W_l)`` or
-    ``(n,)``, a tuple of them between FanOut and FanIn) and the final ``k(x_i, x_i)``."""
+    ``(n,)``, a tuple of them between FanOut and FanIn), the whole self-covariance
+    entering each layer that ``needs_self_cov`` (``traj[("cov",) + key]``) and the
+    final ``k(x_i, x_i)``. ``pattern``: the graph patterns of the rows of ``x``."""
     n = x.shape[0]
     per_sample = max(1, plan.pair_entries)
     rows = batch or int(max(1, min(n, budget // (per_sample * itemsize(x) * IMAGE_TEMPORARIES))))
     trajs, finals, ntks = [], [], []
     for r0 in range(0, n, rows):
-        traj, state = _self_batch(layers, plan, x[r0:r0 + rows, ...], xp, want_ntk)
+        part = None if pattern is None else pattern[r0:r0 + rows, ...]
+        traj, state = _self_batch(layers, plan, x[r0:r0 + rows, ...], xp, want_ntk, part)
         trajs.append(traj)
         finals.append(state.nngp)
         if want_ntk:
@@ -288,16 +184,20 @@ def _slice(traj: Dict[Any, Any], r0: int, r1: int) -> Dict[Any, Any]:
 # ------------------------------------------------------------- pair tiles
 def _pair_tile(layers: Sequence[LayerImpl], plan: ImagePlan, x1: Any, x2: Any,
                t1: Dict[Any, Any], t2: Dict[Any, Any], xp: Any, want_ntk: bool,
-               diag_offset: Optional[int] = None) -> Tuple[Any, Any]:
+               diag_offset: Optional[int] = None,
+               patterns: Tuple[Any, Any] = (None, None)) -> Tuple[Any, Any]:
     layout = plan.layouts[0]
     k0 = _k0_diag(x1, x2, xp) if layout == DIAG else _k0_full(x1, x2, xp)
     state = KernelState(nngp=k0, ntk=0.0 if want_ntk else None, var1=t1[(0,)], var2=t2[(0,)],
                         width=int(x1.shape[-1]), spatial=plan.hw[0],
-                        diagonal_spatial=layout == DIAG, diag_offset=diag_offset)
+                        diagonal_spatial=layout == DIAG, diag_offset=diag_offset,
+                        pattern1=patterns[0], pattern2=patterns[1])
 
     def step(key: Tuple[int, ...], layer: Optional[LayerImpl], st: Any) -> Any:
         if layer is not None:
             st = _tmap(lambda t, v1, v2: t.replace(var1=v1, var2=v2), st, t1[key], t2[key])
+            if getattr(layer, "needs_self_cov", False):
+                st = st.replace(self_cov1=t1[_cov_key(key)], self_cov2=t2[_cov_key(key)])
             st = layer.kernel(st, xp)
         if len(key) == 1 and plan.to_diag_after[key[0]]:
             st = _tmap(lambda t: _to_diag(t, xp), st)
@@ -344,16 +244,25 @@ def _mirror_upper(a: Any, xp: Any) -> Any:
     return xp.where(rows <= cols, a, _transpose(a, xp))
 
 
+def _rows(p: Any, r0: int, r1: int) -> Any:
+    return None if p is None else p[r0:r1, ...]
+
+
 def evaluate_image(layers: List[LayerImpl], x1: Any, x2: Optional[Any], xp: Any, *, want_ntk: bool,
-                   memory_budget: int, tile: Optional[Tuple[int, int]] = None) -> Dict[str, Any]:
+                   memory_budget: int, tile: Optional[Tuple[int, int]] = None,
+                   patterns: Tuple[Any, Any] = (None, None)) -> Dict[str, Any]:
     """NNGP/NTK of an image network for all pairs of rows of x1 and x2
-    (the reference path; ``engine.select_path`` decides when it runs)."""
+    (the reference path; ``engine.select_path`` decides when it runs).
+    ``patterns``: the graph patterns of x1's and x2's rows (``Aggregate``), or Nones."""
     plan = plan_image_net(layers, tuple(x1.shape[1:]))
     symmetric = x2 is None
     x2f = x1 if symmetric else x2
+    p1 = patterns[0]
+    p2 = p1 if symmetric else patterns[1]
     n1, n2 = x1.shape[0], x2f.shape[0]
-    traj1, _ = self_trajectory(layers, plan, x1, xp, memory_budget)
-    traj2 = traj1 if symmetric else self_trajectory(layers, plan, x2f, xp, memory_budget)[0]
+    traj1, _ = self_trajectory(layers, plan, x1, xp, memory_budget, pattern=p1)
+    traj2 = traj1 if symmetric else self_trajectory(layers, plan, x2f, xp, memory_budget,
+                                                    pattern=p2)[0]
     rb, cb = tile or image_tile(plan, n1, n2, itemsize(x1), memory_budget, symmetric)
     if symmetric:
         cb = rb
@@ -371,7 +280,8 @@ def evaluate_image(layers: List[LayerImpl], x1: Any, x2: Optional[Any], xp: Any,
             else:
                 k, t = _pair_tile(layers, plan, x1[r0:r1, ...], x2f[c0:c1, ...],
                                   _slice(traj1, r0, r1), _slice(traj2, c0, c1), xp, want_ntk,
-                                  0 if symmetric and c0 == r0 else None)
+                                  0 if symmetric and c0 == r0 else None,
+                                  (_rows(p1, r0, r1), _rows(p2, c0, c1)))
                 if symmetric and c0 == r0:
                     k = _mirror_upper(k, xp)
                     t = None if t is None else _mirror_upper(t, xp)
@@ -390,10 +300,11 @@ def evaluate_image(layers: List[LayerImpl], x1: Any, x2: Optional[Any], xp: Any,
 
 
 def evaluate_image_diagonal(layers: List[LayerImpl], x: Any, xp: Any, *, want_ntk: bool,
-                            memory_budget: int) -> Dict[str, Any]:
+                            memory_budget: int, pattern: Any = None) -> Dict[str, Any]:
     """``k(x_i, x_i)`` for every image (the self-pair recursion, O(n))."""
     plan = plan_image_net(layers, tuple(x.shape[1:]))
-    _, out = self_trajectory(layers, plan, x, xp, memory_budget, want_ntk=want_ntk)
+    _, out = self_trajectory(layers, plan, x, xp, memory_budget, want_ntk=want_ntk,
+                             pattern=pattern)
     if want_ntk and not hasattr(out["ntk"], "shape"):
         out["ntk"] = xp.zeros_like(out["nngp"]) + out["ntk"]
     return out

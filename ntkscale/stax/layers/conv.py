@@ -10,7 +10,8 @@ covariances (zero outside the image for ``"SAME"``/``"VALID"``, wrapped for
     Θ[P, P'] = Σ[P, P'] + W² · (1/(fh fw)) Σ_d Θ[...]             ("ntk")
     Θ[P, P'] = fan_in · avg_d K[...] + W² · avg_d Θ[...] + [b_std given] ("standard")
 
-with ``fan_in = channels · fh · fw``. Images are NHWC. The array-API
+with ``fan_in = channels · fh · fw``. Images are NHWC; sequences are NWC and run as
+``1 × W`` images (a 1-D ``filter_shape=(k,)`` is the window ``(1, k)``). The array-API
 reference implementation here (``shift_conv``, ``window_sum``, ...) is the
 oracle the compiled paths (``engine.cpu_slab``, ``engine.cuda_slab``) are tested against.
 """
@@ -46,16 +47,20 @@ CONV_PARAMS = {
 
 # ----------------------------------------------------------------- geometry
 def pair2(layer: str, key: str, value: Any, default: Tuple[int, int] | None = None) -> Tuple[int, int]:
-    """A 2-tuple of positive ints (images are 2-D: height, width)."""
+    """A 2-tuple of positive ints ``(height, width)``; one entry ``(k,)`` (a 1-D
+    window over NWC sequences) is ``(1, k)``: a sequence runs as a ``1 × W`` image."""
     if value is None:
         assert default is not None
         return default
+    if len(value) == 1:
+        return 1, int(value[0])
     if len(value) != 2:
         raise SpecError(
-            f"{layer}({key}={tuple(value)!r}) must have 2 entries (height, width): ntkscale "
-            "supports 2-D NHWC images only"
+            f"{layer}({key}={tuple(value)!r}) must have 1 entry (NWC sequences) or 2 entries "
+            "(NHWC images: height, width); ntkscale supports 1-D and 2-D inputs"
         )
     return int(value[0]), int(value[1])
+
 
 
 def window_geometry(size: int, window: int, stride: int, padding: str) -> Tuple[int, int, int]:
@@ -155,14 +160,19 @@ class ConvImpl(WindowedLayer):
 
     def __init__(self, params):
         super().__init__(params)
-        self.filter = self.window = pair2("Conv", "filter_shape", params["filter_shape"])
-        self.strides = pair2("Conv", "strides", params["strides"], (1, 1))
+        filt, strides = params["filter_shape"], params["strides"]
+        if strides is not None and len(strides) != len(filt):
+            raise SpecError(f"Conv(filter_shape={tuple(filt)!r}, strides={tuple(strides)!r}): give "
+                            "strides one entry per filter axis")
+        self.filter = self.window = pair2("Conv", "filter_shape", filt)
+        self.strides = pair2("Conv", "strides", strides, (1, 1))
         self.padding = params["padding"]
 
     def describe(self) -> str:
-        fh, fw = self.filter
-        extra = "" if self.strides == (1, 1) else f", strides={self.strides}"
-        return f"Conv(filter_shape=({fh}, {fw}){extra}, padding={self.padding!r})"
+        filt = tuple(self.params["filter_shape"])
+        strides = self.params["strides"]
+        extra = "" if self.strides == (1, 1) else f", strides={tuple(strides)}"
+        return f"Conv(filter_shape={filt}{extra}, padding={self.padding!r})"
 
     # kernel --------------------------------------------------------------
     def conv_sum(self, a: Any, diagonal: bool, xp: Any) -> Any:
@@ -247,7 +257,8 @@ def Conv(out_chan: int | None = None, filter_shape: Tuple[int, int] | None = Non
          strides: Tuple[int, int] | None = None, padding: str = "VALID", W_std: float = 1.0,
          b_std: float | None = None, dimension_numbers: Any = None,
          parameterization: str = "ntk", s: Tuple[int, int] = (1, 1)) -> Layer:
-    """2-D convolution on NHWC images (neural-tangents ``stax.Conv``).
+    """Convolution (neural-tangents ``stax.Conv``): 2-D on NHWC images
+    (``filter_shape=(kh, kw)``) or 1-D on NWC sequences (``filter_shape=(k,)``).
 
     ``out_chan`` is ignored by the infinite-width kernel in the ``"ntk"``
     parameterization (needed by ``init_fn``/``apply_fn`` and by

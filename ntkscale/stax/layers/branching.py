@@ -179,10 +179,15 @@ def _prod(values: Sequence[Any]) -> Any:
 class FanInSumImpl(_FanIn):
     """``FanInSum()``: Σ and Θ add up over the (independent, Gaussian) branches."""
 
-    def kernel(self, state: States, xp: Any) -> KernelState:
-        states = _where("FanInSum", state)
+    def check_states(self, states: Sequence[KernelState]) -> None:
+        """The branches' shapes must agree and each be mean-zero Gaussian (only
+        ``width``, ``spatial`` and ``gaussian`` are read; the compiled paths call it)."""
         _check_same("FanInSum", states)
         _check_gaussian("FanInSum", states)
+
+    def kernel(self, state: States, xp: Any) -> KernelState:
+        states = _where("FanInSum", state)
+        self.check_states(states)
         return states[0].replace(nngp=_sum([s.nngp for s in states]),
                                  ntk=_sum([s.ntk for s in states]),
                                  var1=_sum([s.var1 for s in states]),

@@ -119,7 +119,7 @@ def _run_pairs(prog: Program, x1: np.ndarray, x2: np.ndarray, v1: np.ndarray, v2
     args = (x1, x2, pi, pj, lanes, prog.ops, prog.fpar, prog.sdim, prog.spad, prog.deltas,
             v1, v2, prog.consts, x1.dtype.type(prog.count), prog.circ, want_ntk, out_k, out_t)
     extra = (prog.stages, prog.pools, prog.pinv, prog.lut, prog.accoff, prog.accsize, selfvar,
-             out_v)
+             out_v, prog.nslots)
     threads = min(threads, ngroups)
     if threads <= 1:
         slab_pairs(*args, 0, ngroups, *extra)
@@ -196,7 +196,7 @@ def evaluate(layers: List[LayerImpl], plan: ImagePlan, x1: Any, x2: Optional[Any
     x1 = mod.ascontiguousarray(x1)
     x2f = x1 if symmetric else mod.ascontiguousarray(x2)
     prog = Program(layers, plan, np.dtype(str(x1.dtype)))
-    if prog.pooled:   # (NumPy only: cuda_slab has no AvgPool)
+    if prog.selfvar:   # (NumPy only: cuda_slab has no AvgPool, branches or LayerNorm)
         v1 = _self_pass(prog, x1, False, memory_budget)[2]
         v2 = v1 if symmetric else _self_pass(prog, x2f, False, memory_budget)[2]
     else:
@@ -237,7 +237,7 @@ def evaluate_diagonal(layers: List[LayerImpl], plan: ImagePlan, x: Any, *, want_
     mod = _module(x)
     x = mod.ascontiguousarray(x)
     prog = Program(layers, plan, np.dtype(str(x.dtype)))
-    if prog.pooled:
+    if prog.selfvar:
         k, t, _ = _self_pass(prog, x, want_ntk, memory_budget)
         return _tail(layers, prog, k, t, k.copy(), None, True, want_ntk, xp)
     v = _variances(layers, prog, plan, x, xp)

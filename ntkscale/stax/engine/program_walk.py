@@ -118,6 +118,8 @@ def check_steps(steps: Sequence[Step], width: Optional[int],
     slots: dict = {}
     for s, step in enumerate(steps):
         hw = spatial[s] if spatial else None
+        if step.kind in ("layer", "store"):
+            cur = cur.replace(spatial=hw)
         if step.kind == "store":
             slots[step.slot] = cur
         elif step.kind == "load":
@@ -129,7 +131,6 @@ def check_steps(steps: Sequence[Step], width: Optional[int],
         else:
             layer = step.layer
             name = layer.layer_name
-            cur = cur.replace(spatial=hw)
             if name in ("Conv", "Dense"):
                 out = layer.params.get("out_chan", layer.params.get("out_dim"))
                 cur = cur.replace(width=out, gaussian=True)

@@ -21,12 +21,12 @@ COMPILED = {
     "img_res_gap": "cpu_slab", "img_res_standard": "cpu_slab", "img_res_flatten": "cpu_slab",
     "img_layernorm_channel": "cpu_slab", "img_layernorm_all": "cpu_slab",
     "img_layernorm_gap": "cpu_slab", "img_wide_resnet_8x8": "cpu_slab_pooled",
+    "img_dropout_gap": "cpu_slab", "img_dropout_flatten": "cpu_slab",
 }
 #: the reference cases that stay on the reference path, and the layer the reason names
 FALLBACK = {"fc_concat_equal": "FanInConcat", "fc_concat_widths": "FanInConcat",
             "fc_prod": "FanInProd", "img_concat": "FanInConcat",
-            "img_res_pool_flatten": "AvgPool", "img_dropout_gap": "Dropout",
-            "img_dropout_flatten": "Dropout"}
+            "img_res_pool_flatten": "AvgPool"}
 CASES = [n for n in case_names(NT_BRANCHING) if n.rsplit("_", 1)[0] in COMPILED]
 
 
@@ -88,15 +88,17 @@ NETS = {
         stax.FanOut(3),
         stax.parallel(stax.serial(stax.Relu(), _conv(4), stax.LayerNorm(axis=(1, 2, 3))),
                       stax.serial(stax.LeakyRelu(0.1), stax.Dense(4)), stax.Identity()),
-        stax.FanInSum(), stax.Relu(), stax.GlobalAvgPool(), stax.Dense(1)), (7, 7, 2), "cpu_slab"),
+        stax.FanInSum(), stax.Relu(), stax.Dropout(0.6, "test"), stax.GlobalAvgPool(),
+        stax.Dense(1)), (7, 7, 2), "cpu_slab"),
     "circular": (stax.serial(
         _conv(3, padding="CIRCULAR"),
         _block(stax.serial(stax.Relu(), _conv(3, (2, 2), "CIRCULAR")), _conv(3, (2, 2), "CIRCULAR")),
-        stax.LayerNorm(axis=(2, 3)), stax.Relu(), stax.Flatten(), stax.Dense(1)), (6, 4, 2),
+        stax.LayerNorm(axis=(2, 3)), stax.Relu(), stax.Dropout(0.5), stax.Flatten(), stax.Relu(),
+        stax.Dense(1)), (6, 4, 2),
         "cpu_slab"),
     "pooled": (stax.serial(
         _conv(3), _block(stax.serial(stax.Relu(), _conv(3)), stax.Identity()),
-        stax.AvgPool((2, 2)), stax.LayerNorm(), stax.Relu(),
+        stax.AvgPool((2, 2)), stax.LayerNorm(), stax.Relu(), stax.Dropout(0.8),
         _block(stax.serial(stax.Relu(), _conv(3)), _conv(3, filt=(1, 1))),
         stax.AvgPool((2, 2), (1, 1)), stax.Relu(), stax.GlobalAvgPool(), stax.Dense(1)),
         (8, 6, 2), "cpu_slab_pooled"),

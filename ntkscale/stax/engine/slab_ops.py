@@ -28,9 +28,10 @@ except Exception:  # pragma: no cover - older/newer llvmlite
 
 #: op kinds and integer op columns of an encoded program (``slab_program.Program``);
 #: K_STORE/K_LOAD/K_SUM: branch slots (``program_walk``), K_LNORM: LayerNorm
-K_CONV, K_ABRELU, K_ERF, K_IDENT, K_AFFINE, K_POOL, K_STORE, K_LOAD, K_SUM, K_LNORM = range(10)
+K_CONV, K_ABRELU, K_ERF, K_IDENT, K_AFFINE, K_POOL, K_STORE, K_LOAD, K_SUM, K_LNORM, K_DROP = range(11)
 # integer op columns (K_POOL: C_FH/C_FW window, C_SH/C_SW strides; slot kinds: C_FH slot,
-# C_FW count; K_LNORM: C_SH/C_SW average over rows/columns, eps in fpar[o, 0])
+# C_FW count; K_LNORM: C_SH/C_SW average over rows/columns, eps in fpar[o, 0]; K_DROP:
+# Dropout(mode="train"), 1/rate in fpar[o, 0])
 (C_KIND, C_FH, C_FW, C_SH, C_SW, C_VOFF, C_STD) = range(7)
 NCOLS = 7
 
@@ -268,6 +269,28 @@ def scale_row(kr, tr, sa, sb, want_ntk):  # pragma: no cover - compiled
     else:
         for i in range(kr.shape[0]):
             kr[i] = kr[i] / (sa[i] * sb[i])
+
+
+@numba.njit(cache=True, error_model="numpy")
+def dropout_op(L, kb, tb, cb, o, d, sdim, spad, deltas, lsame, f, use_t):  # pragma: no cover
+    """Dropout(mode="train") (Srivastava et al. 2014; neural-tangents' kernel): the
+    entries that pair an input with itself at the same pixel — the δ = 0 slab of the
+    lanes whose pair is one input twice (``lsame``) — times 1/rate (``f``)."""
+    if deltas[d, o, 0] != 0 or deltas[d, o, 1] != 0:
+        return
+    H = sdim[o, 0]
+    W = sdim[o, 1]
+    plh = spad[o, 0]
+    plw = spad[o, 1]
+    Wp = spad[o, 3]
+    for P in range(H):
+        ob = cb + ((P + plh) * Wp + plw) * L
+        for Q in range(W):
+            for k in range(L):
+                if lsame[k]:
+                    kb[ob + Q * L + k] *= f
+                    if use_t:
+                        tb[ob + Q * L + k] *= f
 
 
 @numba.njit(cache=True, error_model="numpy")

@@ -35,7 +35,7 @@ import numpy as np
 from ...errors import SpecError
 from .program_walk import BRANCH_STEPS, Step, check_steps, flatten
 from .slab_kernels import (C_FH, C_FW, C_KIND, C_SH, C_STD, C_SW, C_VOFF, CONSTS, K_ABRELU,
-    K_AFFINE, K_CONV, K_ERF, K_IDENT, K_LNORM, K_LOAD, K_POOL, K_STORE, K_SUM, NCOLS)
+    K_AFFINE, K_CONV, K_DROP, K_ERF, K_IDENT, K_LNORM, K_LOAD, K_POOL, K_STORE, K_SUM, NCOLS)
 from .reference_image import ImagePlan
 from ..layers.base import PARALLEL_TOLERANCE_EPS, LayerImpl
 
@@ -143,9 +143,6 @@ def unsupported(layers: Sequence[LayerImpl], plan: ImagePlan, pooling: bool = Tr
         name = step.layer.layer_name
         if name not in SUPPORTED_LAYERS:
             return f"{step.where} ({name}) on images has no compiled slab kernel"
-        if name == "Dropout" and step.layer.params["mode"] == "train":
-            return (f'{step.where} (Dropout, mode="train") on images has no compiled slab kernel '
-                    '(mode="test" has)')
     mult = _multipliers(steps)
     if isinstance(mult, str):
         return mult
@@ -249,8 +246,10 @@ class Program:
             elif layer.layer_name == "AvgPool":
                 self.ops[l, [C_KIND, C_FH, C_FW, C_SH, C_SW]] = (
                     K_POOL, layer.window[0], layer.window[1], layer.strides[0], layer.strides[1])
-            elif layer.layer_name == "Dropout":   # mode="test" (unsupported() refuses "train")
-                self.ops[l, C_KIND] = K_IDENT
+            elif layer.layer_name == "Dropout":
+                train = p["mode"] == "train"
+                self.ops[l, C_KIND] = K_DROP if train else K_IDENT
+                self.fpar[l, 0] = 1.0 / p["rate"]
             else:
                 if layer.layer_name == "LayerNorm":
                     axes = layer.spatial_axes(4, "images")

@@ -7,7 +7,7 @@ WideResNet(block_size=1, k=1, 10 classes) on 8×8×1 digits with ``AvgPool((2, 2
 strides 1, 2, 2 take 8 pixels to 2), float64, on the compiled slab path. The split is the
 1200 / 597 one of test_conv_digits.py; neural-tangents' exact kernel is too slow for the full
 split within the generator's 10-minute budget (~1.7 ms per image pair: about an hour), so
-the comparison runs on its first 400 train / 200 test images, and the slow test adds
+the comparison runs on its first 240 train / 120 test images, and the slow test adds
 ntkscale's accuracy on the full split.
 """
 

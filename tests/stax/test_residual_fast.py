@@ -1,4 +1,4 @@
-"""Residual (FanOut/parallel/FanInSum), LayerNorm and Dropout networks on the compiled CPU
+"""Branched (FanOut/parallel/FanInSum/FanInProd/FanInConcat), LayerNorm and Dropout networks on the compiled CPU
 paths (cpu_flat, cpu_slab, cpu_slab_pooled): parity with the reference path (float64, 1e-12
 of the kernel's scale) and with neural-tangents 0.6.5 (tests/reference/nt_branching.npz,
 symmetric and cross kernels, (anti)parallel rows), diagonals, float32, and the structures
@@ -22,11 +22,11 @@ COMPILED = {
     "img_layernorm_channel": "cpu_slab", "img_layernorm_all": "cpu_slab",
     "img_layernorm_gap": "cpu_slab", "img_wide_resnet_8x8": "cpu_slab_pooled",
     "img_dropout_gap": "cpu_slab", "img_dropout_flatten": "cpu_slab",
+    "fc_concat_equal": "cpu_flat", "fc_concat_widths": "cpu_flat", "fc_prod": "cpu_flat",
+    "img_concat": "cpu_slab",
 }
 #: the reference cases that stay on the reference path, and the layer the reason names
-FALLBACK = {"fc_concat_equal": "FanInConcat", "fc_concat_widths": "FanInConcat",
-            "fc_prod": "FanInProd", "img_concat": "FanInConcat",
-            "img_res_pool_flatten": "AvgPool"}
+FALLBACK = {"img_res_pool_flatten": "AvgPool"}
 CASES = [n for n in case_names(NT_BRANCHING) if n.rsplit("_", 1)[0] in COMPILED]
 
 
@@ -106,7 +106,17 @@ NETS = {
         stax.Dense(16, 1.4, 0.1), _block(stax.serial(stax.Gelu(), stax.Dense(16)),
                                          _block(stax.serial(stax.Sin(), stax.Dense(16)),
                                                 stax.Identity())),
-        stax.LayerNorm(), stax.Dropout(0.7), stax.Relu(), stax.Dense(1)), (5,), "cpu_flat"),
+        stax.LayerNorm(), stax.Dropout(0.7), stax.Relu(), stax.Dense(12, parameterization="standard"),
+        stax.FanOut(3), stax.parallel(stax.Dense(4, parameterization="standard"),
+                                      stax.serial(stax.Erf(), stax.Dense(8)), stax.Dense(4)),
+        stax.FanInConcat(), stax.Relu(), stax.FanOut(2),
+        stax.parallel(stax.Dense(6), stax.serial(stax.Relu(), stax.Dense(6))), stax.FanInProd(),
+        stax.Dense(1, parameterization="standard")), (5,), "cpu_flat"),
+    "image_prod_concat": (stax.serial(
+        _conv(3), stax.FanOut(2), stax.parallel(_conv(3, (2, 2)), stax.serial(
+            stax.Relu(), _conv(5, (2, 2)))), stax.FanInConcat(), stax.Relu(),
+        stax.FanOut(3), stax.parallel(_conv(4), stax.serial(stax.Erf(), _conv(4)), stax.Dense(4)),
+        stax.FanInProd(), stax.GlobalAvgPool(), stax.Dense(1)), (6, 6, 2), "cpu_slab"),
 }
 
 

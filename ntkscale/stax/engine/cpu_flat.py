@@ -23,7 +23,7 @@ import numpy as np
 from ...errors import SpecError
 from ..layers.base import PARALLEL_TOLERANCE_EPS, LayerImpl
 from ..state import KernelState
-from .program_walk import BRANCH_STEPS, Step, check_steps, flatten
+from .program_walk import BRANCH_STEPS, Step, check_steps, concat_scales, flatten
 
 (OP_DENSE_NTK, OP_DENSE_STANDARD, OP_ABRELU, OP_ERF, OP_GELU, OP_SIN, OP_IDENTITY,
  OP_STORE, OP_LOAD, OP_SUM, OP_LNORM, OP_DROP) = range(12)
@@ -58,13 +58,19 @@ def _encode(steps: List[Step], d: int, want_ntk: bool) -> Tuple[np.ndarray, np.n
     params = np.zeros((len(steps), 4), np.float64)
     width: Optional[int] = d
     saved = {}
+    widths: List[Optional[int]] = []
     for l, step in enumerate(steps):
+        widths.append(width)
         if step.kind != "layer":
-            ops[l], params[l] = _STEP_OPS[step.kind], (step.slot, step.count, 0.0, 0.0)
+            prod = step.kind == "sum" and step.layer.layer_name == "FanInProd"
+            ops[l], params[l] = _STEP_OPS[step.kind], (step.slot, step.count, float(prod), 1.0)
             if step.kind == "store":
                 saved[step.slot] = width
-            else:
+            elif step.kind == "load" or step.layer.layer_name != "FanInConcat":
                 width = saved[step.slot]
+            else:
+                ws = [saved[step.slot + i] for i in range(step.count)]
+                width = None if None in ws else sum(ws)
             continue
         layer = step.layer
         p = layer.params
@@ -94,6 +100,9 @@ def _encode(steps: List[Step], d: int, want_ntk: bool) -> Tuple[np.ndarray, np.n
                 params[l] = (a, b, 0.0, 0.0)
             elif op in (OP_ERF, OP_SIN):
                 params[l] = (p["a"], p["b"], p["c"], 0.0)
+    for l, scale in enumerate(concat_scales(steps, widths)):
+        if ops[l] == OP_STORE:
+            params[l, 3] = scale
     return ops, params
 
 
@@ -158,13 +167,15 @@ def _cosine(c, q1, q2, tol):
 
 
 @numba.njit(inline="always")
-def _slot_pass(op, slot, count, c, t, sc, st, want_ntk):
-    """Slot steps (``program_walk``): store the row buffers, load them, or sum slots."""
+def _slot_pass(op, slot, count, prod, scale, c, t, sc, st, want_ntk):
+    """Slot steps (``program_walk``): store the row buffers (times ``scale``: a
+    FanInConcat weight), load them, or combine slots (sum; ``prod``: FanInProd,
+    Σ = Π Σ_e, Θ = Σ_e Θ_e Π_{f≠e} Σ_f)."""
     m = c.shape[0]
     if op == OP_STORE:
         for k in range(m):
-            sc[slot, k] = c[k]
-            st[slot, k] = t[k]
+            sc[slot, k] = c[k] * scale
+            st[slot, k] = t[k] * scale
     elif op == OP_LOAD:
         for k in range(m):
             c[k] = sc[slot, k]
@@ -174,9 +185,14 @@ def _slot_pass(op, slot, count, c, t, sc, st, want_ntk):
             c[k] = sc[slot, k]
             t[k] = st[slot, k]
         for e in range(slot + 1, slot + count):
-            for k in range(m):
-                c[k] += sc[e, k]
-                t[k] += st[e, k]
+            if prod:
+                for k in range(m):
+                    t[k] = t[k] * sc[e, k] + c[k] * st[e, k]
+                    c[k] = c[k] * sc[e, k]
+            else:
+                for k in range(m):
+                    c[k] += sc[e, k]
+                    t[k] += st[e, k]
 
 
 @numba.njit(inline="always")
@@ -258,8 +274,8 @@ def _row(K, T, i, j0, q1, q2, ops, params, tol, want_ntk, c, t, sc, st, diag):
     for l in range(ops.shape[0]):
         op = ops[l]
         if op >= OP_STORE and op <= OP_SUM:
-            _slot_pass(op, np.int64(params[l, 0]), np.int64(params[l, 1]), cb, tb, sc, st,
-                       want_ntk)
+            _slot_pass(op, np.int64(params[l, 0]), np.int64(params[l, 1]), params[l, 2] != 0.0,
+                       params[l, 3], cb, tb, sc, st, want_ntk)
         else:
             _layer_pass(op, params[l, 0], params[l, 1], params[l, 2], params[l, 3],
                         cb, tb, q1[l, i], q2[l], j0, tol, want_ntk, diag)

@@ -9,13 +9,14 @@ straight list of steps over one *current* state plus a few saved *slots*:
 - ``FanOut(n)``: ``store`` the current state into slots ``base .. base+n-1``;
 - ``parallel``: for each branch b: ``load`` slot ``base+b``, the branch's
   steps, ``store`` into slot ``base+b``;
-- ``FanInSum``: ``sum`` of the n slots into the current state.
+- ``FanInSum``: ``sum`` of the n slots into the current state (``FanInProd``: their
+  product, Σ = Π Σ_i, Θ = Σ_i Θ_i Π_{j≠i} Σ_j; ``FanInConcat`` along channels: their
+  width-weighted mean; the step's ``layer`` says which).
 
 Slots are allocated like a stack (a nested FanOut inside a branch uses the
 slots above its parent's), so ``nslots`` is the deepest nesting's total.
 ``flatten`` returns the steps, or the reason a structure is not supported
-(``FanInProd``/``FanInConcat`` and pooling inside branches stay on the
-reference path). ``check_steps`` raises the reference path's spec errors
+(pooling inside branches stays on the reference path). ``check_steps`` raises the reference path's spec errors
 (FanInSum of non-Gaussian or unequal branches, LayerNorm placement) from a
 symbolic walk, since the compiled paths do not call those layers' maps.
 """
@@ -28,10 +29,11 @@ from typing import List, Optional, Sequence, Tuple, Union
 from ..layers.base import LayerImpl
 from ..state import KernelState
 
-#: Layers the flattening turns into slot steps; ``FanInProd``/``FanInConcat`` stay reference-only.
-BRANCH_STEPS = frozenset({"FanOut", "parallel", "FanInSum"})
-#: Branch layers no compiled path runs (``explain`` names them).
-UNSUPPORTED_FAN_IN = frozenset({"FanInProd", "FanInConcat"})
+#: Layers the flattening turns into slot steps.
+FAN_IN = frozenset({"FanInSum", "FanInProd", "FanInConcat"})
+BRANCH_STEPS = frozenset({"FanOut", "parallel"}) | FAN_IN
+#: Branch layers no compiled path runs (``explain`` names them): none at present.
+UNSUPPORTED_FAN_IN: frozenset = frozenset()
 
 
 @dataclasses.dataclass
@@ -74,7 +76,7 @@ def _walk(layers: Sequence[LayerImpl], prefix: str, top: int, out: List[Step],
                     return inner
                 high = max(high, inner)
                 out.append(Step("store", slot=base + b, where=where))
-        elif name == "FanInSum":
+        elif name in FAN_IN:
             base, n = frame
             out.append(Step("sum", layer=layer, slot=base, count=n, where=where))
             frame = None
@@ -98,6 +100,29 @@ def flatten(layers: Sequence[LayerImpl]) -> Tuple[List[Step], int, Optional[str]
     if isinstance(high, str):
         return [], 0, high
     return steps, int(high), None
+
+
+def concat_scales(steps: Sequence[Step], widths: Sequence[Optional[int]]) -> List[float]:
+    """Per step, the factor a ``store`` applies to the state it saves: for the last
+    store into each slot of a ``FanInConcat``, its branch's weight over the total
+    (``FanInConcatImpl.weights``: the widths, or equal), so that the concatenation is
+    the sum of the slots; 1 elsewhere. ``widths[s]``: the width entering step s."""
+    scales = [1.0] * len(steps)
+    for s, step in enumerate(steps):
+        if step.kind != "sum" or step.layer.layer_name != "FanInConcat":
+            continue
+        last = {}
+        for o in range(s - 1, -1, -1):
+            if steps[o].kind == "store" and steps[o].slot not in last:
+                last[steps[o].slot] = o
+            if len(last) >= step.count and all(step.slot + i in last for i in range(step.count)):
+                break
+        states = [_light(widths[last[step.slot + i]], None, False) for i in range(step.count)]
+        weights, _ = step.layer.weights(states)
+        total = sum(weights)
+        for i in range(step.count):
+            scales[last[step.slot + i]] = weights[i] / total
+    return scales
 
 
 def has_branches(layers: Sequence[LayerImpl]) -> bool:
@@ -126,8 +151,7 @@ def check_steps(steps: Sequence[Step], width: Optional[int],
             cur = slots[step.slot]
         elif step.kind == "sum":
             states = tuple(slots[step.slot + i] for i in range(step.count))
-            step.layer.check_states(states)
-            cur = states[0].replace(gaussian=True)
+            cur = step.layer.check_states(states)
         else:
             layer = step.layer
             name = layer.layer_name

@@ -117,7 +117,8 @@ def _slab_ops(L, va, vb, ops, fpar, sdim, spad, deltas, consts, circ, want_ntk, 
             moved, ntk_zero = slot_op(L, kb, tb, cb, (1 - cur) * bufsize, kind, ops[o, C_FH],
                                       ops[o, C_FW], sk, sq, szero, ntk_zero, want_ntk,
                                       sdim[o, 0], sdim[o, 1], spad[o + 1, 0], spad[o + 1, 1],
-                                      spad[o + 1, 2], spad[o + 1, 3], consts[0])
+                                      spad[o + 1, 2], spad[o + 1, 3], consts[0], fpar[o, 0],
+                                      ops[o, C_SH] != 0)
             if moved:
                 cur = 1 - cur
         elif kind == K_DROP:

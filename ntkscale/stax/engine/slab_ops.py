@@ -294,25 +294,72 @@ def dropout_op(L, kb, tb, cb, o, d, sdim, spad, deltas, lsame, f, use_t):  # pra
 
 
 @numba.njit(cache=True, error_model="numpy")
+def _prod_slots(L, kb, tb, nb, slot, count, sk, sq, szero, step, want_ntk, H, W, qlh, qlw, Hq, Wq,
+                zero):  # pragma: no cover - compiled
+    """FanInProd of slots ``slot..slot+count-1`` into ``kb[nb:]``/``tb[nb:]`` (see
+    ``slot_op``); returns whether Θ is zero."""
+    fill(kb[nb:nb + Hq * Wq * L], zero)
+    all_zero = True
+    for e in range(slot, slot + count):
+        if not szero[e]:
+            all_zero = False
+    use_t = want_ntk and not all_zero
+    if use_t:
+        fill(tb[nb:nb + Hq * Wq * L], zero)
+    for P in range(H):
+        ob = nb + ((P + qlh) * Wq + qlw) * L
+        kr = kb[ob:ob + W * L]
+        tr = tb[ob:ob + W * L]
+        ib = slot * step + P * W * L
+        copy_to(kr, sk[ib:ib + W * L])
+        if use_t and not szero[slot]:
+            copy_to(tr, sq[ib:ib + W * L])
+        for e in range(slot + 1, slot + count):
+            ie = e * step + P * W * L
+            ke = sk[ie:ie + W * L]
+            if use_t:
+                if szero[e]:
+                    for i in range(W * L):
+                        tr[i] = tr[i] * ke[i]
+                else:
+                    te = sq[ie:ie + W * L]
+                    for i in range(W * L):
+                        tr[i] = tr[i] * ke[i] + kr[i] * te[i]
+            for i in range(W * L):
+                kr[i] = kr[i] * ke[i]
+    return all_zero
+
+
+@numba.njit(cache=True, error_model="numpy")
 def slot_op(L, kb, tb, cb, nb, kind, slot, count, sk, sq, szero, ntk_zero, want_ntk, H, W,
-            qlh, qlw, Hq, Wq, zero):  # pragma: no cover - compiled
+            qlh, qlw, Hq, Wq, zero, scale, prod):  # pragma: no cover - compiled
     """A branch slot step (``program_walk``) on the slab in ``kb[cb:]``/``tb[cb:]``.
 
     Slots hold compact ``H × W × L`` slabs (slot e at ``e·H·W·L`` of ``sk``/``sq``;
     ``szero[e]``: its Θ is zero). K_STORE copies the current slab (whose layout has
-    no pad margins) into slot ``slot``; K_LOAD (count 1) and K_SUM (``count``
-    slots, the FanInSum of a sum of independent branches) write into
+    no pad margins) into slot ``slot``, times ``scale`` (a FanInConcat weight);
+    K_LOAD (count 1) and K_SUM (``count`` slots: FanInSum and FanInConcat add
+    them, ``prod`` FanInProd multiplies them, Θ = Σ_e Θ_e Π_{f≠e} Σ_f) write into
     ``kb[nb:]``/``tb[nb:]`` in the next op's layout (pads ``qlh``/``qlw``, size
     ``Hq × Wq``), zero outside. Returns (the result is in ``nb``, Θ is zero)."""
     size = H * W * L
     step = sk.shape[0] // max(szero.shape[0], 1)
     if kind == K_STORE:
-        copy_to(sk[slot * step:slot * step + size], kb[cb:cb + size])
+        dst = sk[slot * step:slot * step + size]
+        src = kb[cb:cb + size]
+        for i in range(size):
+            dst[i] = src[i] * scale
         z = ntk_zero or not want_ntk
         if not z:
-            copy_to(sq[slot * step:slot * step + size], tb[cb:cb + size])
+            dst = sq[slot * step:slot * step + size]
+            src = tb[cb:cb + size]
+            for i in range(size):
+                dst[i] = src[i] * scale
         szero[slot] = z
         return False, ntk_zero
+    if prod:
+        return True, _prod_slots(L, kb, tb, nb, slot, count, sk, sq, szero, step, want_ntk, H, W,
+                                 qlh, qlw, Hq, Wq, zero)
     fill(kb[nb:nb + Hq * Wq * L], zero)
     all_zero = True
     for e in range(slot, slot + count):

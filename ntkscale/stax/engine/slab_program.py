@@ -33,7 +33,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ...errors import SpecError
-from .program_walk import BRANCH_STEPS, Step, check_steps, flatten
+from .program_walk import BRANCH_STEPS, Step, check_steps, concat_scales, flatten
 from .slab_kernels import (C_FH, C_FW, C_KIND, C_SH, C_STD, C_SW, C_VOFF, CONSTS, K_ABRELU,
     K_AFFINE, K_CONV, K_DROP, K_ERF, K_IDENT, K_LNORM, K_LOAD, K_POOL, K_STORE, K_SUM, NCOLS)
 from .reference_image import ImagePlan
@@ -211,16 +211,22 @@ class Program:
         self.act_layers: List[int] = []
         width: Optional[int] = plan.input_shape[2]
         saved: dict = {}
+        widths: List[Optional[int]] = []
         voff = 0
         for l, step in enumerate(steps):
             layer = step.layer
+            widths.append(width)
             if step.kind != "layer":
-                self.ops[l, [C_KIND, C_FH, C_FW]] = (_SLOT_KINDS[step.kind], step.slot,
-                                                     max(step.count, 1))
+                prod = step.kind == "sum" and layer.layer_name == "FanInProd"
+                self.ops[l, [C_KIND, C_FH, C_FW, C_SH]] = (_SLOT_KINDS[step.kind], step.slot,
+                                                           max(step.count, 1), int(prod))
                 if step.kind == "store":
                     saved[step.slot] = width
-                else:
+                elif step.kind == "load" or layer.layer_name != "FanInConcat":
                     width = saved[step.slot]
+                else:
+                    ws = [saved[step.slot + i] for i in range(step.count)]
+                    width = None if None in ws else sum(ws)
                 continue
             p = layer.params
             if layer.layer_name in ("Conv", "Dense"):
@@ -269,6 +275,9 @@ class Program:
                 elif kind == K_ERF:
                     self.fpar[l] = (p["a"], p["b"], p["c"], 0.0)
         self.nvar = voff
+        for l, scale in enumerate(concat_scales(steps, widths)):
+            if steps[l].kind == "store":
+                self.fpar[l, 0] = scale
         hf, wf = plan.hw[end]
         self.width_out = None if width is None else (width * hf * wf if self.flatten else width)
         # buffer padding entering each step = the pads of the next Conv (none across a

@@ -7,11 +7,13 @@ Paths (``select_path`` returns one as a :class:`Path` with the reason):
                     CuPy, array-api-strict): ``reference`` (flat networks,
                     row blocks) and ``reference_image`` (images, pair tiles)
 ``cpu_flat``        numba, one fused pass per entry after a GEMM: flat
-                    Dense/activation networks (``cpu_flat``)
+                    Dense/activation/LayerNorm/Dropout networks, branches
+                    included (``cpu_flat``, ``program_walk``)
 ``cpu_slab``        numba diagonal-slab kernel for convolutional networks
                     (``cpu_slab``, ``slab_program``, ``slab_kernels``, ``slab_ops``, ``slab_conv``, ``slab_pool``)
 ``cpu_slab_pooled`` the same kernel with AvgPool stages (e.g. Myrtle)
-``cuda_slab``       the slab kernel in CUDA on CuPy arrays, no AvgPool
+``cuda_slab``       the slab kernel in CUDA on CuPy arrays, no AvgPool and
+                    none of ``GPU_FALLBACK`` (branches, LayerNorm, Dropout)
 ==================  ==========================================================
 
 Each path module declares the layers it runs (``SUPPORTED_LAYERS``, checked

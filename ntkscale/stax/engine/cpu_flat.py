@@ -6,7 +6,12 @@ the ~10 full-size temporaries of the array-API reference path: BLAS computes
 ``X1 X2ᵀ`` (SYRK when x2 is x1), then a parallel numba loop runs all layers
 on each entry in registers (in float64 for both input precisions) and writes
 NNGP and NTK once. For x2 = x1 only the upper triangle is computed and
-mirrored. Parity with the reference path is tested (tests/stax/test_stax_properties.py, tests/stax/test_conv_fast.py).
+mirrored. Branches (FanOut/parallel/FanIn*) are slot steps of the same pass
+(``program_walk``): a FanOut saves the row buffers, each branch loads and
+saves them, the FanIn combines them; LayerNorm divides by √((q + ε)(q' + ε))
+and Dropout(mode="train") scales the diagonal of a symmetric call. Parity
+with the reference path is tested (tests/stax/test_stax_properties.py,
+tests/stax/test_conv_fast.py, tests/stax/test_residual_fast.py).
 
 Hand-written because no library fuses a per-entry layer recursion after a
 GEMM on CPU; the arithmetic mirrors ``activations.py`` exactly.

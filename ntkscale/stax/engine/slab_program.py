@@ -18,11 +18,21 @@ Supported: Conv (any filter and strides; SAME/VALID, or CIRCULAR everywhere
 with strides dividing the image), Dense on images, ReLU family
 (Relu/LeakyRelu/Abs/ABRelu), Erf, Identity, AvgPool (SAME/VALID, any window
 and strides, ``normalize_edges``; not with CIRCULAR padding anywhere),
-ending in GlobalAvgPool or Flatten, then any flat layers (run by the
-reference code on the ``n1 × n2`` result). Other image networks (Gelu/Sin on
-images, CIRCULAR pooling) use the array-API path; the CuPy kernel has no
-AvgPool. Arithmetic is in the input dtype. Parity with the reference path is
-tested in ``tests/stax/test_conv_fast.py``.
+LayerNorm (channel axis, optionally the spatial axes: per pixel, Σ and Θ
+divided by √(q̄ + ε)·√(q̄' + ε), q̄ the self-variance averaged over them),
+Dropout (test: identity; train: the δ = 0 slab of a pair of one input twice
+times 1/rate), and FanOut/parallel/FanInSum/FanInProd/FanInConcat blocks
+(``program_walk``: the branches run one after the other on the same slab,
+saved in per-lane slots, and combine slab by slab; every branch of a block
+must have the same Conv strides, and no pooling inside branches), ending in
+GlobalAvgPool or Flatten, then any flat layers (run by the reference code on
+the ``n1 × n2`` result). Branched and LayerNorm programs take their
+per-pixel variances from the self pairs' δ = 0 slabs, like pooled ones
+(``selfvar``). Other image networks (Gelu/Sin on images, CIRCULAR pooling)
+use the array-API path; the CuPy kernel has no AvgPool, branches, LayerNorm
+or Dropout. Arithmetic is in the input dtype. Parity with the reference path
+is tested in ``tests/stax/test_conv_fast.py`` and
+``tests/stax/test_residual_fast.py``.
 """
 
 from __future__ import annotations

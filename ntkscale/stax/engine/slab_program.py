@@ -57,6 +57,8 @@ _ACT_KINDS = {"Relu": K_ABRELU, "LeakyRelu": K_ABRELU, "Abs": K_ABRELU,
 SUPPORTED_LAYERS = frozenset({"Conv", "Dense", "AvgPool", "GlobalAvgPool", "Flatten",
                               "LayerNorm", "Dropout"} | set(_ACT_KINDS) | BRANCH_STEPS)
 _SLOT_KINDS = {"store": K_STORE, "load": K_LOAD, "sum": K_SUM}
+#: Layers of the numba slab kernel that the CUDA one (``pooling=False``) lacks.
+CPU_ONLY = BRANCH_STEPS | {"LayerNorm", "Dropout"}
 
 #: Image pairs processed together (one per lane of every inner loop): at
 #: least LANES_MIN, and as many more (up to LANES_MAX) as keep a thread's
@@ -148,11 +150,11 @@ def unsupported(layers: Sequence[LayerImpl], plan: ImagePlan, pooling: bool = Tr
     if why is not None:
         return why
     for step in steps:
-        if step.kind != "layer":
-            continue
-        name = step.layer.layer_name
+        name = step.name if step.kind == "layer" else "FanOut"
         if name not in SUPPORTED_LAYERS:
             return f"{step.where} ({name}) on images has no compiled slab kernel"
+        if not pooling and name in CPU_ONLY:   # the CUDA kernel has none of these
+            return f"{step.where} ({name}): this slab kernel has no {name} op"
     mult = _multipliers(steps)
     if isinstance(mult, str):
         return mult

@@ -112,6 +112,13 @@ NETS = {
         stax.FanInConcat(), stax.Relu(), stax.FanOut(2),
         stax.parallel(stax.Dense(6), stax.serial(stax.Relu(), stax.Dense(6))), stax.FanInProd(),
         stax.Dense(1, parameterization="standard")), (5,), "cpu_flat"),
+    # two parallels after one FanOut, a FanOut straight into its FanIn, a one-branch FanOut
+    "two_parallels": (stax.serial(
+        _conv(3), stax.FanOut(2), stax.parallel(_conv(3), stax.serial(stax.Relu(), _conv(3))),
+        stax.parallel(stax.serial(stax.Relu(), _conv(3, (2, 2))), _conv(3, (2, 2))),
+        stax.FanInSum(), stax.Relu(), _conv(3), stax.FanOut(3), stax.FanInSum(),
+        stax.FanOut(1), stax.parallel(stax.serial(stax.Relu(), _conv(2))), stax.FanInProd(),
+        stax.Relu(), stax.Flatten()), (6, 6, 2), "cpu_slab"),
     "image_prod_concat": (stax.serial(
         _conv(3), stax.FanOut(2), stax.parallel(_conv(3, (2, 2)), stax.serial(
             stax.Relu(), _conv(5, (2, 2)))), stax.FanInConcat(), stax.Relu(),

@@ -1,5 +1,6 @@
-"""The engine routes branched, LayerNorm and Dropout networks to the reference path with a
-reason naming the layer (never silently), explain() works, and a residual FC net runs
+"""The engine routes branched, LayerNorm and Dropout networks to the compiled CPU paths where
+they have kernels and otherwise to the reference path with a reason naming the layer (never
+silently; the GPU path has none of them yet), explain() works, and a residual FC net runs
 through the Gram stage (blocks, store) with the in-memory kernel's values."""
 
 import numpy as np
@@ -15,32 +16,56 @@ def _res_fc():
     return stax.serial(stax.Dense(16, W_std=1.4, b_std=0.1), blk, stax.Relu(), stax.Dense(1))
 
 
+def _prod_fc():
+    return stax.serial(stax.Dense(8), stax.FanOut(2), stax.parallel(stax.Dense(8), stax.Dense(8)),
+                       stax.FanInProd(), stax.Dense(1))
+
+
+#: network, input shape, the layer a reason names, the CPU path
 NETS = {
-    "residual": (_res_fc(), (5,), "FanOut"),
+    "residual": (_res_fc(), (5,), "FanOut", "cpu_flat"),
     "layernorm": (stax.serial(stax.Dense(8), stax.LayerNorm(), stax.Relu(), stax.Dense(1)), (5,),
-                  "LayerNorm"),
+                  "LayerNorm", "cpu_flat"),
+    "prod": (_prod_fc(), (5,), "FanInProd", "cpu_flat"),
+    "pool_in_branch": (stax.serial(stax.Conv(4, (3, 3)), stax.FanOut(2),
+                                   stax.parallel(stax.AvgPool((2, 2)), stax.AvgPool((2, 2))),
+                                   stax.FanInSum(), stax.GlobalAvgPool()), (6, 6, 2), "AvgPool",
+                       "reference"),
     "dropout_conv": (stax.serial(stax.Conv(4, (3, 3)), stax.Relu(), stax.Dropout(0.5),
-                                 stax.GlobalAvgPool(), stax.Dense(1)), (6, 6, 2), "Dropout"),
+                                 stax.GlobalAvgPool(), stax.Dense(1)), (6, 6, 2), "Dropout",
+                     "cpu_slab"),
+    "concat_conv": (stax.serial(stax.Conv(4, (3, 3)), stax.FanOut(2),
+                                stax.parallel(stax.Conv(4, (3, 3), padding="SAME"), stax.Conv(2, (1, 1))),
+                                stax.FanInConcat(), stax.GlobalAvgPool()), (6, 6, 2),
+                    "FanInConcat", "cpu_slab"),
+    "dropout_test_conv": (stax.serial(stax.Conv(4, (3, 3)), stax.Relu(), stax.Dropout(0.5, "test"),
+                                      stax.GlobalAvgPool(), stax.Dense(1)), (6, 6, 2), "Dropout",
+                          "cpu_slab"),
+    "wide_resnet": (stax.presets.wide_resnet(1, 1, 10, pool=2), (8, 8, 3), "FanOut",
+                    "cpu_slab_pooled"),
 }
 
 
 @pytest.mark.parametrize("name", sorted(NETS))
-def test_reference_path_with_a_reason(name):
-    net, shape, layer = NETS[name]
+def test_path_or_reference_with_a_reason(name):
+    net, shape, layer, want = NETS[name]
     path = select_path(net, shape, "cpu")
-    assert path.name == "reference" and layer in path.reason and "compiled" in path.reason
-    assert select_path(net, shape, "gpu").name == "reference"
+    assert path.name == want, path.reason
+    if want == "reference":
+        assert layer in path.reason and "branch" in path.reason
+    gpu = select_path(net, shape, "gpu")
+    assert gpu.name == "reference" and ("no CUDA slab kernel" in gpu.reason or "flat network" in gpu.reason)
     ex = net[2].explain((7,) + shape)
-    assert ex.path == "reference" and layer in ex.reason and ex.total_flops > 0
+    assert ex.path == want and ex.total_flops > 0
     assert net[2].cost(shape)["flops"] > 0
 
 
-def test_new_layers_are_reference_only():
+def test_which_paths_run_the_new_layers():
     new = {"FanOut", "parallel", "FanInSum", "FanInProd", "FanInConcat", "LayerNorm", "Dropout"}
     assert new <= PATH_LAYERS["reference"]
-    for name, layers in PATH_LAYERS.items():
-        if name != "reference":
-            assert not new & layers, name
+    for name in ("cpu_flat", "cpu_slab", "cpu_slab_pooled"):
+        assert new <= PATH_LAYERS[name], name
+    assert not new & PATH_LAYERS["cuda_slab"]
 
 
 @pytest.mark.parametrize("dropout", [False, True])

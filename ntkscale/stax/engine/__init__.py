@@ -7,11 +7,13 @@ Paths (``select_path`` returns one as a :class:`Path` with the reason):
                     CuPy, array-api-strict): ``reference`` (flat networks,
                     row blocks) and ``reference_image`` (images, pair tiles)
 ``cpu_flat``        numba, one fused pass per entry after a GEMM: flat
-                    Dense/activation networks (``cpu_flat``)
+                    Dense/activation/LayerNorm/Dropout networks, branches
+                    included (``cpu_flat``, ``program_walk``)
 ``cpu_slab``        numba diagonal-slab kernel for convolutional networks
                     (``cpu_slab``, ``slab_program``, ``slab_kernels``, ``slab_ops``, ``slab_conv``, ``slab_pool``)
 ``cpu_slab_pooled`` the same kernel with AvgPool stages (e.g. Myrtle)
-``cuda_slab``       the slab kernel in CUDA on CuPy arrays, no AvgPool
+``cuda_slab``       the slab kernel in CUDA on CuPy arrays, no AvgPool and
+                    none of ``GPU_FALLBACK`` (branches, LayerNorm, Dropout)
 ==================  ==========================================================
 
 Each path module declares the layers it runs (``SUPPORTED_LAYERS``, checked
@@ -35,6 +37,7 @@ from ...errors import InputError
 from ..layers.base import BRANCH_LAYERS, LayerImpl, check_arity
 from ..spec import build_layers, canonical_spec
 from . import cpu_flat, cpu_slab, cuda_slab, reference, reference_image, slab_program
+from .program_walk import UNSUPPORTED_FAN_IN
 from .explain import Explanation
 from .reference import default_memory_budget
 from .reference_image import ImagePlan, plan_image_net
@@ -44,13 +47,18 @@ __all__ = ["DEVICES", "PATH_LAYERS", "PATHS", "Explanation", "Path", "cost_per_e
 
 #: Devices ``select_path`` knows: NumPy arrays on the CPU, CuPy arrays on a GPU.
 DEVICES = ("cpu", "gpu")
+#: Layers only the compiled CPU paths gained (issue 12): the CUDA slab kernel has no
+#: kernel for them, so a GPU network with one runs the reference maps on CuPy, with a
+#: reason. (``cuda_slab.SUPPORTED_LAYERS`` may derive from ``slab_program``'s; this set
+#: is taken out of it until the CUDA kernel runs them.)
+GPU_FALLBACK = frozenset(BRANCH_LAYERS | {"LayerNorm", "Dropout"})
 #: Every path and the layers it runs (registry names).
 PATH_LAYERS = {
     "reference": reference.SUPPORTED_LAYERS,
     "cpu_flat": cpu_flat.SUPPORTED_LAYERS,
     "cpu_slab": slab_program.SUPPORTED_LAYERS - {"AvgPool"},
     "cpu_slab_pooled": slab_program.SUPPORTED_LAYERS,
-    "cuda_slab": cuda_slab.SUPPORTED_LAYERS,
+    "cuda_slab": cuda_slab.SUPPORTED_LAYERS - GPU_FALLBACK,
 }
 PATHS = tuple(PATH_LAYERS)
 #: Input dtypes of the compiled kernels: every dtype ntkscale computes in.
@@ -105,19 +113,30 @@ def _names(layers: Sequence[LayerImpl]) -> str:
 
 
 #: Layers only the reference path runs so far (a compiled path would need their maps).
-REFERENCE_ONLY = BRANCH_LAYERS | {"LayerNorm", "Dropout"}
+REFERENCE_ONLY = UNSUPPORTED_FAN_IN
+
+
+def _first_in(layers: Sequence[LayerImpl], names: frozenset,
+              prefix: str = "") -> Optional[Tuple[str, str]]:
+    """``(where, name)`` of the first layer (inside branches too) named in ``names``."""
+    for l, layer in enumerate(layers):
+        if layer.layer_name in names:
+            return f"{prefix}layer {l}", layer.layer_name
+        for b, branch in enumerate(getattr(layer, "branches", ())):
+            hit = _first_in(branch, names, f"{prefix}layer {l} (parallel) branch {b}: ")
+            if hit is not None:
+                return hit
+    return None
 
 
 def reference_only(layers: Sequence[LayerImpl]) -> Optional[str]:
     """Why no compiled path runs ``layers`` (the first layer only the reference
     path has, inside branches too), or None."""
-    for l, layer in enumerate(layers):
-        if layer.layer_name in REFERENCE_ONLY:
-            what = "branches (FanOut/parallel/FanIn)" if layer.layer_name in BRANCH_LAYERS \
-                else layer.layer_name
-            return (f"layer {l} ({layer.layer_name}): the compiled paths have no kernel for "
-                    f"{what} yet; the reference path runs it")
-    return None
+    hit = _first_in(layers, REFERENCE_ONLY)
+    if hit is None:
+        return None
+    return (f"{hit[0]} ({hit[1]}): the compiled paths run FanOut/parallel/FanInSum blocks but "
+            f"have no kernel for {hit[1]} yet; the reference path runs it")
 
 
 def select_path(network: Network, shapes: Any, device: str = "cpu", *, dtype: Any = "float64",
@@ -162,6 +181,10 @@ def select_path(network: Network, shapes: Any, device: str = "cpu", *, dtype: An
             return ref(f"not cpu_flat: {why}")
         return Path("cpu_flat", f"{_names(layers)}: all supported by the compiled flat kernel")
     if device == "gpu":
+        hit = _first_in(layers, GPU_FALLBACK)
+        if hit is not None:
+            return ref(f"not cuda_slab: {hit[0]} ({hit[1]}) has no CUDA slab kernel (the compiled "
+                       "CPU paths run it); the reference maps run on CuPy")
         why = cuda_slab.unsupported(layers, plan, dt)
         if why is not None:
             return ref(f"not cuda_slab: {why}")

@@ -6,7 +6,12 @@ the ~10 full-size temporaries of the array-API reference path: BLAS computes
 ``X1 X2ᵀ`` (SYRK when x2 is x1), then a parallel numba loop runs all layers
 on each entry in registers (in float64 for both input precisions) and writes
 NNGP and NTK once. For x2 = x1 only the upper triangle is computed and
-mirrored. Parity with the reference path is tested (tests/stax/test_stax_properties.py, tests/stax/test_conv_fast.py).
+mirrored. Branches (FanOut/parallel/FanIn*) are slot steps of the same pass
+(``program_walk``): a FanOut saves the row buffers, each branch loads and
+saves them, the FanIn combines them; LayerNorm divides by √((q + ε)(q' + ε))
+and Dropout(mode="train") scales the diagonal of a symmetric call. Parity
+with the reference path is tested (tests/stax/test_stax_properties.py,
+tests/stax/test_conv_fast.py, tests/stax/test_residual_fast.py).
 
 Hand-written because no library fuses a per-entry layer recursion after a
 GEMM on CPU; the arithmetic mirrors ``activations.py`` exactly.
@@ -23,33 +28,56 @@ import numpy as np
 from ...errors import SpecError
 from ..layers.base import PARALLEL_TOLERANCE_EPS, LayerImpl
 from ..state import KernelState
+from .program_walk import BRANCH_STEPS, Step, check_steps, concat_scales, flatten
 
-OP_DENSE_NTK, OP_DENSE_STANDARD, OP_ABRELU, OP_ERF, OP_GELU, OP_SIN, OP_IDENTITY = range(7)
+(OP_DENSE_NTK, OP_DENSE_STANDARD, OP_ABRELU, OP_ERF, OP_GELU, OP_SIN, OP_IDENTITY,
+ OP_STORE, OP_LOAD, OP_SUM, OP_LNORM, OP_DROP) = range(12)
 
 _ACTIVATION_OPS = {
     "Relu": OP_ABRELU, "LeakyRelu": OP_ABRELU, "Abs": OP_ABRELU, "ABRelu": OP_ABRELU,
     "Erf": OP_ERF, "Gelu": OP_GELU, "Sin": OP_SIN, "Identity": OP_IDENTITY,
 }
+_STEP_OPS = {"store": OP_STORE, "load": OP_LOAD, "sum": OP_SUM}
 
-#: Layers this path runs (by registry name); any flat network of them qualifies.
-SUPPORTED_LAYERS = frozenset({"Dense"} | set(_ACTIVATION_OPS))
+#: Layers this path runs (by registry name); any flat network of them qualifies
+#: (branches: FanOut/parallel/FanInSum blocks, see ``program_walk``).
+SUPPORTED_LAYERS = frozenset({"Dense", "LayerNorm", "Dropout"} | set(_ACTIVATION_OPS)
+                             | BRANCH_STEPS)
 
 
 def unsupported(layers: Sequence[LayerImpl], input_shape: Tuple[int, ...]) -> Optional[str]:
     """Why this path cannot run ``layers`` on per-example ``input_shape``, or None."""
     if len(input_shape) != 1:
         return f"inputs of per-example shape {tuple(input_shape)} are not flat vectors"
-    for l, layer in enumerate(layers):
-        if layer.layer_name not in SUPPORTED_LAYERS:
-            return f"layer {l} ({layer.layer_name}) has no compiled flat kernel"
+    _, _, why = flatten(layers)
+    if why is not None:
+        return why
+    for step in flatten(layers)[0]:
+        if step.kind == "layer" and step.layer.layer_name not in SUPPORTED_LAYERS:
+            return f"{step.where} ({step.layer.layer_name}) has no compiled flat kernel"
     return None
 
 
-def _encode(layers: List[LayerImpl], d: int, want_ntk: bool) -> Tuple[np.ndarray, np.ndarray]:
-    ops = np.zeros(len(layers), np.int64)
-    params = np.zeros((len(layers), 4), np.float64)
+def _encode(steps: List[Step], d: int, want_ntk: bool) -> Tuple[np.ndarray, np.ndarray]:
+    ops = np.zeros(len(steps), np.int64)
+    params = np.zeros((len(steps), 4), np.float64)
     width: Optional[int] = d
-    for l, layer in enumerate(layers):
+    saved = {}
+    widths: List[Optional[int]] = []
+    for l, step in enumerate(steps):
+        widths.append(width)
+        if step.kind != "layer":
+            prod = step.kind == "sum" and step.layer.layer_name == "FanInProd"
+            ops[l], params[l] = _STEP_OPS[step.kind], (step.slot, step.count, float(prod), 1.0)
+            if step.kind == "store":
+                saved[step.slot] = width
+            elif step.kind == "load" or step.layer.layer_name != "FanInConcat":
+                width = saved[step.slot]
+            else:
+                ws = [saved[step.slot + i] for i in range(step.count)]
+                width = None if None in ws else sum(ws)
+            continue
+        layer = step.layer
         p = layer.params
         if layer.layer_name == "Dense":
             w2 = p["W_std"] ** 2
@@ -63,6 +91,12 @@ def _encode(layers: List[LayerImpl], d: int, want_ntk: bool) -> Tuple[np.ndarray
                 ops[l] = OP_DENSE_STANDARD
                 params[l] = (w2, b2, float(width or 0), 0.0 if p["b_std"] is None else 1.0)
             width = p["out_dim"]
+        elif layer.layer_name == "LayerNorm":
+            ops[l], params[l] = OP_LNORM, (p["eps"], 0.0, 0.0, 0.0)
+        elif layer.layer_name == "Dropout":
+            train = p["mode"] == "train"
+            ops[l] = OP_DROP if train else OP_IDENTITY
+            params[l] = (1.0 / p["rate"], 0.0, 0.0, 0.0)
         else:
             op = _ACTIVATION_OPS[layer.layer_name]
             ops[l] = op
@@ -71,17 +105,28 @@ def _encode(layers: List[LayerImpl], d: int, want_ntk: bool) -> Tuple[np.ndarray
                 params[l] = (a, b, 0.0, 0.0)
             elif op in (OP_ERF, OP_SIN):
                 params[l] = (p["a"], p["b"], p["c"], 0.0)
+    for l, scale in enumerate(concat_scales(steps, widths)):
+        if ops[l] == OP_STORE:
+            params[l, 3] = scale
     return ops, params
 
 
-def _layer_variances(layers: List[LayerImpl], var: np.ndarray) -> np.ndarray:
-    """Self-variance entering each layer, shape (L, n), via the reference maps."""
-    out = np.empty((len(layers), var.shape[0]), np.float64)
+def _layer_variances(steps: List[Step], var: np.ndarray) -> np.ndarray:
+    """Self-variance entering each step, shape (S, n), via the reference maps."""
+    out = np.empty((len(steps), var.shape[0]), np.float64)
     # ntk=None: widths (standard parameterization) only enter the NTK.
     state = KernelState(nngp=var, ntk=None, var1=var, var2=None, diagonal_batch=True, width=None)
-    for l, layer in enumerate(layers):
+    slots = {}
+    for l, step in enumerate(steps):
         out[l] = state.var1
-        state = layer.kernel(state, np)
+        if step.kind == "store":
+            slots[step.slot] = state
+        elif step.kind == "load":
+            state = slots[step.slot]
+        elif step.kind == "sum":
+            state = step.layer.kernel(tuple(slots[step.slot + i] for i in range(step.count)), np)
+        else:
+            state = step.layer.kernel(state, np)
     return out
 
 
@@ -127,10 +172,49 @@ def _cosine(c, q1, q2, tol):
 
 
 @numba.njit(inline="always")
-def _layer_pass(op, pa, pb, pc, pd, c, t, qi, q2row, j0, tol, want_ntk):
-    """Apply one layer to a row buffer (c, t) for columns j0.. (vectorisable)."""
+def _slot_pass(op, slot, count, prod, scale, c, t, sc, st, want_ntk):
+    """Slot steps (``program_walk``): store the row buffers (times ``scale``: a
+    FanInConcat weight), load them, or combine slots (sum; ``prod``: FanInProd,
+    Σ = Π Σ_e, Θ = Σ_e Θ_e Π_{f≠e} Σ_f)."""
     m = c.shape[0]
-    if op == OP_DENSE_NTK:
+    if op == OP_STORE:
+        for k in range(m):
+            sc[slot, k] = c[k] * scale
+            st[slot, k] = t[k] * scale
+    elif op == OP_LOAD:
+        for k in range(m):
+            c[k] = sc[slot, k]
+            t[k] = st[slot, k]
+    else:
+        for k in range(m):
+            c[k] = sc[slot, k]
+            t[k] = st[slot, k]
+        for e in range(slot + 1, slot + count):
+            if prod:
+                for k in range(m):
+                    t[k] = t[k] * sc[e, k] + c[k] * st[e, k]
+                    c[k] = c[k] * sc[e, k]
+            else:
+                for k in range(m):
+                    c[k] += sc[e, k]
+                    t[k] += st[e, k]
+
+
+@numba.njit(inline="always")
+def _layer_pass(op, pa, pb, pc, pd, c, t, qi, q2row, j0, tol, want_ntk, diag):
+    """Apply one layer to a row buffer (c, t) for columns j0.. (vectorisable);
+    ``diag``: column j0 pairs the row's input with itself (Dropout "train")."""
+    m = c.shape[0]
+    if op == OP_LNORM:
+        for k in range(m):
+            inv = 1.0 / math.sqrt((qi + pa) * (q2row[j0 + k] + pa))
+            c[k] = c[k] * inv
+            t[k] = t[k] * inv
+    elif op == OP_DROP:
+        if diag:
+            c[0] = c[0] * pa
+            t[0] = t[0] * pa
+    elif op == OP_DENSE_NTK:
         for k in range(m):
             ck = pa * c[k] + pb
             c[k] = ck
@@ -184,7 +268,7 @@ def _layer_pass(op, pa, pb, pc, pd, c, t, qi, q2row, j0, tol, want_ntk):
 
 
 @numba.njit(inline="always")
-def _row(K, T, i, j0, q1, q2, ops, params, tol, want_ntk, c, t):
+def _row(K, T, i, j0, q1, q2, ops, params, tol, want_ntk, c, t, sc, st, diag):
     n2 = K.shape[1]
     m = n2 - j0
     cb = c[:m]
@@ -193,8 +277,13 @@ def _row(K, T, i, j0, q1, q2, ops, params, tol, want_ntk, c, t):
         cb[k] = K[i, j0 + k]
         tb[k] = 0.0
     for l in range(ops.shape[0]):
-        _layer_pass(ops[l], params[l, 0], params[l, 1], params[l, 2], params[l, 3],
-                    cb, tb, q1[l, i], q2[l], j0, tol, want_ntk)
+        op = ops[l]
+        if op >= OP_STORE and op <= OP_SUM:
+            _slot_pass(op, np.int64(params[l, 0]), np.int64(params[l, 1]), params[l, 2] != 0.0,
+                       params[l, 3], cb, tb, sc, st, want_ntk)
+        else:
+            _layer_pass(op, params[l, 0], params[l, 1], params[l, 2], params[l, 3],
+                        cb, tb, q1[l, i], q2[l], j0, tol, want_ntk, diag)
     for k in range(m):
         K[i, j0 + k] = cb[k]
     if want_ntk:
@@ -203,16 +292,18 @@ def _row(K, T, i, j0, q1, q2, ops, params, tol, want_ntk, c, t):
 
 
 @numba.njit(parallel=True, cache=True)
-def _fused_rect(K, T, q1, q2, ops, params, tol, want_ntk):
+def _fused_rect(K, T, q1, q2, ops, params, tol, want_ntk, nslots):
     n1, n2 = K.shape
     for i in numba.prange(n1):
         c = np.empty(n2, np.float64)
         t = np.empty(n2, np.float64)
-        _row(K, T, i, 0, q1, q2, ops, params, tol, want_ntk, c, t)
+        sc = np.empty((nslots, n2), np.float64)
+        st = np.empty((nslots, n2), np.float64)
+        _row(K, T, i, 0, q1, q2, ops, params, tol, want_ntk, c, t, sc, st, False)
 
 
 @numba.njit(parallel=True, cache=True)
-def _fused_sym(K, T, q, ops, params, tol, want_ntk):
+def _fused_sym(K, T, q, ops, params, tol, want_ntk, nslots):
     n = K.shape[0]
     half = (n + 1) // 2
     # Rows p and n-1-p together give every thread equal upper-triangle work.
@@ -220,9 +311,12 @@ def _fused_sym(K, T, q, ops, params, tol, want_ntk):
         p = np.int64(pp)
         c = np.empty(n, np.float64)
         t = np.empty(n, np.float64)
-        _row(K, T, p, p, q, q, ops, params, tol, want_ntk, c, t)
+        sc = np.empty((nslots, n), np.float64)
+        st = np.empty((nslots, n), np.float64)
+        _row(K, T, p, p, q, q, ops, params, tol, want_ntk, c, t, sc, st, True)
         if n - 1 - p != p:
-            _row(K, T, n - 1 - p, n - 1 - p, q, q, ops, params, tol, want_ntk, c, t)
+            _row(K, T, n - 1 - p, n - 1 - p, q, q, ops, params, tol, want_ntk, c, t, sc, st,
+                 True)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -248,10 +342,15 @@ def evaluate(layers: List[LayerImpl], x1: np.ndarray, x2: Optional[np.ndarray], 
              want_ntk: bool) -> Dict[str, np.ndarray]:
     """NNGP (and NTK) of a flat network for all row pairs, fused per entry."""
     d = x1.shape[1]
-    ops, params = _encode(layers, d, want_ntk)
+    steps, nslots, why = flatten(layers)
+    if why is not None:  # pragma: no cover - select_path checks first
+        raise AssertionError(why)
+    check_steps(steps, d, [])
+    ops, params = _encode(steps, d, want_ntk)
+    nslots = max(nslots, 1)
     tol = PARALLEL_TOLERANCE_EPS * float(np.finfo(x1.dtype).eps)
     var1 = np.einsum("ij,ij->i", x1, x1, dtype=np.float64) / d
-    q1 = _layer_variances(layers, var1)
+    q1 = _layer_variances(steps, var1)
     symmetric = x2 is None
     if symmetric:
         K = x1 @ x1.T  # NumPy uses SYRK for a @ a.T
@@ -262,14 +361,14 @@ def evaluate(layers: List[LayerImpl], x1: np.ndarray, x2: Optional[np.ndarray], 
         K /= d
     T = np.empty_like(K) if want_ntk else np.empty((1, 1), K.dtype)
     if symmetric:
-        _fused_sym(K, T, q1, ops, params, tol, want_ntk)
+        _fused_sym(K, T, q1, ops, params, tol, want_ntk, nslots)
         _mirror_upper(K)
         if want_ntk:
             _mirror_upper(T)
     else:
         var2 = np.einsum("ij,ij->i", x2, x2, dtype=np.float64) / d
-        q2 = _layer_variances(layers, var2)
-        _fused_rect(K, T, q1, q2, ops, params, tol, want_ntk)
+        q2 = _layer_variances(steps, var2)
+        _fused_rect(K, T, q1, q2, ops, params, tol, want_ntk, nslots)
     out = {"nngp": K}
     if want_ntk:
         out["ntk"] = T

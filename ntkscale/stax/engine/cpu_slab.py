@@ -87,7 +87,7 @@ def _self_pass(prog: Program, x: np.ndarray, want_ntk: bool, memory_budget: int
         idx = np.arange(r0, min(n, r0 + step), dtype=np.int64)
         out_v = np.zeros((idx.shape[0], width), x.dtype)
         dummy = np.empty((1, width), x.dtype)
-        k, t = _run_pairs(prog, x, x, dummy, dummy, idx, idx, want_ntk, out_v)
+        k, t = _run_pairs(prog, x, x, dummy, dummy, idx, idx, want_ntk, out_v, same=True)
         ks.append(k)
         ts.append(t)
         vs.append(out_v)
@@ -101,11 +101,13 @@ def n_threads() -> int:
 
 def _run_pairs(prog: Program, x1: np.ndarray, x2: np.ndarray, v1: np.ndarray, v2: np.ndarray,
                pi: np.ndarray, pj: np.ndarray, want_ntk: bool,
-               out_v: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+               out_v: Optional[np.ndarray] = None, same: bool = False
+               ) -> Tuple[np.ndarray, np.ndarray]:
     """Pooled Σ and Θ of the pairs ``(pi[p], pj[p])``; with ``out_v``
     (``(len(pi), nvar)``) the pairs are self pairs (i, i) whose activation
     variances the kernel computes itself and writes there (``v1``/``v2``:
-    only their width is used)."""
+    only their width is used). ``same``: x2 is x1, so a pair (i, i) is one input
+    twice (``Dropout(mode="train")`` scales those)."""
     out_k = np.empty(pi.shape[0], x1.dtype)
     out_t = np.empty(pi.shape[0], x1.dtype)
     selfvar = out_v is not None
@@ -119,7 +121,7 @@ def _run_pairs(prog: Program, x1: np.ndarray, x2: np.ndarray, v1: np.ndarray, v2
     args = (x1, x2, pi, pj, lanes, prog.ops, prog.fpar, prog.sdim, prog.spad, prog.deltas,
             v1, v2, prog.consts, x1.dtype.type(prog.count), prog.circ, want_ntk, out_k, out_t)
     extra = (prog.stages, prog.pools, prog.pinv, prog.lut, prog.accoff, prog.accsize, selfvar,
-             out_v)
+             out_v, prog.nslots, bool(same or selfvar))
     threads = min(threads, ngroups)
     if threads <= 1:
         slab_pairs(*args, 0, ngroups, *extra)
@@ -180,6 +182,18 @@ def _needs_tail_variances(layers: List[LayerImpl], prog: Program) -> bool:
     return any(layer.elementwise for layer in layers[prog.end + 1:])
 
 
+def _pairs_fn(run_pairs: Any, symmetric: bool) -> Any:
+    """The pair kernel: ``run_pairs`` (CUDA), or the numba one, told when a pair
+    (i, i) is one input twice: in a symmetric call, and in the self-pair lists (``pi is
+    pj``: the diagonal and tail variances); never between two inputs x1 and x2."""
+    if run_pairs is not None:
+        return run_pairs
+
+    def run(prog, a, b, va, vb, pi, pj, want_ntk):
+        return _run_pairs(prog, a, b, va, vb, pi, pj, want_ntk, same=symmetric or pi is pj)
+    return run
+
+
 def evaluate(layers: List[LayerImpl], plan: ImagePlan, x1: Any, x2: Optional[Any], *,
              want_ntk: bool, memory_budget: int, xp: Any = None,
              run_pairs: Any = None) -> Dict[str, Any]:
@@ -190,13 +204,13 @@ def evaluate(layers: List[LayerImpl], plan: ImagePlan, x1: Any, x2: Optional[Any
     CuPy path passes its CUDA kernel); ``xp`` is the namespace of the inputs.
     """
     xp = np if xp is None else xp
-    run_pairs = _run_pairs if run_pairs is None else run_pairs
     mod = _module(x1)
     symmetric = x2 is None
+    run_pairs = _pairs_fn(run_pairs, symmetric)
     x1 = mod.ascontiguousarray(x1)
     x2f = x1 if symmetric else mod.ascontiguousarray(x2)
     prog = Program(layers, plan, np.dtype(str(x1.dtype)))
-    if prog.pooled:   # (NumPy only: cuda_slab has no AvgPool)
+    if prog.selfvar:   # (NumPy only: cuda_slab has no AvgPool, branches or LayerNorm)
         v1 = _self_pass(prog, x1, False, memory_budget)[2]
         v2 = v1 if symmetric else _self_pass(prog, x2f, False, memory_budget)[2]
     else:
@@ -233,11 +247,11 @@ def evaluate_diagonal(layers: List[LayerImpl], plan: ImagePlan, x: Any, *, want_
                       memory_budget: int, xp: Any = None, run_pairs: Any = None) -> Dict[str, Any]:
     """``k(x_i, x_i)`` for every image."""
     xp = np if xp is None else xp
-    run_pairs = _run_pairs if run_pairs is None else run_pairs
+    run_pairs = _pairs_fn(run_pairs, True)
     mod = _module(x)
     x = mod.ascontiguousarray(x)
     prog = Program(layers, plan, np.dtype(str(x.dtype)))
-    if prog.pooled:
+    if prog.selfvar:
         k, t, _ = _self_pass(prog, x, want_ntk, memory_budget)
         return _tail(layers, prog, k, t, k.copy(), None, True, want_ntk, xp)
     v = _variances(layers, prog, plan, x, xp)

@@ -30,12 +30,14 @@ import numpy as np
 
 from .slab_conv import conv_relu_fused, conv_slab
 from .slab_ops import (ATAN_R, C_FH, C_FW, C_KIND, C_SH, C_STD, C_SW, C_VOFF, CONSTS,
-                       FASTMATH, K_ABRELU, K_AFFINE, K_CONV, K_ERF, K_IDENT, K_POOL, NCOLS,
-                       abrelu_row, add_to, erf_row, fill, pointwise_op, valid_range)
+                       FASTMATH, K_ABRELU, K_AFFINE, K_CONV, K_DROP, K_ERF, K_IDENT, K_LNORM, K_LOAD,
+                       K_POOL, K_STORE, K_SUM, NCOLS, abrelu_row, add_to, erf_row, fill,
+                       dropout_op, pointwise_op, slot_op, valid_range)
 from .slab_pool import pool_load, pool_scatter
 
 __all__ = ["ATAN_R", "CONSTS", "C_FH", "C_FW", "C_KIND", "C_SH", "C_STD", "C_SW", "C_VOFF",
-           "K_ABRELU", "K_AFFINE", "K_CONV", "K_ERF", "K_IDENT", "K_POOL", "NCOLS",
+           "K_ABRELU", "K_AFFINE", "K_CONV", "K_DROP", "K_ERF", "K_IDENT", "K_LNORM", "K_LOAD", "K_POOL",
+           "K_STORE", "K_SUM", "NCOLS",
            "abrelu_row", "erf_row", "slab_pairs"]
 
 
@@ -83,12 +85,14 @@ def _k0_slab(L, xa, xb, sdim, spad, deltas, consts, d, circ, kb):  # pragma: no 
 
 @numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def _slab_ops(L, va, vb, ops, fpar, sdim, spad, deltas, consts, circ, want_ntk, kb, tb, tk, tt,
-              d, o_first, o_last, ntk_zero, capture):  # pragma: no cover - compiled
+              d, o_first, o_last, ntk_zero, capture, sk, sq, szero, lsame):  # pragma: no cover
     """Ops ``o_first..o_last-1`` of a stage on slab d, which starts in buffer
     0 of ``kb``/``tb``; a Conv writes the other buffer (a 3-wide stride-1
     Conv followed by a ReLU-family op runs fused, unless CIRCULAR or
     ``capture``). ``ntk_zero``: Θ is zero on entry. Returns the buffer that
-    holds the result and whether Θ is still zero."""
+    holds the result and whether Θ is still zero. ``sk``/``sq``/``szero``: the
+    branch slots (``slab_ops.slot_op``); ``lsame``: lanes whose pair is one input twice
+    (``slab_ops.dropout_op``)."""
     bufsize = kb.shape[0] // 2
     cur = 0
     o = o_first
@@ -109,6 +113,17 @@ def _slab_ops(L, va, vb, ops, fpar, sdim, spad, deltas, consts, circ, want_ntk, 
             cur = 1 - cur
             if want_ntk:
                 ntk_zero = False
+        elif kind == K_STORE or kind == K_LOAD or kind == K_SUM:
+            moved, ntk_zero = slot_op(L, kb, tb, cb, (1 - cur) * bufsize, kind, ops[o, C_FH],
+                                      ops[o, C_FW], sk, sq, szero, ntk_zero, want_ntk,
+                                      sdim[o, 0], sdim[o, 1], spad[o + 1, 0], spad[o + 1, 1],
+                                      spad[o + 1, 2], spad[o + 1, 3], consts[0], fpar[o, 0],
+                                      ops[o, C_SH] != 0)
+            if moved:
+                cur = 1 - cur
+        elif kind == K_DROP:
+            dropout_op(L, kb, tb, cur * bufsize, o, d, sdim, spad, deltas, lsame, fpar[o, 0],
+                       want_ntk and not ntk_zero)
         else:
             pointwise_op(L, kb, tb, cb, va, vb, ops, fpar, sdim, spad, deltas, consts, o, d, circ,
                          want_ntk, ntk_zero, capture)
@@ -143,7 +158,7 @@ def _reduce_slab(L, kb, tb, cb, d, o, sdim, spad, deltas, circ, acc, use_t):  # 
 @numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def _group(L, xa, xb, va, vb, ops, fpar, sdim, spad, deltas, consts, circ, want_ntk,
            kb, tb, tk, tt, acc, stages, pools, pinv, lut, accoff, pk, pt,
-           selfvar):  # pragma: no cover - compiled
+           selfvar, sk, sq, szero, lsame):  # pragma: no cover - compiled
     """All slabs of one group of L image pairs (lane k = pair k).
 
     Buffers are flat, position-major, lane-minor (``buf[pos * L + k]``), so
@@ -182,7 +197,8 @@ def _group(L, xa, xb, va, vb, ops, fpar, sdim, spad, deltas, consts, circ, want_
                           want_ntk and not stage_ntk_zero, zero)
             cur, ntk_zero = _slab_ops(L, va, vb, ops, fpar, sdim, spad, deltas, consts, circ,
                                       want_ntk, kb, tb, tk, tt, d, o_first, o_last,
-                                      stage_ntk_zero, selfvar and d == stages[st, 2])
+                                      stage_ntk_zero, selfvar and d == stages[st, 2], sk, sq,
+                                      szero, lsame)
             if st + 1 < nstages:
                 pool_scatter(L, kb, tb, cur * bufsize, d, o_last, st + 1, ops, sdim, spad,
                              deltas, pools, lut, accoff, pk, pt, want_ntk and not ntk_zero)
@@ -194,12 +210,14 @@ def _group(L, xa, xb, va, vb, ops, fpar, sdim, spad, deltas, consts, circ, want_
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def slab_pairs(X1, X2, pi, pj, L, ops, fpar, sdim, spad, deltas, V1, V2, consts,
                 final_count, circ, want_ntk, out_k, out_t, g_start, g_stop,
-                stages, pools, pinv, lut, accoff, accsize, selfvar, out_v):  # pragma: no cover
+                stages, pools, pinv, lut, accoff, accsize, selfvar, out_v,
+                nslots, same):  # pragma: no cover
     """Kernel entries of the image pairs (pi[p], pj[p]) of groups
     ``g_start..g_stop`` (L pairs each); releases the GIL (threads share the
     groups, see ``_run_pairs``). ``selfvar``: pairs (i, i) whose activation
     variances come from their own δ = 0 slabs (``V1``/``V2`` unused), written
-    to ``out_v[p]``."""
+    to ``out_v[p]``. ``nslots``: branch slots of the program (``slab_ops.slot_op``); ``same``: a pair
+    (i, i) is one input twice (x2 is x1, or self pairs), for Dropout(mode="train")."""
     npairs = pi.shape[0]
     H0 = X1.shape[1]
     W0 = X1.shape[2]
@@ -218,6 +236,11 @@ def slab_pairs(X1, X2, pi, pj, L, ops, fpar, sdim, spad, deltas, V1, V2, consts,
             maxt = max(maxt, sdim[o + 1, 0] * spad[o, 3])
     pk = np.empty(max(accsize, 1) * L, dt)   # window sums of the pooled stages
     pt = np.empty(max(accsize, 1) * L, dt)
+    ns = max(nslots, 1)
+    sk = np.empty(ns * maxbuf * L, dt)
+    sq = np.empty(ns * maxbuf * L, dt)
+    szero = np.ones(ns, np.bool_)
+    lsame = np.zeros(L, np.bool_)
     for g in range(g_start, g_stop):
         kb = np.empty(2 * maxbuf * L, dt)
         tb = np.empty(2 * maxbuf * L, dt)
@@ -232,6 +255,7 @@ def slab_pairs(X1, X2, pi, pj, L, ops, fpar, sdim, spad, deltas, V1, V2, consts,
             p = min(g * L + k, npairs - 1)
             i = pi[p]
             j = pj[p]
+            lsame[k] = same and i == j
             for c in range(C):
                 for h in range(H0):
                     for w in range(W0):
@@ -246,7 +270,8 @@ def slab_pairs(X1, X2, pi, pj, L, ops, fpar, sdim, spad, deltas, V1, V2, consts,
                 vb[v * L + k] = q
                 vb[(nv + v) * L + k] = math.sqrt(q)
         _group(L, xa, xb, va, vb, ops, fpar, sdim, spad, deltas, consts, circ, want_ntk,
-               kb, tb, tk, tt, acc, stages, pools, pinv, lut, accoff, pk, pt, selfvar)
+               kb, tb, tk, tt, acc, stages, pools, pinv, lut, accoff, pk, pt, selfvar, sk, sq,
+               szero, lsame)
         for k in range(L):
             p = g * L + k
             if p < npairs:

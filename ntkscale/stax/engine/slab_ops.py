@@ -26,9 +26,12 @@ try:  # let LLVM vectorise loops that read/write ~10 array views (default limit:
 except Exception:  # pragma: no cover - older/newer llvmlite
     pass
 
-#: op kinds and integer op columns of an encoded program (``slab_program.Program``)
-K_CONV, K_ABRELU, K_ERF, K_IDENT, K_AFFINE, K_POOL = range(6)
-# integer op columns (K_POOL: C_FH/C_FW window, C_SH/C_SW strides)
+#: op kinds and integer op columns of an encoded program (``slab_program.Program``);
+#: K_STORE/K_LOAD/K_SUM: branch slots (``program_walk``), K_LNORM: LayerNorm
+K_CONV, K_ABRELU, K_ERF, K_IDENT, K_AFFINE, K_POOL, K_STORE, K_LOAD, K_SUM, K_LNORM, K_DROP = range(11)
+# integer op columns (K_POOL: C_FH/C_FW window, C_SH/C_SW strides; slot kinds: C_FH slot,
+# C_FW count; K_LNORM: C_SH/C_SW average over rows/columns, eps in fpar[o, 0]; K_DROP:
+# Dropout(mode="train"), 1/rate in fpar[o, 0])
 (C_KIND, C_FH, C_FW, C_SH, C_SW, C_VOFF, C_STD) = range(7)
 NCOLS = 7
 
@@ -219,6 +222,161 @@ def _capture(L, kb, cb, va, vb, voff, nvl, H, W, plh, plw, Wp):  # pragma: no co
             sb[i] = r
 
 
+@numba.njit(cache=True, error_model="numpy")
+def _capture_ln(L, va, vb, voff, nvl, H, W, avg_h, avg_w, eps):  # pragma: no cover
+    """LayerNorm of a self pair: the captured per-pixel variances q become
+    q̄ + ε (q averaged over the normalised spatial axes, Novak et al. 2019 §B),
+    stored with √(q̄ + ε) in ``va`` and ``vb``."""
+    for k in range(L):
+        if avg_h and avg_w:
+            tot = va[voff * L + k] * 0.0
+            for i in range(H * W):
+                tot += va[(voff + i) * L + k]
+            for i in range(H * W):
+                va[(voff + i) * L + k] = tot / (H * W)
+        elif avg_h:
+            for Q in range(W):
+                tot = va[(voff + Q) * L + k] * 0.0
+                for P in range(H):
+                    tot += va[(voff + P * W + Q) * L + k]
+                for P in range(H):
+                    va[(voff + P * W + Q) * L + k] = tot / H
+        elif avg_w:
+            for P in range(H):
+                tot = va[(voff + P * W) * L + k] * 0.0
+                for Q in range(W):
+                    tot += va[(voff + P * W + Q) * L + k]
+                for Q in range(W):
+                    va[(voff + P * W + Q) * L + k] = tot / W
+        for i in range(H * W):
+            m = (voff + i) * L + k
+            q = va[m] + eps
+            r = math.sqrt(q)
+            va[m] = q
+            vb[m] = q
+            va[nvl + m] = r
+            vb[nvl + m] = r
+
+
+@numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def scale_row(kr, tr, sa, sb, want_ntk):  # pragma: no cover - compiled
+    """LayerNorm on a row: Σ and Θ divided by √(q̄_a + ε)·√(q̄_b + ε)."""
+    if want_ntk:
+        for i in range(kr.shape[0]):
+            f = sa[i] * sb[i]
+            kr[i] = kr[i] / f
+            tr[i] = tr[i] / f
+    else:
+        for i in range(kr.shape[0]):
+            kr[i] = kr[i] / (sa[i] * sb[i])
+
+
+@numba.njit(cache=True, error_model="numpy")
+def dropout_op(L, kb, tb, cb, o, d, sdim, spad, deltas, lsame, f, use_t):  # pragma: no cover
+    """Dropout(mode="train") (Srivastava et al. 2014; neural-tangents' kernel): the
+    entries that pair an input with itself at the same pixel — the δ = 0 slab of the
+    lanes whose pair is one input twice (``lsame``) — times 1/rate (``f``)."""
+    if deltas[d, o, 0] != 0 or deltas[d, o, 1] != 0:
+        return
+    H = sdim[o, 0]
+    W = sdim[o, 1]
+    plh = spad[o, 0]
+    plw = spad[o, 1]
+    Wp = spad[o, 3]
+    for P in range(H):
+        ob = cb + ((P + plh) * Wp + plw) * L
+        for Q in range(W):
+            for k in range(L):
+                if lsame[k]:
+                    kb[ob + Q * L + k] *= f
+                    if use_t:
+                        tb[ob + Q * L + k] *= f
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _prod_slots(L, kb, tb, nb, slot, count, sk, sq, szero, step, want_ntk, H, W, qlh, qlw, Hq, Wq,
+                zero):  # pragma: no cover - compiled
+    """FanInProd of slots ``slot..slot+count-1`` into ``kb[nb:]``/``tb[nb:]`` (see
+    ``slot_op``); returns whether Θ is zero."""
+    fill(kb[nb:nb + Hq * Wq * L], zero)
+    all_zero = True
+    for e in range(slot, slot + count):
+        if not szero[e]:
+            all_zero = False
+    use_t = want_ntk and not all_zero
+    if use_t:
+        fill(tb[nb:nb + Hq * Wq * L], zero)
+    for P in range(H):
+        ob = nb + ((P + qlh) * Wq + qlw) * L
+        kr = kb[ob:ob + W * L]
+        tr = tb[ob:ob + W * L]
+        ib = slot * step + P * W * L
+        copy_to(kr, sk[ib:ib + W * L])
+        if use_t and not szero[slot]:
+            copy_to(tr, sq[ib:ib + W * L])
+        for e in range(slot + 1, slot + count):
+            ie = e * step + P * W * L
+            ke = sk[ie:ie + W * L]
+            if use_t:
+                if szero[e]:
+                    for i in range(W * L):
+                        tr[i] = tr[i] * ke[i]
+                else:
+                    te = sq[ie:ie + W * L]
+                    for i in range(W * L):
+                        tr[i] = tr[i] * ke[i] + kr[i] * te[i]
+            for i in range(W * L):
+                kr[i] = kr[i] * ke[i]
+    return all_zero
+
+
+@numba.njit(cache=True, error_model="numpy")
+def slot_op(L, kb, tb, cb, nb, kind, slot, count, sk, sq, szero, ntk_zero, want_ntk, H, W,
+            qlh, qlw, Hq, Wq, zero, scale, prod):  # pragma: no cover - compiled
+    """A branch slot step (``program_walk``) on the slab in ``kb[cb:]``/``tb[cb:]``.
+
+    Slots hold compact ``H × W × L`` slabs (slot e at ``e·H·W·L`` of ``sk``/``sq``;
+    ``szero[e]``: its Θ is zero). K_STORE copies the current slab (whose layout has
+    no pad margins) into slot ``slot``, times ``scale`` (a FanInConcat weight);
+    K_LOAD (count 1) and K_SUM (``count`` slots: FanInSum and FanInConcat add
+    them, ``prod`` FanInProd multiplies them, Θ = Σ_e Θ_e Π_{f≠e} Σ_f) write into
+    ``kb[nb:]``/``tb[nb:]`` in the next op's layout (pads ``qlh``/``qlw``, size
+    ``Hq × Wq``), zero outside. Returns (the result is in ``nb``, Θ is zero)."""
+    size = H * W * L
+    step = sk.shape[0] // max(szero.shape[0], 1)
+    if kind == K_STORE:
+        dst = sk[slot * step:slot * step + size]
+        src = kb[cb:cb + size]
+        for i in range(size):
+            dst[i] = src[i] * scale
+        z = ntk_zero or not want_ntk
+        if not z:
+            dst = sq[slot * step:slot * step + size]
+            src = tb[cb:cb + size]
+            for i in range(size):
+                dst[i] = src[i] * scale
+        szero[slot] = z
+        return False, ntk_zero
+    if prod:
+        return True, _prod_slots(L, kb, tb, nb, slot, count, sk, sq, szero, step, want_ntk, H, W,
+                                 qlh, qlw, Hq, Wq, zero)
+    fill(kb[nb:nb + Hq * Wq * L], zero)
+    all_zero = True
+    for e in range(slot, slot + count):
+        if not szero[e]:
+            all_zero = False
+    if not all_zero:
+        fill(tb[nb:nb + Hq * Wq * L], zero)
+    for e in range(slot, slot + count):
+        for P in range(H):
+            ob = nb + ((P + qlh) * Wq + qlw) * L
+            ib = e * step + P * W * L
+            add_to(kb[ob:ob + W * L], sk[ib:ib + W * L])
+            if not szero[e]:
+                add_to(tb[ob:ob + W * L], sq[ib:ib + W * L])
+    return True, all_zero
+
+
 @numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def pointwise_op(L, kb, tb, cb, va, vb, ops, fpar, sdim, spad, deltas, consts, o, d, circ,
                  want_ntk, ntk_zero, capture):  # pragma: no cover - compiled
@@ -251,8 +409,10 @@ def pointwise_op(L, kb, tb, cb, va, vb, ops, fpar, sdim, spad, deltas, consts, o
     if kind == K_AFFINE and want_ntk and ntk_zero:
         fill(tb[cb:cb + Hp * Wp * L], zero)
     voff = ops[o, C_VOFF]
-    if capture and (kind == K_ABRELU or kind == K_ERF):
+    if capture and (kind == K_ABRELU or kind == K_ERF or kind == K_LNORM):
         _capture(L, kb, cb, va, vb, voff, nvl, H, W, plh, plw, Wp)
+        if kind == K_LNORM:
+            _capture_ln(L, va, vb, voff, nvl, H, W, ops[o, C_SH] != 0, ops[o, C_SW] != 0, f0)
     for P in range(h0, h1):
         Pb = (P + dh) % H
         ob = cb + ((P + plh) * Wp + plw) * L
@@ -276,3 +436,6 @@ def pointwise_op(L, kb, tb, cb, va, vb, ops, fpar, sdim, spad, deltas, consts, o
                         f0, f1, f2, want_ntk, consts)
             elif kind == K_AFFINE:
                 affine_row(kr, trr, f0, f1, f2, f3, want_ntk, ops[o, C_STD] != 0)
+            elif kind == K_LNORM:
+                scale_row(kr, trr, va[nvl + ia + m0:nvl + ia + m1],
+                          vb[nvl + ib + m0:nvl + ib + m1], want_ntk and not ntk_zero)

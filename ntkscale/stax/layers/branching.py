@@ -179,10 +179,17 @@ def _prod(values: Sequence[Any]) -> Any:
 class FanInSumImpl(_FanIn):
     """``FanInSum()``: Σ and Θ add up over the (independent, Gaussian) branches."""
 
-    def kernel(self, state: States, xp: Any) -> KernelState:
-        states = _where("FanInSum", state)
+    def check_states(self, states: Sequence[KernelState]) -> KernelState:
+        """The branches' shapes must agree and each be mean-zero Gaussian; the
+        output's description (only ``width``, ``spatial`` and ``gaussian`` are
+        read and set: the compiled paths call it on light states)."""
         _check_same("FanInSum", states)
         _check_gaussian("FanInSum", states)
+        return states[0].replace(gaussian=True)
+
+    def kernel(self, state: States, xp: Any) -> KernelState:
+        states = _where("FanInSum", state)
+        self.check_states(states)
         return states[0].replace(nngp=_sum([s.nngp for s in states]),
                                  ntk=_sum([s.ntk for s in states]),
                                  var1=_sum([s.var1 for s in states]),
@@ -196,9 +203,14 @@ class FanInSumImpl(_FanIn):
 class FanInProdImpl(_FanIn):
     """``FanInProd()``: elementwise product of the branches."""
 
+    def check_states(self, states: Sequence[KernelState]) -> KernelState:
+        """As ``FanInSumImpl.check_states``: equal shapes."""
+        _check_same("FanInProd", states)
+        return states[0].replace(gaussian=len(states) == 1 and states[0].gaussian)
+
     def kernel(self, state: States, xp: Any) -> KernelState:
         states = _where("FanInProd", state)
-        _check_same("FanInProd", states)
+        self.check_states(states)
         nngp, ntk = states[0].nngp, states[0].ntk
         for s in states[1:]:
             if ntk is not None:
@@ -229,8 +241,10 @@ class FanInConcatImpl(_FanIn):
                 f"FanInConcat(axis={axis}) concatenates along a batch or spatial axis of {ndim}-D "
                 "inputs; ntkscale supports the channel axis (axis=-1) only")
 
-    def kernel(self, state: States, xp: Any) -> KernelState:
-        states = _where("FanInConcat", state)
+    def weights(self, states: Sequence[KernelState]) -> Tuple[List[float], Any]:
+        """The branches' weights in the mean (their widths, or equal) and the
+        output width; raises on a bad axis or shapes (only ``width`` and
+        ``spatial`` are read: the compiled paths call it on light states)."""
         self._channel(2 if states[0].spatial is None else 4)
         spatial = {s.spatial for s in states}
         if len(spatial) > 1:
@@ -243,6 +257,15 @@ class FanInConcatImpl(_FanIn):
                             f"channel count; got {widths}: give out_dim/out_chan to each branch's "
                             "last Dense/Conv")
         weights = [1.0] * len(states) if not known or len(set(known)) == 1 else [float(w) for w in known]
+        return weights, (sum(known) if known and len(known) == len(widths) else None)
+
+    def check_states(self, states: Sequence[KernelState]) -> KernelState:
+        """As ``FanInSumImpl.check_states``."""
+        return states[0].replace(width=self.weights(states)[1], gaussian=False)
+
+    def kernel(self, state: States, xp: Any) -> KernelState:
+        states = _where("FanInConcat", state)
+        weights, width = self.weights(states)
         total = sum(weights)
 
         def mean(values: Sequence[Any]) -> Any:
@@ -250,7 +273,6 @@ class FanInConcatImpl(_FanIn):
                 return None
             return _sum([v * w for v, w in zip(values, weights)]) / total
 
-        width = sum(known) if known and len(known) == len(widths) else None
         return states[0].replace(nngp=mean([s.nngp for s in states]),
                                  ntk=mean([s.ntk for s in states]),
                                  var1=mean([s.var1 for s in states]),

@@ -66,12 +66,18 @@ class LayerNormImpl(LayerImpl):
             return "flat inputs (n, channels)"
         return f"images (n, {state.spatial[0]}, {state.spatial[1]}, channels)"
 
-    def kernel(self, state: KernelState, xp: Any) -> KernelState:
+    def check_state(self, state: KernelState) -> Tuple[int, ...]:
+        """The normalised spatial axes for ``state`` (only its ``spatial`` and
+        ``gaussian`` are read; the compiled paths call it); raises on bad placement."""
         ndim = 2 if state.spatial is None else 4
         spatial = self.spatial_axes(ndim, self._state_what(state))
         if not state.gaussian:
             raise SpecError("LayerNorm needs mean-zero Gaussian inputs (as in neural-tangents): put "
                             "it right after a Dense or Conv layer")
+        return spatial
+
+    def kernel(self, state: KernelState, xp: Any) -> KernelState:
+        spatial = self.check_state(state)
         eps = self.params["eps"]
 
         def shifted(v: Any) -> Any:

@@ -150,7 +150,7 @@ CASES.update({
                                          conv(3), RELU, FLAT, dense(1)]),
     "img_sumpool_valid_gap": ("img", [conv(3), RELU, ["SumPool", {"window_shape": [2, 3],
                                                                   "strides": [1, 2]}],
-                                      conv(3, padding="VALID"), RELU, GAP, dense(1)]),
+                                      conv(3), RELU, GAP, dense(1)]),
     "img_sumpool_circular_standard": ("img", [conv(3, p="standard", padding="CIRCULAR"), RELU,
                                               ["SumPool", {"window_shape": [2, 2], "strides": [2, 2],
                                                            "padding": "CIRCULAR"}],

@@ -3,13 +3,17 @@
 For (u, v) ~ N(0, [[q, c], [c, q']]) write u = √(2q)·x, v = √2·c/√q·x + √(2(qq' − c²)/q)·y
 with x, y ~ N(0, 1/2); then with the ``deg`` Gauss–Hermite nodes x_i and weights w_i
 
-    K = (1/π)·Σ_ij w_i w_j φ(u_i) φ(v_ij),   K̇ = the same with φ',
-    K(x, x) = (1/√π)·Σ_i w_i φ(√(2q) x_i)²
+    I(q, q', c) = (1/π)·Σ_ij w_i w_j φ(u_i) φ(v_ij),   K(x, x) = (1/√π)·Σ_i w_i φ(√(2q) x_i)²
 
 (Han et al. 2022, "Fast Neural Kernel Embeddings for General Activations",
-arXiv:2209.04121, §4; neural-tangents 0.6.5's ``ElementwiseNumerical``). The
-error falls fast with ``deg`` for smooth φ (25 is a good start); kinks (relu,
-abs) converge slowly.
+arXiv:2209.04121, §4; neural-tangents 0.6.5's ``ElementwiseNumerical``), and K̇ the
+same with φ'. The rule conditions on u, so I(q, q', c) ≠ I(q', q, c) by the
+quadrature error; neural-tangents returns I, which makes its Gram matrices slightly
+non-symmetric. ntkscale returns I for every pair of a cross kernel (x1 ≠ x2), and for
+x2 = x1 the upper triangle of neural-tangents' matrix mirrored onto the lower one, as
+its image path and compiled paths do for every layer: a symmetric Gram, equal to what
+a Gram store (which mirrors its off-diagonal blocks) holds. The error falls fast with ``deg`` for smooth φ (25 is a good start);
+kinks (relu, abs) converge slowly.
 
 A spec is data, so φ is a NAME from :data:`FUNCTIONS` (each with its exact
 derivative, used for the NTK unless ``df`` names another entry). A Python
@@ -164,6 +168,24 @@ class ElementwiseNumericalImpl(Elementwise):
         nngp = self._integrate(self.phi, cov, q1, q2, xp)
         dot = self._integrate(self.dphi, cov, q1, q2, xp) if want_dot else None
         return nngp, dot
+
+    def kernel(self, state, xp):
+        """For x2 = x1 (``diag_offset`` set, flat pairs) the entries below the diagonal use
+        the swapped order I(q', q, c): the Gram is symmetric and its upper triangle is
+        neural-tangents' (the image path mirrors its upper tiles the same way)."""
+        if state.diag_offset is None or state.diagonal_batch or state.spatial is not None:
+            return super().kernel(state, xp)
+        q1, q2 = state.pair_variances(xp)
+        n1, n2 = state.nngp.shape
+        rows = xp.reshape(xp.arange(n1), (n1, 1)) + state.diag_offset
+        lower = xp.reshape(xp.arange(n2), (1, n2)) < rows
+        want = state.ntk is not None
+        upper = self.dual(state.nngp, q1, q2, xp, want)
+        swapped = self.dual(state.nngp, q2, q1, xp, want)
+        nngp = xp.where(lower, swapped[0], upper[0])
+        ntk = None if not want else state.ntk * xp.where(lower, swapped[1], upper[1])
+        return state.replace(nngp=nngp, ntk=ntk, gaussian=False).map_variances(
+            lambda v: self.dual_diag(v, xp))
 
     def dual_diag(self, var, xp):
         root = xp.sqrt(2.0 * var)

@@ -161,3 +161,15 @@ def test_numerical_gram_is_symmetric_for_any_row_blocks():
     upper = kfn(x[:4], x[4:], "ntk")
     np.testing.assert_allclose(whole[:4, 4:], upper, rtol=1e-13)
     assert np.abs(kfn(x[4:], x[:4], "ntk") - upper.T).max() > 1e-9 * np.abs(upper).max()
+
+
+def test_docs_list_every_layer_and_registry_function():
+    from ntkscale.stax.layers.numerical import FUNCTION_NAMES, FUNCTIONS
+    from tests.support.paths import ROOT
+
+    text = (ROOT / "docs" / "layers.md").read_text()
+    for name in NEW:
+        assert f"`{name}(" in text, name
+    for name in FUNCTION_NAMES:
+        assert f"| `{name}` | " in text, name
+        assert FUNCTIONS[name][2].split(" (")[0] in text.replace("`", "").replace("\\|", "|"), name

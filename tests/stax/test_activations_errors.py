@@ -10,6 +10,15 @@ from ntkscale import stax
 from ntkscale.errors import InputError, NumericalWarning, SpecError, UnsupportedOptionError
 from ntkscale.stax.layers.numerical import FUNCTION_NAMES
 
+from ntkscale.stax.engine import PATH_LAYERS
+
+#: the engine must know the sum-pooling layers (docs/notes-acts.md, request 1) for a network
+#: with them to run through kernel_fn; until that lands these checks are skipped, and
+#: tests/stax/test_stax_engine.py's registry check fails loudly
+needs_engine_sumpool = pytest.mark.skipif(
+    not {"SumPool", "GlobalSumPool"} <= PATH_LAYERS["reference"],
+    reason="the engine does not list SumPool/GlobalSumPool yet (docs/notes-acts.md, request 1)")
+
 
 def test_unknown_function_names_the_layer_and_lists_the_registry():
     with pytest.raises(SpecError) as err:
@@ -90,19 +99,25 @@ def test_hermite_warns_on_non_unit_variance():
         kfn(3.0 * x)
 
 
-def test_sum_pooling_needs_images():
+def test_sum_pooling_keywords_and_flat_inputs():
     x = np.ones((2, 5))
     for net in (stax.serial(stax.Dense(3), stax.SumPool((2, 2)), stax.Dense(1)),
                 stax.serial(stax.Dense(3), stax.GlobalSumPool(), stax.Dense(1))):
         with pytest.raises(InputError, match="4-D NHWC image batch"):
             net[2](x)
+    with pytest.raises(SpecError, match=r"SumPool\(padding='FULL'\) is not valid"):
+        stax.SumPool((2, 2), padding="FULL")
+    with pytest.raises(SpecError, match="SumPool accepts"):
+        stax.from_spec([["SumPool", {"window_shape": [2, 2], "normalize_edges": True}]])
+    with pytest.raises(SpecError, match="window_shape"):
+        stax.SumPool((0, 2))
+
+
+@needs_engine_sumpool
+def test_sum_pooling_shapes_name_the_layer():
     img = np.ones((2, 4, 4, 1))
     with pytest.raises(InputError, match=r"SumPool\(window_shape=\(5, 5\).*at least 5x5"):
         stax.serial(stax.Conv(2, (3, 3), padding="SAME"), stax.SumPool((5, 5)), stax.GlobalSumPool(),
                     stax.Dense(1))[2](img)
     with pytest.raises(SpecError, match="GlobalSumPool.*already flat"):
         stax.serial(stax.Conv(2, (3, 3)), stax.GlobalSumPool(), stax.GlobalSumPool(), stax.Dense(1))[2](img)
-    with pytest.raises(SpecError, match=r"SumPool\(padding='FULL'\) is not valid"):
-        stax.SumPool((2, 2), padding="FULL")
-    with pytest.raises(SpecError, match="SumPool accepts"):
-        stax.from_spec([["SumPool", {"window_shape": [2, 2], "normalize_edges": True}]])

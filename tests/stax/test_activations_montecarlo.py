@@ -12,6 +12,15 @@ import pytest
 
 from ntkscale import stax
 
+from ntkscale.stax.engine import PATH_LAYERS
+
+#: the engine must know the sum-pooling layers (docs/notes-acts.md, request 1) for a network
+#: with them to run through kernel_fn; until that lands these checks are skipped, and
+#: tests/stax/test_stax_engine.py's registry check fails loudly
+needs_engine_sumpool = pytest.mark.skipif(
+    not {"SumPool", "GlobalSumPool"} <= PATH_LAYERS["reference"],
+    reason="the engine does not list SumPool/GlobalSumPool yet (docs/notes-acts.md, request 1)")
+
 ACTIVATIONS = {
     "Sigmoid_like": stax.Sigmoid_like(),
     "Rbf": stax.Rbf(0.6),
@@ -74,7 +83,7 @@ def test_two_layer_nngp_matches_finite_width_covariance(act, rng):
     x = _inputs(rng)
     exact = net[2](x, None, "nngp")
     # hidden-layer fluctuations: ~1/sqrt(width·draws) of the scale
-    assert _relative_error(_empirical_nngp(net, x, 12), exact).max() < 0.05
+    assert _relative_error(_empirical_nngp(net, x, 8), exact).max() < 0.05
 
 
 def test_hermite_on_unit_variance_inputs(rng):
@@ -121,6 +130,7 @@ def test_ntk_matches_empirical_ntk(act, rng):
     assert _relative_error(emp, exact).max() < 0.05
 
 
+@needs_engine_sumpool
 @pytest.mark.parametrize("pool", ["SumPool", "GlobalSumPool"])
 def test_sum_pooling_nngp(pool, rng):
     x = 0.7 * rng.standard_normal((3, 5, 5, 2))

@@ -12,13 +12,32 @@ import pytest
 
 from ntkscale import stax
 from ntkscale.errors import NumericalWarning
+from ntkscale.stax.engine import PATH_LAYERS
 from tests.support.paths import REFERENCE
 from tests.support.reference import assert_matches_nt, case_names, load_case
+
+#: the engine must know the sum-pooling layers (docs/notes-acts.md, request 1) for a network
+#: with them to run through kernel_fn; until that lands these checks are skipped, and
+#: tests/stax/test_stax_engine.py's registry check fails loudly
+needs_engine_sumpool = pytest.mark.skipif(
+    not {"SumPool", "GlobalSumPool"} <= PATH_LAYERS["reference"],
+    reason="the engine does not list SumPool/GlobalSumPool yet (docs/notes-acts.md, request 1)")
 
 _PATH = REFERENCE / "nt_activations.npz"
 NT_ACTIVATIONS = np.load(_PATH) if _PATH.exists() else None
 needs_nt_activations = pytest.mark.skipif(NT_ACTIVATIONS is None, reason="activation reference missing")
 CASES = case_names(NT_ACTIVATIONS)
+
+
+def _params(names):
+    """Case names, the sum-pooling ones marked ``needs_engine_sumpool``."""
+    out = []
+    for name in names:
+        spec = json.dumps(load_case(name, NT_ACTIVATIONS).spec)
+        marks = [needs_engine_sumpool] if "SumPool" in spec else []
+        out.append(pytest.param(name, marks=marks, id=name))
+    return out
+
 #: the issue's bar: 1e-6 relative (plus a floor for entries near zero)
 RTOL = 1e-6
 
@@ -47,7 +66,7 @@ def _mirror_upper(a):
 
 
 @needs_nt_activations
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", _params(CASES))
 def test_matches_neural_tangents(name):
     case, out = _kernels(name)
     numerical = "ElementwiseNumerical" in json.dumps(case.spec)
@@ -80,7 +99,7 @@ def test_neural_tangents_quadrature_is_not_symmetric():
 
 
 @needs_nt_activations
-@pytest.mark.parametrize("name", [n for n in CASES if n.endswith("_sym")])
+@pytest.mark.parametrize("name", _params([n for n in CASES if n.endswith("_sym")]))
 def test_diag_is_the_diagonal(name):
     case, (nngp, ntk) = _kernels(name)
     kfn = stax.from_spec(case.spec)[2]
@@ -92,7 +111,7 @@ def test_diag_is_the_diagonal(name):
 
 
 @needs_nt_activations
-@pytest.mark.parametrize("name", [n for n in CASES if n.startswith("img_") and n.endswith("_cross")][:6])
+@pytest.mark.parametrize("name", _params([n for n in CASES if n.startswith("img_") and n.endswith("_cross")]))
 def test_fast_false_and_tiles_agree(name):
     case = load_case(name, NT_ACTIVATIONS)
     kfn = stax.from_spec(case.spec)[2]

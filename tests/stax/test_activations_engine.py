@@ -182,3 +182,14 @@ def test_docs_list_every_layer_and_registry_function():
     for name in FUNCTION_NAMES:
         assert f"| `{name}` | " in text, name
         assert FUNCTIONS[name][2].split(" (")[0] in text.replace("`", "").replace("\\|", "|"), name
+
+
+@pytest.mark.parametrize("name", sorted(NEW_ACTIVATIONS))
+def test_float32_inputs_stay_float32(name):
+    x = np.random.default_rng(6).standard_normal((5, 4))
+    x /= np.sqrt(np.mean(x ** 2, axis=1, keepdims=True))
+    kfn = stax.serial(stax.Dense(8, W_std=1.0, b_std=None), NEW_ACTIVATIONS[name], stax.Dense(1))[2]
+    want = kfn(x, x[:3], "ntk")
+    got = kfn(x.astype(np.float32), x[:3].astype(np.float32), "ntk")
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-5 * np.abs(want).max())

@@ -169,15 +169,26 @@ class ElementwiseNumericalImpl(Elementwise):
         dot = self._integrate(self.dphi, cov, q1, q2, xp) if want_dot else None
         return nngp, dot
 
+    @staticmethod
+    def _offset(state: Any) -> Optional[int]:
+        """Where x2 = x1 puts the diagonal of a flat pair state (``diag_offset``; 0 for a
+        ``symmetric`` state without one), or None for a cross state."""
+        if state.diagonal_batch or state.spatial is not None:
+            return None
+        if state.diag_offset is not None:
+            return state.diag_offset
+        return 0 if state.symmetric and state.nngp.shape[0] == state.nngp.shape[1] else None
+
     def kernel(self, state, xp):
-        """For x2 = x1 (``diag_offset`` set, flat pairs) the entries below the diagonal use
-        the swapped order I(q', q, c): the Gram is symmetric and its upper triangle is
-        neural-tangents' (the image path mirrors its upper tiles the same way)."""
-        if state.diag_offset is None or state.diagonal_batch or state.spatial is not None:
+        """For x2 = x1 the flat entries below the diagonal use the swapped order
+        I(q', q, c): the Gram is symmetric and its upper triangle is neural-tangents'
+        (the image path mirrors its upper tiles the same way)."""
+        offset = self._offset(state)
+        if offset is None:
             return super().kernel(state, xp)
         q1, q2 = state.pair_variances(xp)
         n1, n2 = state.nngp.shape
-        rows = xp.reshape(xp.arange(n1), (n1, 1)) + state.diag_offset
+        rows = xp.reshape(xp.arange(n1), (n1, 1)) + offset
         lower = xp.reshape(xp.arange(n2), (1, n2)) < rows
         want = state.ntk is not None
         upper = self.dual(state.nngp, q1, q2, xp, want)

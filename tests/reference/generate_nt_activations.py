@@ -142,6 +142,11 @@ CASES.update({
                                               ACTS["sigmoid_like"], GAP, dense(1)]),
     "img_standard_gabor_gsp": ("img", [conv(3, p="standard"), ACTS["gabor"], conv(3, p="standard"),
                                        ACTS["monomial2"], GSP, dense(1, p="standard")]),
+    # new activations in the flat tail of a slab-path network (cpu_slab runs the tail's maps)
+    "img_tail_after_gap": ("img", [conv(3), RELU, GAP, dense(8), ACTS["gabor"], dense(8),
+                                   ACTS["polynomial"], dense(8), ACTS["rectmono2"], dense(1)]),
+    "img_tail_after_flatten": ("img", [conv(3), ERF, FLAT, dense(8), ACTS["sign"], dense(8),
+                                       ACTS["rbf"], dense(8), ACTS["exp"], dense(1)]),
     # SumPool / GlobalSumPool
     "img_sumpool_gsp": ("img", [conv(3), RELU, ["SumPool", {"window_shape": [2, 2], "strides": [2, 2]}],
                                 conv(3), RELU, GSP, dense(1)]),

@@ -142,7 +142,9 @@ class ElementwiseNumericalImpl(Elementwise):
     def __init__(self, params):
         super().__init__(params)
         self.phi = FUNCTIONS[params["fn"]][0]
-        self.dphi = FUNCTIONS[params["df"] or params["fn"]][1 if params["df"] is None else 0]
+        # φ' for the NTK: the registry's exact derivative of fn, or the function df names
+        df = params["df"]
+        self.dphi = FUNCTIONS[params["fn"]][1] if df is None else FUNCTIONS[df][0]
         nodes, weights = special.roots_hermite(int(params["deg"]))
         self.nodes = [float(v) for v in nodes]
         self.weights = [float(v) for v in weights]

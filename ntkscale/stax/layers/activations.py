@@ -77,6 +77,10 @@ class Elementwise(LayerImpl):
     def fn(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
 
+    def derivative(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover
+        """``φ'(x)`` of the finite-width activation (the NTK's backward pass)."""
+        raise NotImplementedError
+
     def apply(self, params: Any, x: np.ndarray) -> np.ndarray:
         return self.fn(x)
 
@@ -111,6 +115,10 @@ class _ABReluFamily(Elementwise):
         a, b = self.slopes()
         return a * np.minimum(x, 0) + b * np.maximum(x, 0)
 
+    def derivative(self, x):
+        a, b = self.slopes()
+        return np.where(x > 0, b, a)
+
 
 @register("ABRelu", {"a": Param(None, "float", required=True),
                      "b": Param(None, "float", required=True), **_STABILIZE})
@@ -144,8 +152,12 @@ class ErfImpl(Elementwise):
     D = (1 + 2q̃)(1 + 2q̃') − 4c̃², tildes scaled by b².
     """
 
+    def coefficients(self) -> Tuple[float, float, float]:
+        """``(a, b, c)`` of ``a·erf(b·x) + c``."""
+        return self.params["a"], self.params["b"], self.params["c"]
+
     def dual(self, cov, q1, q2, xp, want_dot):
-        a, b, shift = self.params["a"], self.params["b"], self.params["c"]
+        a, b, shift = self.coefficients()
         b2 = b * b
         det = 1.0 + 2.0 * b2 * (q1 + q2) + 4.0 * b2 * b2 * gap(cov, q1, q2, xp)
         root = xp.sqrt(det)
@@ -154,13 +166,17 @@ class ErfImpl(Elementwise):
         return nngp, dot
 
     def dual_diag(self, var, xp):
-        a, b, shift = self.params["a"], self.params["b"], self.params["c"]
+        a, b, shift = self.coefficients()
         v = b * b * var
         return (a * a * 2.0 / math.pi) * xp.atan2(2.0 * v, xp.sqrt(1.0 + 4.0 * v)) + shift * shift
 
     def fn(self, x):
-        p = self.params
-        return p["a"] * special.erf(p["b"] * x) + p["c"]
+        a, b, shift = self.coefficients()
+        return a * special.erf(b * x) + shift
+
+    def derivative(self, x: np.ndarray) -> np.ndarray:
+        a, b, _ = self.coefficients()
+        return a * b * (2.0 / math.sqrt(math.pi)) * np.exp(-(b * x) ** 2)
 
 
 @register("Gelu", {"approximate": Param(False, "bool", supported=(False,))})
@@ -189,14 +205,21 @@ class GeluImpl(Elementwise):
     def fn(self, x):
         return x * special.ndtr(x)
 
+    def derivative(self, x):
+        return special.ndtr(x) + x * np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+
 
 @register("Sin", {"a": Param(1.0, "float"), "b": Param(1.0, "float"), "c": Param(0.0, "float")})
 class SinImpl(Elementwise):
     """``a·sin(b·x + c)``: K = a²/2·(e^{b²(c̃ − s/2)} − e^{−b²(c̃ + s/2)} cos 2c),
     K̇ = a²b²/2·(the same with +), s = q + q' (Pearce et al. 2020)."""
 
+    def coefficients(self) -> Tuple[float, float, float]:
+        """``(a, b, c)`` of ``a·sin(b·x + c)``."""
+        return self.params["a"], self.params["b"], self.params["c"]
+
     def dual(self, cov, q1, q2, xp, want_dot):
-        a, b, phase = self.params["a"], self.params["b"], self.params["c"]
+        a, b, phase = self.coefficients()
         b2 = b * b
         half_sum = 0.5 * (q1 + q2)
         s1 = xp.exp(b2 * (cov - half_sum))
@@ -206,12 +229,16 @@ class SinImpl(Elementwise):
         return nngp, dot
 
     def dual_diag(self, var, xp):
-        a, b, phase = self.params["a"], self.params["b"], self.params["c"]
+        a, b, phase = self.coefficients()
         return (a * a / 2.0) * (1.0 - xp.exp(-2.0 * b * b * var) * math.cos(2.0 * phase))
 
     def fn(self, x):
-        p = self.params
-        return p["a"] * np.sin(p["b"] * x + p["c"])
+        a, b, phase = self.coefficients()
+        return a * np.sin(b * x + phase)
+
+    def derivative(self, x: np.ndarray) -> np.ndarray:
+        a, b, phase = self.coefficients()
+        return a * b * np.cos(b * x + phase)
 
 
 @register("Identity", {})
@@ -228,6 +255,9 @@ class IdentityImpl(Elementwise):
 
     def fn(self, x):
         return x
+
+    def derivative(self, x):
+        return np.ones_like(x)
 
     def flops_per_entry(self, state_shape: Shape) -> float:
         return 0.0

@@ -1,11 +1,15 @@
-"""Pooling and flattening: ``AvgPool``, ``GlobalAvgPool``, ``Flatten`` (NHWC).
+"""Pooling and flattening: ``AvgPool``, ``SumPool``, ``GlobalAvgPool``,
+``GlobalSumPool``, ``Flatten`` (NHWC).
 
 Kernel maps as in neural-tangents (Novak et al. 2019; Arora et al. 2019):
 
 - ``AvgPool(window, strides, padding)``: each position of a pixel pair is
   pooled independently, ``Σ[P, P'] = mean_{a, a'} K[sP + a − lo, sP' + a' − lo]``
   (divided by the full window size unless ``normalize_edges`` with SAME).
-- ``GlobalAvgPool()``: mean of K (and Θ) over all pixel pairs.
+- ``SumPool(window, strides, padding)``: the same window sums, not divided
+  (so K grows by the window size squared over ``AvgPool``).
+- ``GlobalAvgPool()``: mean of K (and Θ) over all pixel pairs;
+  ``GlobalSumPool()``: their sum.
 - ``Flatten()``: mean over matching pixels only (p = p'), which is why a conv
   net ending in Flatten only tracks the spatial diagonal.
 
@@ -42,19 +46,25 @@ class AvgPoolImpl(WindowedLayer):
     """``AvgPool(window_shape, strides=None, padding="VALID")``; ``strides=None``
     is stride 1, as in neural-tangents."""
 
+    #: False for ``SumPool``: window sums, not divided by the window size.
+    average = True
+
     def __init__(self, params):
         super().__init__(params)
-        self.window = pair2("AvgPool", "window_shape", params["window_shape"])
-        self.strides = pair2("AvgPool", "strides", params["strides"], (1, 1))
+        self.window = pair2(self.layer_name, "window_shape", params["window_shape"])
+        self.strides = pair2(self.layer_name, "strides", params["strides"], (1, 1))
         self.padding = params["padding"]
 
     def describe(self) -> str:
         extra = "" if self.strides == (1, 1) else f", strides={self.strides}"
-        return f"AvgPool(window_shape={self.window}{extra}, padding={self.padding!r})"
+        return f"{self.layer_name}(window_shape={self.window}{extra}, padding={self.padding!r})"
+
+    def _normalize_edges(self) -> bool:
+        return bool(self.params.get("normalize_edges", False)) and self.padding == "SAME"
 
     def _counts(self, n: int, window: int, stride: int, lo: int, hi: int, xp: Any, dtype: Any):
         """Window sizes per output position (the divisor)."""
-        if self.params["normalize_edges"] and self.padding == "SAME":
+        if self._normalize_edges():
             ones = xp.ones((n,), dtype=dtype)
             return window_sum(ones, 0, window, stride, lo, hi, False, xp)
         return None
@@ -69,6 +79,8 @@ class AvgPoolImpl(WindowedLayer):
             a = window_sum(a, axis, wh, sh, lo_h, hi_h, circular, xp)
         for axis in (-2, -1):
             a = window_sum(a, axis, ww, sw, lo_w, hi_w, circular, xp)
+        if not self.average:
+            return a
         ch = self._counts(h, wh, sh, lo_h, hi_h, xp, a.dtype)
         if ch is None:
             return a * (1.0 / float(wh * wh * ww * ww))
@@ -96,7 +108,9 @@ class AvgPoolImpl(WindowedLayer):
     def apply(self, params: Any, x: np.ndarray) -> np.ndarray:
         win = extract_patches(x, self.window, self.strides, self.padding)
         total = win.sum(axis=(3, 4))
-        if self.params["normalize_edges"] and self.padding == "SAME":
+        if not self.average:
+            return total
+        if self._normalize_edges():
             ones = extract_patches(np.ones_like(x[:1, ..., :1]), self.window, self.strides, "SAME")
             return total / ones.sum(axis=(3, 4))
         return total / float(self.window[0] * self.window[1])
@@ -105,23 +119,42 @@ class AvgPoolImpl(WindowedLayer):
         return float(self.window[0] + self.window[1]) * float(np.prod(state_shape or (1,)))
 
 
+@register("SumPool", {
+    "window_shape": Param(None, "ints", required=True),
+    "strides": Param(None, "ints?"),
+    "padding": Param("VALID", "str", choices=PADDINGS),
+    **_AXES,
+})
+class SumPoolImpl(AvgPoolImpl):
+    """``SumPool(window_shape, strides=None, padding="VALID")``: ``AvgPool``'s
+    window sums without the division (neural-tangents ``stax.SumPool``)."""
+
+    average = False
+
+
 @register("GlobalAvgPool", dict(_AXES))
 class GlobalAvgPoolImpl(LayerImpl):
     """``GlobalAvgPool()``: mean over all pixel pairs; the result is flat."""
 
     image_layer = True
+    #: False for ``GlobalSumPool``: the sum over pixel pairs, not the mean.
+    average = True
 
     def describe(self) -> str:
-        return "GlobalAvgPool()"
+        return f"{self.layer_name}()"
 
     def kernel(self, state: KernelState, xp: Any) -> KernelState:
         if state.diagonal_spatial:
-            raise SpecError("GlobalAvgPool needs the full pixel-pair covariance (internal)")
+            raise SpecError(f"{self.layer_name} needs the full pixel-pair covariance (internal)")
         axes = (-4, -3, -2, -1)
-        nngp = xp.mean(state.nngp, axis=axes)
+        reduce = xp.mean if self.average else xp.sum
+        nngp = reduce(state.nngp, axis=axes)
         ntk = state.ntk
         if ntk is not None and hasattr(ntk, "shape"):
-            ntk = xp.mean(ntk, axis=axes)
+            ntk = reduce(ntk, axis=axes)
+        elif ntk is not None and not self.average:
+            h, w = state.nngp.shape[-4], state.nngp.shape[-2]
+            ntk = ntk * float(h * h * w * w)
         var1 = nngp if state.diagonal_batch else None
         return state.replace(nngp=nngp, ntk=ntk, var1=var1, var2=None, spatial=None,
                              diagonal_spatial=False)
@@ -130,10 +163,17 @@ class GlobalAvgPoolImpl(LayerImpl):
         return (input_shape[-1],)
 
     def apply(self, params: Any, x: np.ndarray) -> np.ndarray:
-        return x.mean(axis=(1, 2))
+        return x.mean(axis=(1, 2)) if self.average else x.sum(axis=(1, 2))
 
     def flops_per_entry(self, state_shape: Shape) -> float:
         return 2.0 * float(np.prod(state_shape or (1,)))
+
+
+@register("GlobalSumPool", dict(_AXES))
+class GlobalSumPoolImpl(GlobalAvgPoolImpl):
+    """``GlobalSumPool()``: sum over all pixel pairs; the result is flat."""
+
+    average = False
 
 
 @register("Flatten", {"batch_axis": Param(0, "any", supported=(0,)),
@@ -181,6 +221,18 @@ def AvgPool(window_shape: Tuple[int, int], strides: Tuple[int, int] | None = Non
     """Average pooling (neural-tangents ``stax.AvgPool``; ``strides=None`` is 1)."""
     return _make("AvgPool", window_shape=window_shape, strides=strides, padding=padding,
                  normalize_edges=normalize_edges, batch_axis=batch_axis, channel_axis=channel_axis)
+
+
+def SumPool(window_shape: Tuple[int, int], strides: Tuple[int, int] | None = None,
+            padding: str = "VALID", batch_axis: int = 0, channel_axis: int = -1) -> Layer:
+    """Sum pooling (neural-tangents ``stax.SumPool``; ``strides=None`` is 1)."""
+    return _make("SumPool", window_shape=window_shape, strides=strides, padding=padding,
+                 batch_axis=batch_axis, channel_axis=channel_axis)
+
+
+def GlobalSumPool(batch_axis: int = 0, channel_axis: int = -1) -> Layer:
+    """Sum over all pixels (neural-tangents ``stax.GlobalSumPool``)."""
+    return _make("GlobalSumPool", batch_axis=batch_axis, channel_axis=channel_axis)
 
 
 def GlobalAvgPool(batch_axis: int = 0, channel_axis: int = -1) -> Layer:

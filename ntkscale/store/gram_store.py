@@ -81,6 +81,7 @@ class GramStore:
         self.manifest = Manifest(self.location)
         self._chunk_keys: Dict[str, Callable[..., str]] = {}
         self._overlay: Dict[str, Any] = {}      # in-memory reserved groups of a read-only store
+        self._nodes: Dict[str, Any] = {}        # opened Gram/diag arrays of a remote store
 
     # -- opening ------------------------------------------------------------
     @staticmethod
@@ -105,7 +106,8 @@ class GramStore:
         p = loc.path
         if loc.read_bytes("zarr.json") is None:
             raise StoreError(f"{p} is not a Gram store (no zarr.json there); make one with `ntkscale gram CONFIG`")
-        group = zarr.open_group(loc.zarr_store(read_only=mode == "r"), mode="r" if mode == "r" else "r+")
+        group = zarr.open_group(loc.zarr_store(read_only=mode == "r"), mode="r" if mode == "r" else "r+",
+                                zarr_format=3)
         if ATTR not in group.attrs:
             raise StoreError(f"{p} is a Zarr group but not an ntkscale Gram store (no '{ATTR}' attributes)")
         version = group.attrs[ATTR].get("format_version", 0)
@@ -210,10 +212,14 @@ class GramStore:
         return kind
 
     def _node(self, path: str) -> Any:
-        try:
-            node = self._group[path]
-        except KeyError:
-            raise StoreError(f"{self.path} has no {path!r} yet") from None
+        node = self._nodes.get(path)
+        if node is None:
+            try:
+                node = self._group[path]
+            except KeyError:
+                raise StoreError(f"{self.path} has no {path!r} yet") from None
+            if self.location.remote and path.startswith(("gram/", "diag/")):
+                self._nodes[path] = node   # metadata read once: each read is a request on object storage
         return LabelArray(node) if LABEL_CLASSES in node.attrs else node
 
     def array(self, part: str, kind: Optional[str] = None) -> Any:
@@ -279,6 +285,7 @@ class GramStore:
         ``only_missing`` creates just those that do not exist (never erases blocks)."""
         n, m, b = self.n_train, self.n_test, self.block_size
         rows = n if part == "train" else m
+        self._nodes.clear()
         for kind in self.kinds:
             for path, shape, chunks, dims in (
                     (gram_path(part, kind), (rows, n), chunk_shape(part, n, m, b), [f"{part}_row", "train_col"]),
@@ -336,6 +343,7 @@ class GramStore:
         """Delete a part's Gram/diag/inputs and manifest entries (``--recompute-test``).
         Entries go first, so an interrupted drop leaves blocks missing, never stale."""
         prefixes = (f"{which}-", f"diag-{which}-", f"inputs-{which}")
+        self._nodes.clear()
         self.manifest.delete(k for k in sorted(self.manifest.keys()) if k.startswith(prefixes))
         for path in (f"gram/{which}", f"diag/{which}", f"inputs/{which}"):
             try:

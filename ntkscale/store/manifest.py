@@ -132,10 +132,11 @@ def write_block(root: Any, block: Block, values: Dict[str, np.ndarray], record: 
     (r0, r1), (c0, c1) = block.rows, block.cols
     for kind, a in values.items():
         if block.is_diag:
-            zarr.open_array(store=root, path=diag_path(block.row_set, kind), mode="r+",
+            zarr.open_array(store=root, path=diag_path(block.row_set, kind), mode="r+", zarr_format=3,
                             config=WRITE_CONFIG)[r0:r1] = a
             continue
-        arr = zarr.open_array(store=root, path=gram_path(block.part, kind), mode="r+", config=WRITE_CONFIG)
+        arr = zarr.open_array(store=root, path=gram_path(block.part, kind), mode="r+", zarr_format=3,
+                              config=WRITE_CONFIG)
         arr[r0:r1, c0:c1] = a
         if block.mirrored:
             arr[c0:c1, r0:r1] = transpose(a)

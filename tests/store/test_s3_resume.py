@@ -19,7 +19,7 @@ from tests.support.gram import config_dict, make_data, write_config
 from tests.support.processes import kill_group, start_cli, wait_for
 from tests.support.s3 import new_bucket, s3_server
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
 THREADS = {"kind": "local", "n_workers": 1, "processes": False, "dashboard_address": ":0"}
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

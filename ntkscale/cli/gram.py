@@ -133,6 +133,8 @@ def plan_cmd(args: argparse.Namespace) -> int:
               f"tiles of {kernel['tile'][0]} x {kernel['tile'][1]}" if kernel["tile"] else "")
     print(f"kernel     {kernel['path']} path on {kernel['device']}: {kernel['reason']}"
           + (f"; {detail}" if detail else ""))
+    if is_url(config.store) and not args.no_calibrate:
+        print("estimate   not timed: the write timing of `plan` needs a local store directory")
     if "estimated_s" in info:
         print(f"estimate   ~{duration(info['estimated_s'])} plus cluster start-up (the plan's estimate; "
               "gram's progress line shows the ETA it measures): compute "

@@ -41,7 +41,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from ..errors import StoreBusyError
+from ..errors import StoreBusyError, StoreReadOnlyError
 from .location import StoreLocation
 
 LEASE_REL = "lock/zarr.json"
@@ -178,6 +178,15 @@ class LeaseLock:
                 "renewed_unix": now, "expires_unix": now + self.ttl, **self.extra}
 
     def acquire(self) -> "LeaseLock":
+        try:
+            return self._acquire()
+        except PermissionError as exc:
+            raise StoreReadOnlyError(
+                f"store {self.location.url} is read-only for these credentials ({exc}): `{self.command}` must "
+                "write its lease there; use credentials that may write, or the commands that only read "
+                "(status, verify without --repair, export, predict -o / --x)") from None
+
+    def _acquire(self) -> "LeaseLock":
         objects = self._objects = _Objects(self.location)
         holder = self._new_holder()
         deadline = time.monotonic() + self.wait

@@ -21,6 +21,7 @@ location keeps the POSIX code paths unchanged (flock, rename-based chunk writes)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import importlib.util
@@ -29,7 +30,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Union
 
 from ..errors import StoreError
 
@@ -187,7 +188,8 @@ class StoreLocation:
             return
         bucket = self.key().split("/", 1)[0]
         try:
-            found = self.fs.exists(bucket)
+            with reaching(self.url):
+                found = self.fs.exists(bucket)
         except (PermissionError, OSError) as exc:
             raise StoreError(f"store {self.url}: cannot reach bucket {bucket!r} ({type(exc).__name__}: "
                              f"{exc}); check the endpoint and credentials (environment variables or "
@@ -233,7 +235,8 @@ class StoreLocation:
         try:
             if not self.remote:
                 return Path(self.key(rel)).read_bytes()
-            return self.fs.cat_file(self.key(rel))
+            with reaching(self.url):
+                return self.fs.cat_file(self.key(rel))
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
 
@@ -247,7 +250,8 @@ class StoreLocation:
     def exists(self, rel: str = "") -> bool:
         if not self.remote:
             return os.path.exists(self.key(rel))
-        return bool(self.fs.exists(self.key(rel)))
+        with reaching(self.url):
+            return bool(self.fs.exists(self.key(rel)))
 
     def is_empty(self) -> bool:
         """Nothing stored under the root (a remote prefix without objects, or no directory)."""
@@ -282,7 +286,8 @@ class StoreLocation:
             return out
         base = self.key(rel).rstrip("/") + "/"
         try:
-            found = self.fs.find(base, detail=True)
+            with reaching(self.url):
+                found = self.fs.find(base, detail=True)
         except FileNotFoundError:
             return {}
         out = {}
@@ -307,7 +312,8 @@ class StoreLocation:
             Path(self.key(rel)).parent.mkdir(parents=True, exist_ok=True)
             Path(self.key(rel)).write_bytes(data)
             return
-        self.fs.pipe_file(self.key(rel), data)
+        with reaching(self.url):
+            self.fs.pipe_file(self.key(rel), data)
 
     def remove(self, rel: str) -> None:
         """Delete the object/file ``rel`` (absent: nothing happens)."""
@@ -318,6 +324,26 @@ class StoreLocation:
                 self.fs.rm_file(self.key(rel))
         except FileNotFoundError:
             pass
+
+
+#: Exception class names (botocore, aiohttp, google-auth, azure) that mean "cannot reach or sign in".
+UNREACHABLE = ("Connect", "Endpoint", "Credentials", "Timeout", "ClientOSError", "NoRegion", "Auth")
+
+
+@contextlib.contextmanager
+def reaching(url: str) -> Iterator[None]:
+    """Turn a backend's "cannot connect / no credentials" exception into one line naming the fix."""
+    try:
+        yield
+    except (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError):
+        raise
+    except Exception as exc:
+        names = " ".join(c.__name__ for c in type(exc).__mro__)
+        if not any(word in names for word in UNREACHABLE):
+            raise
+        raise StoreError(f"store {url}: cannot reach the object store ({type(exc).__name__}: {exc}); check the "
+                         "endpoint (AWS_ENDPOINT_URL or store_options endpoint_url), the network and the "
+                         "credentials") from None
 
 
 def _freeze(options: Mapping[str, Any]) -> Tuple[Tuple[str, str], ...]:

@@ -96,6 +96,10 @@ def test_status_verify_export_and_rerun_on_the_bucket(world, tmp_path, capsys):
     np.testing.assert_array_equal(np.load(out), world["ref"]["train/ntk"])
     again = GramPipeline(RunConfig.from_mapping(world["remote"], world["tmp"]), progress=False).run()
     assert again.blocks_computed == 0 and again.blocks_done_before == 13
+    cfg = write_config(world["tmp"], world["remote"], "remote.yaml")
+    assert main(["plan", str(cfg), "--json", "--no-calibrate"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert (plan["store"], plan["store_exists"], plan["blocks_done"]) == (url, True, 13)
 
 
 def test_mismatched_spec_is_refused_and_the_bucket_untouched(world, capsys):

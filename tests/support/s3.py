@@ -28,7 +28,7 @@ CLEARED = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOI
 def s3_server() -> Iterator[str]:
     """Start the server, set the AWS environment for it; yields its endpoint URL."""
     moto_server = pytest.importorskip("moto.server")
-    pytest.importorskip("s3fs")
+    s3fs = pytest.importorskip("s3fs")
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
@@ -39,6 +39,9 @@ def s3_server() -> Iterator[str]:
     os.environ.update(env)
     for key in CLEARED:
         os.environ.pop(key, None)
+    # fsspec caches filesystems by their arguments, which do not include the endpoint
+    # taken from the environment: one made for an earlier server must not be reused
+    s3fs.S3FileSystem.clear_instance_cache()
     try:
         yield endpoint
     finally:
@@ -47,6 +50,7 @@ def s3_server() -> Iterator[str]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        s3fs.S3FileSystem.clear_instance_cache()
         server.stop()
 
 

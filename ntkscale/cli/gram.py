@@ -43,19 +43,21 @@ def store_option_args(p: argparse.ArgumentParser) -> None:
     """``--store-option KEY=VALUE`` (repeatable): fsspec options of a store at a URL."""
     p.add_argument("--store-option", action="append", default=[], metavar="KEY=VALUE",
                    help="an fsspec option of a store at a URL (s3://...), e.g. endpoint_url=http://host:9000; "
-                        "repeatable; values are read as YAML scalars (true, 3, text); added to the config's "
-                        "store_options")
+                        "repeatable; values are read as YAML (true, 3, text, {retries: {max_attempts: 1}}); added to "
+                        "the config's store_options")
 
 
 def store_options(args: argparse.Namespace) -> Dict[str, Any]:
-    """``--store-option`` pairs as a dict (values as YAML scalars: ``anon=true`` is a bool)."""
+    """``--store-option`` pairs as a dict (values read as YAML: ``anon=true`` is a bool)."""
     out: Dict[str, Any] = {}
     for item in getattr(args, "store_option", None) or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--store-option {item!r}: write KEY=VALUE, e.g. endpoint_url=http://host:9000")
-        parsed = load_yaml(value) if value else ""
-        out[key.strip()] = parsed if isinstance(parsed, (str, int, float, bool)) or parsed is None else value
+        try:
+            out[key.strip()] = load_yaml(value) if value else ""
+        except Exception:  # noqa: BLE001 - not YAML: the text as given
+            out[key.strip()] = value
     return out
 
 

@@ -132,8 +132,8 @@ class RunContext:
             yield self.client
             return
         with open_client(self.config.cluster, security=security(self.config)) as client:
-            if self.config.cluster.kind != "local" and not self.location.remote and self.location.exists():
-                wait_until_ready(client, Path(self.location.url).resolve())
+            if self.config.cluster.kind != "local" and self.location.exists():
+                wait_until_ready(client, self.location if self.location.remote else Path(self.location.url).resolve())
             self.client = client
             try:
                 yield client

@@ -42,7 +42,7 @@ from ..store.blocks import Plan, make_plan
 from ..gram.progress import Progress, say
 from ..gram.schedule import Job, run_blocks
 from ..store.gram_store import GramStore
-from ..store.location import StoreLocation, register_options
+from ..store.location import StoreLocation, check_remote_visible, is_url, register_options
 from ..store.layout import FORMAT_VERSION, now
 from ..store.lock import StoreLock
 from ..store.maintenance import verify
@@ -308,7 +308,10 @@ def wait_until_ready(client: Any, store_path: Any) -> None:
     except (TimeoutError, OSError) as exc:
         raise NtkscaleError(f"no Dask worker joined the scheduler within {WAIT_FOR_WORKERS_S} s "
                             f"({type(exc).__name__}); start workers with `dask worker ADDRESS`") from None
-    check_store_visible(client, store_path)
+    if isinstance(store_path, StoreLocation) or is_url(str(store_path)):   # object storage: each worker
+        check_remote_visible(client, StoreLocation.parse(store_path))      # reads it with its credentials
+    else:
+        check_store_visible(client, store_path)
 
 
 def compute_missing(store: GramStore, job: Job, cluster: Any, *, client: Any = None,
@@ -337,7 +340,7 @@ def compute_missing(store: GramStore, job: Job, cluster: Any, *, client: Any = N
         client = dask_client
         remote = given or getattr(cluster, "kind", "local") != "local"
         if remote:
-            wait_until_ready(client, store.path)
+            wait_until_ready(client, store.location if store.location.remote else store.path)
         report.dashboard = dashboard_link(client)
         report.slots = total_threads(client)
         if job.io_threads:   # the io threads write, they do not compute

@@ -326,6 +326,32 @@ class StoreLocation:
             pass
 
 
+def probe_remote(location: "StoreLocation") -> str:
+    """Worker side: read the store's ``zarr.json`` through ``location`` ('' when it works,
+    else why not): the worker has the backend package, reaches the endpoint, and its
+    credentials may read the bucket."""
+    try:
+        StoreLocation(location.url, location.options).fs    # the worker's own filesystem instance
+        if location.read_bytes("zarr.json") is None and location.read_bytes("lock/zarr.json") is None:
+            return f"{location.url} has no zarr.json there (another endpoint or bucket?)"
+    except Exception as exc:  # noqa: BLE001 - reported, naming the worker
+        return f"{type(exc).__name__}: {str(exc)[:200]}"
+    return ""
+
+
+def check_remote_visible(client: Any, location: "StoreLocation") -> int:
+    """Fail fast unless every worker of ``client`` can read the remote store (the driver
+    created it already); returns the number of workers checked."""
+    results = client.run(probe_remote, location)
+    bad = {w: why for w, why in results.items() if why}
+    if bad:
+        shown = "; ".join(f"{w}: {why}" for w, why in sorted(bad.items())[:3])
+        raise StoreError(f"store {location.url}: {len(bad)} of {len(results)} workers cannot read it: {shown}. "
+                         "Give the workers the backend package (pip install 'ntkscale[s3]'), network access to "
+                         "the endpoint and credentials (environment variables, or store_options in the config)")
+    return len(results)
+
+
 #: Exception class names (botocore, aiohttp, google-auth, azure) that mean "cannot reach or sign in".
 UNREACHABLE = ("Connect", "Endpoint", "Credentials", "Timeout", "ClientOSError", "NoRegion", "Auth")
 

@@ -154,3 +154,27 @@ def test_a_missing_bucket_and_store_options_misuse_are_one_line_errors(endpoint,
     assert main(["status", "s3://b/run.zarr", "--store-option", "novalue"]) == 2
     assert "write KEY=VALUE" in capsys.readouterr().err
     assert not Path("s3:").exists()
+
+
+UNREACHABLE = ["--store-option", "endpoint_url=http://127.0.0.1:1",
+               "--store-option", "config_kwargs={retries: {max_attempts: 1}}"]
+
+
+def test_an_unreachable_endpoint_is_one_line(capsys):
+    assert main(["status", "s3://bucket/run.zarr", *UNREACHABLE]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot reach the object store" in err[0] and "endpoint_url" in err[0], err
+
+
+def test_workers_that_cannot_read_the_bucket_are_named(where):
+    from distributed import Client, LocalCluster
+
+    from ntkscale.store.location import check_remote_visible
+
+    where.write_bytes("zarr.json", b"{}")
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as cluster, Client(cluster) as client:
+        assert check_remote_visible(client, where) == 1
+        wrong = StoreLocation.parse(where.url, {"endpoint_url": "http://127.0.0.1:1",
+                                                "config_kwargs": {"retries": {"max_attempts": 1}}})
+        with pytest.raises(StoreError, match=r"1 of 1 workers cannot read it: .*EndpointConnectionError"):
+            check_remote_visible(client, wrong)

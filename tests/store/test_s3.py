@@ -169,6 +169,10 @@ def test_store_options_in_the_config_reach_the_workers(world, tmp_path, monkeypa
                       cluster=dict(PROCESSES, n_workers=1))
     cfg = RunConfig.from_mapping(raw, tmp_path)
     assert cfg.to_dict()["store_options"]["secret"] == "***"
-    rep = GramPipeline(cfg, progress=False).run()
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:       # a given client: the workers are probed for the bucket first
+        rep = GramPipeline(cfg, progress=False).run(client=client)
     assert rep.blocks_computed == 5 and all(r["worker"].startswith("tcp://") for r in rep.records)
     assert verify(StoreLocation.parse(f"s3://{bucket}/run.zarr", opts))["clean"]

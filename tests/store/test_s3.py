@@ -32,7 +32,7 @@ pytestmark = pytest.mark.timeout(300)
 THREADS = {"kind": "local", "n_workers": 1, "processes": False, "dashboard_address": ":0"}
 PROCESSES = {"kind": "local", "n_workers": 2, "threads_per_worker": 1, "processes": True,
              "memory_limit": "1GiB", "dashboard_address": ":0"}
-SOLVER = {"method": "cg", "ridge": 1e-3, "tol": 1e-10}
+SOLVER = {"method": "cholesky", "ridge": 1e-3}   # one pass over the Gram (CG re-reads it per iteration)
 
 
 def arrays(store) -> dict:
@@ -131,6 +131,9 @@ def test_solve_and_predict_from_the_bucket(world):
     # a rerun finds the solve stored in the bucket and reuses it
     again = RunPipeline(RunConfig.from_mapping(world["remote"], tmp), progress=False)
     assert solve_stage.solve(again.context)["identity"] == store.group("solver").attrs["run"]["identity"]
+    cfg = write_config(tmp, world["remote"], "remote-cli.yaml")          # the CLI commands too
+    for cmd in ("solve", "predict", "run"):
+        assert main([cmd, str(cfg)]) == 0, cmd
 
 
 def test_a_corrupted_object_is_found_by_verify_and_repaired(world, capsys):
@@ -176,3 +179,16 @@ def test_store_options_in_the_config_reach_the_workers(world, tmp_path, monkeypa
         rep = GramPipeline(cfg, progress=False).run(client=client)
     assert rep.blocks_computed == 5 and all(r["worker"].startswith("tcp://") for r in rep.records)
     assert verify(StoreLocation.parse(f"s3://{bucket}/run.zarr", opts))["clean"]
+
+
+@pytest.mark.slow
+def test_a_cg_solve_from_the_bucket_checkpoints_there(world):
+    """CG (the default method) on the bucket's Gram: it reads the Gram once per
+    iteration and checkpoints into the bucket's ``solver/`` group."""
+    cfg = dict(world["remote"], solver={"method": "cg", "ridge": 1e-3, "tol": 1e-10, "checkpoint_every": 5})
+    RunPipeline(RunConfig.from_mapping(cfg, world["tmp"]), progress=False).run()
+    K, y = world["ref"]["train/ntk"], np.load(world["data"]["y"])
+    alpha = np.linalg.solve(K + 1e-3 * np.mean(np.diag(K)) * np.eye(len(K)), y)
+    got = GramStore.open(world["url"]).group("solver")
+    np.testing.assert_allclose(got["alpha"][0], alpha, rtol=1e-6, atol=1e-8)
+    assert got.attrs["run"]["method"] == "cg" and got.attrs["run"]["cg_iterations"] > 0

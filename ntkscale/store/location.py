@@ -43,9 +43,7 @@ NOT_SHARED = ("memory", "cached", "simplecache", "filecache", "blockcache", "ref
 #: The pip package that brings each common scheme (the fix named in the error).
 PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs",
             "abfss": "adlfs", "adl": "adlfs", "hf": "huggingface_hub", "oci": "ocifs", "oss": "ossfs"}
-#: Option keys whose values are secrets (hidden whenever options are shown).
-SECRET = re.compile(r"(secret|token|key|password|credential|connection_string|sas)", re.I)
-
+#: fsspec options per URL, for this process (:func:`register_options`).
 _REGISTERED: Dict[str, Dict[str, Any]] = {}
 
 
@@ -103,12 +101,6 @@ def register_options(url: str, options: Optional[Mapping[str, Any]]) -> None:
         _REGISTERED[url.rstrip("/")] = dict(options)
 
 
-def redact(options: Mapping[str, Any]) -> Dict[str, Any]:
-    """``options`` with secret values replaced by ``***`` (for messages and JSON)."""
-    return {k: ("***" if SECRET.search(str(k)) else (redact(v) if isinstance(v, Mapping) else v))
-            for k, v in options.items()}
-
-
 @dataclasses.dataclass(frozen=True)
 class StoreLocation:
     """A store's root: a local directory (``url`` is its absolute path) or a URL with fsspec options."""
@@ -160,11 +152,6 @@ class StoreLocation:
 
     def __str__(self) -> str:
         return self.url
-
-    def describe(self) -> str:
-        """The URL and its options (secrets hidden), for messages."""
-        opts = redact(self.storage_options)
-        return self.url + (f" (options {json.dumps(opts, sort_keys=True)})" if opts else "")
 
     # -- zarr ----------------------------------------------------------------------
     def zarr_store(self, read_only: bool = False) -> Any:
@@ -252,12 +239,6 @@ class StoreLocation:
             return os.path.exists(self.key(rel))
         with reaching(self.url):
             return bool(self.fs.exists(self.key(rel)))
-
-    def is_empty(self) -> bool:
-        """Nothing stored under the root (a remote prefix without objects, or no directory)."""
-        if not self.remote:
-            return not os.path.exists(self.url) or (os.path.isdir(self.url) and not os.listdir(self.url))
-        return not self.fs.find(self.key(), maxdepth=None, withdirs=False)
 
     def children(self, rel: str = "") -> set:
         """Names directly under ``rel`` (remote: the common prefixes and objects)."""

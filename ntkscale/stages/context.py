@@ -133,7 +133,8 @@ class RunContext:
             return
         with open_client(self.config.cluster, security=security(self.config)) as client:
             if self.config.cluster.kind != "local" and self.location.exists():
-                wait_until_ready(client, self.location if self.location.remote else Path(self.location.url).resolve())
+                where = self.location if self.location.remote else Path(self.location.url).resolve()
+                wait_until_ready(client, where)
             self.client = client
             try:
                 yield client

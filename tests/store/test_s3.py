@@ -145,7 +145,8 @@ def test_a_corrupted_object_is_found_by_verify_and_repaired(world, capsys):
     data = bytearray(fs.cat_file(key))
     data[100] ^= 0xFF                                              # one flipped byte, same size
     fs.pipe_file(key, bytes(data))
-    diag = f"{bucket}/runs/run.zarr/{store.chunk_key(next(b for b in store.plan().blocks if b.key == 'diag-test-0'), 'nngp')}"
+    diag_block = next(b for b in store.plan().blocks if b.key == "diag-test-0")
+    diag = f"{bucket}/runs/run.zarr/{store.chunk_key(diag_block, 'nngp')}"
     fs.rm_file(diag)                                               # and a deleted object
     assert main(["verify", url, "--json"]) == 1
     rep = json.loads(capsys.readouterr().out)

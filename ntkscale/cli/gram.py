@@ -7,6 +7,7 @@ Examples::
     ntkscale status run.zarr --json           # read-only, safe during a run
     ntkscale verify run.zarr --repair
     ntkscale export run.zarr train -o K.npy --get ntk
+    ntkscale status s3://bucket/run.zarr --store-option endpoint_url=http://127.0.0.1:9000
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from ..config.run import AddressClusterConfig, LocalClusterConfig, RunConfig, lo
 from ..errors import ConfigError
 from ..gram.progress import say
 from ..stages.gram import GramPipeline, repair
+from ..config.loader import load_yaml
 from ..stages.plan import plan_report
+from ..store.location import StoreLocation, is_url, register_options
 from ..store.lock import describe_holder
 from ..store.maintenance import export, status, verify
 from .output import duration, human_bytes, npy_path, print_json
@@ -36,9 +39,45 @@ def cluster_args(p: argparse.ArgumentParser) -> None:
                    help="use a local cluster of N worker processes instead of the config's cluster")
 
 
+def store_option_args(p: argparse.ArgumentParser) -> None:
+    """``--store-option KEY=VALUE`` (repeatable): fsspec options of a store at a URL."""
+    p.add_argument("--store-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an fsspec option of a store at a URL (s3://...), e.g. endpoint_url=http://host:9000; "
+                        "repeatable; values are read as YAML (true, 3, text, {retries: {max_attempts: 1}}); added to "
+                        "the config's store_options")
+
+
+def store_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """``--store-option`` pairs as a dict (values read as YAML: ``anon=true`` is a bool)."""
+    out: Dict[str, Any] = {}
+    for item in getattr(args, "store_option", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--store-option {item!r}: write KEY=VALUE, e.g. endpoint_url=http://host:9000")
+        try:
+            out[key.strip()] = load_yaml(value) if value else ""
+        except Exception:  # noqa: BLE001 - not YAML: the text as given
+            out[key.strip()] = value
+    return out
+
+
+def store_arg(args: argparse.Namespace) -> StoreLocation:
+    """The ``STORE`` argument (a path, or a URL with ``--store-option``s), checked."""
+    opts = store_options(args)
+    if opts and not is_url(args.store):
+        raise ConfigError(f"--store-option applies to a store at a URL (s3://...), not to {args.store}")
+    register_options(args.store, opts)
+    return StoreLocation.parse(args.store, opts or None)
+
+
 def run_config(args: argparse.Namespace) -> RunConfig:
-    """The run config with ``--scheduler``/``--workers`` applied."""
+    """The run config with ``--scheduler``/``--workers``/``--store-option`` applied."""
     config = load_config(args.config)
+    opts = store_options(args)
+    if opts:
+        if not is_url(config.store):
+            raise ConfigError(f"--store-option applies to a store at a URL (s3://...), not to {config.store}")
+        config = config.replace(store_options={**config.store_options, **opts})
     workers = getattr(args, "workers", None)
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers {workers}: give at least 1 worker process")
@@ -58,6 +97,7 @@ def plan_args(p: argparse.ArgumentParser) -> None:
                    "instead (--n, --input-shape, --net, --devices, --device) for a projection")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--no-calibrate", action="store_true", help="skip the timing of one small block")
+    store_option_args(p)
     add_shape_arguments(p.add_argument_group("shapes instead of data (as `ntkscale project`)"), required=False)
 
 
@@ -70,7 +110,9 @@ def plan_cmd(args: argparse.Namespace) -> int:
                               f"{', '.join(missing)} (e.g. --n 50000 --input-shape 32,32,3 --net myrtle5)")
         return project_cmd(args)
     config = run_config(args)
-    info: Dict[str, Any] = plan_report(config, timed=not args.no_calibrate, say=say)
+    # the write timing of `plan` writes a file next to the store: not on object storage
+    info: Dict[str, Any] = plan_report(config, timed=not args.no_calibrate and not is_url(config.store),
+                                       say=say)
     if args.json:
         print_json(info)
         return 0
@@ -93,6 +135,8 @@ def plan_cmd(args: argparse.Namespace) -> int:
               f"tiles of {kernel['tile'][0]} x {kernel['tile'][1]}" if kernel["tile"] else "")
     print(f"kernel     {kernel['path']} path on {kernel['device']}: {kernel['reason']}"
           + (f"; {detail}" if detail else ""))
+    if is_url(config.store) and not args.no_calibrate:
+        print("estimate   not timed: the write timing of `plan` needs a local store directory")
     if "estimated_s" in info:
         print(f"estimate   ~{duration(info['estimated_s'])} plus cluster start-up (the plan's estimate; "
               "gram's progress line shows the ETA it measures): compute "
@@ -116,6 +160,7 @@ def gram_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="run configuration (YAML or JSON)")
     store_change_args(p)
     cluster_args(p)
+    store_option_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.add_argument("--json", action="store_true", help="print the run report as JSON at the end")
 
@@ -136,13 +181,17 @@ def gram_cmd(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- status
 
 
+STORE_HELP = "a Gram store: a directory (run.zarr) or a URL (s3://bucket/run.zarr)"
+
+
 def status_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("store", help="a Gram store directory (run.zarr)")
+    p.add_argument("store", help=STORE_HELP)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    store_option_args(p)
 
 
 def status_cmd(args: argparse.Namespace) -> int:
-    info = status(args.store)
+    info = status(store_arg(args))
     if args.json:
         print_json(info)
         return 0
@@ -175,7 +224,8 @@ def status_cmd(args: argparse.Namespace) -> int:
 
 
 def verify_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("store", help="a Gram store directory (run.zarr)")
+    p.add_argument("store", help=STORE_HELP)
+    store_option_args(p)
     p.add_argument("--repair", action="store_true", help="recompute bad and missing blocks from the store")
     p.add_argument("--scheduler", metavar="ADDRESS", help="repair on this Dask scheduler")
     p.add_argument("--workers", type=int, metavar="N", help="repair on a local cluster of N workers")
@@ -196,14 +246,15 @@ def _print_report(rep: Dict[str, Any]) -> None:
 
 
 def verify_cmd(args: argparse.Namespace) -> int:
+    store = store_arg(args)
     if not args.repair:
-        rep = verify(args.store)
+        rep = verify(store)
         print_json(rep) if args.json else _print_report(rep)
         return 0 if rep["clean"] else 1
 
     cluster = (AddressClusterConfig(address=args.scheduler) if args.scheduler
                else LocalClusterConfig(n_workers=args.workers))
-    out = repair(args.store, cluster, progress=not args.json)
+    out = repair(store, cluster, progress=not args.json)
     if args.json:
         print_json(out)
     else:
@@ -217,7 +268,8 @@ def verify_cmd(args: argparse.Namespace) -> int:
 
 
 def export_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("store", help="a Gram store directory (run.zarr)")
+    p.add_argument("store", help=STORE_HELP)
+    store_option_args(p)
     p.add_argument("which", choices=("train", "test"), help="train (n×n) or test (m×n)")
     p.add_argument("-o", "--output", required=True, metavar="FILE.npy", help="output .npy file (.npy is added when missing)")
     p.add_argument("--get", choices=KERNELS, help="which kernel (needed when both are stored)")
@@ -225,6 +277,6 @@ def export_args(p: argparse.ArgumentParser) -> None:
 
 
 def export_cmd(args: argparse.Namespace) -> int:
-    out = export(args.store, args.which, npy_path(args.output), kind=args.get, force=args.force)
+    out = export(store_arg(args), args.which, npy_path(args.output), kind=args.get, force=args.force)
     print(f"wrote {out}", file=sys.stderr)
     return 0

@@ -8,7 +8,8 @@ A run configuration (``config.yaml``)::
     kernel:
       layers: [[Dense, {W_std: 1.414, b_std: 0.1}], [Relu, {}], [Dense, {W_std: 1.414}]]
       get: ntk                                  # nngp | ntk | [nngp, ntk]
-    store: run.zarr
+    store: run.zarr                             # or s3://bucket/run.zarr, gs://..., az://...
+    store_options: {endpoint_url: "http://minio:9000"}   # optional: fsspec options of a URL store
     block_size: 1024                            # optional: planned from memory when absent
     dtype: float64                              # float32 | float64
     backend: auto                               # auto (CuPy on GPU workers) | numpy | cupy
@@ -35,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
@@ -85,13 +87,14 @@ class KernelConfig:
 
 # ----------------------------------------------------------------------------- the run config
 
-TOP_LEVEL_KEYS = ("data", "kernel", "store", "block_size", "dtype", "backend", "memory_budget",
+TOP_LEVEL_KEYS = ("data", "kernel", "store", "store_options", "block_size", "dtype", "backend", "memory_budget",
                   "cluster", "tls", "solver", "task")
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """A validated run configuration; every path is absolute."""
+    """A validated run configuration; every path is absolute (``store`` may be a URL,
+    kept verbatim, with its fsspec ``store_options``; see :mod:`ntkscale.store.location`)."""
 
     data: DataConfig
     kernel: KernelConfig
@@ -105,6 +108,7 @@ class RunConfig:
     task: Optional[str] = None                   # auto | classification | regression (None: auto)
     tls: Optional[TLSOptions] = None             # ntkscale.config.tls (None: plain tcp)
     source: str = "<dict>"
+    store_options: Dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
 
     def replace(self, **changes: Any) -> "RunConfig":
         return dataclasses.replace(self, **changes)
@@ -119,7 +123,8 @@ class RunConfig:
         return cls(
             data=_parse_data(top.get("data", required=True), base, source, check_files),
             kernel=_parse_kernel(top.get("kernel", required=True), source),
-            store=str((base / _path_value(top, "store")).resolve()),
+            store=_store_value(top, base),
+            store_options=_store_options(top),
             block_size=top.int("block_size"),
             dtype=top.choice("dtype", DTYPES, "float64"),
             backend=top.choice("backend", BACKENDS, "auto"),
@@ -136,8 +141,53 @@ class RunConfig:
         out = dataclasses.asdict(self)
         out["kernel"] = {"layers": self.kernel.layers, "get": list(self.kernel.get)}
         out["solver"] = None if self.solver is None else self.solver.to_dict()
+        out["store_options"] = _redact(self.store_options)
         out.pop("source")
         return out
+
+
+#: ``SCHEME://``: a URL (object storage through fsspec), never taken for a path.
+URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+#: Option keys whose values are secrets: hidden in ``to_dict``.
+SECRET = re.compile(r"(secret|token|key|password|credential|connection_string|sas)", re.I)
+
+
+def _redact(options: Any) -> Any:
+    if not isinstance(options, dict):
+        return options
+    return {k: "***" if SECRET.search(str(k)) else _redact(v) for k, v in options.items()}
+
+
+def _store_value(top: Section, base: Path) -> str:
+    """``store:`` as an absolute path, or a URL kept as written (``file://`` is a path).
+    Whether the URL's backend is installed is checked when the store is opened
+    (:func:`ntkscale.store.location.check_url`, before any work)."""
+    value = _path_value(top, "store")
+    if URL.match(value):
+        scheme, rest = value.split("://", 1)
+        if scheme.lower() in ("file", "local"):
+            return str((base / rest).resolve())
+        if not rest.strip("/"):
+            raise top.error(f"{value!r} names no bucket or path after {scheme}://", "store")
+        return value
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*:/", value) and not re.match(r"^[A-Za-z]:[\\/]", value):
+        raise top.error(f"{value!r} looks like a URL with one slash; write {value.replace(':/', '://', 1)!r}, "
+                        "or ./ before a local path", "store")
+    return str((base / value).resolve())
+
+
+def _store_options(top: Section) -> Dict[str, Any]:
+    """``store_options:`` — a mapping passed to fsspec as is (URL stores only)."""
+    opts = top.get("store_options")
+    if opts is None:
+        return {}
+    if not isinstance(opts, dict) or not all(isinstance(k, str) for k in opts):
+        raise top.error(f"must be a mapping of fsspec options (e.g. {{endpoint_url: ...}}), got {opts!r}",
+                        "store_options")
+    if not URL.match(str(top.get("store"))):
+        raise top.error("only applies to a store at a URL (s3://, gs://, az://, ...); remove it for a "
+                        "local store", "store_options")
+    return dict(opts)
 
 
 def _parse_tls(mapping: Any, base: Path, source: str, check_files: bool) -> Optional[TLSOptions]:

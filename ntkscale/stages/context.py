@@ -19,6 +19,7 @@ from ..errors import InputError, StoreDamagedError
 from ..gram.progress import say
 from ..solvers.operator import GramOperator, make_operator
 from ..store.gram_store import GramStore, StoreError
+from ..store.location import StoreLocation, register_options
 from ..targets import TargetEncoder, encode_targets
 from .gram import security, wait_until_ready
 
@@ -85,6 +86,8 @@ class RunContext:
         self.task: str = config.task or "auto"
         self.progress, self.stream, self.client = progress, stream, client
         self._store: Optional[GramStore] = None
+        register_options(config.store, config.store_options)   # `StoreLock(config.store)` finds them
+        self.location = StoreLocation.parse(config.store, config.store_options or None)  # a bad URL: here
 
     def say(self, message: str) -> None:
         if self.progress:
@@ -105,12 +108,11 @@ class RunContext:
             self._store = GramStore.open(self._store_path(), "r+")
         return self._store
 
-    def _store_path(self) -> Path:
-        path = Path(self.config.store)
-        if not GramStore.is_store(path):
-            raise StoreError(f"no Gram store at {path}: compute it first with `ntkscale gram CONFIG` "
-                             "(or `ntkscale run CONFIG`, which does every stage)")
-        return path
+    def _store_path(self) -> StoreLocation:
+        if not GramStore.is_store(self.location):
+            raise StoreError(f"no Gram store at {self.location.path}: compute it first with `ntkscale gram "
+                             "CONFIG` (or `ntkscale run CONFIG`, which does every stage)")
+        return self.location
 
     def forget_store(self) -> None:
         """The Gram stage changed the store: open it afresh on next use."""
@@ -130,8 +132,9 @@ class RunContext:
             yield self.client
             return
         with open_client(self.config.cluster, security=security(self.config)) as client:
-            if self.config.cluster.kind != "local" and Path(self.config.store).exists():
-                wait_until_ready(client, Path(self.config.store).resolve())
+            if self.config.cluster.kind != "local" and self.location.exists():
+                where = self.location if self.location.remote else Path(self.location.url).resolve()
+                wait_until_ready(client, where)
             self.client = client
             try:
                 yield client

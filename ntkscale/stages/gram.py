@@ -26,34 +26,31 @@ import os
 import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any, Dict, List, Optional, TextIO
 
 import numpy as np
-import psutil
 
 from .. import __version__
 from ..cluster import check_store_visible, dashboard_link, open_client, security_from_tls, total_threads
-from ..config.run import AddressClusterConfig, LocalClusterConfig, RunConfig
+from ..config.run import LocalClusterConfig, RunConfig
 from ..data import InputSet, load_inputs
 from ..errors import BlockFailedError, NtkscaleError, PersistentBlockError, PreflightError, StoreError
 from ..stax.engine import Explanation
 from ..gram.plan import choose_block_size, describe, effective_block_size
-from ..gram.preflight import TARGET_FRACTION, WORKER_BASELINE, Facts, Finding, preflight
+from ..gram.preflight import Facts, Finding, preflight
 from ..store.blocks import Plan, make_plan
 from ..gram.progress import Progress, say
 from ..gram.schedule import Job, run_blocks
 from ..store.gram_store import GramStore
+from ..store.location import StoreLocation, check_remote_visible, is_url, register_options
 from ..store.layout import FORMAT_VERSION, now
 from ..store.lock import StoreLock
 from ..store.maintenance import verify
 from ..store.manifest import DEFAULT_CHECKSUM, block_token
 from ..store.meta import StoreDiff
+from .budget import (DEFAULT_TASK_MEMORY, MIN_TASK_MEMORY, blocks_per_worker, io_threads, planned_slots,  # noqa: F401
+                     task_memory, worker_memory)
 
-#: Per-task memory when neither the config nor the cluster says (address clusters).
-DEFAULT_TASK_MEMORY = 2 << 30
-#: The smallest per-task budget planned (a tiny memory_limit is then refused by the preflight).
-MIN_TASK_MEMORY = 16 << 20
 #: How long a run waits for the first worker of an existing cluster.
 WAIT_FOR_WORKERS_S = 120
 
@@ -83,50 +80,6 @@ class RunReport:
                 f"({rate:.3g} entries/s)")
 
 
-def worker_memory(config: RunConfig) -> Optional[int]:
-    """``memory_limit`` of one local worker (Dask's "auto": the machine's memory
-    shared by the workers), or None when the cluster does not say."""
-    c = config.cluster
-    if not isinstance(c, LocalClusterConfig):
-        return None
-    if c.memory_limit:
-        return int(c.memory_limit)
-    return int(psutil.virtual_memory().total) // max(1, c.slots // c.threads_per_worker)
-
-
-def blocks_per_worker(config: RunConfig) -> int:
-    """Block tasks a worker holds at once (its computing and writing threads)."""
-    c = config.cluster
-    return c.threads_per_worker + c.io_threads if isinstance(c, LocalClusterConfig) else 1
-
-
-def task_memory(config: RunConfig) -> int:
-    """Memory budget of one block task, for planning: a local worker's blocks fit in
-    ``TARGET_FRACTION`` (60 %) of its memory_limit after the worker's baseline, well
-    under Dask's pause threshold (80 %), see :mod:`ntkscale.gram.preflight`."""
-    if config.memory_budget:
-        return config.memory_budget
-    limit = worker_memory(config)
-    if limit is not None:
-        usable = int(limit * TARGET_FRACTION) - WORKER_BASELINE
-        return max(MIN_TASK_MEMORY, usable // blocks_per_worker(config))
-    return DEFAULT_TASK_MEMORY
-
-
-def io_threads(config: RunConfig) -> int:
-    """Threads per worker that write finished blocks instead of computing."""
-    return int(getattr(config.cluster, "io_threads", 0) or 0)
-
-
-def planned_slots(config: RunConfig) -> int:
-    c = config.cluster
-    if isinstance(c, LocalClusterConfig):
-        return c.slots
-    if isinstance(c, AddressClusterConfig) and c.slots:
-        return c.slots
-    return getattr(c, "slots", None) or 1
-
-
 class GramPipeline:
     """Compute a run's Gram store. ``recompute_test`` replaces a store's test
     part made from other test inputs; ``replace_y`` stores changed labels."""
@@ -138,6 +91,8 @@ class GramPipeline:
         self.progress, self.stream = progress, stream
         self.kernel_fn = config.kernel.kernel_fn()
         self._inputs: Optional[Dict[str, InputSet]] = None
+        register_options(config.store, config.store_options)   # `StoreLock(config.store)` finds them
+        self.location = StoreLocation.parse(config.store, config.store_options or None)  # a bad URL: here
 
     # -- validation and planning (no Dask) ------------------------------------
     def inputs(self) -> Dict[str, InputSet]:
@@ -159,11 +114,12 @@ class GramPipeline:
 
     def _existing_store(self, mode: str = "r") -> Optional[GramStore]:
         """The store at ``config.store`` opened in ``mode``, or ``None`` when there is none yet."""
-        path = Path(self.config.store)
-        if GramStore.is_store(path):
-            return GramStore.open(path, mode)
-        if path.exists() and (not path.is_dir() or set(os.listdir(path)) - {"lock"}):
-            raise StoreError(f"store: {path} exists and is not a Gram store; choose another path")
+        loc = self.location
+        if GramStore.is_store(loc):
+            return GramStore.open(loc, mode)
+        if loc.exists() and (not loc.remote and not os.path.isdir(loc.url) or loc.children() - {"lock"}):
+            raise StoreError(f"store: {loc.path} exists and is not a Gram store; choose another path")
+        loc.check_bucket()
         return None
 
     def _check(self, store: GramStore, want: Dict[str, Any]) -> StoreDiff:
@@ -261,7 +217,7 @@ class GramPipeline:
             meta = dict(want, format_version=FORMAT_VERSION, ntkscale_version=__version__, created=now(),
                         block_size=self.block_size(want["n_train"], want["n_test"]),
                         checksum=DEFAULT_CHECKSUM)
-            store = GramStore.create(self.config.store, meta)
+            store = GramStore.create(self.location, meta)
             store.create_part_arrays("train")
             if want["n_test"]:
                 store.create_part_arrays("test")
@@ -315,14 +271,14 @@ class GramPipeline:
 
     def _run_locked(self, store: Optional[GramStore], diff: Optional[StoreDiff], want: Dict[str, Any],
                     run_id: str, client: Any, t0: float) -> RunReport:
-        with StoreLock(self.config.store, extra={"run_id": run_id}):
-            if GramStore.read_attributes(self.config.store) != (store.meta if store is not None else None):
+        with StoreLock(self.location, extra={"run_id": run_id}):
+            if GramStore.read_attributes(self.location) != (store.meta if store is not None else None):
                 store = self._existing_store("r+")   # another run changed it while this one waited
                 diff = self._check(store, want) if store is not None else None
             elif store is not None:
-                store = GramStore.open(store.path, "r+")   # checked read-only; written under the lock
+                store = GramStore.open(store.location, "r+")   # checked read-only; written under the lock
             store = self._prepare(store, diff, want)
-            job = Job(store=str(store.path), spec_json=store.spec_json, get=store.kinds,
+            job = Job(store=store.location.task_root(), spec_json=store.spec_json, get=store.kinds,
                       dtype=store.dtype, backend=self.config.backend, checksum=store.checksum,
                       memory_budget=task_memory(self.config) // 2, run_id=run_id,
                       io_threads=io_threads(self.config))
@@ -352,7 +308,10 @@ def wait_until_ready(client: Any, store_path: Any) -> None:
     except (TimeoutError, OSError) as exc:
         raise NtkscaleError(f"no Dask worker joined the scheduler within {WAIT_FOR_WORKERS_S} s "
                             f"({type(exc).__name__}); start workers with `dask worker ADDRESS`") from None
-    check_store_visible(client, store_path)
+    if isinstance(store_path, StoreLocation) or is_url(str(store_path)):   # object storage: each worker
+        check_remote_visible(client, StoreLocation.parse(store_path))      # reads it with its credentials
+    else:
+        check_store_visible(client, store_path)
 
 
 def compute_missing(store: GramStore, job: Job, cluster: Any, *, client: Any = None,
@@ -381,7 +340,7 @@ def compute_missing(store: GramStore, job: Job, cluster: Any, *, client: Any = N
         client = dask_client
         remote = given or getattr(cluster, "kind", "local") != "local"
         if remote:
-            wait_until_ready(client, store.path)
+            wait_until_ready(client, store.location if store.location.remote else store.path)
         report.dashboard = dashboard_link(client)
         report.slots = total_threads(client)
         if job.io_threads:   # the io threads write, they do not compute
@@ -421,7 +380,7 @@ def _has_bokeh() -> bool:
     return importlib.util.find_spec("bokeh") is not None
 
 
-def repair(path: os.PathLike | str, cluster: Any = None, *, client: Any = None, backend: str = "auto",
+def repair(path: os.PathLike | str | StoreLocation, cluster: Any = None, *, client: Any = None, backend: str = "auto",
            progress: bool = True, stream: Optional[TextIO] = None) -> Dict[str, Any]:
     """``verify --repair``: recompute bad and missing blocks from the store alone.
 
@@ -440,7 +399,7 @@ def repair(path: os.PathLike | str, cluster: Any = None, *, client: Any = None, 
                              f"({'; '.join(f'{w}: {v}' for w, v in broken.items())}); they cannot be "
                              "recomputed from the store: rerun `ntkscale gram CONFIG` with the original data")
         store.manifest.delete(before["bad"])
-        job = Job(store=str(store.path), spec_json=store.spec_json, get=store.kinds, dtype=store.dtype,
+        job = Job(store=store.location.task_root(), spec_json=store.spec_json, get=store.kinds, dtype=store.dtype,
                   backend=backend, checksum=store.checksum, run_id=run_id)
         report = compute_missing(store, job, cluster, client=client, progress=progress, stream=stream)
         after = verify(store, check_inputs=False)

@@ -93,7 +93,7 @@ def solve(ctx: RunContext) -> Dict[str, Any]:
     check_complete(store, "train")
     enc = encoder(store, ctx.task)          # y checked (NaN, one class) before any work
     ident = identity(ctx.solver, ctx.task, store)
-    with StoreLock(ctx.config.store, command="ntkscale solve"), ctx.cluster():
+    with StoreLock(ctx.location, command="ntkscale solve"), ctx.cluster():
         store = ctx.writable_store()
         group = store.group("solver")
         prev = dict(group.attrs).get("run") or {}

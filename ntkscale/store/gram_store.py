@@ -46,7 +46,6 @@ frozen ``StoreMeta`` and its ``diff``), :mod:`~ntkscale.store.lock` and
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple, Union
@@ -58,93 +57,76 @@ from ..choices import KERNELS
 from ..data import iter_row_chunks, label_codes
 from ..errors import StoreError
 from .blocks import Block, Plan, chunk_shape, make_plan
+from .labels import LABEL_CLASSES, LABEL_DTYPE, LabelArray
+from .location import StoreLocation
 from .layout import (ATTR, FORMAT_VERSION, MANIFEST, RESERVED_GROUPS, diag_path, gram_path, input_path,
     transpose)
 from .manifest import CHECKSUMS, DEFAULT_CHECKSUM, Manifest, block_token
 from .meta import StoreDiff, StoreMeta
 
 
-#: Attributes of a y array that holds string labels as integer codes.
-LABEL_CLASSES, LABEL_DTYPE = "classes", "label_dtype"
-
-
-class LabelArray:
-    """String labels stored as integer codes (attribute ``classes``), read back as
-    the original strings: ``shape``, ``dtype``, ``ndim`` and slicing like an array,
-    so fingerprints and ``np.asarray(y[...])`` see the labels that were given."""
-
-    def __init__(self, codes: Any):
-        self.codes = codes
-        self.attrs = codes.attrs
-        self.dtype = np.dtype(codes.attrs.get(LABEL_DTYPE) or "U")
-        self.classes = np.asarray(codes.attrs[LABEL_CLASSES], dtype=self.dtype)
-        self.shape = tuple(codes.shape)
-        self.ndim = len(self.shape)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        return self.classes[np.asarray(self.codes[key], dtype=np.intp)]
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        out = self[...]
-        return out if dtype is None else out.astype(dtype)
+Where = Union[os.PathLike, str, StoreLocation]
 
 
 class GramStore:
-    """A Gram store on disk. ``GramStore.open(path)`` is read-only; pass
-    ``mode="r+"`` to write into the reserved ``solver``/``predict`` groups."""
+    """A Gram store in a directory or at an object-storage URL (:mod:`~ntkscale.store.location`).
+    ``GramStore.open(path)`` is read-only; pass ``mode="r+"`` to write into the
+    reserved ``solver``/``predict`` groups."""
 
-    def __init__(self, path: Path, group: Any):
-        self.path = Path(path)
+    def __init__(self, location: Where, group: Any):
+        self.location = StoreLocation.parse(location)
+        self.path: Union[Path, str] = self.location.path     # a Path, or the URL of a remote store
         self._group = group
         self.meta: Dict[str, Any] = dict(group.attrs[ATTR])
-        self.manifest = Manifest(self.path)
+        self.manifest = Manifest(self.location)
         self._chunk_keys: Dict[str, Callable[..., str]] = {}
         self._overlay: Dict[str, Any] = {}      # in-memory reserved groups of a read-only store
+        self._nodes: Dict[str, Any] = {}        # opened Gram/diag arrays of a remote store
 
     # -- opening ------------------------------------------------------------
     @staticmethod
-    def read_attributes(path: os.PathLike | str) -> Optional[Dict[str, Any]]:
-        """The ``ntkscale`` root attributes on disk now, or ``None`` when ``path``
+    def read_attributes(path: Where) -> Optional[Dict[str, Any]]:
+        """The ``ntkscale`` root attributes stored now, or ``None`` when ``path``
         is not a Gram store (plain JSON read; no zarr open)."""
         try:
-            doc = json.loads((Path(path) / "zarr.json").read_text())
-        except (OSError, ValueError):
+            doc = StoreLocation.parse(path).read_json("zarr.json")
+        except OSError:
             return None
-        return (doc.get("attributes") or {}).get(ATTR)
+        return None if not isinstance(doc, dict) else (doc.get("attributes") or {}).get(ATTR)
 
     @staticmethod
-    def is_store(path: os.PathLike | str) -> bool:
+    def is_store(path: Where) -> bool:
         return GramStore.read_attributes(path) is not None
 
     @classmethod
-    def open(cls, path: os.PathLike | str, mode: str = "r") -> "GramStore":
+    def open(cls, path: Where, mode: str = "r") -> "GramStore":
         import zarr  # heavy import, kept out of `import ntkscale` and `ntkscale --help`
 
-        p = Path(path)
-        if not (p / "zarr.json").is_file():
+        loc = StoreLocation.parse(path)
+        p = loc.path
+        if loc.read_bytes("zarr.json") is None:
             raise StoreError(f"{p} is not a Gram store (no zarr.json there); make one with `ntkscale gram CONFIG`")
-        group = zarr.open_group(str(p), mode="r" if mode == "r" else "r+")
+        group = zarr.open_group(loc.zarr_store(read_only=mode == "r"), mode="r" if mode == "r" else "r+",
+                                zarr_format=3)
         if ATTR not in group.attrs:
             raise StoreError(f"{p} is a Zarr group but not an ntkscale Gram store (no '{ATTR}' attributes)")
         version = group.attrs[ATTR].get("format_version", 0)
         if version > FORMAT_VERSION:
             raise StoreError(f"{p} was written by a newer ntkscale (store format {version}, this "
                              f"version reads up to {FORMAT_VERSION}); upgrade ntkscale")
-        return cls(p, group)
+        return cls(loc, group)
 
     @classmethod
-    def create(cls, path: os.PathLike | str, meta: Union[Mapping[str, Any], StoreMeta]) -> "GramStore":
+    def create(cls, path: Where, meta: Union[Mapping[str, Any], StoreMeta]) -> "GramStore":
         """Write the root attributes of a new store (the caller holds the lock)."""
         import zarr  # heavy import, kept out of `import ntkscale` and `ntkscale --help`
 
         attrs = meta.to_dict() if isinstance(meta, StoreMeta) else dict(meta)
-        group = zarr.open_group(str(path), mode="a")
+        loc = StoreLocation.parse(path)
+        group = zarr.open_group(loc.zarr_store(), mode="a")
         group.update_attributes({ATTR: attrs})
         group.require_group(MANIFEST)
-        return cls(Path(path), group)
+        return cls(loc, group)
 
     def set_meta(self, **changes: Any) -> None:
         """Update root attributes (one atomic zarr.json write; caller holds the lock)."""
@@ -230,10 +212,14 @@ class GramStore:
         return kind
 
     def _node(self, path: str) -> Any:
-        try:
-            node = self._group[path]
-        except KeyError:
-            raise StoreError(f"{self.path} has no {path!r} yet") from None
+        node = self._nodes.get(path)
+        if node is None:
+            try:
+                node = self._group[path]
+            except KeyError:
+                raise StoreError(f"{self.path} has no {path!r} yet") from None
+            if self.location.remote and path.startswith(("gram/", "diag/")):
+                self._nodes[path] = node   # metadata read once: each read is a request on object storage
         return LabelArray(node) if LABEL_CLASSES in node.attrs else node
 
     def array(self, part: str, kind: Optional[str] = None) -> Any:
@@ -299,6 +285,7 @@ class GramStore:
         ``only_missing`` creates just those that do not exist (never erases blocks)."""
         n, m, b = self.n_train, self.n_test, self.block_size
         rows = n if part == "train" else m
+        self._nodes.clear()
         for kind in self.kinds:
             for path, shape, chunks, dims in (
                     (gram_path(part, kind), (rows, n), chunk_shape(part, n, m, b), [f"{part}_row", "train_col"]),
@@ -316,8 +303,11 @@ class GramStore:
     def remove_partial_writes(self) -> int:
         """Delete the temporary files of chunk writes that a killed run left
         behind (``*.partial``; zarr renames a chunk into place only when it is
-        complete). Call under the lock. Returns how many were removed."""
+        complete). Call under the lock. Returns how many were removed. Object
+        storage has none: an object appears whole when its PUT completes, or not at all."""
         removed = 0
+        if self.location.remote:
+            return 0
         for top in ("gram", "diag", "inputs"):
             for dirpath, _, files in os.walk(self.path / top):
                 for name in files:
@@ -353,6 +343,7 @@ class GramStore:
         """Delete a part's Gram/diag/inputs and manifest entries (``--recompute-test``).
         Entries go first, so an interrupted drop leaves blocks missing, never stale."""
         prefixes = (f"{which}-", f"diag-{which}-", f"inputs-{which}")
+        self._nodes.clear()
         self.manifest.delete(k for k in sorted(self.manifest.keys()) if k.startswith(prefixes))
         for path in (f"gram/{which}", f"diag/{which}", f"inputs/{which}"):
             try:
@@ -368,19 +359,32 @@ class GramStore:
         arr = self.array(block.part, kind)
         return transpose(arr[c0:c1, r0:r1]) if mirror else arr[r0:r1, c0:c1]
 
-    def chunk_file(self, block: Block, kind: str, mirror: bool = False) -> Path:
-        """The file holding a block's chunk of ``kind`` (its mirror chunk with ``mirror``)."""
+    def chunk_key(self, block: Block, kind: str, mirror: bool = False) -> str:
+        """The store-relative key of a block's chunk of ``kind`` (its mirror chunk with ``mirror``)."""
         path = diag_path(block.row_set, kind) if block.is_diag else gram_path(block.part, kind)
         encode = self._chunk_keys.get(path)
         if encode is None:
             encode = self._chunk_keys[path] = self._node(path).metadata.encode_chunk_key
         coords = (block.i,) if block.is_diag else (block.j, block.i) if mirror else (block.i, block.j)
-        return self.path / path / encode(coords)
+        return f"{path}/{encode(coords)}"
 
-    def chunk_problem(self, block: Block) -> Optional[str]:
-        """``None`` when every chunk file of ``block`` is on disk with its full size, else
-        what is wrong. Cheap (one ``stat`` a chunk): it finds deleted and truncated
-        chunks, not altered bytes (that takes the checksums, :meth:`check_block`)."""
+    def chunk_file(self, block: Block, kind: str, mirror: bool = False) -> Path:
+        """The file holding a block's chunk (a local store; see :meth:`chunk_key`)."""
+        return Path(self.location.key(self.chunk_key(block, kind, mirror)))
+
+    def chunk_sizes(self) -> Optional[Dict[str, int]]:
+        """``{key: bytes}`` of every Gram and diagonal chunk of a remote store (two
+        listings instead of a request per chunk); ``None`` for a local store."""
+        if not self.location.remote:
+            return None
+        return {f"{top}/{rel}": info["size"] for top in ("gram", "diag")
+                for rel, info in self.location.objects(top).items()}
+
+    def chunk_problem(self, block: Block, sizes: Optional[Dict[str, int]] = None) -> Optional[str]:
+        """``None`` when every chunk of ``block`` is stored with its full size, else
+        what is wrong. Cheap (one ``stat`` a chunk, or a lookup in ``sizes`` from
+        :meth:`chunk_sizes`): it finds deleted and truncated chunks, not altered
+        bytes (that takes the checksums, :meth:`check_block`)."""
         part = f"diag-{block.row_set}" if block.is_diag else block.part
         want = int(np.prod(chunk_shape(part, self.n_train, self.n_test, self.block_size))) * \
             np.dtype(self.dtype).itemsize
@@ -388,11 +392,12 @@ class GramStore:
             for mirror in ((False, True) if block.mirrored else (False,)):
                 where = f"{kind}{' mirror' if mirror else ''} chunk"
                 try:
-                    size = os.stat(self.chunk_file(block, kind, mirror)).st_size
-                except FileNotFoundError:
-                    return f"{where} file is missing"
+                    key = self.chunk_key(block, kind, mirror)
                 except StoreError:
                     return f"{kind} array is missing"
+                size = sizes.get(key) if sizes is not None else self.location.size(key)
+                if size is None:
+                    return f"{where} file is missing"
                 if size != want:
                     return f"{where} file has {size} bytes, not {want} (truncated or replaced)"
         return None
@@ -400,8 +405,9 @@ class GramStore:
     def damaged_chunks(self, blocks: Iterable[Block]) -> Dict[str, str]:
         """``{key: problem}`` of :meth:`chunk_problem` for ``blocks`` (finished ones)."""
         out = {}
+        sizes = self.chunk_sizes()
         for block in blocks:
-            problem = self.chunk_problem(block)
+            problem = self.chunk_problem(block, sizes)
             if problem is not None:
                 out[block.key] = problem
         return out

@@ -13,6 +13,10 @@ to be readable by ``status`` and must live in the file that is locked; it is
 rewritten *in place* (a zarr write would replace the file with a new inode and
 silently move the lock away from it). On Linux NFS clients flock is mapped to
 POSIX locks, which the NFS lock manager honours across hosts.
+
+A store at a URL (``s3://...``) has no flock: ``StoreLock`` hands it to the lease
+of :mod:`ntkscale.store.lease` (conditional writes, expiry, holder identity), with
+the same interface, and ``lock_holder`` reads the lease.
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
 
 from ..errors import StoreBusyError, StoreReadOnlyError
+from .lease import LeaseLock, describe_holder, lease_holder
+from .location import StoreLocation
 
 LOCK_NODE = "lock"
 #: A lock that cannot be created for these reasons means the store is read-only for us.
@@ -54,19 +60,23 @@ def _read_holder(fd: int) -> Optional[Dict[str, Any]]:
     return None
 
 
-def describe_holder(holder: Optional[Dict[str, Any]]) -> str:
-    if not holder:
-        return "another process"
-    return (f"pid {holder.get('pid')} on {holder.get('host')} "
-            f"(`{holder.get('command', '?')}`, since {holder.get('started', '?')})")
+Root = Union[os.PathLike, str, StoreLocation]
 
 
 class StoreLock:
-    """``with StoreLock(path, command="ntkscale gram"):`` — exclusive, refusing."""
+    """``with StoreLock(path, command="ntkscale gram"):`` — exclusive, refusing.
 
-    def __init__(self, root: os.PathLike | str, command: Optional[str] = None, wait: float = 2.0,
+    ``StoreLock(url)`` (a store on object storage) is a :class:`~ntkscale.store.lease.LeaseLock`."""
+
+    def __new__(cls, root: Root, *args: Any, **kwargs: Any) -> Any:
+        location = StoreLocation.parse(root)
+        if location.remote:
+            return LeaseLock(location, *args, **kwargs)
+        return super().__new__(cls)
+
+    def __init__(self, root: Root, command: Optional[str] = None, wait: float = 2.0,
                  extra: Optional[Dict[str, Any]] = None):
-        self.root = Path(root)
+        self.root = Path(str(StoreLocation.parse(root)))
         self.extra = dict(extra or {})
         self.command = command or " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
         self.wait = wait  # covers a concurrent `status` probing the lock for a moment
@@ -135,10 +145,14 @@ class StoreLock:
         self.release()
 
 
-def lock_holder(root: os.PathLike | str) -> Optional[Dict[str, Any]]:
+def lock_holder(root: Root) -> Optional[Dict[str, Any]]:
     """Who holds the store's lock, or ``None`` when no run does. Read-only:
-    probes with a shared flock for an instant and changes nothing."""
-    path = _lock_file(Path(root))
+    probes with a shared flock for an instant and changes nothing (a remote
+    store: reads its lease)."""
+    location = StoreLocation.parse(root)
+    if location.remote:
+        return lease_holder(location)
+    path = _lock_file(Path(location.url))
     try:
         fd = os.open(path, os.O_RDONLY)
     except (FileNotFoundError, NotADirectoryError):

@@ -22,6 +22,7 @@ from ..errors import StoreDamagedError, StoreError
 from .blocks import Plan
 from .gram_store import GramStore
 from .layout import input_path
+from .location import StoreLocation
 from .lock import lock_holder
 
 StoreOrPath = Union[GramStore, os.PathLike, str]
@@ -41,21 +42,22 @@ def status(path: os.PathLike | str) -> Dict[str, Any]:
     blocks whose chunks are deleted or truncated are listed in ``damaged``. Altered
     bytes are found by the checksums of ``ntkscale verify`` (``checked`` says so).
     """
-    if Path(path).exists() and not Path(path).is_dir():
+    loc = StoreLocation.parse(path)
+    if not loc.remote and Path(loc.url).exists() and not Path(loc.url).is_dir():
         raise StoreError(f"{path} is a file, not a Gram store (a store is a directory, e.g. run.zarr)")
-    if not GramStore.is_store(path):
-        holder = lock_holder(path)
+    if not GramStore.is_store(loc):
+        holder = lock_holder(loc)
         if holder is not None:   # a first run is creating the store right now
-            return {"store": str(path), "running": True, "holder": holder, "state": "creating",
+            return {"store": str(loc.path), "running": True, "holder": holder, "state": "creating",
                     "blocks_done": 0, "blocks_total": None, "complete": False}
-    store = GramStore.open(path, "r")
+    store = GramStore.open(loc, "r")
     plan = store.plan()
     keys = store.manifest.keys()
     parts = {}
     for part, blocks in plan.by_part().items():
         parts[part] = {"blocks_done": sum(b.key in keys for b in blocks), "blocks_total": len(blocks)}
     done = sum(p["blocks_done"] for p in parts.values())
-    holder = lock_holder(store.path)
+    holder = lock_holder(store.location)
     damaged = {} if holder is not None else store.damaged_chunks(b for b in plan.blocks if b.key in keys)
     out: Dict[str, Any] = {
         "store": str(store.path), "running": holder is not None, "holder": holder,
@@ -93,18 +95,13 @@ def _rate(store: GramStore, plan: Plan, keys: set, since: float) -> Dict[str, An
     last finished block, so cluster start-up and planning before the first block
     do not slow the rate down. A manifest entry is written once, when its block
     finishes, so its file time is the finish time (sub-second, one ``stat``; the
-    record's ISO ``finished`` field has whole seconds). The ETA is
+    record's ISO ``finished`` field has whole seconds; on object storage the object's
+    LastModified, one listing for all). The ETA is
     :func:`eta_seconds` of the blocks after the first over that interval, the
     same function as the progress line's."""
     entries = {b.key: b.entries for b in plan.blocks}
-    finished = []
-    for key in keys & set(entries):
-        try:
-            t = os.stat(store.manifest.dir / key / "zarr.json").st_mtime
-        except FileNotFoundError:
-            continue
-        if t >= since:
-            finished.append((t, entries[key]))
+    finished = [(t, entries[key]) for key, t in store.manifest.finish_times(keys & set(entries)).items()
+                if t >= since]
     finished.sort()
     remaining = sum(n for k, n in entries.items() if k not in keys)
     out: Dict[str, Any] = {"run_blocks_done": len(finished), "run_elapsed_s": round(max(time.time() - since, 0.0), 1),

@@ -5,6 +5,11 @@ the checksum of the values, and only then writes its manifest entry
 (:func:`write_block`); a block killed part-way has no entry and is recomputed
 by the next run. Resume trusts an entry only when its token
 (:func:`block_token`) matches the block's identity.
+
+On object storage an entry is one ``PUT`` of ``manifest/<key>/zarr.json``, issued
+after the chunk PUTs returned: an object is visible whole or not at all and S3
+reads are strongly consistent after a write, so "in the manifest" still implies
+"its chunks are stored".
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import numpy as np
 
 from .blocks import Block
 from .layout import FORMAT_VERSION, MANIFEST, WRITE_CONFIG, diag_path, gram_path, transpose
+from .location import StoreLocation
 
 
 def _crc32(a: np.ndarray) -> str:
@@ -47,25 +53,40 @@ class Manifest:
     zarr's member listing opens each one.
     """
 
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        self.dir = self.root / MANIFEST
+    def __init__(self, root: Any):
+        self.location = StoreLocation.parse(root)
+        self.root = self.location.path
+        self.dir = Path(self.location.key(MANIFEST))    # a local store's manifest directory
 
     def keys(self) -> Set[str]:
         """Keys of every finished block (and finished input copy)."""
+        if self.location.remote:
+            return set(self.finish_times())
         try:
             with os.scandir(self.dir) as it:
                 return {e.name for e in it if e.is_dir() and os.path.isfile(os.path.join(e.path, "zarr.json"))}
         except FileNotFoundError:
             return set()
 
+    def finish_times(self, keys: Optional[Iterable[str]] = None) -> Dict[str, float]:
+        """``{key: unix time its entry was written}``: an entry is written once, when its
+        block finishes (a file's mtime, an object's LastModified; one listing remotely)."""
+        if self.location.remote:
+            out = {rel.split("/", 1)[0]: info["mtime"] for rel, info in self.location.objects(MANIFEST).items()
+                   if rel.count("/") == 1 and rel.endswith("/zarr.json")}
+            return out if keys is None else {k: out[k] for k in keys if k in out}
+        times = {}
+        for key in (self.keys() if keys is None else keys):
+            try:
+                times[key] = os.stat(self.dir / key / "zarr.json").st_mtime
+            except FileNotFoundError:
+                continue
+        return times
+
     def get(self, key: str) -> Optional[Dict[str, Any]]:
         """The record of ``key``, or ``None`` when it has no (readable) entry."""
-        try:
-            with open(self.dir / key / "zarr.json", "rb") as f:
-                return json.load(f).get("attributes") or {}
-        except (FileNotFoundError, ValueError):
-            return None
+        doc = self.location.read_json(f"{MANIFEST}/{key}/zarr.json")
+        return None if not isinstance(doc, dict) else doc.get("attributes") or {}
 
     def records(self, keys: Optional[Iterable[str]] = None) -> Dict[str, Dict[str, Any]]:
         """``{key: record}`` for ``keys`` (default: every entry)."""
@@ -78,12 +99,20 @@ class Manifest:
 
     def put(self, key: str, record: Dict[str, Any]) -> None:
         """Write (or replace) the entry of ``key``."""
+        if self.location.remote:   # one PUT of the group's zarr.json (no listing, no delete)
+            doc = {"zarr_format": 3, "node_type": "group", "attributes": record}
+            self.location.write_bytes(f"{MANIFEST}/{key}/zarr.json", json.dumps(doc, indent=2).encode())
+            return
         import zarr  # heavy import, kept out of `import ntkscale` and `ntkscale --help`
 
         zarr.create_group(store=str(self.root), path=f"{MANIFEST}/{key}", attributes=record, overwrite=True)
 
     def delete(self, keys: Iterable[str]) -> None:
         """Remove the entries of ``keys`` (absent ones are skipped)."""
+        if self.location.remote:
+            for key in keys:
+                self.location.remove(f"{MANIFEST}/{key}/zarr.json")
+            return
         import zarr  # heavy import, kept out of `import ntkscale` and `ntkscale --help`
 
         group = zarr.open_group(str(self.root), path=MANIFEST, mode="r+")
@@ -92,23 +121,27 @@ class Manifest:
                 del group[key]
 
 
-def write_block(root: str, block: Block, values: Dict[str, np.ndarray], record: Dict[str, Any],
+def write_block(root: Any, block: Block, values: Dict[str, np.ndarray], record: Dict[str, Any],
                 checksum: str = DEFAULT_CHECKSUM) -> Dict[str, Any]:
-    """Worker side: write a block's chunk(s), checksum them, then its manifest entry."""
+    """Worker side: write a block's chunk(s), checksum them, then its manifest entry.
+    ``root`` is the store's directory, or the zarr ``FsspecStore`` of a remote store
+    (:meth:`~ntkscale.store.location.StoreLocation.zarr_store`): the worker writes
+    straight to the bucket."""
     import zarr  # heavy import, kept out of `import ntkscale` and `ntkscale --help`
 
     (r0, r1), (c0, c1) = block.rows, block.cols
     for kind, a in values.items():
         if block.is_diag:
-            zarr.open_array(store=root, path=diag_path(block.row_set, kind), mode="r+",
+            zarr.open_array(store=root, path=diag_path(block.row_set, kind), mode="r+", zarr_format=3,
                             config=WRITE_CONFIG)[r0:r1] = a
             continue
-        arr = zarr.open_array(store=root, path=gram_path(block.part, kind), mode="r+", config=WRITE_CONFIG)
+        arr = zarr.open_array(store=root, path=gram_path(block.part, kind), mode="r+", zarr_format=3,
+                              config=WRITE_CONFIG)
         arr[r0:r1, c0:c1] = a
         if block.mirrored:
             arr[c0:c1, r0:r1] = transpose(a)
     record = dict(record, checksums={kind: CHECKSUMS[checksum](a) for kind, a in values.items()})
-    Manifest(Path(root)).put(block.key, record)
+    Manifest(root).put(block.key, record)
     return record
 
 

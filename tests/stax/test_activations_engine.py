@@ -195,8 +195,6 @@ def test_float32_inputs_stay_float32(name):
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-5 * np.abs(want).max())
 
 
-@pytest.mark.xfail(strict=True, reason="the slab paths' flat tail does not mark x2=None states "
-                   "symmetric yet (docs/notes-acts.md, request 6); remove this mark with it")
 def test_numerical_in_the_flat_tail_of_a_slab_network_is_symmetric():
     x = np.random.default_rng(0).standard_normal((5, 6, 6, 2))
     net = stax.serial(stax.Conv(4, (3, 3), padding="SAME"), stax.Relu(), stax.GlobalAvgPool(),

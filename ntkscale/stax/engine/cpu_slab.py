@@ -165,10 +165,13 @@ def _pair_chunks(n1: int, n2: int, symmetric: bool, chunk: int):
 
 
 def _tail(layers: List[LayerImpl], prog: Program, k: Any, t: Optional[Any], var1: Any,
-          var2: Optional[Any], diagonal_batch: bool, want_ntk: bool, xp: Any) -> Dict[str, Any]:
-    """The flat layers after GlobalAvgPool/Flatten (reference code)."""
+          var2: Optional[Any], diagonal_batch: bool, want_ntk: bool, xp: Any,
+          symmetric: bool = False) -> Dict[str, Any]:
+    """The flat layers after GlobalAvgPool/Flatten (reference code); ``symmetric``: x2 = x1,
+    the state's entry (i, i) pairs an input with itself (``diag_offset=0``)."""
     state = KernelState(nngp=k, ntk=t if want_ntk else None, var1=var1, var2=var2,
-                        diagonal_batch=diagonal_batch, width=prog.width_out)
+                        diagonal_batch=diagonal_batch, width=prog.width_out,
+                        symmetric=symmetric, diag_offset=0 if symmetric else None)
     for layer in layers[prog.end + 1:]:
         state = layer.kernel(state, xp)
     out = {"nngp": state.nngp}
@@ -240,7 +243,7 @@ def evaluate(layers: List[LayerImpl], plan: ImagePlan, x1: Any, x2: Optional[Any
     else:
         tail_var1 = mod.zeros(n1, x1.dtype)
         tail_var2 = mod.zeros(n2, x1.dtype)
-    return _tail(layers, prog, k, t, tail_var1, tail_var2, False, want_ntk, xp)
+    return _tail(layers, prog, k, t, tail_var1, tail_var2, False, want_ntk, xp, symmetric)
 
 
 def evaluate_diagonal(layers: List[LayerImpl], plan: ImagePlan, x: Any, *, want_ntk: bool,

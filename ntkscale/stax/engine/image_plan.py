@@ -72,7 +72,8 @@ def _entries(hw: Optional[Tuple[int, int]], layout: str) -> int:
 
 def _pools(layer: LayerImpl) -> bool:
     """Does ``layer`` (or a layer in its branches) need every position pair?"""
-    if layer.layer_name in ("GlobalAvgPool", "AvgPool") or getattr(layer, "needs_full_spatial", False):
+    if layer.layer_name in ("GlobalAvgPool", "AvgPool", "GlobalSumPool", "SumPool") or \
+            getattr(layer, "needs_full_spatial", False):
         return True
     return any(_pools(x) for b in getattr(layer, "branches", ()) for x in b)
 
@@ -89,7 +90,7 @@ def _rank_error(layer: LayerImpl, name: str, rank: int, h0: int) -> Optional[str
         if any(isinstance(a, int) and a >= 0 for a in axes):
             return (f"{name} on NWC sequences: give LayerNorm negative axes (-1 channels, -2 "
                     "positions); sequences run as 1 x W images, where positive axes count differently")
-    r = window_rank(layer) if layer.layer_name in ("Conv", "AvgPool") else None
+    r = window_rank(layer) if layer.layer_name in ("Conv", "AvgPool", "SumPool") else None
     if r is None or r == rank or (r == 1 and h0 == 1):
         return None
     if r == 2:
@@ -130,7 +131,7 @@ def _walk_shapes(layers: Sequence[LayerImpl], cur: Optional[Tuple[int, int]], wh
         elif layer.image_layer and cur is None:
             raise SpecError(f"{name} needs an image or a sequence, but its input is already flat "
                             f"({flattened_by}); put spatial layers before GlobalAvgPool/Flatten")
-        elif layer.layer_name in ("Conv", "AvgPool"):
+        elif layer.layer_name in ("Conv", "AvgPool", "SumPool"):
             out = layer.output_hw(cur)
             if min(out) <= 0:
                 window = layer.filter if layer.layer_name == "Conv" else layer.window
@@ -146,7 +147,7 @@ def _walk_shapes(layers: Sequence[LayerImpl], cur: Optional[Tuple[int, int]], wh
             cur = out
         elif hasattr(layer, "check_input"):
             layer.check_input(name, cur, rank)
-        elif layer.layer_name in ("GlobalAvgPool", "Flatten"):
+        elif layer.layer_name in ("GlobalAvgPool", "GlobalSumPool", "Flatten"):
             flattened_by = f"{where}layer {l} is {_name(layer)}"
             cur = None
         if not prefix:

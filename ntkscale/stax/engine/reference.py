@@ -27,6 +27,9 @@ SUPPORTED_LAYERS = frozenset({
     "FanInSum", "FanOut", "Flatten", "Gelu", "GlobalAvgPool", "GlobalSelfAttention", "Identity",
     "LayerNorm",
     "LeakyRelu", "Relu", "Sin", "parallel",
+    "Cos", "ElementwiseNumerical", "Exp", "ExpNormalized", "Gabor", "Gaussian", "GlobalSumPool",
+    "Hermite", "Monomial", "Polynomial", "Rbf", "RectifiedMonomial", "Sigmoid_like", "Sign",
+    "SumPool",
 })
 
 #: Temporaries alive at once per output entry in the reference path (bytes

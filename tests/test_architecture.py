@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ntkscale"
 #: and the heavy required ones (about 0.5-1 s each) that ``import ntkscale`` and
 #: ``ntkscale --help`` must not pay for. Never an ntkscale module.
 OPTIONAL = ("cupy", "cupyx", "dask_jobqueue", "dask_kubernetes", "dask_cuda", "numba.cuda",
-            "bokeh", "kubernetes", "kubernetes_validate", "array_api_strict", "mlxtend")
+            "bokeh", "kubernetes", "kubernetes_validate", "array_api_strict", "mlxtend", "fsspec", "s3fs")
 HEAVY = ("dask", "distributed", "zarr", "matplotlib")
 
 #: Which top-level areas each area may import (besides itself). Mirrors the map in

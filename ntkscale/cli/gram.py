@@ -110,9 +110,7 @@ def plan_cmd(args: argparse.Namespace) -> int:
                               f"{', '.join(missing)} (e.g. --n 50000 --input-shape 32,32,3 --net myrtle5)")
         return project_cmd(args)
     config = run_config(args)
-    # the write timing of `plan` writes a file next to the store: not on object storage
-    info: Dict[str, Any] = plan_report(config, timed=not args.no_calibrate and not is_url(config.store),
-                                       say=say)
+    info: Dict[str, Any] = plan_report(config, timed=not args.no_calibrate, say=say)
     if args.json:
         print_json(info)
         return 0
@@ -135,8 +133,6 @@ def plan_cmd(args: argparse.Namespace) -> int:
               f"tiles of {kernel['tile'][0]} x {kernel['tile'][1]}" if kernel["tile"] else "")
     print(f"kernel     {kernel['path']} path on {kernel['device']}: {kernel['reason']}"
           + (f"; {detail}" if detail else ""))
-    if is_url(config.store) and not args.no_calibrate:
-        print("estimate   not timed: the write timing of `plan` needs a local store directory")
     if "estimated_s" in info:
         print(f"estimate   ~{duration(info['estimated_s'])} plus cluster start-up (the plan's estimate; "
               "gram's progress line shows the ETA it measures): compute "

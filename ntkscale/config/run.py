@@ -61,6 +61,7 @@ class ArraySpec:
 
     x: str
     y: Optional[str] = None
+    pattern: Optional[str] = None    # graph patterns of the rows (stax.Aggregate)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,17 +207,17 @@ def _path_value(sec: Section, key: str) -> str:
 
 def _parse_arrays(mapping: Any, where: str, base: Path, source: str, check_files: bool) -> ArraySpec:
     sec = Section(mapping, where, source)
-    sec.check_keys(("x", "y"))
+    sec.check_keys(("x", "y", "pattern"))
     paths = {}
-    for key in ("x", "y"):
-        if key == "y" and sec.get("y") is None:
+    for key in ("x", "y", "pattern"):
+        if key != "x" and sec.get(key) is None:
             paths[key] = None
             continue
         path = (base / _path_value(sec, key)).resolve()
         if check_files and not path.exists():
             raise sec.error(f"file not found: {path}", key)
         paths[key] = str(path)
-    return ArraySpec(x=paths["x"], y=paths["y"])
+    return ArraySpec(x=paths["x"], y=paths["y"], pattern=paths["pattern"])
 
 
 def _parse_data(mapping: Any, base: Path, source: str, check_files: bool) -> DataConfig:

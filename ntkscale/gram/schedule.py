@@ -38,7 +38,7 @@ FAULT_DELAY_ENV = "NTKSCALE_FAULT_BLOCK_DELAY"
 class Job:
     """What every block task needs; small, pickled into each task."""
 
-    store: str
+    store: Any                            # the store's directory, or zarr's FsspecStore for a URL
     spec_json: str                        # canonical spec JSON: the one form a task gets
     get: Tuple[str, ...]
     dtype: str
@@ -47,6 +47,7 @@ class Job:
     memory_budget: Optional[int] = None
     run_id: str = ""
     io_threads: int = 0                   # worker threads that only write (see compute_gate)
+    patterns: bool = False                # inputs/<set>/pattern: graph patterns sliced with x
 
 
 _GATES: Dict[int, threading.BoundedSemaphore] = {}
@@ -112,21 +113,24 @@ def _run_block(job: Job, block: Block, token: str) -> Dict[str, Any]:
     backend, xp = backend_for(job.backend)
     kernel_fn = kernel_fn_for(job.spec_json)
 
-    def rows(which: str, r: Tuple[int, int]) -> Any:
+    def rows(which: str, r: Tuple[int, int], name: str = "x") -> Any:
         import zarr  # heavy import, kept out of `import ntkscale` and `ntkscale --help`
 
-        return zarr.open_array(store=job.store, path=input_path(which, "x"), mode="r")[r[0]:r[1]]
+        return zarr.open_array(store=job.store, path=input_path(which, name), mode="r",
+                               zarr_format=3)[r[0]:r[1]]
 
     x_rows = rows(block.row_set, block.rows)
     x_cols = None if block.is_diag or block.symmetric else rows("train", block.cols)
+    p_rows = rows(block.row_set, block.rows, "pattern") if job.patterns else None
+    p_cols = rows("train", block.cols, "pattern") if job.patterns and x_cols is not None else None
     t_read = time.perf_counter()
     with compute_gate(job.io_threads):
         t1, c1 = time.perf_counter(), time.thread_time()
         if block.is_diag:
-            values = compute_diag(kernel_fn, x_rows, get=job.get, dtype=job.dtype, xp=xp)
+            values = compute_diag(kernel_fn, x_rows, get=job.get, dtype=job.dtype, xp=xp, pattern=p_rows)
         else:
             values = compute_block(kernel_fn, x_rows, x_cols, get=job.get, dtype=job.dtype, xp=xp,
-                                   memory_budget=job.memory_budget)
+                                   memory_budget=job.memory_budget, patterns=(p_rows, p_cols))
         t2, c2 = time.perf_counter(), time.thread_time()
     record = {"block": block.key, "token": token, "run_id": job.run_id, "worker": _worker_address(),
               "backend": backend, "read_s": round(t_read - t0, 6), "wait_s": round(t1 - t_read, 6),

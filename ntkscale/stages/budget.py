@@ -9,6 +9,7 @@ from typing import Optional
 
 import psutil
 
+from ..cluster.gpu import gpu_task_memory
 from ..config.run import AddressClusterConfig, LocalClusterConfig, RunConfig
 from ..gram.preflight import TARGET_FRACTION, WORKER_BASELINE
 
@@ -41,10 +42,24 @@ def task_memory(config: RunConfig) -> int:
     if config.memory_budget:
         return config.memory_budget
     limit = worker_memory(config)
+    host = DEFAULT_TASK_MEMORY
     if limit is not None:
         usable = int(limit * TARGET_FRACTION) - WORKER_BASELINE
-        return max(MIN_TASK_MEMORY, usable // blocks_per_worker(config))
-    return DEFAULT_TASK_MEMORY
+        host = max(MIN_TASK_MEMORY, usable // blocks_per_worker(config))
+    device = gpu_memory(config)
+    return host if device is None else max(MIN_TASK_MEMORY, min(host, device))
+
+
+def gpu_memory(config: RunConfig) -> Optional[int]:
+    """Block memory on a local GPU worker, from the device's free memory (None: no GPUs
+    configured, or none usable here: ``gram`` then refuses the config before any work)."""
+    c = config.cluster
+    if not (isinstance(c, LocalClusterConfig) and c.gpus):
+        return None
+    try:
+        return gpu_task_memory(c.threads_per_worker)
+    except (ImportError, RuntimeError):   # no CuPy / no device (CuPy's CUDA errors are RuntimeErrors)
+        return None
 
 
 def io_threads(config: RunConfig) -> int:

@@ -32,6 +32,7 @@ import numpy as np
 
 from .. import __version__
 from ..cluster import check_store_visible, dashboard_link, open_client, security_from_tls, total_threads
+from ..cluster.gpu import check_gpus
 from ..config.run import LocalClusterConfig, RunConfig
 from ..data import InputSet, load_inputs
 from ..errors import BlockFailedError, NtkscaleError, PersistentBlockError, PreflightError, StoreError
@@ -78,6 +79,11 @@ class RunReport:
         return (f"{self.store}: computed {self.blocks_computed} blocks, {self.blocks_done_before} were "
                 f"already finished ({self.blocks_total} in all) in {self.seconds:.1f} s "
                 f"({rate:.3g} entries/s)")
+
+
+def has_patterns(store: Any) -> bool:
+    """Does the store hold graph patterns next to its inputs (``data.<set>.pattern``)?"""
+    return "pattern" in (store.meta.get("fingerprints") or {}).get("train", {})
 
 
 class GramPipeline:
@@ -245,7 +251,7 @@ class GramPipeline:
         keys = store.manifest.keys()
         for which, s in sets.items():
             if f"inputs-{which}" not in keys:
-                store.write_inputs(which, s.x, s.y)
+                store.write_inputs(which, s.x, s.y, s.pattern)
                 store.manifest.put(f"inputs-{which}", {"fingerprints": s.fingerprints(), "finished": now()})
         return store
 
@@ -258,6 +264,9 @@ class GramPipeline:
         """
         t0 = time.perf_counter()
         want = self.wanted()  # every input is checked before any work starts
+        c = self.config.cluster
+        if isinstance(c, LocalClusterConfig) and c.gpus:
+            check_gpus(c.gpus)   # no CuPy, no device, absent ids: refused before the store exists
         store = self._existing_store("r")
         diff = self._check(store, want) if store is not None else None
         for finding in self.check(store, self._plan(store, want)):   # hopeless configs: refused here
@@ -281,7 +290,7 @@ class GramPipeline:
             job = Job(store=store.location.task_root(), spec_json=store.spec_json, get=store.kinds,
                       dtype=store.dtype, backend=self.config.backend, checksum=store.checksum,
                       memory_budget=task_memory(self.config) // 2, run_id=run_id,
-                      io_threads=io_threads(self.config))
+                      io_threads=io_threads(self.config), patterns=has_patterns(store))
             report = compute_missing(store, job, self.config.cluster, client=client,
                                      progress=self.progress, stream=self.stream,
                                      security=security(self.config))
@@ -400,7 +409,7 @@ def repair(path: os.PathLike | str | StoreLocation, cluster: Any = None, *, clie
                              "recomputed from the store: rerun `ntkscale gram CONFIG` with the original data")
         store.manifest.delete(before["bad"])
         job = Job(store=store.location.task_root(), spec_json=store.spec_json, get=store.kinds, dtype=store.dtype,
-                  backend=backend, checksum=store.checksum, run_id=run_id)
+                  backend=backend, checksum=store.checksum, run_id=run_id, patterns=has_patterns(store))
         report = compute_missing(store, job, cluster, client=client, progress=progress, stream=stream)
         after = verify(store, check_inputs=False)
     after["inputs"] = before["inputs"]

@@ -7,6 +7,7 @@ from typing import Any, Callable, Dict, Optional
 
 from ..config.run import RunConfig
 from ..costs.measure import calibrate, write_bandwidth
+from ..store.location import StoreLocation, is_url
 from .gram import GramPipeline, io_threads
 
 
@@ -33,7 +34,8 @@ def plan_report(config: RunConfig, *, timed: bool = True,
     if say is not None:
         say(CALIBRATION_NOTE.format(b=min(CALIBRATION_BLOCK, len(x))))
     per_entry = calibrate(pipe.kernel_fn, x, config.dtype, config.kernel.get, rows=CALIBRATION_BLOCK)
-    bandwidth = write_bandwidth(os.path.dirname(config.store) or ".")
+    bandwidth = (StoreLocation.parse(config.store).write_bandwidth() if is_url(config.store)
+                 else write_bandwidth(os.path.dirname(config.store) or "."))
     todo = info["blocks_todo"] / max(1, info["blocks_total"])
     info["calibration_s_per_entry"] = per_entry
     info["write_bytes_per_s"] = bandwidth

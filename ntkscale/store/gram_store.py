@@ -319,9 +319,10 @@ class GramStore:
                             pass
         return removed
 
-    def write_inputs(self, which: str, x: Any, y: Optional[Any]) -> None:
-        """Copy an input set into ``inputs/<which>/`` (streamed, B rows a chunk)."""
-        for name, arr in (("x", x), ("y", y)):
+    def write_inputs(self, which: str, x: Any, y: Optional[Any], pattern: Optional[Any] = None) -> None:
+        """Copy an input set into ``inputs/<which>/`` (streamed, B rows a chunk); ``pattern``:
+        the graph patterns of the rows (``stax.Aggregate``), sliced by the block tasks."""
+        for name, arr in (("x", x), ("y", y), ("pattern", pattern)):
             if arr is None:
                 continue
             shape = tuple(int(s) for s in arr.shape)

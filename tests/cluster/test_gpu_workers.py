@@ -101,3 +101,20 @@ def test_backend_cupy_without_cupy_is_refused_store_untouched(tmp_path):
         GramPipeline(cfg, progress=False).run()
     assert "\n" not in str(err.value)
     assert not (tmp_path / "run.zarr").exists()
+
+
+def test_gram_refuses_gpu_ids_this_machine_lacks_before_creating_the_store(tmp_path):
+    """An explicit gpus: list on a machine without CuPy or devices: one line, no store."""
+    import subprocess
+    import sys
+
+    from tests.support.gram import config_dict, make_data, write_config
+
+    cfg = config_dict(make_data(tmp_path), store=str(tmp_path / "g.zarr"),
+                      cluster={"kind": "local", "gpus": [0, 1]})
+    path = write_config(tmp_path, cfg)
+    out = subprocess.run([sys.executable, "-m", "ntkscale.cli", "gram", str(path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "cluster.gpus" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "g.zarr").exists()

@@ -289,7 +289,7 @@ def cg_read(ctx: Ctx) -> Dict[str, Any]:
     if bad:
         raise RuntimeError("not converged: " + ", ".join(bad))
     return {"tables": tables, "notes": ["Checked: every CG variant converged to its tolerance."],
-            "load": res["machine"].get("load_1min")}
+            "load": res["machine"].get("load_1min"), "targets": res.get("targets", [])}
 
 
 # ----------------------------------------------------------------------------- gram

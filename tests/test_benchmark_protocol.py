@@ -102,3 +102,10 @@ def test_check_passes_when_all_met_and_says_when_nothing_was_recorded(tmp_path):
     out = _check(tmp_path)
     assert out.returncode == 0 and "all 1 targets met" in out.stdout
     assert Target("unmeasured", 1.0).judge(None)["met"] is False
+
+
+def test_check_ignores_quick_runs(tmp_path):
+    quick = tmp_path / "suite-raw" / "quick"
+    quick.mkdir(parents=True)
+    (quick / "fc.json").write_text(json.dumps({"targets": [Target("small sizes", 4.0).judge(1.0)]}))
+    assert _check(tmp_path).returncode == 2

@@ -1,30 +1,27 @@
-"""CNTK-GAP and Myrtle throughput: ntkscale's compiled slab kernel vs neural-tangents 0.6.5.
+"""CNTK-GAP and Myrtle: ntkscale's compiled slab kernel vs neural-tangents 0.6.5, fair protocol.
 
-Side by side in one run: for each configuration, neural-tangents runs in its
-own venv (``benchmarks/nt_worker.py --net cntk``, subprocess, timed after a
-jit warm-up, its Gram saved), then ntkscale computes the same Gram on the same
-data (``default_rng(0).uniform((n, hw, hw, 1))``). The two Grams must agree
-before any speed is reported. Network (depth 3, NT-CONVENTIONS)::
+Each configuration runs through benchmarks/protocol.py: both libraries in their
+own processes on the same pinned CPUs and threads, the same inputs (equal n,
+same dtype), outputs checked equal before timing, interleaved repeats, medians
+with spread. The cross kernel ``kernel_fn(x1, x2, "ntk")`` (x1 ≠ x2) comes
+first; the symmetric call ``kernel_fn(x, None, "ntk")`` is reported separately.
+Network (depth 3, NT-CONVENTIONS)::
 
     [Conv(·, (3, 3), padding="SAME", W_std=√2, b_std=0.1), Relu()] × 3,
     GlobalAvgPool(), Dense(1, W_std=√2, b_std=0.1)     = stax.presets.cntk(3)
 
-    python benchmarks/bench_cntk.py                    # 8x8 and 28x28, f64 and f32
-    python benchmarks/bench_cntk.py --configs 8:64:64:float64 --breakdown
-    python benchmarks/bench_cntk.py --single-core      # both on one pinned core
-    python benchmarks/bench_cntk.py --net myrtle5      # Myrtle-5 on (n, hw, hw, 3) images
+    python benchmarks/bench_cntk.py                       # 8x8 and 28x28, f64 and f32
+    python benchmarks/bench_cntk.py --configs 8:64:float64 --breakdown
+    python benchmarks/bench_cntk.py --net myrtle5         # Myrtle-5 on (n, hw, hw, 3) images
 
-``--net myrtle5|myrtle7|myrtle10``: ``stax.presets.myrtle(depth, b_std=0,
-final_pools=log2(hw) - 2)`` (its AvgPool stages on the compiled path too),
-on ``default_rng(0).uniform((n, hw, hw, 3))``; neural-tangents runs the same
-layers (``nt_worker.py --net myrtle``).
+A configuration is ``hw:n:dtype``. Flops per entry: the slab kernel's
+arithmetic as the engine reports it (``kernel_fn.explain``); peak: threads ×
+clock × SIMD flops per cycle (16 float64 / 32 float32 per core for two 256-bit
+FMA pipes; override with --peak-gflops).
 
-A configuration is ``hw:n_ours:n_nt:dtype``; entries/s counts all n² entries
-of the symmetric Gram ``kernel_fn(x, None, "ntk")`` (both libraries). Flops
-per entry: the slab kernel's arithmetic (``slab_program.flops_per_pair``, sqrt
-and divide counted as 1) over the entries; peak: cores × clock × SIMD flops
-per cycle (16 float64 / 32 float32 per core for two 256-bit FMA pipes;
-override with --peak-gflops).
+Targets (issue 14; asserted, recorded, ``python -m benchmarks --check``): the
+CNTK-GAP depth-3 cross kernel in float64 ≥ 15× neural-tangents at 8×8×1 and at
+28×28×1 (judged at the default n).
 """
 
 from __future__ import annotations
@@ -34,9 +31,7 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -44,62 +39,21 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from common import machine, save_result  # noqa: E402
+from protocol import ProtocolError, Target, Work, compare, make_inputs, side_command  # noqa: E402
 
 from ntkscale import stax  # noqa: E402
-from ntkscale.stax.engine import reference_image as conv_eval
+from ntkscale.stax.engine import reference_image as conv_eval  # noqa: E402
 from ntkscale.stax.engine import cpu_slab as conv_fast  # noqa: E402
 from ntkscale.stax.engine import slab_kernels, slab_program  # noqa: E402
 
-DEFAULT_CONFIGS = ["8:64:64:float64", "8:64:64:float32", "28:32:16:float64", "28:32:16:float32"]
-MYRTLE_CONFIGS = ["8:64:32:float64", "8:64:32:float32", "16:16:8:float64", "16:16:8:float32"]
-TOLERANCE = {"float64": 1e-7, "float32": 2e-3}
-
-
-def nt_python() -> str | None:
-    venv = os.environ.get("NT_VENV", str(Path.home() / ".cache/ntkscale/nt-venv"))
-    py = Path(venv) / "bin" / "python"
-    return str(py) if py.exists() else None
-
-
-def images(n: int, hw: int, dtype: str, channels: int = 1) -> np.ndarray:
-    return np.random.default_rng(0).uniform(size=(n, hw, hw, channels)).astype(dtype)
-
-
-def net_setup(net: str, hw: int) -> tuple:
-    """(ntkscale kernel_fn, image channels, nt_worker.py arguments) of a benchmark net."""
-    if net == "cntk":
-        return stax.presets.cntk(3, "gap")[2], 1, ["--net", "cntk", "--depth", "3"]
-    depth = int(net.removeprefix("myrtle"))
-    pools = int(round(np.log2(hw))) - 2          # 8 -> 1, 16 -> 2, 32 -> 3 (down to 1 pixel)
-    return (stax.presets.myrtle(depth, b_std=0.0, final_pools=pools)[2], 3,
-            ["--net", "myrtle", "--depth", str(depth), "--final-pools", str(pools)])
-
-
-def run_nt(py: str, hw: int, n: int, dtype: str, repeats: int, single_core: bool = False,
-           net_args: tuple = ("--net", "cntk", "--depth", "3")) -> tuple[dict, np.ndarray]:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "gram.npy")
-        cmd = [py, str(HERE / "nt_worker.py"), *net_args, "--n", str(n), "--hw", str(hw),
-               "--dtype", dtype, "--repeats", str(repeats), "--save", out]
-        env = dict(os.environ)
-        if single_core:  # one core for XLA too: pinned, no Eigen thread pool
-            cmd = ["taskset", "-c", "0"] + cmd
-            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
-        if proc.returncode != 0:
-            raise RuntimeError(f"nt_worker failed:\n{proc.stderr[-2000:]}")
-        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1]
-        return json.loads(line), np.load(out)
-
-
-def time_ours(kernel_fn, x: np.ndarray, repeats: int) -> float:
-    kernel_fn(x[: min(len(x), 8)], None, "ntk")  # compile / load the cached kernel
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        kernel_fn(x, None, "ntk")
-        best = min(best, time.perf_counter() - t0)
-    return best
+DEFAULT_CONFIGS = ["8:64:float64", "8:64:float32", "28:16:float64", "28:16:float32"]
+MYRTLE_CONFIGS = ["8:32:float64", "8:32:float32", "16:8:float64", "16:8:float32"]
+#: (hw, n) of the configurations the targets are judged at, and the goal.
+TARGET_SIZES = {(8, 64), (28, 16)}
+CROSS_TARGET = 15.0
 
 
 def breakdown(kernel_fn, x: np.ndarray, repeats: int) -> dict:
@@ -174,82 +128,80 @@ def peak_gflops(dtype: str, info: dict, override: float | None) -> float | None:
     return info["cores_used"] * info["mhz"] / 1e3 * per_cycle
 
 
+def work_of(net: str, hw: int, n: int, dtype: str, cross: bool) -> Work:
+    if net == "cntk":
+        return Work("cntk", 3, (hw, hw, 1), n, n if cross else None, dtype)
+    return Work(net, int(net.removeprefix("myrtle")), (hw, hw, 3), n, n if cross else None, dtype)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--net", default="cntk", choices=("cntk", "myrtle5", "myrtle7", "myrtle10"))
     ap.add_argument("--configs", nargs="+", default=None,
-                    help=f"hw:n_ours:n_nt:dtype (default cntk {' '.join(DEFAULT_CONFIGS)}; "
-                         f"myrtle {' '.join(MYRTLE_CONFIGS)})")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--no-nt", action="store_true", help="skip neural-tangents (speed only)")
-    ap.add_argument("--breakdown", action="store_true", help="time prep / kernel / conv-only")
+                    help=f"hw:n:dtype (default cntk {' '.join(DEFAULT_CONFIGS)}; myrtle {' '.join(MYRTLE_CONFIGS)})")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--no-symmetric", action="store_true", help="cross kernels only")
+    ap.add_argument("--no-nt", action="store_true", help="skip neural-tangents (nothing is compared)")
+    ap.add_argument("--breakdown", action="store_true", help="time prep / kernel / conv-only (ntkscale)")
     ap.add_argument("--peak-gflops", type=float, default=None, help="float64 peak of this machine")
-    ap.add_argument("--out", default=None, help="append JSON results to this file")
-    ap.add_argument("--single-core", action="store_true",
-                    help="both libraries on core 0 with one thread (less disturbed by a busy machine)")
+    ap.add_argument("--out", default=None, help="append JSON results to this file (one line per run)")
     args = ap.parse_args(argv)
-    if args.single_core:
-        os.sched_setaffinity(0, {0})
-        import numba  # noqa: PLC0415
-
-        numba.set_num_threads(1)
-
-    info = cpu_info()
-    info["cores_used"] = 1 if args.single_core else info["cores"]
-    py = None if args.no_nt else nt_python()
-    if not args.no_nt and py is None:
-        print("neural-tangents venv not found (run benchmarks/nt_venv.sh or pass --no-nt)")
+    if args.no_nt:
+        print("bench_cntk: --no-nt: nothing to compare; build the peer with bash benchmarks/nt_venv.sh",
+              file=sys.stderr)
+        return 0
+    try:
+        sides = {"ntkscale": side_command("ours"), "neural-tangents": side_command("nt")}
+    except ProtocolError as exc:
+        print(f"bench_cntk: {exc}", file=sys.stderr)
         return 2
+    info = cpu_info()
+    info["cores_used"] = args.threads
     configs = args.configs or (DEFAULT_CONFIGS if args.net == "cntk" else MYRTLE_CONFIGS)
     stamp = datetime.datetime.now().isoformat(timespec="seconds")
-    print(f"# {stamp}  {info['model']}  {info['cores']} cores  {info['mhz']} MHz  "
-          f"numba threads {conv_fast.n_threads()}  load {os.getloadavg()}")
-    header = (f"{'config':>18} {'ours e/s':>11} {'NT e/s':>9} {'ratio':>7} {'max rel err':>11} "
-              f"{'flops/entry':>11} {'GFLOP/s':>8} {'% peak':>7}")
-    print(header)
-    results = []
-    for cfg in configs:
-        hw, n, n_nt, dtype = cfg.split(":")
-        hw, n, n_nt = int(hw), int(n), int(n_nt)
-        kernel_fn, channels, net_args = net_setup(args.net, hw)
-        x = images(n, hw, dtype, channels)
-        rec = {"net": args.net, "config": cfg, "hw": hw, "n": n, "n_nt": n_nt, "dtype": dtype, "date": stamp,
-               "cpu": info, "load": os.getloadavg()}
-        if py is not None:
-            nt, gram = run_nt(py, hw, n_nt, dtype, args.repeats, args.single_core, tuple(net_args))
-            ours_small = kernel_fn(images(n_nt, hw, dtype, channels), None, "ntk")
-            err = float(np.max(np.abs(ours_small - gram) / np.abs(gram)))
-            rec.update(nt_entries_per_s=nt["entries_per_s"], nt_seconds=nt["seconds_best"],
-                       max_rel_err=err)
-            assert err <= TOLERANCE[dtype], f"{cfg}: ntkscale and neural-tangents differ ({err:.3g})"
-        secs = time_ours(kernel_fn, x, args.repeats)
-        plan = conv_eval.plan_image_net(kernel_fn._layers, x.shape[1:])
-        pairs = n * (n + 1) // 2
-        flops = slab_program.flops_per_pair(kernel_fn._layers, plan) * pairs
-        gflops = flops / secs / 1e9
-        peak = peak_gflops(dtype, info, args.peak_gflops)
-        rec.update(seconds=secs, entries_per_s=n * n / secs, flops_per_entry=flops / (n * n),
-                   gflops=gflops, peak_gflops=peak,
-                   fraction_of_peak=None if peak is None else gflops / peak)
-        if "nt_entries_per_s" in rec:
-            rec["ratio"] = rec["entries_per_s"] / rec["nt_entries_per_s"]
-        if args.breakdown:
-            rec["breakdown"] = breakdown(kernel_fn, x, args.repeats)
-        results.append(rec)
-        ratio = f"{rec['ratio']:7.1f}" if "ratio" in rec else "      -"
-        nt_eps = f"{rec['nt_entries_per_s']:9.3g}" if "nt_entries_per_s" in rec else "        -"
-        err = f"{rec['max_rel_err']:11.2e}" if "max_rel_err" in rec else "          -"
-        pk = f"{100 * rec['fraction_of_peak']:6.1f}%" if peak else "      -"
-        print(f"{cfg:>18} {rec['entries_per_s']:11.4g} {nt_eps} {ratio} {err} "
-              f"{rec['flops_per_entry']:11.4g} {gflops:8.2f} {pk}")
-        if args.breakdown:
-            print("    breakdown:", json.dumps({k: (round(v, 4) if isinstance(v, float) else v)
-                                                for k, v in rec["breakdown"].items()}))
-        sys.stdout.flush()
+    print(f"# {stamp}  {info['model']}  {args.threads} threads  {info['mhz']} MHz  load {os.getloadavg()}")
+    results, targets = [], []
+    for cross in (True,) if args.no_symmetric else (True, False):
+        for cfg in configs:
+            hw, n, dtype = cfg.split(":")
+            hw, n = int(hw), int(n)
+            work = work_of(args.net, hw, n, dtype, cross)
+            res = compare(work, sides, repeats=args.repeats, threads=args.threads, extra_ops=["flops"])
+            ours, nt = res["times"]["ntkscale"], res["times"]["neural-tangents"]
+            flops = res["flops"]["total_flops"]
+            gflops = flops / ours["median"] / 1e9
+            peak = peak_gflops(dtype, info, args.peak_gflops)
+            rec = {"net": args.net, "config": cfg, "call": "cross" if cross else "symmetric", "hw": hw, "n": n,
+                   "dtype": dtype, "date": stamp, "cpu": info, "load": os.getloadavg(),
+                   "seconds": ours["median"], "seconds_min": ours["min"], "seconds_max": ours["max"],
+                   "nt_seconds": nt["median"], "nt_seconds_min": nt["min"], "nt_seconds_max": nt["max"],
+                   "entries_per_s": work.entries / ours["median"], "nt_entries_per_s": work.entries / nt["median"],
+                   "ratio": res["ratio"], "ratio_iqr": res["ratio_iqr"], "max_rel_err": res["max_rel_diff"],
+                   "flops_per_entry": res["flops"]["flops_per_entry"], "path": res["flops"]["path"],
+                   "gflops": gflops, "peak_gflops": peak, "fraction_of_peak": None if peak is None else gflops / peak,
+                   "peak_rss_mib": res["peak_rss_mib"], "threads": res["threads"], "cpus": res["cpus"],
+                   "versions": res["versions"]}
+            if args.breakdown:
+                kernel_fn = (stax.presets.cntk(3, "gap") if args.net == "cntk" else
+                             stax.presets.myrtle(work.depth, b_std=0.0, final_pools=max(int(np.log2(hw)) - 2, 0)))[2]
+                rec["breakdown"] = breakdown(kernel_fn, make_inputs(work)[0], args.repeats)
+            results.append(rec)
+            if cross and args.net == "cntk" and dtype == "float64" and (hw, n) in TARGET_SIZES:
+                targets.append(Target(f"CNTK-GAP depth 3 cross kernel {hw}×{hw}×1 n={n} float64: × neural-tangents",
+                                      CROSS_TARGET).judge(res["ratio"]))
+            pk = f"{100 * rec['fraction_of_peak']:5.1f}% of peak" if peak else ""
+            print(f"{work.label()}: ntkscale {ours['median']:.3g} s, neural-tangents {nt['median']:.3g} s, "
+                  f"{res['ratio']:.2f}× (IQR {res['ratio_iqr'][0]:.2f}–{res['ratio_iqr'][1]:.2f}), "
+                  f"max rel {res['max_rel_diff']:.2g}, {gflops:.2f} GFLOP/s {pk}", flush=True)
     if args.out:
         with open(args.out, "a") as fh:
             for rec in results:
                 fh.write(json.dumps(rec) + "\n")
+    save_result(f"cntk_{args.net}_targets", {"machine": machine(), "args": vars(args), "targets": targets})
+    for t in targets:
+        if not t["met"]:
+            print(f"target missed: {t['name']} = {t['value']:.3g} (target ≥ {t['goal']:g})", file=sys.stderr)
     return 0
 
 

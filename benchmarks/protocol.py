@@ -57,7 +57,7 @@ class ProtocolError(RuntimeError):
 class Work:
     """One kernel evaluation both sides must perform identically."""
 
-    net: str                      # fc | cntk | myrtle5 | myrtle7 | myrtle10
+    net: str                      # fc | cntk | myrtle5 | myrtle7 | myrtle10 | spec (see ``spec``)
     depth: int
     shape: Tuple[int, ...]        # per-example input shape
     n1: int
@@ -65,6 +65,7 @@ class Work:
     dtype: str = "float64"
     get: str = "ntk"
     seed: int = 0
+    spec: Optional[str] = None    # net "spec": ntkscale's canonical spec JSON, built on both sides
 
     @property
     def cross(self) -> bool:
@@ -109,9 +110,14 @@ def input_digest(x1: np.ndarray, x2: Optional[np.ndarray]) -> str:
 def build_net(stax: Any, work: Work) -> Any:
     """The kernel function of ``work.net`` from a ``stax`` module: ntkscale's and
     neural-tangents' take the same calls, so both sides build the net here.
-    Nets and stds follow the shared NT-CONVENTIONS benchmark nets."""
+    Nets and stds follow the shared NT-CONVENTIONS benchmark nets; ``spec`` nets
+    are built layer by layer from ntkscale's canonical spec."""
     s2 = 2.0 ** 0.5
     layers: List[Any] = []
+    if work.net == "spec":
+        if not work.spec:
+            raise ProtocolError("a 'spec' benchmark net needs Work.spec (the canonical spec JSON)")
+        return build_from_spec(stax, json.loads(work.spec))[2]
     if work.net == "fc":
         for _ in range(work.depth):
             layers += [stax.Dense(512, W_std=s2, b_std=0.1), stax.Relu()]
@@ -130,6 +136,23 @@ def build_net(stax: Any, work: Work) -> Any:
     else:
         raise ProtocolError(f"unknown benchmark net {work.net!r}")
     return stax.serial(*layers)[2]
+
+
+#: Keyword arguments the canonical spec stores as lists and stax takes as tuples.
+_TUPLE_KEYS = {"filter_shape", "strides", "window_shape", "axis", "s"}
+
+
+def build_from_spec(stax: Any, spec: List[Any]) -> Any:
+    """``stax.serial`` of a canonical spec (``[[name, kwargs], ...]``, branches nested
+    under ``parallel``), with either library's ``stax``: the same calls on both sides."""
+    layers = []
+    for name, kwargs in spec:
+        if name == "parallel":
+            layers.append(stax.parallel(*[build_from_spec(stax, b) for b in kwargs["branches"]]))
+            continue
+        kw = {k: (tuple(v) if k in _TUPLE_KEYS and isinstance(v, list) else v) for k, v in kwargs.items()}
+        layers.append(getattr(stax, name)(**kw))
+    return stax.serial(*layers)
 
 
 # ----------------------------------------------------------------------------- machine share

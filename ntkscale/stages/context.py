@@ -146,7 +146,9 @@ class RunContext:
         from the kernel (``streamed``), its products on the cluster when configured."""
         store = store or self.store
         kind = kernel_kind(store)
-        x = np.asarray(store.inputs("train")[...]) if self.solver.mode != "stored" else None
+        recompute = self.solver.mode == "streamed" or (self.solver.mode != "stored" and not store.has_patterns)
+        x = np.asarray(store.inputs("train")[...]) if recompute else None
+        kfn = store.recompute_kernel_fn("solver.mode: streamed") if recompute else None
         return make_operator(mode=self.solver.mode, array=store.train_array(kind), diagonal=store.diag("train", kind),
-                             kernel_fn=store.kernel_fn() if x is not None else None, x=x, get=kind,
+                             kernel_fn=kfn, x=x, get=kind,
                              client=self.client if self.products_on_cluster else None)

@@ -81,11 +81,6 @@ class RunReport:
                 f"({rate:.3g} entries/s)")
 
 
-def has_patterns(store: Any) -> bool:
-    """Does the store hold graph patterns next to its inputs (``data.<set>.pattern``)?"""
-    return "pattern" in (store.meta.get("fingerprints") or {}).get("train", {})
-
-
 class GramPipeline:
     """Compute a run's Gram store. ``recompute_test`` replaces a store's test
     part made from other test inputs; ``replace_y`` stores changed labels."""
@@ -290,7 +285,7 @@ class GramPipeline:
             job = Job(store=store.location.task_root(), spec_json=store.spec_json, get=store.kinds,
                       dtype=store.dtype, backend=self.config.backend, checksum=store.checksum,
                       memory_budget=task_memory(self.config) // 2, run_id=run_id,
-                      io_threads=io_threads(self.config), patterns=has_patterns(store))
+                      io_threads=io_threads(self.config), patterns=store.has_patterns)
             report = compute_missing(store, job, self.config.cluster, client=client,
                                      progress=self.progress, stream=self.stream,
                                      security=security(self.config))
@@ -409,7 +404,7 @@ def repair(path: os.PathLike | str | StoreLocation, cluster: Any = None, *, clie
                              "recomputed from the store: rerun `ntkscale gram CONFIG` with the original data")
         store.manifest.delete(before["bad"])
         job = Job(store=store.location.task_root(), spec_json=store.spec_json, get=store.kinds, dtype=store.dtype,
-                  backend=backend, checksum=store.checksum, run_id=run_id, patterns=has_patterns(store))
+                  backend=backend, checksum=store.checksum, run_id=run_id, patterns=store.has_patterns)
         report = compute_missing(store, job, cluster, client=client, progress=progress, stream=stream)
         after = verify(store, check_inputs=False)
     after["inputs"] = before["inputs"]

@@ -115,9 +115,11 @@ class StoreMeta:
                 add_test = add_test or (which == "test" and w is not None)
                 continue
             if w["x"] != h["x"]:
+                # a pattern's fingerprint is folded into x's: name the pattern when it is what changed
+                keys = "data.train.pattern" if w.get("pattern") != h.get("pattern") else "data.train.x"
                 if which == "train":
                     raise SpecMismatchError(
-                        f"{where} was made from different train inputs (data.train.x): fingerprint "
+                        f"{where} was made from different train inputs ({keys}): fingerprint "
                         f"{w['x'][:19]} vs {h['x'][:19]} in the store; the train Gram depends on them, "
                         f"so use another store{_UNCHANGED}")
                 if not recompute_test:

@@ -84,5 +84,34 @@ def test_graph_network_gram_with_pattern_files(tmp_path, client, rng):
     p2 = p.copy()
     p2[0, 0, 0] = 1 - p2[0, 0, 0]
     np.save(tmp_path / "p.npy", p2)
-    with pytest.raises(SpecMismatchError, match="different train inputs"):
+    with pytest.raises(SpecMismatchError, match=r"different train inputs \(data.train.pattern\)"):
         GramPipeline(RunConfig.from_mapping(mapping, tmp_path), progress=False).run(client=client)
+
+
+@pytest.mark.skipif(not PLUMBED, reason="data.<set>.pattern is not parsed by config/run.py yet")
+def test_graph_stores_solve_from_the_stored_gram_and_refuse_recomputing_without_patterns(tmp_path, client, rng):
+    """Paths that recompute kernel entries from bare inputs (streamed products, predictions
+    for new inputs) would silently drop the patterns: refused in one line; stored solves work."""
+    from ntkscale.errors import InputError
+    from ntkscale.stages.run import RunPipeline
+
+    net = stax.serial(stax.Dense(8, W_std=1.3, b_std=0.1), stax.Relu(), stax.Aggregate(),
+                      stax.GlobalAvgPool(), stax.Dense(1))
+    x, p = rng.standard_normal((12, 5, 3)), (rng.random((12, 5, 5)) < 0.5).astype(float)
+    data = {}
+    for name, a in (("x", x), ("y", rng.standard_normal((12, 1))), ("p", p)):
+        data[name] = tmp_path / f"{name}.npy"
+        np.save(data[name], a)
+    mapping = config_dict(data, block_size=8, kernel={"layers": net[2].spec, "get": ["ntk"]},
+                          solver={"method": "cholesky"})
+    mapping["data"]["train"]["pattern"] = "p.npy"
+    pipe = RunPipeline(RunConfig.from_mapping(mapping, tmp_path), progress=False)
+    pipe.gram()
+    assert GramStore.open(tmp_path / "run.zarr").has_patterns
+    pipe.solve()
+    with pytest.raises(InputError, match=r"predict --x recomputes kernel entries .* graph network"):
+        pipe.predict_new(x[:2])
+    mapping["solver"] = {"method": "cg", "mode": "streamed"}
+    streamed = RunPipeline(RunConfig.from_mapping(mapping, tmp_path), progress=False)
+    with pytest.raises(InputError, match=r"solver.mode: streamed recomputes kernel entries"):
+        streamed.solve()

@@ -28,7 +28,6 @@ import math
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from scipy import special
 
 from ..errors import InputError, UnsupportedOptionError
 from .layers.conv import extract_patches, window_geometry
@@ -39,21 +38,9 @@ Axes = Union[int, Sequence[int]]
 
 # ------------------------------------------------------------ derivatives
 def _activation_derivative(layer: Any, x: np.ndarray) -> np.ndarray:
-    """``φ'(x)`` of an activation layer (the derivative of its ``fn``)."""
-    name, p = layer.layer_name, layer.params
-    if hasattr(layer, "slopes"):          # Relu, LeakyRelu, ABRelu, Abs: a·min(x,0) + b·max(x,0)
-        a, b = layer.slopes()
-        return np.where(x > 0, b, a)
-    if name == "Erf":
-        return p["a"] * p["b"] * (2.0 / math.sqrt(math.pi)) * np.exp(-(p["b"] * x) ** 2)
-    if name == "Gelu":
-        return special.ndtr(x) + x * np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
-    if name == "Sin":
-        return p["a"] * p["b"] * np.cos(p["b"] * x + p["c"])
-    if name == "Identity":
-        return np.ones_like(x)
-    raise UnsupportedOptionError(f"the empirical kernels cannot differentiate activation {name}; supported: "
-                                 "Relu, LeakyRelu, ABRelu, Abs, Erf, Gelu, Sin, Identity")
+    """``φ'(x)`` of an activation layer: each activation implements its own
+    ``derivative`` (layers without a finite-width network raise there)."""
+    return layer.derivative(x)
 
 
 def _fold_patches(g: np.ndarray, in_hw: Tuple[int, int], window: Tuple[int, int], strides: Tuple[int, int],
@@ -127,19 +114,20 @@ class _Trace:
             return folded.reshape((n, k) + h.shape[1:])
         if getattr(layer, "elementwise", False):
             return delta * _activation_derivative(layer, h)[:, None]
-        if name == "AvgPool":
+        if name in ("AvgPool", "SumPool"):
             win = layer.window
-            div: Any = float(win[0] * win[1])
-            if layer.params["normalize_edges"] and layer.padding == "SAME":
+            div: Any = float(win[0] * win[1]) if layer.average else 1.0
+            if layer.average and layer.params["normalize_edges"] and layer.padding == "SAME":
                 ones = np.ones((1,) + h.shape[1:3] + (1,))
                 div = extract_patches(ones, win, layer.strides, "SAME").sum(axis=(3, 4))[0]   # (Ho, Wo, 1)
             g = np.broadcast_to((delta / div)[..., None, None, :], delta.shape[:-1] + win + delta.shape[-1:])
             folded = _fold_patches(g.reshape((n * k,) + g.shape[2:]), h.shape[1:3], win, layer.strides,
                                    layer.padding)
             return folded.reshape((n, k) + h.shape[1:])
-        if name == "GlobalAvgPool":
+        if name in ("GlobalAvgPool", "GlobalSumPool"):
             hh, ww = h.shape[1:3]
-            return np.broadcast_to(delta[:, :, None, None, :] / (hh * ww), (n, k) + h.shape[1:]).copy()
+            div = hh * ww if layer.average else 1
+            return np.broadcast_to(delta[:, :, None, None, :] / div, (n, k) + h.shape[1:]).copy()
         if name == "Flatten":
             return delta.reshape((n, k) + h.shape[1:])
         raise UnsupportedOptionError(f"the empirical kernels do not support layer {name}")

@@ -97,6 +97,26 @@ def _coerce(layer: str, key: str, value: Any, p: Param) -> Any:
                 return int(value)
             raise SpecError(f"{where} must be a positive integer, got {value!r}")
         return int(value)
+    if kind == "int0":
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise SpecError(f"{where} must be a non-negative integer, got {value!r}")
+        return int(value)
+    if kind == "floats":
+        try:
+            items = [] if isinstance(value, (str, bytes)) else list(value)
+        except TypeError:
+            items = []
+        if not items or any(isinstance(v, (bool, str, bytes)) for v in items):
+            raise SpecError(f"{where} must be a non-empty list of finite numbers, got {value!r}")
+        try:
+            out = [float(v) for v in items]
+        except (TypeError, ValueError):
+            raise SpecError(f"{where} must be a non-empty list of finite numbers, got {value!r}") from None
+        if not all(math.isfinite(v) for v in out):
+            raise SpecError(f"{where} must be a non-empty list of finite numbers, got {value!r}")
+        return out
     if kind in ("ints", "ints?"):
         if isinstance(value, int) and not isinstance(value, bool):
             value = [value]

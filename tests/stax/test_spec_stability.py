@@ -31,3 +31,16 @@ def test_existing_spec_hashes_unchanged():
         assert net[2].spec_hash == HASHES[name], name
         again = stax.from_spec(net[2].spec_json)
         assert again[2].spec_hash == HASHES[name], name
+
+
+def test_list_and_degree_parameters_canonicalise_whatever_their_number_types():
+    """A YAML ``coef: [1, 2]`` or ``degree: 2.0`` is the same network, hash included,
+    as ``Polynomial([1.0, 2.0])`` / ``Monomial(2)`` in Python."""
+    from ntkscale import stax as nstax
+    from ntkscale.stax import canonical_spec, spec_hash
+
+    python = nstax.serial(nstax.Dense(2), nstax.Polynomial([1, 2]), nstax.Monomial(2))[2].spec
+    yaml_like = canonical_spec([["Dense", {"out_dim": 2}], ["Polynomial", {"coef": [1.0, 2]}],
+                                ["Monomial", {"degree": 2.0}]])
+    assert python == yaml_like and spec_hash(python) == spec_hash(yaml_like)
+    assert yaml_like[1] == ["Polynomial", {"coef": [1.0, 2.0]}] and yaml_like[2] == ["Monomial", {"degree": 2}]

@@ -35,7 +35,7 @@ from .activations import Elementwise, cosine
 from ..network import Layer, make_layer
 from ..spec import Param, register
 
-_DEGREE = {"degree": Param(None, "any", required=True)}
+_DEGREE = {"degree": Param(None, "int0", required=True)}
 
 
 def _degree(layer: str, value: Any) -> int:
@@ -108,7 +108,7 @@ class _PolynomialFamily(Elementwise):
         return float(4 * len(self.coef) ** 2 + 10) * float(np.prod(state_shape or (1,)))
 
 
-@register("Polynomial", {"coef": Param(None, "any", required=True)})
+@register("Polynomial", {"coef": Param(None, "floats", required=True)})
 class PolynomialImpl(_PolynomialFamily):
     """``coef[0] + coef[1]·x + … + coef[n]·x^n`` (numpy.polynomial order)."""
 

@@ -3,6 +3,9 @@
 The driver writes a probe file with a random token into the store directory
 (:func:`check_store_visible`); each worker reads it back and writes one beside it
 (:func:`probe_store`), so a store on node-local disk fails before any block is computed.
+A store at a URL (object storage) is probed by ``store.location.check_remote_visible``
+instead (each worker reads its ``zarr.json`` with its own credentials); both are called
+from ``stages.gram.wait_until_ready``.
 """
 
 from __future__ import annotations

@@ -127,7 +127,8 @@ def wide_resnet(block_size: int, k: float, num_classes: int, *, pool: int = 8) -
     ``Dense(num_classes, 1.0, 0.0)``.
 
     ``pool=8`` is the README's (32×32 inputs: 32 → 16 → 8 pixels, pooled to 1); 8×8 inputs
-    end at 2×2 pixels and take ``pool=2``. Runs on the reference path (branches).
+    end at 2×2 pixels and take ``pool=2``. Runs on the compiled slab path (``cpu_slab_pooled``);
+    on the GPU on the reference maps (the CUDA kernel has no branches).
     """
     if block_size < 1:
         raise ValueError(f"wide_resnet(block_size={block_size!r}) must be >= 1")

@@ -12,8 +12,9 @@ Paths (``select_path`` returns one as a :class:`Path` with the reason):
 ``cpu_slab``        numba diagonal-slab kernel for convolutional networks
                     (``cpu_slab``, ``slab_program``, ``slab_kernels``, ``slab_ops``, ``slab_conv``, ``slab_pool``)
 ``cpu_slab_pooled`` the same kernel with AvgPool stages (e.g. Myrtle)
-``cuda_slab``       the slab kernel in CUDA on CuPy arrays, no AvgPool and
-                    none of ``GPU_FALLBACK`` (branches, LayerNorm, Dropout)
+``cuda_slab``       the slab kernel in CUDA (numba-cuda) on CuPy arrays, AvgPool
+                    stages included; none of ``GPU_FALLBACK`` (branches,
+                    LayerNorm, Dropout)
 ==================  ==========================================================
 
 Each path module declares the layers it runs (``SUPPORTED_LAYERS``, checked

@@ -29,8 +29,8 @@ GlobalAvgPool or Flatten, then any flat layers (run by the reference code on
 the ``n1 × n2`` result). Branched and LayerNorm programs take their
 per-pixel variances from the self pairs' δ = 0 slabs, like pooled ones
 (``selfvar``). Other image networks (Gelu/Sin on images, CIRCULAR pooling)
-use the array-API path; the CuPy kernel has no AvgPool, branches, LayerNorm
-or Dropout. Arithmetic is in the input dtype. Parity with the reference path
+use the array-API path; the CUDA kernel has pooling stages but no branches,
+LayerNorm or Dropout. Arithmetic is in the input dtype. Parity with the reference path
 is tested in ``tests/stax/test_conv_fast.py`` and
 ``tests/stax/test_residual_fast.py``.
 """

@@ -212,16 +212,10 @@ def load_input_set(name: str, x_path: str, y_path: Optional[str], kernel_fn: Any
                     pattern_path, fp)
 
 
-def _has_layer(layers: Any, name: str) -> bool:
-    """Is a layer called ``name`` among ``layers`` (inside ``parallel`` branches too)?"""
-    return any(layer.layer_name == name or any(_has_layer(b, name) for b in getattr(layer, "branches", ()))
-               for layer in layers)
-
-
 def load_inputs(data_config: Any, kernel_fn: Any = None) -> Dict[str, InputSet]:
     """Validate ``data.train`` and optional ``data.test`` of a run config."""
     train_pattern = getattr(data_config.train, "pattern", None)
-    if train_pattern is None and kernel_fn is not None and _has_layer(kernel_fn.layers, "Aggregate"):
+    if train_pattern is None and kernel_fn is not None and kernel_fn.uses_patterns:
         raise InputError("the network has Aggregate layers but data.train has no pattern; name the graph "
                          "patterns next to x (data.train.pattern: p.npy), one per sample (without "
                          "patterns Aggregate would be the identity)")

@@ -106,14 +106,28 @@ class _KernelRidgeBase(BaseEstimator):
             return validate_data(self, X, **kwargs), None
         return validate_data(self, X, y, multi_output=True, y_numeric=False, **kwargs)
 
-    def _gram(self, kernel_fn: Optional[KernelFn], X: np.ndarray, X2: Optional[np.ndarray]) -> np.ndarray:
+    def _check_pattern(self, kernel_fn: Optional[KernelFn], pattern: Any, where: str) -> Any:
+        """Graph networks (``stax.Aggregate``) need the rows' patterns, others refuse them."""
+        uses = kernel_fn is not None and kernel_fn.uses_patterns
+        if uses and pattern is None:
+            raise InputError(f"the network has Aggregate layers: pass {where}(X, ..., pattern=P) with one graph "
+                             "pattern per row of X (neural-tangents' layout); without it Aggregate is the identity")
+        if pattern is not None and not uses:
+            raise InputError(f"{where} got pattern= but the network has no Aggregate layer; leave it out")
+        return None if pattern is None else np.asarray(pattern, dtype=np.float64)
+
+    def _gram(self, kernel_fn: Optional[KernelFn], X: np.ndarray, X2: Optional[np.ndarray],
+              patterns: Any = None) -> np.ndarray:
         if kernel_fn is None:
             return np.asarray(X, dtype=np.float64)
+        if patterns is not None and patterns[0] is not None:
+            return np.asarray(kernel_fn(X, X2, self.get, pattern=patterns), dtype=np.float64)
         return np.asarray(kernel_fn(X, X2, self.get), dtype=np.float64)
 
-    def _fit_targets(self, X: Any, Y: np.ndarray) -> "_KernelRidgeBase":
+    def _fit_targets(self, X: Any, Y: np.ndarray, pattern: Any = None) -> "_KernelRidgeBase":
         kernel_fn = self._kernel_fn_
-        k = self._gram(kernel_fn, X, None)
+        self.pattern_fit_ = self._check_pattern(kernel_fn, pattern, "fit")
+        k = self._gram(kernel_fn, X, None, (self.pattern_fit_, None))
         if self._precomputed() and k.shape[0] != k.shape[1]:
             raise InputError(f"with kernel='precomputed', fit takes the square training Gram; got shape {k.shape}")
         scale = mean_diagonal(k) if self.ridge_relative else 1.0
@@ -126,8 +140,9 @@ class _KernelRidgeBase(BaseEstimator):
         self.n_train_ = k.shape[0]
         return self
 
-    def _decision(self, X: Any) -> np.ndarray:
+    def _decision(self, X: Any, pattern: Any = None) -> np.ndarray:
         check_is_fitted(self, "dual_coef_")
+        pattern = self._check_pattern(self._kernel_fn_, pattern, "predict")
         X, _ = self._validate_x(X, False, self._kernel_fn_)
         if self._kernel_fn_ is None:
             k = np.asarray(X, dtype=np.float64)
@@ -137,7 +152,7 @@ class _KernelRidgeBase(BaseEstimator):
                     f"columns; got shape {k.shape}"
                 )
         else:
-            k = self._gram(self._kernel_fn_, X, self.X_fit_)
+            k = self._gram(self._kernel_fn_, X, self.X_fit_, (pattern, self.pattern_fit_))
         return k @ self.dual_coef_
 
     def __sklearn_tags__(self):
@@ -160,18 +175,21 @@ class NTKRegressor(RegressorMixin, _KernelRidgeBase):
     t : float or None, default None
         Training time of gradient descent on the MSE (None: t = ∞, kernel ridge
         regression); ``learning_rate`` η multiplies it (only η·t matters).
+
+    Graph networks (``stax.Aggregate``) take the rows' patterns as neural-tangents
+    does: ``fit(X, y, pattern=P)`` and ``predict(X, pattern=P_test)``.
     """
 
-    def fit(self, X: Any, y: Any) -> "NTKRegressor":
+    def fit(self, X: Any, y: Any, pattern: Any = None) -> "NTKRegressor":
         self._kernel_fn_ = self._check_params()
         X, y = self._validate_x(X, True, self._kernel_fn_, y, fitting=True)
         y = np.asarray(y, dtype=np.float64)
         self._y_1d_ = y.ndim == 1
         Y = y.reshape(len(y), -1)
-        return self._fit_targets(X, Y)
+        return self._fit_targets(X, Y, pattern)
 
-    def predict(self, X: Any) -> np.ndarray:
-        out = self._decision(X)
+    def predict(self, X: Any, pattern: Any = None) -> np.ndarray:
+        out = self._decision(X, pattern)
         return out[:, 0] if self._y_1d_ else out
 
     def __sklearn_tags__(self):
@@ -184,7 +202,7 @@ class NTKClassifier(ClassifierMixin, _KernelRidgeBase):
     """Classification by kernel regression on one-hot targets centred at 0
     (``onehot − 1/n_classes``) with an exact NTK/NNGP; predicts the argmax."""
 
-    def fit(self, X: Any, y: Any) -> "NTKClassifier":
+    def fit(self, X: Any, y: Any, pattern: Any = None) -> "NTKClassifier":
         self._kernel_fn_ = self._check_params()
         X, y = self._validate_x(X, True, self._kernel_fn_, y, fitting=True)
         y = column_or_1d(y, warn=True)
@@ -194,13 +212,13 @@ class NTKClassifier(ClassifierMixin, _KernelRidgeBase):
         codes = self._encoder_.transform(y)
         k = len(self.classes_)
         Y = np.eye(k)[codes] - 1.0 / k
-        return self._fit_targets(X, Y)
+        return self._fit_targets(X, Y, pattern)
 
-    def decision_function(self, X: Any) -> np.ndarray:
+    def decision_function(self, X: Any, pattern: Any = None) -> np.ndarray:
         """Per-class scores; for two classes, score(classes_[1]) − score(classes_[0])."""
-        scores = self._decision(X)
+        scores = self._decision(X, pattern)
         return scores[:, 1] - scores[:, 0] if scores.shape[1] == 2 else scores
 
-    def predict(self, X: Any) -> np.ndarray:
+    def predict(self, X: Any, pattern: Any = None) -> np.ndarray:
         check_is_fitted(self, "dual_coef_")
-        return self.classes_[np.argmax(self._decision(X), axis=1)]
+        return self.classes_[np.argmax(self._decision(X, pattern), axis=1)]

@@ -140,3 +140,33 @@ def test_classifier_training_time(rng):
         NTKClassifier(kernel_fn, t=-1.0).fit(x, labels)
     with pytest.raises(InputError, match="learning_rate"):
         NTKRegressor(kernel_fn, t=1.0, learning_rate=0.0).fit(x, labels == "a")
+
+
+def test_graph_networks_take_patterns_in_fit_and_predict():
+    """``fit(X, y, pattern=P)`` / ``predict(X, pattern=P)`` as neural-tangents passes them:
+    the same numbers as kernel regression with the patterned kernel by hand; missing or
+    unexpected patterns are one-line errors."""
+    from ntkscale import stax as nstax
+    from ntkscale.errors import InputError
+
+    rng = np.random.default_rng(0)
+    net = nstax.serial(nstax.Dense(8, W_std=1.3, b_std=0.1), nstax.Relu(), nstax.Aggregate(),
+                       nstax.GlobalAvgPool(), nstax.Dense(1))
+    x, xt = rng.standard_normal((14, 5, 3)), rng.standard_normal((4, 5, 3))
+    p, pt = (rng.random((14, 5, 5)) < 0.5).astype(float), (rng.random((4, 5, 5)) < 0.5).astype(float)
+    y = rng.standard_normal(14)
+    model = NTKRegressor(net, ridge=1e-3).fit(x, y, pattern=p)
+    k = net[2](x, None, "ntk", pattern=(p, None))
+    kt = net[2](xt, x, "ntk", pattern=(pt, p))
+    lam = 1e-3 * np.mean(np.diag(k))
+    want = kt @ np.linalg.solve(k + lam * np.eye(14), y)
+    np.testing.assert_allclose(model.predict(xt, pattern=pt), want, rtol=1e-8)
+    assert not np.allclose(net[2](x, None, "ntk"), k)          # the patterns matter
+    with pytest.raises(InputError, match="Aggregate layers: pass predict"):
+        model.predict(xt)
+    with pytest.raises(InputError, match="Aggregate layers: pass fit"):
+        NTKRegressor(net).fit(x, y)
+    with pytest.raises(InputError, match="no Aggregate layer"):
+        NTKRegressor().fit(rng.standard_normal((6, 3)), rng.standard_normal(6), pattern=p[:6])
+    clf = NTKClassifier(net).fit(x, (y > 0).astype(int), pattern=p)
+    assert clf.predict(xt, pattern=pt).shape == (4,)

@@ -41,7 +41,7 @@ def cluster_args(p: argparse.ArgumentParser) -> None:
 
 def store_option_args(p: argparse.ArgumentParser) -> None:
     """``--store-option KEY=VALUE`` (repeatable): fsspec options of a store at a URL."""
-    p.add_argument("--store-option", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--store-option", action="append", default=None, metavar="KEY=VALUE",
                    help="an fsspec option of a store at a URL (s3://...), e.g. endpoint_url=http://host:9000; "
                         "repeatable; values are read as YAML (true, 3, text, {retries: {max_attempts: 1}}); added to "
                         "the config's store_options")

@@ -148,7 +148,17 @@ class RunContext:
         kind = kernel_kind(store)
         recompute = self.solver.mode == "streamed" or (self.solver.mode != "stored" and not store.has_patterns)
         x = np.asarray(store.inputs("train")[...]) if recompute else None
-        kfn = store.recompute_kernel_fn("solver.mode: streamed") if recompute else None
+        kfn = recompute_kernel_fn(store, "solver.mode: streamed") if recompute else None
         return make_operator(mode=self.solver.mode, array=store.train_array(kind), diagonal=store.diag("train", kind),
                              kernel_fn=kfn, x=x, get=kind,
                              client=self.client if self.products_on_cluster else None)
+
+
+def recompute_kernel_fn(store: GramStore, what: str) -> Any:
+    """The kernel for a path that recomputes entries from bare inputs (``what``);
+    refused for graph networks, whose entries also need the rows' patterns."""
+    if store.has_patterns:
+        raise InputError(f"{what} recomputes kernel entries from the inputs alone, but {store.location} holds a "
+                         "graph network's Gram (its inputs carry patterns, data.train.pattern) and that path "
+                         "does not pass them: use solver.mode: stored and predict the configured test set")
+    return store.kernel_fn()

@@ -21,7 +21,7 @@ from ..predict.blocked import cross_operator, nngp_posterior_variance, ntk_poste
 from ..predict.blocked import predict as predict_scores
 from ..store.lock import StoreLock
 from ..store.records import jsonable, save_predictions
-from .context import RunContext, check_complete, encoder, kernel_kind, labels
+from .context import RunContext, check_complete, encoder, kernel_kind, labels, recompute_kernel_fn
 from .solve import ridge_solver, solution
 
 
@@ -90,7 +90,7 @@ def predict_new(ctx: RunContext, x: Any) -> np.ndarray:
     x_train = np.asarray(store.inputs("train")[...])
     x = check_new_inputs(x, x_train)
     chosen = int(sol["record"].get("chosen_index", 0))
-    scores = predict_scores(None, sol["alpha"][chosen], kernel_fn=store.recompute_kernel_fn("predict --x"),
+    scores = predict_scores(None, sol["alpha"][chosen], kernel_fn=recompute_kernel_fn(store, "predict --x"),
                             x_test=x, x_train=x_train,
                             get=kernel_kind(store))
     return enc.decode(scores)
@@ -119,7 +119,7 @@ def variance(ctx: RunContext, x: Optional[Any] = None, *, block: int = 512) -> n
     else:
         x_train = np.asarray(store.inputs("train")[...])
         x = check_new_inputs(x, x_train)
-        kfn = store.recompute_kernel_fn("predict --variance with --x")
+        kfn = recompute_kernel_fn(store, "predict --variance with --x")
         crosses = {k: cross_operator(kernel_fn=kfn, x_test=x, x_train=x_train, get=k) for k in ("nngp", kind)}
         test_diag = np.asarray(kfn.diag(x, get="nngp"))
     ridge = float(record["ridges_absolute"][int(record.get("chosen_index", 0))])

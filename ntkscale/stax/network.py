@@ -83,6 +83,15 @@ class _Bound:
     def is_image_net(self) -> bool:
         return any(getattr(layer, "image_layer", False) for layer in self._layers)
 
+    @property
+    def uses_patterns(self) -> bool:
+        """Does the network aggregate over graph patterns (an ``Aggregate`` layer,
+        inside ``parallel`` branches too)? Its callers must then pass ``pattern=``."""
+        def has(layers: Any) -> bool:
+            return any(layer.layer_name == "Aggregate" or any(has(b) for b in getattr(layer, "branches", ()))
+                       for layer in layers)
+        return has(self._layers)
+
     def _first_name(self) -> str:
         first = self._layers[0]
         return getattr(first, "describe", lambda: first.layer_name)()

@@ -55,7 +55,7 @@ import numpy as np
 from .. import stax
 from ..choices import KERNELS
 from ..data import iter_row_chunks, label_codes
-from ..errors import InputError, StoreError
+from ..errors import StoreError
 from .blocks import Block, Plan, chunk_shape, make_plan
 from .labels import LABEL_CLASSES, LABEL_DTYPE, LabelArray
 from .location import StoreLocation
@@ -192,18 +192,8 @@ class GramStore:
         return stax.from_spec(self.spec)[2]
 
     @property
-    def has_patterns(self) -> bool:
-        """Do the inputs carry graph patterns (``data.<set>.pattern``, ``stax.Aggregate``)?"""
+    def has_patterns(self) -> bool:   # graph patterns with the inputs (data.<set>.pattern)
         return "pattern" in (self.fingerprint("train") or {})
-
-    def recompute_kernel_fn(self, what: str) -> Any:
-        """The kernel for a path that recomputes entries from bare inputs (``what``);
-        refused for graph networks, whose entries also need the rows' patterns."""
-        if self.has_patterns:
-            raise InputError(f"{what} recomputes kernel entries from the inputs alone, but {self.location} holds a "
-                             "graph network's Gram (its inputs carry patterns, data.train.pattern) and that path "
-                             "does not pass them: use solver.mode: stored and predict the configured test set")
-        return self.kernel_fn()
 
     def plan(self) -> Plan:
         return make_plan(self.n_train, self.n_test, self.block_size)

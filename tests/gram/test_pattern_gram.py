@@ -46,12 +46,6 @@ def test_sequence_transformer_gram(tmp_path, client, rng):
     assert again.blocks_computed == 0
 
 
-PLUMBED = "pattern" in getattr(__import__("ntkscale.config.run", fromlist=["ArraySpec"]).ArraySpec,
-                               "__dataclass_fields__", {})
-
-
-@pytest.mark.skipif(not PLUMBED, reason="data.<set>.pattern is not parsed by config/run.py yet "
-                                        "(see docs/notes-attn.md: the requested plumbing)")
 def test_graph_network_gram_with_pattern_files(tmp_path, client, rng):
     """``data.train.pattern``/``data.test.pattern`` files: blocks slice them with the inputs,
     the result equals the in-memory kernel; a changed pattern is refused, store untouched."""
@@ -88,7 +82,6 @@ def test_graph_network_gram_with_pattern_files(tmp_path, client, rng):
         GramPipeline(RunConfig.from_mapping(mapping, tmp_path), progress=False).run(client=client)
 
 
-@pytest.mark.skipif(not PLUMBED, reason="data.<set>.pattern is not parsed by config/run.py yet")
 def test_graph_stores_solve_from_the_stored_gram_and_refuse_recomputing_without_patterns(tmp_path, client, rng):
     """Paths that recompute kernel entries from bare inputs (streamed products, predictions
     for new inputs) would silently drop the patterns: refused in one line; stored solves work."""

@@ -12,13 +12,6 @@ from ntkscale.errors import ConfigError
 from ntkscale.stax.engine import PATH_LAYERS, select_path
 
 
-#: the engine must know the sum-pooling layers (docs/notes-acts.md, request 1) for a network
-#: with them to run through kernel_fn; until that lands these checks are skipped, and
-#: tests/stax/test_stax_engine.py's registry check fails loudly
-needs_engine_sumpool = pytest.mark.skipif(
-    not {"SumPool", "GlobalSumPool"} <= PATH_LAYERS["reference"],
-    reason="the engine does not list SumPool/GlobalSumPool yet (docs/notes-acts.md, request 1)")
-
 NEW_ACTIVATIONS = {
     "Sigmoid_like": stax.Sigmoid_like(), "Rbf": stax.Rbf(), "Gaussian": stax.Gaussian(),
     "Exp": stax.Exp(), "ExpNormalized": stax.ExpNormalized(), "Cos": stax.Cos(), "Sign": stax.Sign(),
@@ -82,7 +75,6 @@ def test_reference_path_with_a_reason_and_a_cost(name):
     assert path.name == "reference" and name in path.reason and "slab" in path.reason
 
 
-@needs_engine_sumpool
 def test_sum_pooling_paths_and_cost():
     net = stax.serial(stax.Conv(2, (3, 3)), stax.Relu(), stax.SumPool((2, 2), (2, 2)), stax.Conv(2, (2, 2)),
                       stax.Relu(), stax.GlobalSumPool(), stax.Dense(1))

@@ -10,14 +10,6 @@ from ntkscale import stax
 from ntkscale.errors import InputError, NumericalWarning, SpecError, UnsupportedOptionError
 from ntkscale.stax.layers.numerical import FUNCTION_NAMES
 
-from ntkscale.stax.engine import PATH_LAYERS
-
-#: the engine must know the sum-pooling layers (docs/notes-acts.md, request 1) for a network
-#: with them to run through kernel_fn; until that lands these checks are skipped, and
-#: tests/stax/test_stax_engine.py's registry check fails loudly
-needs_engine_sumpool = pytest.mark.skipif(
-    not {"SumPool", "GlobalSumPool"} <= PATH_LAYERS["reference"],
-    reason="the engine does not list SumPool/GlobalSumPool yet (docs/notes-acts.md, request 1)")
 
 
 def test_unknown_function_names_the_layer_and_lists_the_registry():
@@ -113,7 +105,6 @@ def test_sum_pooling_keywords_and_flat_inputs():
         stax.SumPool((0, 2))
 
 
-@needs_engine_sumpool
 def test_sum_pooling_shapes_name_the_layer():
     img = np.ones((2, 4, 4, 1))
     with pytest.raises(InputError, match=r"SumPool\(window_shape=\(5, 5\).*at least 5x5"):

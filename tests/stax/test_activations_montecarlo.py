@@ -12,14 +12,6 @@ import pytest
 
 from ntkscale import stax
 
-from ntkscale.stax.engine import PATH_LAYERS
-
-#: the engine must know the sum-pooling layers (docs/notes-acts.md, request 1) for a network
-#: with them to run through kernel_fn; until that lands these checks are skipped, and
-#: tests/stax/test_stax_engine.py's registry check fails loudly
-needs_engine_sumpool = pytest.mark.skipif(
-    not {"SumPool", "GlobalSumPool"} <= PATH_LAYERS["reference"],
-    reason="the engine does not list SumPool/GlobalSumPool yet (docs/notes-acts.md, request 1)")
 
 ACTIVATIONS = {
     "Sigmoid_like": stax.Sigmoid_like(),
@@ -130,7 +122,6 @@ def test_ntk_matches_empirical_ntk(act, rng):
     assert _relative_error(emp, exact).max() < 0.05
 
 
-@needs_engine_sumpool
 @pytest.mark.parametrize("pool", ["SumPool", "GlobalSumPool"])
 def test_sum_pooling_nngp(pool, rng):
     x = 0.7 * rng.standard_normal((3, 5, 5, 2))

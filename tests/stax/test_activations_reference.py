@@ -12,16 +12,8 @@ import pytest
 
 from ntkscale import stax
 from ntkscale.errors import NumericalWarning
-from ntkscale.stax.engine import PATH_LAYERS
 from tests.support.paths import REFERENCE
 from tests.support.reference import assert_matches_nt, case_names, load_case
-
-#: the engine must know the sum-pooling layers (docs/notes-acts.md, request 1) for a network
-#: with them to run through kernel_fn; until that lands these checks are skipped, and
-#: tests/stax/test_stax_engine.py's registry check fails loudly
-needs_engine_sumpool = pytest.mark.skipif(
-    not {"SumPool", "GlobalSumPool"} <= PATH_LAYERS["reference"],
-    reason="the engine does not list SumPool/GlobalSumPool yet (docs/notes-acts.md, request 1)")
 
 _PATH = REFERENCE / "nt_activations.npz"
 NT_ACTIVATIONS = np.load(_PATH) if _PATH.exists() else None
@@ -30,13 +22,8 @@ CASES = case_names(NT_ACTIVATIONS)
 
 
 def _params(names):
-    """Case names, the sum-pooling ones marked ``needs_engine_sumpool``."""
-    out = []
-    for name in names:
-        spec = json.dumps(load_case(name, NT_ACTIVATIONS).spec)
-        marks = [needs_engine_sumpool] if "SumPool" in spec else []
-        out.append(pytest.param(name, marks=marks, id=name))
-    return out
+    return [pytest.param(name, id=name) for name in names]
+
 
 #: the issue's bar: 1e-6 relative (plus a floor for entries near zero)
 RTOL = 1e-6

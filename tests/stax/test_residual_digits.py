@@ -59,7 +59,7 @@ def test_matches_neural_tangents_pipeline_on_the_split():
 @needs_nt_digits
 def test_full_split_accuracy():
     """ntkscale on the full 1200 / 597 split: at least neural-tangents' sub-split accuracy
-    minus 0.5 % (recorded: see the report in docs/notes-residual.md)."""
+    minus 0.5 % (both recorded in benchmarks/README.md)."""
     ref = np.load(NT_DIGITS)
     x_tr, y_tr, x_te, y_te = digits_split()
     pred, _ = wide_resnet_regression(x_tr, y_tr, x_te, float(ref["diag_reg"]))

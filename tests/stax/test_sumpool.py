@@ -5,12 +5,7 @@ import numpy as np
 import pytest
 
 from ntkscale import stax
-from ntkscale.stax.engine import PATH_LAYERS
 from ntkscale.stax.state import KernelState
-
-needs_engine_sumpool = pytest.mark.skipif(
-    not {"SumPool", "GlobalSumPool"} <= PATH_LAYERS["reference"],
-    reason="the engine does not list SumPool/GlobalSumPool yet (docs/notes-acts.md, request 1)")
 
 
 def _impl(layer):
@@ -60,7 +55,6 @@ def test_finite_width_network(rng):
     np.testing.assert_allclose(stax.GlobalSumPool()[1]([()], x), x.sum(axis=(1, 2)))
 
 
-@needs_engine_sumpool
 @pytest.mark.parametrize("padding", ["VALID", "SAME"])
 def test_network_kernel_scales_by_the_window(padding, rng):
     """Without a bias after the pooling, SumPool multiplies NNGP and NTK by the window size²

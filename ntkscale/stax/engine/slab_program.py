@@ -57,8 +57,8 @@ _ACT_KINDS = {"Relu": K_ABRELU, "LeakyRelu": K_ABRELU, "Abs": K_ABRELU,
 SUPPORTED_LAYERS = frozenset({"Conv", "Dense", "AvgPool", "GlobalAvgPool", "Flatten",
                               "LayerNorm", "Dropout"} | set(_ACT_KINDS) | BRANCH_STEPS)
 _SLOT_KINDS = {"store": K_STORE, "load": K_LOAD, "sum": K_SUM}
-#: Layers of the numba slab kernel that the CUDA one (``pooling=False``) lacks.
-CPU_ONLY = BRANCH_STEPS | {"LayerNorm", "Dropout"}
+#: Layers of the numba slab kernel that a kernel without pooling stages lacks: none.
+CPU_ONLY: frozenset = frozenset()
 
 #: Image pairs processed together (one per lane of every inner loop): at
 #: least LANES_MIN, and as many more (up to LANES_MAX) as keep a thread's

@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 
 from ntkscale import stax
-from ntkscale.stax.engine import cuda_slab, layers_of, select_path
+from ntkscale.stax.engine import cuda_slab, layers_of, select_path, slab_program
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Parity bounds (max |GPU − CPU| / max |CPU|), per dtype.
@@ -125,7 +125,8 @@ def _nets() -> Dict[str, Tuple[Callable[[], Any], Tuple[int, int, int], Tuple[st
         "dropout_test_train": (
             lambda: stax.serial(_conv((3, 3), padding="SAME"), stax.Relu(),
                                 stax.Dropout(0.6, "test"), _conv((3, 3), padding="SAME"),
-                                stax.Dropout(0.7), stax.Relu(), stax.Flatten(), stax.Dense(1)),
+                                stax.LayerNorm(axis=(1, 3)), stax.Dropout(0.7), stax.Relu(),
+                                stax.Flatten(), stax.Dense(1)),
             (3, 3, 2), ("float64", "float32")),
         "wide_resnet_8x8": (lambda: stax.presets.wide_resnet(1, 1, 10, pool=2), (8, 8, 3),
                             ("float64",)),
@@ -258,3 +259,28 @@ def test_cuda_kernel_on_gpu_matches_cpu(case):
         pytest.skip("needs CuPy and a CUDA device")
     name, dtype = case
     assert case_error(name, dtype, "gpu") <= TOLERANCE[dtype]
+
+
+def test_gpu_reason_names_a_layer_inside_a_branch():
+    """A layer the CUDA kernel lacks inside a parallel branch keeps the reference path,
+    the reason naming it (no simulator needed: planning only)."""
+    net = stax.serial(stax.Conv(4, (3, 3)), stax.FanOut(2),
+                      stax.parallel(stax.Gelu(), stax.Identity()), stax.FanInSum(),
+                      stax.GlobalAvgPool())
+    path = select_path(net, (6, 6, 2), "gpu")
+    assert path.name == "reference"
+    assert "branch 0: layer 0 (Gelu)" in path.reason and "CUDA" in path.reason, path.reason
+
+
+@pytest.mark.parametrize("dtype, shared", [("float64", False), ("float32", True)])
+def test_wide_resnet_32x32_slots_placement(dtype, shared):
+    """The README's WideResNet on 32×32×3 runs on ``cuda_slab``: float32 keeps its branch
+    slots in shared memory (≤ 48 KiB with them), float64 puts them in global scratch."""
+    net = stax.presets.wide_resnet(1, 1, 10, pool=8)
+    path = select_path(net, (32, 32, 3), "gpu", dtype=dtype)
+    assert path.name == "cuda_slab", path.reason
+    prog = slab_program.Program(layers_of(net), path.plan, np.dtype(dtype))
+    assert prog.nslots == 2
+    size = np.dtype(dtype).itemsize
+    assert cuda_slab.slots_in_shared(prog, size) is shared
+    assert cuda_slab.shared_bytes(prog, size, slots=shared) <= cuda_slab.MAX_SHARED

@@ -274,7 +274,7 @@ def evaluate(layers: List[LayerImpl], plan: ImagePlan, x1: Any, x2: Optional[Any
     else:
         tail1 = self1 if self1 is not None else _self_k(prog, x1, var1, budget)
         tail2 = self2 if self2 is not None else _self_k(prog, x2f, var2, budget)
-    return _tail(layers, prog, k, t, tail1, tail2, False, want_ntk, xp)
+    return _tail(layers, prog, k, t, tail1, tail2, False, want_ntk, xp, symmetric)
 
 
 def _self_k(prog: Program, x: Any, var: Tuple[Any, Any], budget: int) -> Any:

@@ -13,8 +13,10 @@ One body, :func:`case_error`, serves two runs of the same cases:
 * ``gpu`` (``pytest -m gpu`` on a GPU machine): CuPy arrays through
   ``kernel_fn``, which picks the ``cuda_slab`` path itself.
 
-Sizes are tiny (3×3 and 4×4 images, 2 + 1 images): the simulator runs each
-CUDA thread as a Python thread, ~10 ms per thread block.
+Sizes are tiny (3×3 and 4×4 images, 2 + 1 images; the WideResNet preset at 8×8×3):
+the simulator runs each CUDA thread as a Python thread, ~10 ms per thread block, so
+the branch cases that test slots with a Flatten readout (δ = 0 only) and the GAP ones
+(every offset) are split to keep the whole set near a minute.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import numpy as np
 import pytest
 
 from ntkscale import stax
-from ntkscale.stax.engine import cuda_slab, layers_of, select_path
+from ntkscale.stax.engine import cuda_slab, layers_of, select_path, slab_program
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Parity bounds (max |GPU − CPU| / max |CPU|), per dtype.
@@ -43,6 +45,14 @@ def _conv(*args: Any, **kw: Any) -> Any:
     kw.setdefault("W_std", 1.4)
     kw.setdefault("b_std", 0.1)
     return stax.Conv(3, *args, **kw)
+
+
+def _block(main: Any, shortcut: Any) -> Any:
+    return stax.serial(stax.FanOut(2), stax.parallel(main, shortcut), stax.FanInSum())
+
+
+#: Cases whose branch slots are forced into the global scratch (not shared memory).
+GLOBAL_SLOTS = frozenset({"resnet_block_global_slots"})
 
 
 def _nets() -> Dict[str, Tuple[Callable[[], Any], Tuple[int, int, int], Tuple[str, ...]]]:
@@ -78,6 +88,49 @@ def _nets() -> Dict[str, Tuple[Callable[[], Any], Tuple[int, int, int], Tuple[st
                                 stax.AvgPool((2, 2), (1, 1), padding="SAME"), stax.Relu(),
                                 stax.Flatten(), stax.Dense(1)),
             (3, 3, 2), ("float64",)),
+        # residual blocks (FanOut/parallel/FanIn* as slot steps), LayerNorm, Dropout
+        "resnet_block": (
+            lambda: stax.serial(_conv((3, 3), padding="SAME"),
+                                _block(stax.serial(_conv((3, 3), padding="SAME"), stax.Relu(),
+                                                   _conv((3, 3), padding="SAME")), stax.Identity()),
+                                stax.Relu(), stax.GlobalAvgPool(), stax.Dense(1)),
+            (3, 3, 2), ("float64", "float32")),
+        "resnet_block_global_slots": (
+            lambda: stax.serial(_conv((3, 3), padding="SAME"),
+                                _block(stax.serial(stax.Relu(), _conv((3, 3), padding="SAME")),
+                                       stax.Identity()),
+                                stax.Erf(), stax.Flatten(), stax.Dense(1)),
+            (3, 3, 2), ("float64",)),
+        "strided_projection_shortcut": (
+            lambda: stax.serial(_conv((3, 3), padding="SAME"),
+                                _block(stax.serial(stax.Relu(), _conv((3, 3), (2, 2), padding="SAME"),
+                                                   stax.Relu(), _conv((3, 3), padding="SAME")),
+                                       _conv((1, 1), (2, 2), padding="SAME")),
+                                stax.Relu(), stax.Flatten(), stax.Dense(1)),
+            (4, 4, 2), ("float64", "float32")),
+        "fanin_prod_concat": (
+            lambda: stax.serial(_conv((3, 3), padding="SAME"), stax.FanOut(2),
+                                stax.parallel(_conv((3, 3), padding="SAME"), _conv((1, 1))),
+                                stax.FanInProd(), stax.Relu(), stax.FanOut(2),
+                                stax.parallel(stax.Conv(4, (3, 3), padding="SAME"),
+                                              stax.Conv(2, (1, 1))),
+                                stax.FanInConcat(), stax.Relu(), stax.Flatten(), stax.Dense(1)),
+            (3, 3, 2), ("float64",)),
+        "layernorm_channel_spatial": (
+            lambda: stax.serial(_conv((3, 3), padding="SAME"), stax.LayerNorm(), stax.Relu(),
+                                _conv((2, 2), padding="SAME"), stax.LayerNorm(axis=(1, 2, 3)),
+                                stax.Erf(), _conv((3, 3), padding="SAME"),
+                                stax.LayerNorm(axis=(2, 3)), stax.GlobalAvgPool(), stax.Dense(1)),
+            (3, 4, 2), ("float64", "float32")),
+        "dropout_test_train": (
+            lambda: stax.serial(_conv((3, 3), padding="SAME"), stax.Relu(),
+                                stax.Dropout(0.6, "test"), _conv((3, 3), padding="SAME"),
+                                stax.LayerNorm(axis=(1, 3)), stax.Dropout(0.7), stax.Relu(),
+                                stax.Flatten(), stax.Dense(3), stax.Dropout(0.5), stax.Relu(),
+                                stax.Dense(1)),
+            (3, 3, 2), ("float64", "float32")),
+        "wide_resnet_8x8": (lambda: stax.presets.wide_resnet(1, 1, 10, pool=2), (8, 8, 3),
+                            ("float64",)),
     }
 
 
@@ -93,6 +146,17 @@ def case_error(name: str, dtype: str, device: str) -> float:
     ``device="sim"``: NumPy arrays straight into ``cuda_slab`` (this process must run
     numba's CUDA simulator); ``"gpu"``: CuPy arrays through ``kernel_fn``."""
     build, shape, _ = NETS[name]
+    if name in GLOBAL_SLOTS:
+        saved = cuda_slab.SHARED_SLOT_BYTES
+        cuda_slab.SHARED_SLOT_BYTES = 0
+        try:
+            return _case_error(name, dtype, device, build, shape)
+        finally:
+            cuda_slab.SHARED_SLOT_BYTES = saved
+    return _case_error(name, dtype, device, build, shape)
+
+
+def _case_error(name: str, dtype: str, device: str, build: Any, shape: Any) -> float:
     kf = build()[2]
     layers = layers_of(kf)
     path = select_path(layers, shape, "gpu", dtype=dtype)
@@ -196,3 +260,28 @@ def test_cuda_kernel_on_gpu_matches_cpu(case):
         pytest.skip("needs CuPy and a CUDA device")
     name, dtype = case
     assert case_error(name, dtype, "gpu") <= TOLERANCE[dtype]
+
+
+def test_gpu_reason_names_a_layer_inside_a_branch():
+    """A layer the CUDA kernel lacks inside a parallel branch keeps the reference path,
+    the reason naming it (no simulator needed: planning only)."""
+    net = stax.serial(stax.Conv(4, (3, 3)), stax.FanOut(2),
+                      stax.parallel(stax.Gelu(), stax.Identity()), stax.FanInSum(),
+                      stax.GlobalAvgPool())
+    path = select_path(net, (6, 6, 2), "gpu")
+    assert path.name == "reference"
+    assert "branch 0: layer 0 (Gelu)" in path.reason and "CUDA" in path.reason, path.reason
+
+
+@pytest.mark.parametrize("dtype, shared", [("float64", False), ("float32", True)])
+def test_wide_resnet_32x32_slots_placement(dtype, shared):
+    """The README's WideResNet on 32×32×3 runs on ``cuda_slab``: float32 keeps its branch
+    slots in shared memory (≤ 48 KiB with them), float64 puts them in global scratch."""
+    net = stax.presets.wide_resnet(1, 1, 10, pool=8)
+    path = select_path(net, (32, 32, 3), "gpu", dtype=dtype)
+    assert path.name == "cuda_slab", path.reason
+    prog = slab_program.Program(layers_of(net), path.plan, np.dtype(dtype))
+    assert prog.nslots == 2
+    size = np.dtype(dtype).itemsize
+    assert cuda_slab.slots_in_shared(prog, size) is shared
+    assert cuda_slab.shared_bytes(prog, size, slots=shared) <= cuda_slab.MAX_SHARED

@@ -12,9 +12,9 @@ Paths (``select_path`` returns one as a :class:`Path` with the reason):
 ``cpu_slab``        numba diagonal-slab kernel for convolutional networks
                     (``cpu_slab``, ``slab_program``, ``slab_kernels``, ``slab_ops``, ``slab_conv``, ``slab_pool``)
 ``cpu_slab_pooled`` the same kernel with AvgPool stages (e.g. Myrtle)
-``cuda_slab``       the slab kernel in CUDA (numba-cuda) on CuPy arrays, AvgPool
-                    stages included; none of ``GPU_FALLBACK`` (branches,
-                    LayerNorm, Dropout)
+``cuda_slab``       the slab kernel in CUDA (numba-cuda) on CuPy arrays: the slab
+                    layers, AvgPool stages, branches, LayerNorm and Dropout
+                    included (none of ``GPU_FALLBACK``)
 ==================  ==========================================================
 
 Each path module declares the layers it runs (``SUPPORTED_LAYERS``, checked
@@ -35,7 +35,7 @@ import numpy as np
 from ...backend import is_cupy_namespace, is_numpy_namespace
 from ...choices import DTYPES
 from ...errors import InputError
-from ..layers.base import BRANCH_LAYERS, LayerImpl, check_arity
+from ..layers.base import LayerImpl, check_arity
 from ..spec import build_layers, canonical_spec
 from . import cpu_flat, cpu_slab, cuda_slab, reference, reference_image, slab_program
 from .program_walk import UNSUPPORTED_FAN_IN
@@ -48,11 +48,11 @@ __all__ = ["DEVICES", "PATH_LAYERS", "PATHS", "Explanation", "Path", "cost_per_e
 
 #: Devices ``select_path`` knows: NumPy arrays on the CPU, CuPy arrays on a GPU.
 DEVICES = ("cpu", "gpu")
-#: Layers only the compiled CPU paths gained (issue 12): the CUDA slab kernel has no
-#: kernel for them, so a GPU network with one runs the reference maps on CuPy, with a
-#: reason. (``cuda_slab.SUPPORTED_LAYERS`` may derive from ``slab_program``'s; this set
-#: is taken out of it until the CUDA kernel runs them.)
-GPU_FALLBACK = frozenset(BRANCH_LAYERS | {"LayerNorm", "Dropout"})
+#: Layers the compiled CPU paths run but the CUDA slab kernel does not: a GPU network
+#: with one runs the reference maps on CuPy, with a reason naming the layer (taken out
+#: of ``cuda_slab.SUPPORTED_LAYERS``). Empty since the CUDA kernel runs branches
+#: (FanOut/parallel/FanIn*), LayerNorm and Dropout (issue 16).
+GPU_FALLBACK: frozenset = frozenset()
 #: Every path and the layers it runs (registry names).
 PATH_LAYERS = {
     "reference": reference.SUPPORTED_LAYERS,

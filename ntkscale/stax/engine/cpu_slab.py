@@ -213,7 +213,7 @@ def evaluate(layers: List[LayerImpl], plan: ImagePlan, x1: Any, x2: Optional[Any
     x1 = mod.ascontiguousarray(x1)
     x2f = x1 if symmetric else mod.ascontiguousarray(x2)
     prog = Program(layers, plan, np.dtype(str(x1.dtype)))
-    if prog.selfvar:   # (cuda_slab.evaluate has its own self pass; no branches or LayerNorm)
+    if prog.selfvar:   # (cuda_slab.evaluate has its own self pass)
         v1 = _self_pass(prog, x1, False, memory_budget)[2]
         v2 = v1 if symmetric else _self_pass(prog, x2f, False, memory_budget)[2]
     else:

@@ -22,6 +22,21 @@ the self pass (pairs (i, i), ``capture``) launches the δ = 0 slab of every
 stage first, which writes the variances entering its activations into
 ``Q``/``S`` (q and √q per activation pixel), then the stage's other slabs.
 
+Branches (``program_walk``: FanOut/parallel/FanIn* as slot steps) keep the
+saved slabs of a block (Σ and Θ, compact ``H × W``, slot e at ``2e·maxbuf``)
+in shared memory after the reduction area when they fit, else in a global
+scratch array per block of the launch (``slot_g``); which one is a launch
+argument. A ``store`` copies the current slab (times its FanInConcat weight),
+a ``load``/``sum`` writes the next op's layout from the slots (FanInSum and
+FanInConcat add, FanInProd multiplies with Θ = Σ_e Θ_e Π_{f≠e} Σ_f), each
+followed by a barrier; whether a slot's Θ is zero rides in a bit mask.
+LayerNorm divides Σ and Θ by √(q̄ + ε)·√(q̄' + ε) per pixel pair (Novak et al.
+2019 §B), the variances captured by the self pass: over spatial axes the
+captured δ = 0 slab is averaged across the block (three barrier-separated
+passes over ``Q``/``S``). Dropout(mode="train") scales the δ = 0 slab of a
+pair of one input twice by 1/rate (Srivastava et al. 2014), test mode is the
+identity.
+
 The same source runs on a GPU (CuPy arrays, passed through
 ``__cuda_array_interface__``) and in numba's CUDA simulator on a CPU
 (``NUMBA_ENABLE_CUDASIM=1`` set before ``numba.cuda`` is first imported;
@@ -39,8 +54,9 @@ from typing import Any, Dict
 import numpy as np
 from numba import types
 
+from . import cuda_device
 from .slab_ops import C_FH, C_FW, C_KIND, C_SH, C_STD, C_SW, C_VOFF, K_ABRELU, K_AFFINE, K_CONV, \
-    K_ERF
+    K_DROP, K_ERF, K_LNORM, K_LOAD, K_STORE, K_SUM
 
 __all__ = ["kernels", "simulated", "to_device"]
 
@@ -83,57 +99,10 @@ def _build(name: str) -> Any:  # noqa: C901 - one kernel and its device function
 
     T = types.float64 if name == "float64" else types.float32
 
-    @cuda.jit(device=True)
-    def valid_range(n, delta, circ):
-        """Positions P of a slab whose partner P + δ is inside the image."""
-        if circ:
-            return 0, n
-        return max(0, -delta), min(n, n - delta)
-
-    @cuda.jit(device=True)
-    def abrelu(c, sa, sb, f0, f1, tol, zero, one):
-        """ReLU family (f0 = A, f1 = F), the scale-free form of ``slab_ops.abrelu1``:
-        K = F·√(n² − c²) + (A − Fθ)·c, K̇ = A − Fθ, θ = atan2(√(n² − c²), c)."""
-        norm = sa * sb
-        ac = min(abs(c), norm)
-        if ac > norm - tol * norm:
-            ac = norm
-        s = math.sqrt((norm - ac) * (norm + ac))
-        sang = s if norm > zero else one
-        sc = ac if c >= zero else -ac
-        th = math.atan2(sang, sc)
-        dot = f0 - f1 * th
-        return f1 * s + dot * sc, dot
-
-    @cuda.jit(device=True)
-    def erf_dual(c, qa, sa, qb, sb, a, b, shift, tol, one, two, pi_):
-        """a·erf(b·x) + shift (Williams 1997), as ``slab_ops.erf_row``."""
-        b2 = b * b
-        norm = sa * sb
-        ac = min(abs(c), norm)
-        if ac > norm - tol * norm:
-            ac = norm
-        root = math.sqrt(one + two * b2 * (qa + qb) + two * two * b2 * b2 * ((norm - ac) * (norm + ac)))
-        dot = a * a * b2 * two * two / pi_ / root
-        return a * a * two / pi_ * math.atan2(two * b2 * c, root) + shift * shift, dot
-
-    @cuda.jit(device=True)
-    def window_axis(delta, a, a2, stride, n_out, i0, i1, lo):
-        """One axis of an AvgPool window offset pair (a, a'), as ``slab_pool._pool_axis``:
-        (ok, e, v0, p0, p1): pooled slab offset e = (δ − a' + a)/s, its first valid
-        position v0, and the output positions [p0, p1) reading input rows [i0, i1)."""
-        nd = delta - a2 + a
-        if nd % stride != 0:
-            return False, 0, 0, 0, 0
-        e = nd // stride
-        if e <= -n_out or e >= n_out:
-            return False, 0, 0, 0, 0
-        v0 = max(0, -e)
-        v1 = min(n_out, n_out - e)
-        shift = a - lo
-        p0 = max(0, -((shift - i0) // stride))
-        p1 = max(p0, min(n_out, -((shift - i1) // stride)))
-        return True, e, v0, max(p0, v0), min(p1, v1)
+    dev = cuda_device.build()
+    valid_range, abrelu, erf_dual = dev.valid_range, dev.abrelu, dev.erf_dual
+    window_axis, ln_capture = dev.window_axis, dev.ln_capture
+    slot_store, slot_gather = dev.slot_store, dev.slot_gather
 
     @cuda.jit(device=True)
     def conv(sm, cur, maxbuf, ops, fpar, sdim, spad, deltas, o, d, circ, want_ntk, use_t, tid, nt):
@@ -198,10 +167,11 @@ def _build(name: str) -> Any:  # noqa: C901 - one kernel and its device function
 
     @cuda.jit(device=True)
     def pointwise(sm, cur, maxbuf, i, j, Q1, S1, Q2, S2, ops, fpar, sdim, spad, deltas, consts,
-                  o, d, circ, want_ntk, ntk_zero, capture, tid, nt):
-        """Activation or Dense-on-images op o on the valid part of slab d (in place).
-        ``capture``: slab d is the δ = 0 slab of a self pair (i, i), whose entries
-        entering an activation are its variances: written to ``Q1``/``S1`` first."""
+                  o, d, circ, want_ntk, ntk_zero, capture, same_pair, tid, nt):
+        """Activation, LayerNorm, Dropout or Dense-on-images op o on the valid part of
+        slab d (in place). ``capture``: slab d is the δ = 0 slab of a self pair (i, i),
+        whose entries entering an activation or LayerNorm are its variances: written to
+        ``Q1``/``S1`` first. ``same_pair``: the pair is one input twice (Dropout)."""
         kind = ops[o, C_KIND]
         H = sdim[o, 0]
         W = sdim[o, 1]
@@ -226,12 +196,23 @@ def _build(name: str) -> Any:  # noqa: C901 - one kernel and its device function
         tol = consts[15]
         kb = cur * maxbuf
         tb = (2 + cur) * maxbuf
+        if kind == K_LNORM and capture:
+            ln_capture(sm, kb, i, Q1, S1, voff, H, W, plh, plw, Wp, ops[o, C_SH] != 0,
+                       ops[o, C_SW] != 0, f0, zero, tid, nt)
+        drop = kind == K_DROP and same_pair and dh == 0 and dw == 0
+        use_t = want_ntk and not ntk_zero
         for pos in range(tid, Hp * Wp, nt):
             P = pos // Wp - plh
             Q = pos % Wp - plw
             if not (P >= h0 and P < h1 and Q >= w0 and Q < w1):
                 if kind == K_AFFINE and want_ntk and ntk_zero:
                     sm[tb + pos] = zero
+                continue
+            if kind == K_DROP:
+                if drop:
+                    sm[kb + pos] = sm[kb + pos] * f0
+                    if use_t:
+                        sm[tb + pos] = sm[tb + pos] * f0
                 continue
             c = sm[kb + pos]
             ia = voff + P * W + Q
@@ -256,14 +237,21 @@ def _build(name: str) -> Any:  # noqa: C901 - one kernel and its device function
                     t = zero if ntk_zero else sm[tb + pos]
                     sm[tb + pos] = f2 * c + f0 * t + f3 if standard else kn + f0 * t
                 sm[kb + pos] = kn
+            elif kind == K_LNORM:
+                f = S1[i, ia] * S2[j, ib]
+                sm[kb + pos] = c / f
+                if use_t:
+                    sm[tb + pos] = sm[tb + pos] / f
         cuda.syncthreads()
 
     @cuda.jit
     def stage_kernel(X1, X2, pi, pj, Q1, S1, Q2, S2, ops, fpar, sdim, spad, deltas, stages, pools,
                      pinv, lut, accoff, consts, pk, pt, out_k, out_t, st, dstart, nd, maxbuf, circ,
-                     want_ntk, capture, inv_count):
+                     want_ntk, capture, inv_count, slot_g, slots_shared, nslots, same):
         """Slabs ``dstart .. dstart + nd − 1`` of stage ``st`` for every pair of the launch:
-        block b runs pair ``b // nd`` and slab ``dstart + b % nd``."""
+        block b runs pair ``b // nd`` and slab ``dstart + b % nd``. Branch slots live in
+        shared memory after the reduction area (``slots_shared``) or in ``slot_g`` at
+        ``b·2·nslots·maxbuf``; ``same``: a pair (i, i) is one input twice."""
         sm = cuda.shared.array(0, T)
         tid = cuda.threadIdx.x
         nt = cuda.blockDim.x
@@ -316,6 +304,10 @@ def _build(name: str) -> Any:  # noqa: C901 - one kernel and its device function
         cuda.syncthreads()
         # ---- the stage's ops
         cur = 0
+        same_pair = same and i == j
+        sbase = 4 * maxbuf + 2 * nt
+        gbase = blk * 2 * nslots * maxbuf
+        szmask = 0   # bit e: slot e's Θ is zero
         for o in range(o0, o1):
             kind = ops[o, C_KIND]
             if kind == K_CONV:
@@ -324,9 +316,34 @@ def _build(name: str) -> Any:  # noqa: C901 - one kernel and its device function
                 cur = 1 - cur
                 if want_ntk:
                     ntk_zero = False
+            elif kind == K_STORE:
+                slot = ops[o, C_FH]
+                keep_t = want_ntk and not ntk_zero
+                if slots_shared:
+                    slot_store(sm, cur, maxbuf, sm, sbase, slot, sdim[o, 0], sdim[o, 1],
+                               fpar[o, 0], keep_t, tid, nt)
+                else:
+                    slot_store(sm, cur, maxbuf, slot_g, gbase, slot, sdim[o, 0], sdim[o, 1],
+                               fpar[o, 0], keep_t, tid, nt)
+                if keep_t:
+                    szmask = szmask & ~(1 << slot)
+                else:
+                    szmask = szmask | (1 << slot)
+            elif kind == K_LOAD or kind == K_SUM:
+                if slots_shared:
+                    ntk_zero = slot_gather(sm, cur, maxbuf, sm, sbase, ops[o, C_FH], ops[o, C_FW],
+                                           ops[o, C_SH] != 0, szmask, want_ntk, sdim[o, 0],
+                                           sdim[o, 1], spad[o + 1, 0], spad[o + 1, 1],
+                                           spad[o + 1, 2], spad[o + 1, 3], zero, tid, nt)
+                else:
+                    ntk_zero = slot_gather(sm, cur, maxbuf, slot_g, gbase, ops[o, C_FH],
+                                           ops[o, C_FW], ops[o, C_SH] != 0, szmask, want_ntk,
+                                           sdim[o, 0], sdim[o, 1], spad[o + 1, 0], spad[o + 1, 1],
+                                           spad[o + 1, 2], spad[o + 1, 3], zero, tid, nt)
+                cur = 1 - cur
             else:
                 pointwise(sm, cur, maxbuf, i, j, Q1, S1, Q2, S2, ops, fpar, sdim, spad, deltas,
-                          consts, o, d, circ, want_ntk, ntk_zero, capture, tid, nt)
+                          consts, o, d, circ, want_ntk, ntk_zero, capture, same_pair, tid, nt)
                 if kind == K_AFFINE and want_ntk:
                     ntk_zero = False
         kb = cur * maxbuf

@@ -31,16 +31,19 @@ import numpy as np
 from ...backend import namespace_of
 from . import cuda_kernels
 from .cpu_slab import CHUNK_PAIRS, _module, _needs_tail_variances, _pair_chunks, _tail, _variances
+from .program_walk import flatten
 from .reference_image import ImagePlan
 from .slab_program import LANES_MAX, Program, unsupported as slab_unsupported
 from ..layers.base import LayerImpl
 
 #: Layers this kernel runs on images (registry names), up to and including the
-#: GlobalAvgPool/Flatten that ends the image part; flat layers after it run the
-#: reference maps on the ``n1 × n2`` result. Explicit: a layer the CPU slab
-#: program learns later is not claimed here until this kernel runs it.
+#: GlobalAvgPool/Flatten that ends the image part, inside branches too; flat layers
+#: after it run the reference maps on the ``n1 × n2`` result. Explicit: a layer the
+#: CPU slab program learns later is not claimed here until this kernel runs it.
 SUPPORTED_LAYERS = frozenset({"Conv", "Dense", "AvgPool", "GlobalAvgPool", "Flatten",
-                              "Relu", "LeakyRelu", "Abs", "ABRelu", "Erf", "Identity"})
+                              "Relu", "LeakyRelu", "Abs", "ABRelu", "Erf", "Identity",
+                              "LayerNorm", "Dropout", "FanOut", "parallel", "FanInSum",
+                              "FanInProd", "FanInConcat"})
 
 #: Threads per block on a GPU (a power of two: the final reduction halves it),
 #: and in the simulator, where every thread is a Python thread.
@@ -54,12 +57,29 @@ MAX_SHARED = 48 * 1024
 MAX_BLOCKS = 1 << 24
 #: Fraction of the device's free memory the window sums of a pooled call may take.
 FREE_MEMORY_FRACTION = 0.5
+#: Branch slots go into shared memory when the block's whole slab memory, slots
+#: included, stays within this many bytes; else into a global scratch array per block
+#: (a ResNet block at 32×32 float64: 32 KiB of slots on top of 34 KiB of slabs).
+SHARED_SLOT_BYTES = MAX_SHARED
 
 
-def shared_bytes(prog: Program, itemsize: int, threads: int = THREADS) -> int:
-    """Dynamic shared memory of one block: Σ and Θ double buffered, plus the reduction."""
+def slot_bytes(prog: Program, itemsize: int) -> int:
+    """Bytes of the branch slots of one block: Σ and Θ of ``nslots`` slabs."""
     maxbuf = int((prog.spad[:, 2] * prog.spad[:, 3]).max())
-    return (4 * maxbuf + 2 * threads) * itemsize
+    return 2 * int(prog.nslots) * maxbuf * itemsize
+
+
+def shared_bytes(prog: Program, itemsize: int, threads: int = THREADS,
+                 slots: bool = False) -> int:
+    """Dynamic shared memory of one block: Σ and Θ double buffered, plus the reduction,
+    plus (``slots``) the branch slots."""
+    maxbuf = int((prog.spad[:, 2] * prog.spad[:, 3]).max())
+    return (4 * maxbuf + 2 * threads) * itemsize + (slot_bytes(prog, itemsize) if slots else 0)
+
+
+def slots_in_shared(prog: Program, itemsize: int, threads: int = THREADS) -> bool:
+    """Whether the branch slots of ``prog`` sit in shared memory (else global scratch)."""
+    return prog.nslots > 0 and shared_bytes(prog, itemsize, threads, True) <= SHARED_SLOT_BYTES
 
 
 def _image_layers(layers: List[LayerImpl], plan: ImagePlan) -> List[LayerImpl]:
@@ -72,11 +92,16 @@ def _image_layers(layers: List[LayerImpl], plan: ImagePlan) -> List[LayerImpl]:
 
 def unsupported(layers: List[LayerImpl], plan: ImagePlan, dtype: Any) -> Optional[str]:
     """Why this kernel cannot run the network on ``dtype`` inputs, or None:
-    a layer outside ``SUPPORTED_LAYERS`` on images, the slab conditions
-    (``slab_program.unsupported``), or a slab over the shared memory."""
-    for l, layer in enumerate(_image_layers(list(layers), plan)):
+    a layer outside ``SUPPORTED_LAYERS`` on images (inside branches too), the slab
+    conditions (``slab_program.unsupported``), or a slab over the shared memory."""
+    image = _image_layers(list(layers), plan)
+    for l, layer in enumerate(image):
         if layer.layer_name not in SUPPORTED_LAYERS:
             return f"layer {l} ({layer.layer_name}) on images has no CUDA slab kernel"
+    steps, _, why = flatten(image[:-1])
+    for step in steps if why is None else ():
+        if step.kind == "layer" and step.name not in SUPPORTED_LAYERS:
+            return f"{step.where} ({step.name}) on images has no CUDA slab kernel"
     why = slab_unsupported(layers, plan, pooling=True)
     if why is not None:
         return why
@@ -104,30 +129,43 @@ def _tables(prog: Program, mod: Any) -> Dict[str, Any]:
     return i32
 
 
-def _pairs_per_launch(prog: Program, npairs: int, itemsize: int, budget: int) -> int:
+def _max_slabs(prog: Program) -> int:
+    return int(max(d1 - d0 for _, _, d0, d1 in prog.stages.tolist()))
+
+
+def _pairs_per_launch(prog: Program, npairs: int, itemsize: int, budget: int,
+                      global_slots: bool = False) -> int:
     """Pairs per group of launches: the window sums of pooled stages (Σ and Θ per
-    pair) within ``budget`` bytes, and at most ``MAX_BLOCKS`` blocks a launch."""
-    nd = int(max(d1 - d0 for _, _, d0, d1 in prog.stages.tolist()))
+    pair) and the global branch slots (per block) within ``budget`` bytes, and at most
+    ``MAX_BLOCKS`` blocks a launch."""
+    nd = _max_slabs(prog)
     m = max(1, MAX_BLOCKS // max(nd, 1))
-    if prog.pooled:
-        m = min(m, max(1, budget // (2 * max(prog.accsize, 1) * itemsize)))
+    per_pair = 2 * max(prog.accsize, 1) * itemsize if prog.pooled else 0
+    if global_slots:
+        per_pair += nd * slot_bytes(prog, itemsize)
+    if per_pair:
+        m = min(m, max(1, budget // per_pair))
     return max(1, min(m, npairs))
 
 
 def run_pairs(prog: Program, x1: Any, x2: Any, var1: Tuple[Any, Any], var2: Tuple[Any, Any],
               pi: Any, pj: Any, want_ntk: bool, *, capture: bool = False,
-              budget: int = 1 << 30) -> Tuple[Any, Any]:
+              budget: int = 1 << 30, same: bool = False) -> Tuple[Any, Any]:
     """Pooled Σ and Θ of the pairs ``(pi[p], pj[p])``.
 
     ``var1``/``var2``: ``(q, √q)`` per image and activation pixel, ``(n, nvar)``
     each. ``capture``: the pairs are self pairs (i, i) whose variances the
-    kernel computes itself (pooled nets) and writes into ``var1`` (which must
-    be ``var2``): every stage's δ = 0 slab runs first, alone."""
+    kernel computes itself (``prog.selfvar``: pooled, branched or LayerNorm nets)
+    and writes into ``var1`` (which must be ``var2``): every stage's δ = 0 slab
+    runs first, alone. ``same``: x2 is x1, so a pair (i, i) is one input twice
+    (``Dropout(mode="train")`` scales those)."""
     mod = _module(x1)
     dtype = np.dtype(str(x1.dtype))
     kernel = cuda_kernels.kernels(dtype)
     threads = SIM_THREADS if cuda_kernels.simulated() else THREADS
-    smem = shared_bytes(prog, dtype.itemsize, threads)
+    shared_slots = slots_in_shared(prog, dtype.itemsize, threads)
+    global_slots = prog.nslots > 0 and not shared_slots
+    smem = shared_bytes(prog, dtype.itemsize, threads, shared_slots)
     host = mod is np   # NumPy arrays (the simulator): copied to the (fake) device once here
     dev = cuda_kernels.to_device if host else (lambda a: a)
     tab = {k: dev(v) for k, v in _tables(prog, mod).items()}
@@ -140,9 +178,12 @@ def run_pairs(prog: Program, x1: Any, x2: Any, var1: Tuple[Any, Any], var2: Tupl
     v1 = tuple(dev(v) for v in var1)
     v2 = v1 if var2 is var1 else tuple(dev(v) for v in var2)
     pid, pjd = dev(pi), dev(pj)
-    step = _pairs_per_launch(prog, npairs, dtype.itemsize, budget)
+    step = _pairs_per_launch(prog, npairs, dtype.itemsize, budget, global_slots)
     inv_count = dtype.type(1.0 / prog.count)
     width = max(int(prog.accsize), 1) if prog.pooled else 1
+    nslots = int(prog.nslots)
+    slot_g = dev(mod.zeros(step * _max_slabs(prog) * 2 * nslots * maxbuf if global_slots else 1,
+                           dtype))
     for a in range(0, npairs, step):
         b = min(npairs, a + step)
         pk = dev(mod.zeros((b - a, width), dtype))
@@ -157,7 +198,8 @@ def run_pairs(prog: Program, x1: Any, x2: Any, var1: Tuple[Any, Any], var2: Tupl
                     tab["fpar"], tab["sdim"], tab["spad"], tab["deltas"], tab["stages"],
                     tab["pools"], tab["pinv"], tab["lut"], tab["accoff"], tab["consts"], pk, pt,
                     out_k[a:b], out_t[a:b], st, ds, nd, maxbuf, bool(prog.circ), bool(want_ntk),
-                    bool(capture and ds == d0), inv_count)
+                    bool(capture and ds == d0), inv_count, slot_g, bool(shared_slots), nslots,
+                    bool(same or capture))
     if not host:
         return out_k, out_t
     if capture:
@@ -175,14 +217,16 @@ def self_pass(prog: Program, x: Any, want_ntk: bool, budget: int
     n = int(x.shape[0])
     var = (mod.zeros((n, max(prog.nvar, 1)), x.dtype), mod.zeros((n, max(prog.nvar, 1)), x.dtype))
     idx = mod.arange(n, dtype=mod.int64)
-    k, t = run_pairs(prog, x, x, var, var, idx, idx, want_ntk, capture=True, budget=budget)
+    k, t = run_pairs(prog, x, x, var, var, idx, idx, want_ntk, capture=True, budget=budget,
+                     same=True)
     return k, t, var
 
 
 def _prepare(layers: List[LayerImpl], plan: ImagePlan, prog: Program, x: Any, xp: Any,
              budget: int) -> Tuple[Tuple[Any, Any], Optional[Any]]:
-    """``(q, √q)`` of ``x`` and, for pooled nets, ``k(x_i, x_i)`` from the self pass."""
-    if prog.pooled:
+    """``(q, √q)`` of ``x`` and, for ``prog.selfvar`` nets (pooled, branched, LayerNorm),
+    ``k(x_i, x_i)`` from the self pass."""
+    if prog.selfvar:
         k, _, var = self_pass(prog, x, False, budget)
         return var, k
     mod = _module(x)
@@ -213,7 +257,8 @@ def evaluate(layers: List[LayerImpl], plan: ImagePlan, x1: Any, x2: Optional[Any
     chunk = int(max(LANES_MAX, min(CHUNK_PAIRS, budget // 64)))
     for pi, pj in _pair_chunks(n1, n2, symmetric, chunk):
         pi, pj = mod.asarray(pi), mod.asarray(pj)
-        ok, ot = run_pairs(prog, x1, x2f, var1, var2, pi, pj, want_ntk, budget=budget)
+        ok, ot = run_pairs(prog, x1, x2f, var1, var2, pi, pj, want_ntk, budget=budget,
+                           same=symmetric)
         k[pi, pj] = ok
         if symmetric:
             k[pj, pi] = ok
@@ -229,13 +274,13 @@ def evaluate(layers: List[LayerImpl], plan: ImagePlan, x1: Any, x2: Optional[Any
     else:
         tail1 = self1 if self1 is not None else _self_k(prog, x1, var1, budget)
         tail2 = self2 if self2 is not None else _self_k(prog, x2f, var2, budget)
-    return _tail(layers, prog, k, t, tail1, tail2, False, want_ntk, xp)
+    return _tail(layers, prog, k, t, tail1, tail2, False, want_ntk, xp, symmetric)
 
 
 def _self_k(prog: Program, x: Any, var: Tuple[Any, Any], budget: int) -> Any:
     mod = _module(x)
     idx = mod.arange(int(x.shape[0]), dtype=mod.int64)
-    return run_pairs(prog, x, x, var, var, idx, idx, False, budget=budget)[0]
+    return run_pairs(prog, x, x, var, var, idx, idx, False, budget=budget, same=True)[0]
 
 
 def evaluate_diagonal(layers: List[LayerImpl], plan: ImagePlan, x: Any, *, want_ntk: bool,
@@ -246,11 +291,11 @@ def evaluate_diagonal(layers: List[LayerImpl], plan: ImagePlan, x: Any, *, want_
     budget = _budget(mod, memory_budget)
     x = mod.ascontiguousarray(x)
     prog = Program(layers, plan, np.dtype(str(x.dtype)))
-    if prog.pooled:
+    if prog.selfvar:
         k, t, _ = self_pass(prog, x, want_ntk, budget)
     else:
         q = _variances(layers, prog, plan, x, xp)
         var = (q, mod.sqrt(q))
         idx = mod.arange(int(x.shape[0]), dtype=mod.int64)
-        k, t = run_pairs(prog, x, x, var, var, idx, idx, want_ntk, budget=budget)
+        k, t = run_pairs(prog, x, x, var, var, idx, idx, want_ntk, budget=budget, same=True)
     return _tail(layers, prog, k, t, k.copy(), None, True, want_ntk, xp)

@@ -29,8 +29,8 @@ GlobalAvgPool or Flatten, then any flat layers (run by the reference code on
 the ``n1 × n2`` result). Branched and LayerNorm programs take their
 per-pixel variances from the self pairs' δ = 0 slabs, like pooled ones
 (``selfvar``). Other image networks (Gelu/Sin on images, CIRCULAR pooling)
-use the array-API path; the CUDA kernel has pooling stages but no branches,
-LayerNorm or Dropout. Arithmetic is in the input dtype. Parity with the reference path
+use the array-API path; the CUDA kernel (cuda_kernels.py) runs the same
+programs. Arithmetic is in the input dtype. Parity with the reference path
 is tested in ``tests/stax/test_conv_fast.py`` and
 ``tests/stax/test_residual_fast.py``.
 """
@@ -57,8 +57,8 @@ _ACT_KINDS = {"Relu": K_ABRELU, "LeakyRelu": K_ABRELU, "Abs": K_ABRELU,
 SUPPORTED_LAYERS = frozenset({"Conv", "Dense", "AvgPool", "GlobalAvgPool", "Flatten",
                               "LayerNorm", "Dropout"} | set(_ACT_KINDS) | BRANCH_STEPS)
 _SLOT_KINDS = {"store": K_STORE, "load": K_LOAD, "sum": K_SUM}
-#: Layers of the numba slab kernel that the CUDA one (``pooling=False``) lacks.
-CPU_ONLY = BRANCH_STEPS | {"LayerNorm", "Dropout"}
+#: Layers of the numba slab kernel that a kernel without pooling stages lacks: none.
+CPU_ONLY: frozenset = frozenset()
 
 #: Image pairs processed together (one per lane of every inner loop): at
 #: least LANES_MIN, and as many more (up to LANES_MAX) as keep a thread's

@@ -292,7 +292,9 @@ def lanczos_dynamics(matmat: Callable[[np.ndarray], np.ndarray], B: np.ndarray, 
     j = len(alpha)
     products, last_say, change = 0, time.perf_counter(), np.full(len(a_values), np.inf)
     scale = float(np.max(np.abs(alpha))) if alpha.size else 0.0
-    while np.any(active) and j < maxiter:
+    if j >= d:   # a resumed basis may already be enough for these times
+        _, _, change = relative_change(alpha, beta, steps, a_values, bnorm, d, active)
+    while np.any(active) and j < maxiter and not (j >= d and np.all(change <= rtol)):
         if j + 1 >= V.shape[1]:
             V = np.concatenate([V, np.zeros((k, V.shape[1], n))], axis=1)
         cols = np.nonzero(active)[0]

@@ -30,7 +30,8 @@ import numpy as np
 
 from ..errors import InputError, StoreReadOnlyError
 from ..predict.blocked import predict as predict_scores
-from ..predict.krylov import ZarrLanczos, flow_scales, lanczos_dynamics, parse_times, problem_identity
+from ..predict.krylov import (ZarrLanczos, error_estimate, flow_scales, lanczos_dynamics, parse_times,
+                              problem_identity)
 from ..solvers.operator import GramOperator, make_operator
 from ..store.lock import StoreLock
 from ..store.records import jsonable
@@ -167,12 +168,10 @@ def _one_kind(ctx: RunContext, kind: str, times: np.ndarray, lr: float, Y: np.nd
                                    f"{s:.1f} s"),
                                progress_every=PROGRESS_EVERY)
         T_ = len(times)
-        both = np.concatenate([res.u, res.u_prev]).transpose(1, 0, 2).reshape(n, 2 * T_ * k)
-        f = predict_scores(store.test_array(kind), both).reshape(-1, 2, T_, k)
-        f_test, f_prev = f[:, 0].transpose(1, 0, 2), f[:, 1].transpose(1, 0, 2)      # (T, m, k)
-        num = np.linalg.norm((f_test - f_prev).reshape(T_, -1), axis=1)
-        den = np.linalg.norm(f_test.reshape(T_, -1), axis=1)
-        est = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+        three = np.concatenate([res.u, res.u_prev, res.u_prev2]).transpose(1, 0, 2).reshape(n, 3 * T_ * k)
+        f = predict_scores(store.test_array(kind), three).reshape(-1, 3, T_, k).transpose(1, 2, 0, 3)
+        f_test = f[0]                                          # (T, m, k); f[1], f[2]: d and 2d steps before
+        est = error_estimate(f[0], f[1], f[2])
         metrics: Dict[str, Any] = {
             "kernel": kind, "times": times_json(times), "learning_rate": lr, "diag_reg": diag_reg,
             "diag_reg_relative": rel, "N": int(Y.size), "n_train": n, "n_test": int(f_test.shape[1]),

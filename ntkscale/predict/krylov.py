@@ -133,8 +133,7 @@ class ZarrLanczos:
             n, k = self.shape
             group.create_array("basis", shape=(64, n, k), dtype=self.dtype, chunks=(1, n, k),
                                compressors=None, overwrite=True)
-            group.attrs.put({"identity": identity, "steps": -1, "alpha": [], "beta": [], "active": [],
-                             "bnorm": []})
+            group.attrs.put({"identity": identity, "steps": -1, "alpha": [], "beta": [], "active": []})
         self.basis = group["basis"]
 
     def load(self) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
@@ -152,9 +151,10 @@ class ZarrLanczos:
         if step >= self.basis.shape[0]:
             self.basis.resize((max(2 * self.basis.shape[0], step + 1),) + self.shape)
         self.basis[step] = v
-        self.group.attrs.update({"steps": int(step), "alpha": np.asarray(alpha).ravel().tolist(),
-                                 "beta": np.asarray(beta).ravel().tolist(),
-                                 "active": np.asarray(active).tolist()})
+        # one write of the group's metadata (``attrs.update`` writes once per key)
+        self.group.attrs.put({"identity": self.identity, "steps": int(step),
+                              "alpha": np.asarray(alpha).ravel().tolist(), "beta": np.asarray(beta).ravel().tolist(),
+                              "active": np.asarray(active).tolist()})
 
 
 def problem_identity(*parts: Any) -> str:

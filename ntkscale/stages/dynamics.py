@@ -21,6 +21,7 @@ the metrics per time), which ``ntkscale report`` plots.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -130,15 +131,15 @@ def predict_times(ctx: RunContext, times: Any, *, learning_rate: Optional[float]
     return out
 
 
-def _record_group(ctx: RunContext, name: str) -> Any:
+def _record_group(ctx: RunContext, name: str, writable: bool) -> Any:
     """``solver/<name>`` for writing, or an in-memory group when the store is read-only."""
-    try:
+    if writable:
         return ctx.writable_store().group("solver").require_group(name)
-    except StoreReadOnlyError:
-        ctx.say(f"predict: {ctx.store.path} is read-only; the Lanczos basis is kept in memory only")
-        import zarr  # heavy import, kept out of `import ntkscale`
+    ctx.say(f"predict: {ctx.store.path} is read-only; the Lanczos basis is kept in memory only and the "
+            "predictions are not saved in the store")
+    import zarr  # heavy import, kept out of `import ntkscale`
 
-        return zarr.open_group(zarr.storage.MemoryStore(), mode="w")
+    return zarr.open_group(zarr.storage.MemoryStore(), mode="w")
 
 
 def _one_kind(ctx: RunContext, kind: str, times: np.ndarray, lr: float, Y: np.ndarray, enc: TargetEncoder,
@@ -158,8 +159,13 @@ def _one_kind(ctx: RunContext, kind: str, times: np.ndarray, lr: float, Y: np.nd
         return _finish(saved["f_test"], saved["metrics"], kind, times, lr, diag_reg, Y, enc)
     ctx.say(f"predict: {kind} dynamics at {len(times)} time(s), learning rate {lr:g}, diag_reg {diag_reg:.3g} "
             f"(N = {Y.size}); Lanczos on the {n}x{n} Gram ({op.mode}), {k} column(s)")
-    with StoreLock(ctx.config.store, command="ntkscale predict --time"):
-        group = _record_group(ctx, f"lanczos_{kind}")
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(StoreLock(ctx.config.store, command="ntkscale predict --time"))
+            writable = True
+        except StoreReadOnlyError:    # reading needs no lock: the basis and results stay in memory
+            writable = False
+        group = _record_group(ctx, f"lanczos_{kind}", writable)
         record = ZarrLanczos(group, ident, (n, k))
         res = lanczos_dynamics(op.with_ridge(diag_reg).matmat, Y, a_values, rtol=sv.tol,
                                maxiter=sv.maxiter or n, record=record,
@@ -188,7 +194,8 @@ def _one_kind(ctx: RunContext, kind: str, times: np.ndarray, lr: float, Y: np.nd
         if not res.converged:
             ctx.say(f"predict: warning: the {kind} Lanczos run stopped at solver.maxiter = {res.steps} steps with "
                     f"a relative change of {float(np.max(res.change)):.2g} > tol {sv.tol:g}; raise solver.maxiter")
-        _save(ctx, kind, key, f_test, metrics)
+        if writable:
+            _save(ctx, kind, key, f_test, metrics)
     ctx.say(f"predict: {kind} dynamics done in {metrics['seconds']:.1f} s, {res.steps} Lanczos steps"
             + (f" (resumed from step {res.resumed_from})" if res.resumed_from else "")
             + f", largest error estimate {float(np.max(est)):.2g}")
@@ -214,11 +221,7 @@ def _saved(store: Any, kind: str, key: str) -> Optional[Dict[str, Any]]:
 
 
 def _save(ctx: RunContext, kind: str, key: str, f_test: np.ndarray, metrics: Dict[str, Any]) -> None:
-    try:
-        parent = ctx.writable_store().group("predict")
-    except StoreReadOnlyError:
-        return
-    g = parent.require_group(f"dynamics_{kind}")
+    g = ctx.writable_store().group("predict").require_group(f"dynamics_{kind}")
     g.attrs.put({"key": None})          # invalid until the array and the metrics are both written
     arr = g.create_array("f_test", shape=f_test.shape, dtype="float64", chunks=(1,) + f_test.shape[1:],
                          compressors=None, overwrite=True)

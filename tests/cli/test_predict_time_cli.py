@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 
@@ -64,3 +67,25 @@ def test_bad_time_arguments_exit_2_with_one_line_and_leave_the_store_alone(solve
     err = capsys.readouterr().err.strip()
     assert words in err and len(err.splitlines()) == 1, err
     assert sorted((p.relative_to(tmp), p.stat().st_mtime_ns) for p in (tmp / "run.zarr").rglob("*")) == before
+
+
+def test_predict_time_on_a_read_only_store_keeps_its_work_in_memory(solved, tmp_path, capsys):
+    tmp, cfg = solved
+    work = tmp_path / "ro"
+    shutil.copytree(tmp, work)
+    store, src = work / "run.zarr", work / "run-src.zarr"
+    store.rename(src)
+    store.mkdir()
+    r = subprocess.run(["mount", "--bind", "-o", "ro", str(src), str(store)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot make a read-only bind mount here: {r.stderr.strip()}")
+    try:
+        with pytest.raises(OSError):
+            (store / "probe").write_text("x")
+        capsys.readouterr()
+        assert main(["predict", str(work / cfg.name), "--time", "1,inf", "--json", "-o", str(tmp_path / "p.npy")]) == 0
+        captured = capsys.readouterr()
+        assert "read-only; the Lanczos basis is kept in memory only" in captured.err
+        assert last_json(captured.out)["times"] == [1.0, "inf"] and np.load(tmp_path / "p.npy").shape == (2, 20)
+    finally:
+        subprocess.run(["umount", str(store)], check=False)

@@ -104,3 +104,15 @@ def test_bad_times_and_learning_rates_are_errors_that_leave_the_store_alone(solv
     assert sorted(p.relative_to(tmp) for p in (tmp / "run.zarr").rglob("*")) == before
     with pytest.raises(ConfigError, match="solver.learning_rate: must be > 0"):
         RunConfig.from_mapping({**run_config(blobs(tmp)), "solver": {"learning_rate": 0}}, tmp)
+
+
+def test_dynamics_plot_takes_regression_metrics_and_refuses_nothing_to_plot(tmp_path):
+    from ntkscale.report import dynamics_figure, write_report
+
+    dyn = {"ntk": {"times": [0.0, 1.0, 10.0, "inf"], "test_mse": [1.0, 0.5, 0.2, 0.1],
+                   "train_loss": [0.5, 0.2, 0.01, 0.0], "learning_rate": 1.0}}
+    rep = write_report(str(tmp_path), dynamics=dyn)
+    assert str(tmp_path / "dynamics.png") in rep and "dynamics.png" not in rep.skipped
+    assert "ntkscale predict CONFIG --time" in write_report(str(tmp_path / "none")).skipped["dynamics.png"]
+    with pytest.raises(ValueError, match="no positive finite time"):
+        dynamics_figure({"ntk": {"times": [0.0, "inf"], "test_mse": [1, 0], "train_loss": [1, 0]}})

@@ -224,6 +224,8 @@ def plot(result: Dict[str, Any], path: Path) -> Path:
     axes[2].loglog(widths, ch, "o-", label="empirical NTK change")
     axes[2].loglog(widths, ch[0] * np.sqrt(widths[0] / widths), "k:", label="1/sqrt(width)")
     axes[2].set(xlabel="width", ylabel="||Θ_T - Θ_0|| / ||Θ_0||", title="kernel change during training")
+    axes[2].minorticks_off()
+    axes[2].set_xticks(widths, [str(int(w)) for w in widths])
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)

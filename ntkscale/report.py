@@ -7,7 +7,11 @@
   random principal submatrix scaled by ``n / m`` (the sample spectrum of a
   kernel matrix approximates the operator's; Williams & Seeger 2001);
 * :func:`plot_metric_vs_ridge` - validation and test metrics against the ridge
-  (log axis, one panel per metric), the chosen ridge marked.
+  (log axis, one panel per metric), the chosen ridge marked;
+* :func:`plot_dynamics` - test metric and training loss against training time (log
+  axis) for each kernel (NNGP: only the readout trained; NTK: every layer), with
+  ``t = ∞`` (kernel regression) marked (Lee et al. 2019, Fig. 1-style; the
+  predictions come from ``ntkscale predict CONFIG --time ...``).
 
 :func:`write_report` writes whichever of them it has data for and returns
 the paths, with the reason for each plot it left out; ``ntkscale report STORE`` maps
@@ -165,6 +169,75 @@ def metric_vs_ridge_figure(ridges: Sequence[float], metrics: Sequence[Dict[str, 
     return fig
 
 
+#: kernel -> line colour of the dynamics plot
+KIND_COLOURS = {"nngp": "tab:blue", "ntk": "tab:orange"}
+
+
+def _times(values: Sequence[Any]) -> np.ndarray:
+    return np.asarray([float(v) for v in values], dtype=np.float64)
+
+
+def plot_dynamics(dynamics: Dict[str, Dict[str, Any]], path: str, *, title: str = "training dynamics") -> str:
+    """Save :func:`dynamics_figure` as a PNG at ``path``."""
+    return _save(dynamics_figure(dynamics, title=title), path)
+
+
+def dynamics_figure(dynamics: Dict[str, Dict[str, Any]], *, title: str = "training dynamics") -> Any:
+    """Test metric (accuracy, or MSE) and training loss ``||f_train(t) - Y||² / (2N)`` against
+    the training time ``t`` on a log axis, one curve per kernel (``{kind: metrics}`` with
+    ``times`` (``"inf"`` allowed), ``train_loss`` and ``test_accuracy`` or ``test_mse`` lists,
+    as :func:`ntkscale.stages.dynamics.predict_times` records them). ``t = ∞`` sits past the
+    largest finite time (marked "∞"), with a dashed line at its value; ``t = 0`` is left out
+    of the log axis."""
+    kinds = [k for k, m in dynamics.items() if m.get("times")]
+    if not kinds:
+        raise ValueError("no training dynamics to plot (run `ntkscale predict CONFIG --time ...`)")
+    finite = np.concatenate([_times(dynamics[k]["times"]) for k in kinds])
+    finite = finite[np.isfinite(finite) & (finite > 0)]
+    if finite.size == 0:
+        raise ValueError("the dynamics hold no positive finite time to put on a log axis")
+    x_inf = float(finite.max()) * 10.0
+    metric = next((name for name in ("test_accuracy", "test_mse") if all(name in dynamics[k] for k in kinds)), None)
+    panels = ([metric] if metric else []) + ["train_loss"]
+    plt = _plt()
+    fig, axes = plt.subplots(len(panels), 1, figsize=(6.4, 2.4 + 2.2 * len(panels)), dpi=110, sharex=True,
+                             squeeze=False)
+    for ax, name in zip(axes[:, 0], panels):
+        for kind in kinds:
+            m = dynamics[kind]
+            t = _times(m["times"])
+            v = np.asarray(m[name], dtype=np.float64)
+            colour = KIND_COLOURS.get(kind)
+            lr = m.get("learning_rate")
+            show = np.isfinite(t) & (t > 0)
+            order = np.argsort(t[show])
+            ax.plot(t[show][order], v[show][order], "o-", markersize=3, color=colour,
+                    label=f"{kind.upper()}" + (f" (lr {lr:g})" if lr is not None else ""))
+            at_inf = np.isinf(t)
+            if np.any(at_inf):
+                ax.plot([x_inf], [v[at_inf][0]], "*", markersize=10, color=colour)
+                ax.axhline(v[at_inf][0], color=colour, linestyle="--", linewidth=0.8, alpha=0.6)
+        ax.axvline(x_inf / 3.0, color="k", linestyle=":", linewidth=0.8)
+        ax.set_xscale("log")
+        if name == "train_loss":
+            positive = np.concatenate([np.asarray(dynamics[k][name], dtype=np.float64) for k in kinds])
+            if np.any(positive > 0):
+                ax.set_yscale("symlog", linthresh=float(positive[positive > 0].min()))
+                ax.set_ylim(bottom=0.0)     # t = ∞ fits the training set: loss 0
+        ax.set_ylabel({"test_accuracy": "test accuracy", "test_mse": "test MSE",
+                       "train_loss": "training loss"}[name])
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    ax = axes[-1, 0]
+    ticks = [t for t in ax.get_xticks() if finite.min() / 10 <= t <= finite.max() * 1.01]
+    ax.set_xticks(ticks + [x_inf])
+    ax.set_xticklabels([f"$10^{{{int(round(np.log10(t)))}}}$" for t in ticks] + ["∞"])
+    ax.set_xlim(finite.min() / 2, x_inf * 2)
+    ax.set_xlabel("training time t (gradient steps of size lr; flow exp(-lr t K / N))")
+    axes[0, 0].set_title(title)
+    return fig
+
+
 class Report(List[str]):
     """The PNG paths :func:`write_report` wrote (a list), and ``skipped``: ``{file name: why
     it was not written}``."""
@@ -177,10 +250,12 @@ class Report(List[str]):
 def write_report(outdir: str, *, history: Optional[np.ndarray] = None, ridges: Optional[Sequence[float]] = None,
                  rtol: Optional[float] = None, eigenvalues: Optional[np.ndarray] = None,
                  ridge_metrics: Optional[Sequence[Dict[str, float]]] = None, chosen: Optional[int] = None,
-                 relative_ridges: Optional[Sequence[float]] = None, method: Optional[str] = None) -> Report:
-    """Write ``cg_residuals.png``, ``spectrum.png`` and ``metric_vs_ridge.png`` into ``outdir``,
-    each when there is data for it; returns their paths, with the reason for each plot left
-    out in ``.skipped`` (``method``: the solver, to say why there are no CG residuals)."""
+                 relative_ridges: Optional[Sequence[float]] = None, method: Optional[str] = None,
+                 dynamics: Optional[Dict[str, Dict[str, Any]]] = None) -> Report:
+    """Write ``cg_residuals.png``, ``spectrum.png``, ``metric_vs_ridge.png`` and ``dynamics.png``
+    into ``outdir``, each when there is data for it; returns their paths, with the reason for
+    each plot left out in ``.skipped`` (``method``: the solver, to say why there are no CG
+    residuals; ``dynamics``: ``{kind: metrics}`` of :func:`plot_dynamics`)."""
     os.makedirs(outdir, exist_ok=True)
     out = Report()
     if history is not None and np.size(history):
@@ -206,6 +281,11 @@ def write_report(outdir: str, *, history: Optional[np.ndarray] = None, ridges: O
                                               "plot against; give solver.ridge a list to compare ridges")
     else:
         out.skipped["metric_vs_ridge.png"] = "no test or validation metrics yet (run `ntkscale predict CONFIG`)"
+    if dynamics:
+        out.append(plot_dynamics(dynamics, os.path.join(outdir, "dynamics.png")))
+    else:
+        out.skipped["dynamics.png"] = ("no training dynamics yet (run `ntkscale predict CONFIG --time "
+                                       "1,10,100,1000,inf`)")
     return out
 
 

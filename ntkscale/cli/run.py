@@ -5,6 +5,7 @@ Examples::
     ntkscale run config.yaml --json           # gram -> solve -> predict; metrics JSON on the last line
     ntkscale solve config.yaml                # the Gram must be in the store
     ntkscale predict config.yaml --x new.npy -o pred.npy
+    ntkscale predict config.yaml --time 1,10,100,1000,inf -o pred_t.npy --raw raw.npz --json
     ntkscale report run.zarr -o report/
 """
 
@@ -19,6 +20,8 @@ import numpy as np
 
 from ..data import open_array
 from ..errors import InputError
+from ..predict.krylov import parse_times
+from ..stages.dynamics import TimePredictions, times_json
 from ..stages.gram import GramPipeline
 from ..stages.report import store_report
 from ..stages.run import RunPipeline
@@ -94,9 +97,26 @@ def predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variance", metavar="VAR.npy",
                    help="also write the posterior variance of every test point here (NNGP posterior, or "
                         "NTK-GP at t=inf, which needs kernel.get: [nngp, ntk])")
+    p.add_argument("--time", metavar="T1,T2,...",
+                   help="predict after training for these times (comma-separated, >= 0, 'inf' allowed: kernel "
+                        "regression), from one Lanczos run on the stored Gram; -o then writes (T, m) predictions. "
+                        "Time is in gradient steps of size --learning-rate: the flow is exp(-lr t K / N), "
+                        "N = y_train.size (neural-tangents' convention)")
+    p.add_argument("--learning-rate", type=float, metavar="LR",
+                   help="learning rate of the training dynamics (default: solver.learning_rate, else 1.0)")
+    p.add_argument("--kernel", metavar="KIND",
+                   help="with --time: nngp (only the readout trained), ntk, or all (default: the solver's kernel)")
+    p.add_argument("--raw", metavar="RAW.npz",
+                   help="with --time: write times, f_test (T, m, k) in the encoded target space, y_train as "
+                        "encoded, learning_rate and the absolute diag_reg here")
 
 
 def predict_cmd(args: argparse.Namespace) -> int:
+    if args.time is not None:
+        return _predict_times_cmd(args)
+    for flag in ("learning_rate", "kernel", "raw"):
+        if getattr(args, flag) is not None:
+            raise InputError(f"--{flag.replace('_', '-')} goes with --time T1,T2,... (training times)")
     if args.output:
         args.output = npy_path(args.output, "-o")
     if args.variance:
@@ -122,6 +142,53 @@ def predict_cmd(args: argparse.Namespace) -> int:
         m["variance"] = _write_variance(pipe, args.variance, None)
     emit(m, args.json)
     return 0
+
+
+def _predict_times_cmd(args: argparse.Namespace) -> int:
+    times = parse_times(args.time)              # bad times: exit 2 before the store is opened
+    if args.x or args.variance:
+        raise InputError("--time predicts the config's test set; it does not take --x or --variance")
+    if args.learning_rate is not None and not (np.isfinite(args.learning_rate) and args.learning_rate > 0):
+        raise InputError(f"--learning-rate must be a finite number > 0; got {args.learning_rate!r}")
+    if args.output:
+        args.output = npy_path(args.output, "-o")
+    if args.raw and not args.raw.endswith(".npz"):
+        say(f"--raw {args.raw}: writing {args.raw}.npz (.npz files carry the suffix)")
+        args.raw += ".npz"
+    kinds = None if args.kernel is None else ("all" if args.kernel == "all" else args.kernel.split(","))
+    results = pipeline(args).predict_times(times, learning_rate=args.learning_rate, kinds=kinds)
+    first = next(iter(results.values()))
+    if args.output:
+        np.save(args.output, np.asarray(first.labels), allow_pickle=False)
+    if args.raw:
+        np.savez(args.raw, times=first.times, f_test=first.f_test, y_train=first.y_train,
+                 learning_rate=first.learning_rate, diag_reg=first.diag_reg, kernel=first.kind)
+    if args.json:
+        doc = _times_doc(first)
+        if len(results) > 1:
+            doc["kernels"] = {k: _times_doc(r) for k, r in results.items()}
+        print_json(doc, indent=None)
+    else:
+        for r in results.values():
+            _print_times(r)
+    return 0
+
+
+def _times_doc(r: TimePredictions) -> Dict[str, Any]:
+    keep = ("kernel", "times", "learning_rate", "diag_reg", "N", "n_train", "n_test", "test_accuracy", "test_mse",
+            "test_r2", "train_loss", "error_estimate", "lanczos_steps", "lanczos_resumed_from", "converged", "seconds")
+    return {k: r.metrics[k] for k in keep if k in r.metrics}
+
+
+def _print_times(r: TimePredictions) -> None:
+    m = r.metrics
+    metric = next((k for k in ("test_accuracy", "test_mse") if k in m), None)
+    print(f"{r.kind}: learning rate {r.learning_rate:g}, diag_reg {r.diag_reg:.3g}, {m['lanczos_steps']} Lanczos "
+          f"steps")
+    for i, t in enumerate(times_json(r.times)):
+        val = f"  {metric} {m[metric][i]:.4f}" if metric else ""
+        print(f"  t = {t!s:<10}{val}  train_loss {m['train_loss'][i]:.4g}  error estimate "
+              f"{m['error_estimate'][i]:.2g}")
 
 
 def _write_variance(pipe: RunPipeline, path: str, x: Optional[np.ndarray]) -> Dict[str, Any]:

@@ -15,6 +15,7 @@ solver:
   tile: 2048                   # Cholesky tile (default: planned from memory)
   mode: stored                 # operator: stored | streamed | auto
   products: auto               # where Gram products run: driver | cluster | auto
+  learning_rate: 1.0           # η of `ntkscale predict --time` (neural-tangents' convention)
 task: auto                     # auto | classification | regression
 ```
 
@@ -34,7 +35,7 @@ from ..errors import ConfigError
 from .sections import Section
 
 SOLVER_KEYS = ("method", "ridge", "ridge_relative", "tol", "maxiter", "preconditioner", "ridge_path",
-               "validation_fraction", "seed", "checkpoint_every", "tile", "mode", "products")
+               "validation_fraction", "seed", "checkpoint_every", "tile", "mode", "products", "learning_rate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +62,9 @@ class SolverConfig:
     tile: Optional[int] = None
     mode: str = "stored"
     products: str = "auto"
+    #: gradient-descent learning rate η of the training dynamics (``ntkscale predict --time``):
+    #: the flow is ``exp(-η t K / N)``, N = y_train.size (neural-tangents' convention)
+    learning_rate: float = 1.0
 
     def on_cluster(self, cluster_kind: str) -> bool:
         """Run the products on the Dask cluster (``products``; auto: a non-local cluster)."""
@@ -70,6 +74,8 @@ class SolverConfig:
         out = dataclasses.asdict(self)
         out["ridge"] = list(self.ridge) if self.ridge_list else self.ridge[0]
         out.pop("ridge_list")
+        if out["learning_rate"] == 1.0:   # the default: solves recorded before the key keep their identity
+            out.pop("learning_rate")
         return out
 
 
@@ -138,6 +144,7 @@ def parse_solver(mapping: Any, source: str = "<dict>") -> Optional[SolverConfig]
         validation_fraction=fraction, seed=int(seed), checkpoint_every=sec.int("checkpoint_every", 10),
         tile=sec.int("tile"), mode=sec.choice("mode", MODES, "stored"),
         products=sec.choice("products", PRODUCTS, "auto"),
+        learning_rate=_number(sec, "learning_rate", 1.0, positive=True),
     )
 
 

@@ -1,6 +1,6 @@
 """The report of a solved store, as ``ntkscale report`` writes it: PNG plots of the
-CG residuals, a spectrum estimate of the train Gram and the test metrics per ridge,
-and ``report.json`` listing the files written and why any plot was left out."""
+CG residuals, a spectrum estimate of the train Gram, the test metrics per ridge and
+the training dynamics (``ntkscale predict --time``), and ``report.json`` listing the files written and why any plot was left out."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from ..errors import InputError
 from ..report import Report, spectrum_estimate, write_report
 from ..solvers.operator import GramOperator
 from ..store.gram_store import GramStore
+from .dynamics import stored_dynamics
 
 
 def store_report(store_path: os.PathLike | str, output: Optional[str] = None, *, rank: int = 256) -> Report:
@@ -43,7 +44,8 @@ def store_report(store_path: os.PathLike | str, output: Optional[str] = None, *,
     report = write_report(str(out), history=history, ridges=rec.get("ridges_absolute"),
                           rtol=rec.get("tol") if rec.get("method") == "cg" else None, eigenvalues=eig,
                           ridge_metrics=rows, chosen=rec.get("chosen_index"),
-                          relative_ridges=rec.get("ridges_relative"), method=rec.get("method"))
+                          relative_ridges=rec.get("ridges_relative"), method=rec.get("method"),
+                          dynamics=stored_dynamics(store))
     summary = {"store": str(store.path), "method": rec.get("method"), "ridges": rec.get("ridges_relative"),
                "written": [Path(p).name for p in report], "skipped": report.skipped}
     (out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")

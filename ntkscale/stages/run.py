@@ -9,6 +9,9 @@
 3. **Predict** -- :func:`ntkscale.stages.predict.predict` (metrics per ridge; the
    chosen ridge's are the top-level ``test_accuracy``/``test_mse``).
 
+:meth:`RunPipeline.predict_times` adds the training dynamics (predictions after
+training for a time ``t``, :mod:`ntkscale.stages.dynamics`).
+
 The stages share one :class:`~ntkscale.stages.context.RunContext`, which opens the
 store and the cluster once. The records they write are laid out in
 :mod:`ntkscale.store.records`.
@@ -28,6 +31,7 @@ from ..solvers.operator import GramOperator
 from ..store.gram_store import GramStore
 from ..store.records import jsonable
 from ..targets import TargetEncoder
+from . import dynamics as dynamics_stage
 from . import predict as predict_stage
 from . import solve as solve_stage
 from .context import RunContext, check_complete, encoder, kernel_kind
@@ -111,6 +115,14 @@ class RunPipeline:
     def predict_new(self, x: Any) -> np.ndarray:
         """Decoded predictions for new inputs ``x`` (only ``K(x, train)`` is computed)."""
         return predict_stage.predict_new(self.context, x)
+
+    def predict_times(self, times: Any, *, learning_rate: Optional[float] = None,
+                      kinds: Any = None) -> Dict[str, "dynamics_stage.TimePredictions"]:
+        """Mean test predictions after training for each time in ``times`` (``"1,10,inf"``
+        or numbers; ``inf`` is kernel regression), for the solver's kernel or ``kinds``
+        (``"nngp"``, ``"ntk"``, a list, or ``"all"``): ``{kind: TimePredictions}``
+        (see :func:`ntkscale.stages.dynamics.predict_times`)."""
+        return dynamics_stage.predict_times(self.context, times, learning_rate=learning_rate, kinds=kinds)
 
     def variance(self, x: Any = None, *, block: int = 512) -> np.ndarray:
         """Posterior variance at every test point, or at new inputs ``x``

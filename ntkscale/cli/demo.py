@@ -3,7 +3,7 @@
 Examples::
 
     ntkscale demo                   # about a minute; writes under ~/.cache/ntkscale/demo/
-    ntkscale demo --quick --json    # about ten seconds
+    ntkscale demo --quick --json    # about half a minute on 2 cores
     ntkscale demo --dir my-demo     # data, config.yaml and run.zarr in ./my-demo
 """
 
@@ -19,7 +19,7 @@ from .run import emit
 
 def demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
-                   help=f"a small run of about ten seconds ({QUICK[0]} train, {QUICK[1]} test digits)")
+                   help=f"a small run of about half a minute on 2 cores ({QUICK[0]} train, {QUICK[1]} test digits)")
     p.add_argument("--n-train", type=int, metavar="N",
                    help=f"training digits, the first N of the shuffled 5000 (default {FULL[0]}, with --quick "
                         f"{QUICK[0]})")
@@ -46,6 +46,8 @@ def demo_cmd(args: argparse.Namespace) -> int:
     else:
         print(f"test accuracy {m['test_accuracy']:.4f} ({m['n_train']} train, {m['n_test']} test, FC depth 3 NTK, "
               f"ridge {m['ridge']:g} relative) in {m['demo_seconds']:.1f} s")
-        print(f"demo files in {directory} ({human_bytes(m['directory_bytes'])}: data, config.yaml, run.zarr); "
-              f"remove them with: rm -r {directory}")
+        print(f"plots in {directory / 'report'} (training dynamics: dynamics.png; {len(m.get('report', []))} "
+              "files)")
+        print(f"demo files in {directory} ({human_bytes(m['directory_bytes'])}: data, config.yaml, run.zarr, "
+              f"report); remove them with: rm -r {directory}")
     return 0

@@ -63,7 +63,7 @@ def progress_line(p: SolveProgress) -> str:
 def identity(solver: SolverConfig, task: str, store: GramStore) -> str:
     """What a finished solve depends on (not checkpoint_every, nor where products run)."""
     s = solver.to_dict()
-    for key in ("checkpoint_every", "products"):   # how, not what: the same solution
+    for key in ("checkpoint_every", "products", "learning_rate"):   # not what the solve computes
         s.pop(key, None)
     doc = {"format": SOLVE_FORMAT, "spec_hash": store.spec_hash, "train": store.fingerprint("train"),
            "kind": kernel_kind(store), "solver": s, "task": task}

@@ -10,6 +10,9 @@ Layout (docs/store.md reserves the groups)::
                        codes with the class names in its attributes (``classes``), read
                        back as strings by :func:`load_labels`
     predict attrs      {"metrics": ..., "test_fingerprint": ...}
+    solver/lanczos_<kind>   the Lanczos basis and tridiagonal of ``predict --time`` (resumable;
+                            independent of the times and the learning rate)
+    predict/dynamics_<kind> predictions and error estimates at the requested training times
 
 ``ntkscale report`` reads ``history`` and the ridge metrics back from here.
 Every value written to attributes goes through :func:`jsonable` first.

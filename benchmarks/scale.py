@@ -133,7 +133,8 @@ def config_text(method: str, args: argparse.Namespace) -> str:
             f"data:\n  train: {{x: train_x.npy, y: train_y.npy}}\n  test: {{x: test_x.npy, y: test_y.npy}}\n"
             f"kernel:\n  layers: [{layers}]\n  get: ntk\n"
             f"store: store.zarr\ndtype: float64\n"
-            f"cluster: {{kind: local, n_workers: {args.workers}, threads_per_worker: 1, "
+            + (f"block_size: {args.block_size}\n" if getattr(args, "block_size", None) else "")
+            + f"cluster: {{kind: local, n_workers: {args.workers}, threads_per_worker: 1, "
             f"memory_limit: {args.memory_limit}}}\n"
             f"solver: {solver}\ntask: classification\n")
 
@@ -304,7 +305,9 @@ def stored_residual(config: Path) -> Dict[str, Any]:
     cols = np.linalg.norm(r, axis=0) / np.linalg.norm(Y, axis=0)
     return {"residual_max_column": float(cols.max()),
             "residual_fro": float(np.linalg.norm(r) / np.linalg.norm(Y)),
-            "ridge_absolute": lam, "method": rec["method"], "seconds": time.perf_counter() - t}
+            "ridge_absolute": lam, "method": rec["method"], "seconds": time.perf_counter() - t,
+            # the stored operator reads whole chunk rows: one panel is at least block_size x n
+            "block_size": store.block_size, "min_panel_bytes": 8 * n * min(n, store.block_size)}
 
 
 def du(path: Path) -> int:
@@ -363,7 +366,8 @@ def run_size(n: int, args: argparse.Namespace, base: Path) -> Dict[str, Any]:
               f"{comp}), solve {run['solve_s']:.1f} s, total {run['wall_s']:.1f} s; test accuracy "
               f"{run['test_accuracy']}; residual {res['residual_max_column']:.2e} (tol {tol:g}); driver "
               f"{run['driver_peak_rss_gib']:.2f} GiB, workers {workers}; wrote {run['write_bytes'] / GIB:.2f} "
-              f"GiB, read {run['read_bytes'] / GIB:.2f} GiB", flush=True)
+              f"GiB, read {run['read_bytes'] / GIB:.2f} GiB; block size {res['block_size']} (a stored-operator "
+              f"panel is >= {res['min_panel_bytes'] / GIB:.2f} GiB in the driver)", flush=True)
     out["store_bytes"] = du(store)
     first = out["runs"][args.solvers[0]]
     out["gram_stage_s"] = first["gram_stage_s"]
@@ -464,6 +468,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--rank", type=int, default=500, help="Nyström preconditioner rank")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--memory-limit", default="4GiB", help="per worker (default 4GiB)")
+    p.add_argument("--block-size", type=int, default=None,
+                   help="Gram block size (default: the planner's). The stored operator's row panels are whole "
+                        "chunk rows, block_size x n x 8 bytes, held by the driver during the solve")
     p.add_argument("--dir", help="work directory (default: $NTKSCALE_BENCH_DIR/scale or a temp dir)")
     p.add_argument("--keep-store", action="store_true", help="keep (and reuse) each size's store")
     p.add_argument("--drop-caches", action="store_true",

@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Set
 import numpy as np
 
 from .blocks import Block
+from .durable import chunk_files, fsync_files
 from .layout import FORMAT_VERSION, MANIFEST, WRITE_CONFIG, diag_path, gram_path, transpose
 from .location import StoreLocation
 
@@ -130,18 +131,28 @@ def write_block(root: Any, block: Block, values: Dict[str, np.ndarray], record: 
     import zarr  # heavy import, kept out of `import ntkscale` and `ntkscale --help`
 
     (r0, r1), (c0, c1) = block.rows, block.cols
+    local = isinstance(root, (str, os.PathLike))
+    written = []
     for kind, a in values.items():
+        path = diag_path(block.row_set, kind) if block.is_diag else gram_path(block.part, kind)
+        arr = zarr.open_array(store=root, path=path, mode="r+", zarr_format=3, config=WRITE_CONFIG)
         if block.is_diag:
-            zarr.open_array(store=root, path=diag_path(block.row_set, kind), mode="r+", zarr_format=3,
-                            config=WRITE_CONFIG)[r0:r1] = a
-            continue
-        arr = zarr.open_array(store=root, path=gram_path(block.part, kind), mode="r+", zarr_format=3,
-                              config=WRITE_CONFIG)
-        arr[r0:r1, c0:c1] = a
-        if block.mirrored:
-            arr[c0:c1, r0:r1] = transpose(a)
+            arr[r0:r1] = a
+            spans = [((r0, r1), None)]
+        else:
+            arr[r0:r1, c0:c1] = a
+            spans = [((r0, r1), (c0, c1))]
+            if block.mirrored:
+                arr[c0:c1, r0:r1] = transpose(a)
+                spans.append(((c0, c1), (r0, r1)))
+        if local:
+            written += [f for rows, cols in spans for f in chunk_files(Path(root) / path, arr.metadata, rows, cols)]
+    fsync_files(written)   # the data on disk before the entry that vouches for it
     record = dict(record, checksums={kind: CHECKSUMS[checksum](a) for kind, a in values.items()})
-    Manifest(root).put(block.key, record)
+    manifest = Manifest(root)
+    manifest.put(block.key, record)
+    if local:
+        fsync_files([manifest.dir / block.key / "zarr.json"])
     return record
 
 

@@ -77,7 +77,8 @@ class Work:
 
     def label(self) -> str:
         kind = f"cross {self.n1}×{self.n2}" if self.cross else f"symmetric {self.n1}"
-        return f"{self.net}{self.depth} {'×'.join(map(str, self.shape))} {kind} {self.dtype} {self.get}"
+        name = self.net if self.net.startswith("myrtle") or self.net == "spec" else f"{self.net}{self.depth}"
+        return f"{name} {'×'.join(map(str, self.shape))} {kind} {self.dtype} {self.get}"
 
     def to_json(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -42,7 +42,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from common import machine, save_result  # noqa: E402
-from protocol import ProtocolError, Target, Work, compare, make_inputs, side_command  # noqa: E402
+from protocol import Target, Work, compare, make_inputs, sides_vs_nt  # noqa: E402
 
 from ntkscale import stax  # noqa: E402
 from ntkscale.stax.engine import reference_image as conv_eval  # noqa: E402
@@ -151,10 +151,8 @@ def main(argv=None) -> int:
         print("bench_cntk: --no-nt: nothing to compare; build the peer with bash benchmarks/nt_venv.sh",
               file=sys.stderr)
         return 0
-    try:
-        sides = {"ntkscale": side_command("ours"), "neural-tangents": side_command("nt")}
-    except ProtocolError as exc:
-        print(f"bench_cntk: {exc}", file=sys.stderr)
+    sides = sides_vs_nt("bench_cntk")
+    if sides is None:
         return 2
     info = cpu_info()
     info["cores_used"] = args.threads

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, print_table, save_result  # noqa: E402
-from protocol import ProtocolError, Target, Work, compare, side_command  # noqa: E402
+from protocol import Target, Work, compare, sides_vs_nt  # noqa: E402
 
 CROSS_TARGET = 4.0
 
@@ -44,10 +44,8 @@ def main(argv=None) -> int:
         save_result("fc", {"machine": machine(), "args": vars(args), "rows": [], "targets": [],
                            "skipped": "neural-tangents venv not built"})
         return 0
-    try:
-        sides = {"ntkscale": side_command("ours"), "neural-tangents": side_command("nt")}
-    except ProtocolError as exc:
-        print(f"bench_fc: {exc}", file=sys.stderr)
+    sides = sides_vs_nt("bench_fc")
+    if sides is None:
         return 2
     rows, targets = [], []
     for cross in (True, False):

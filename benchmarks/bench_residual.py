@@ -26,7 +26,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import machine, save_result  # noqa: E402
-from protocol import ProtocolError, Target, Work, compare, side_command  # noqa: E402
+from protocol import Target, Work, compare, sides_vs_nt  # noqa: E402
 
 TARGET = 10.0
 
@@ -44,10 +44,8 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(HERE.parent))
     from ntkscale import stax
 
-    try:
-        sides = {"ntkscale": side_command("ours"), "neural-tangents": side_command("nt")}
-    except ProtocolError as exc:
-        print(f"bench_residual: {exc}", file=sys.stderr)
+    sides = sides_vs_nt("bench_residual")
+    if sides is None:
         return 2
     spec = stax.presets.wide_resnet(args.block_size, args.k, 10, pool=args.hw // 4)[2].spec_json
     rows, targets = [], []

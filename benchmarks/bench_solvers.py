@@ -45,6 +45,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import machine, print_table, save_result  # noqa: E402
+from protocol import reset_peak_rss, status_mib  # noqa: E402
 
 METHODS = ("scipy", "sklearn", "tiled_cholesky", "cg", "cg_nystrom", "cg_nystrom_streamed")
 RTOL = 1e-6
@@ -102,14 +103,6 @@ def write_gram(n: int, folder: Path) -> Dict[str, Any]:
     return {"gram_s": time.perf_counter() - t0, "mean_diagonal": float(diag.mean())}
 
 
-def _status_mib(field: str) -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
 def run_method(method: str, folder: str) -> Dict[str, Any]:
     """One solver in this (fresh) process: seconds, peak RSS above baseline, residual."""
     import zarr
@@ -123,9 +116,8 @@ def run_method(method: str, folder: str) -> Dict[str, Any]:
     lam = 1e-6 * float(diag.mean())
     gram = zarr.open_array(str(folder_p / "gram.zarr"), mode="r")
     n = gram.shape[0]
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
-    base = _status_mib("VmRSS")
+    reset_peak_rss()
+    base = status_mib("VmRSS")
     t0 = time.perf_counter()
     info: Dict[str, Any] = {}
     if method in ("scipy", "sklearn"):
@@ -156,7 +148,7 @@ def run_method(method: str, folder: str) -> Dict[str, Any]:
         alpha, res = cg(op, y, rtol=RTOL, M=M, maxiter=20 * n)
         info.update(iterations=res.iterations, converged=int(res) == 0, products=op.n_passes)
     seconds = time.perf_counter() - t0
-    peak = _status_mib("VmHWM") - base
+    peak = status_mib("VmHWM") - base
     check = GramOperator.from_zarr(gram, diagonal=diag).with_ridge(lam)
     residual = float(np.linalg.norm(check.matmat(alpha) - y) / np.linalg.norm(y))
     return {"method": method, "n": n, "seconds": seconds, "peak_mib": peak, "residual": residual, **info}

@@ -236,6 +236,34 @@ def side_command(kind: str, python: Optional[str] = None) -> List[str]:
     return [python or sys.executable, str(HERE / "side_server.py"), "--side", "ours"]
 
 
+def sides_vs_nt(script: str) -> Optional[Dict[str, List[str]]]:
+    """The two sides of a benchmark against neural-tangents (ntkscale's first), or None
+    after saying on stderr why the peer cannot run (its venv is not built)."""
+    try:
+        return {"ntkscale": side_command("ours"), "neural-tangents": side_command("nt")}
+    except ProtocolError as exc:
+        print(f"{script}: {exc}", file=sys.stderr)
+        return None
+
+
+def status_mib(field: str) -> float:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in MiB (Linux)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def reset_peak_rss() -> None:
+    """Reset this process's peak-RSS mark (``VmHWM``) to its current size (Linux)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:  # pragma: no cover - not Linux
+        pass
+
+
 SAME_WORK_KEYS = ("x1_shape", "x2_shape", "dtype", "out_shape", "get", "input_digest")
 
 

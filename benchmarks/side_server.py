@@ -39,23 +39,7 @@ if _cpus:
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
-from protocol import Work, build_net, input_digest, make_inputs  # noqa: E402
-
-
-def _status_mib(field: str) -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
-def _reset_peak() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:  # pragma: no cover - not Linux
-        pass
+from protocol import Work, build_net, input_digest, make_inputs, reset_peak_rss, status_mib  # noqa: E402
 
 
 class OursSide:
@@ -165,12 +149,12 @@ def serve(side_kind: str) -> None:
                 np.save(req["path"], out, allow_pickle=False)
                 reply = {"shape": list(out.shape)}
             elif op == "run":
-                before = _status_mib("VmRSS")
-                _reset_peak()
+                before = status_mib("VmRSS")
+                reset_peak_rss()
                 t0 = time.perf_counter()
                 side.compute()
                 secs = time.perf_counter() - t0
-                reply = {"seconds": secs, "peak_rss_mib": max(_status_mib("VmHWM") - before, 0.0)}
+                reply = {"seconds": secs, "peak_rss_mib": max(status_mib("VmHWM") - before, 0.0)}
             elif op in ("floor", "flops") and hasattr(side, op):
                 reply = getattr(side, op)()
             else:

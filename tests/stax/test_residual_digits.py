@@ -16,20 +16,11 @@ import pytest
 
 from ntkscale import stax
 from ntkscale.predict import gp_inference
+from tests.stax.test_conv_digits import digits_split   # the same 1200/597 split
 from tests.support.paths import REFERENCE
 
 NT_DIGITS = REFERENCE / "nt_wrn_digits.npz"
 needs_nt_digits = pytest.mark.skipif(not NT_DIGITS.exists(), reason="digits reference missing")
-
-
-def digits_split():
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).reshape(-1, 8, 8, 1)
-    perm = np.random.default_rng(0).permutation(len(x))
-    tr, te = perm[:1200], perm[1200:]
-    return x[tr], y[tr], x[te], y[te]
 
 
 def wide_resnet_regression(x_tr, y_tr, x_te, diag_reg):

@@ -197,6 +197,27 @@ def _pairs_fn(run_pairs: Any, symmetric: bool) -> Any:
     return run
 
 
+def fill_pairs(run: Any, mod: Any, dtype: Any, n1: int, n2: int, symmetric: bool, memory_budget: int,
+               want_ntk: bool) -> Tuple[Any, Any]:
+    """The ``n1 × n2`` NNGP (and NTK) from ``run(pi, pj) -> (k, t)`` over chunks of pair
+    lists sized from ``memory_budget``; a symmetric call computes the upper triangle and
+    mirrors it (CPU and CUDA paths alike)."""
+    k = mod.empty((n1, n2), dtype)
+    t = mod.empty((n1, n2), dtype) if want_ntk else None
+    chunk = int(max(LANES_MAX, min(CHUNK_PAIRS, memory_budget // 64)))
+    for pi, pj in _pair_chunks(n1, n2, symmetric, chunk):
+        pi, pj = mod.asarray(pi), mod.asarray(pj)
+        ok, ot = run(pi, pj)
+        k[pi, pj] = ok
+        if symmetric:
+            k[pj, pi] = ok
+        if want_ntk:
+            t[pi, pj] = ot
+            if symmetric:
+                t[pj, pi] = ot
+    return k, t
+
+
 def evaluate(layers: List[LayerImpl], plan: ImagePlan, x1: Any, x2: Optional[Any], *,
              want_ntk: bool, memory_budget: int, xp: Any = None,
              run_pairs: Any = None) -> Dict[str, Any]:
@@ -220,19 +241,8 @@ def evaluate(layers: List[LayerImpl], plan: ImagePlan, x1: Any, x2: Optional[Any
         v1 = _variances(layers, prog, plan, x1, xp)
         v2 = v1 if symmetric else _variances(layers, prog, plan, x2f, xp)
     n1, n2 = x1.shape[0], x2f.shape[0]
-    k = mod.empty((n1, n2), x1.dtype)
-    t = mod.empty((n1, n2), x1.dtype) if want_ntk else None
-    chunk = int(max(LANES_MAX, min(CHUNK_PAIRS, memory_budget // 64)))
-    for pi, pj in _pair_chunks(n1, n2, symmetric, chunk):
-        pi, pj = mod.asarray(pi), mod.asarray(pj)
-        ok, ot = run_pairs(prog, x1, x2f, v1, v2, pi, pj, want_ntk)
-        k[pi, pj] = ok
-        if symmetric:
-            k[pj, pi] = ok
-        if want_ntk:
-            t[pi, pj] = ot
-            if symmetric:
-                t[pj, pi] = ot
+    k, t = fill_pairs(lambda pi, pj: run_pairs(prog, x1, x2f, v1, v2, pi, pj, want_ntk), mod, x1.dtype,
+                      n1, n2, symmetric, memory_budget, want_ntk)
     if _needs_tail_variances(layers, prog):
         idx1 = mod.arange(n1, dtype=mod.int64)
         tail_var1 = (k[idx1, idx1].copy() if symmetric

@@ -30,10 +30,10 @@ import numpy as np
 
 from ...backend import namespace_of
 from . import cuda_kernels
-from .cpu_slab import CHUNK_PAIRS, _module, _needs_tail_variances, _pair_chunks, _tail, _variances
+from .cpu_slab import _module, _needs_tail_variances, _tail, _variances, fill_pairs
 from .program_walk import flatten
 from .reference_image import ImagePlan
-from .slab_program import LANES_MAX, Program, unsupported as slab_unsupported
+from .slab_program import Program, unsupported as slab_unsupported
 from ..layers.base import LayerImpl
 
 #: Layers this kernel runs on images (registry names), up to and including the
@@ -252,20 +252,8 @@ def evaluate(layers: List[LayerImpl], plan: ImagePlan, x1: Any, x2: Optional[Any
     var1, self1 = _prepare(layers, plan, prog, x1, xp, budget)
     var2, self2 = (var1, self1) if symmetric else _prepare(layers, plan, prog, x2f, xp, budget)
     n1, n2 = int(x1.shape[0]), int(x2f.shape[0])
-    k = mod.empty((n1, n2), x1.dtype)
-    t = mod.empty((n1, n2), x1.dtype) if want_ntk else None
-    chunk = int(max(LANES_MAX, min(CHUNK_PAIRS, budget // 64)))
-    for pi, pj in _pair_chunks(n1, n2, symmetric, chunk):
-        pi, pj = mod.asarray(pi), mod.asarray(pj)
-        ok, ot = run_pairs(prog, x1, x2f, var1, var2, pi, pj, want_ntk, budget=budget,
-                           same=symmetric)
-        k[pi, pj] = ok
-        if symmetric:
-            k[pj, pi] = ok
-        if want_ntk:
-            t[pi, pj] = ot
-            if symmetric:
-                t[pj, pi] = ot
+    k, t = fill_pairs(lambda pi, pj: run_pairs(prog, x1, x2f, var1, var2, pi, pj, want_ntk, budget=budget,
+                                               same=symmetric), mod, x1.dtype, n1, n2, symmetric, budget, want_ntk)
     if not _needs_tail_variances(layers, prog):
         tail1, tail2 = mod.zeros(n1, x1.dtype), mod.zeros(n2, x1.dtype)
     elif symmetric:

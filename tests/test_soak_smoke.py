@@ -37,7 +37,7 @@ def test_fuzz_and_corrupt_trials_all_pass(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert _rows(r.stdout)["fuzz"] == (200, 200, 0)          # >= 200 fuzzed configs, no traceback
     assert report["failures"] == [] and "FAILED" not in r.stdout
-    r, report = _soak("--seed", "2", "--budget", "20", "--only", "corrupt", tmp_path=tmp_path, name="c.json")
+    r, report = _soak("--seed", "2", "--budget", "30", "--only", "corrupt", tmp_path=tmp_path, name="c.json")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     corrupt = _rows(r.stdout)["corrupt"]
     assert corrupt[0] >= 2 and corrupt[1] == corrupt[0] and corrupt[2] == 0, r.stdout

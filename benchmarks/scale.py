@@ -33,11 +33,12 @@ solution (``solver/alpha``). Targets (``benchmarks/protocol.Target``): driver pe
 (Cholesky), and Gram throughput per entry at the largest n >= 80 % of that at
 n ~ 16384 when both ran. Whether the Gram exceeded physical RAM is stated.
 
-The page cache: the store does not fsync its chunk writes (checked: no fsync in
-ntkscale/store), so a Gram that fits in RAM may be read back from the page cache.
-``--drop-caches`` (root only: writes 3 to /proc/sys/vm/drop_caches after a ``sync``)
-runs the Gram stage alone (``ntkscale gram``), drops the cache, then ``ntkscale run``
-(which reuses the Gram), and drops it again before each later solver. Without root
+The page cache: the store fsyncs each block's chunk files before the block's manifest
+entry (ntkscale/store/durable.py), so the Gram stage's time includes getting the data
+onto the disk. A Gram that fits in RAM may still be read back from the page cache by the
+solve. ``--drop-caches`` (root only: writes 3 to /proc/sys/vm/drop_caches after a
+``sync``) runs the Gram stage alone (``ntkscale gram``), drops the cache, then ``ntkscale
+run`` (which reuses the Gram), and drops it again before each later solver. Without root
 the flag is refused. At n = 60000 the 28.8 GB Gram exceeds this machine's 23 GiB, so
 the solve reads from disk either way.
 
@@ -503,8 +504,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     result: Dict[str, Any] = {"machine": machine(), "ntkscale": getattr(ntkscale, "__version__", "?"),
                               "versions": versions(), "settings": {k: v for k, v in vars(args).items()},
-                              "dir": str(base), "fsync": "the store does not fsync chunk writes (no fsync in "
-                                                         "ntkscale/store); --drop-caches was "
+                              "dir": str(base), "fsync": "each block's chunk files are fsynced before its manifest "
+                                                         "entry (ntkscale/store/durable.py); --drop-caches was "
                                                          f"{'on' if args.drop_caches else 'off'}",
                               "sizes": []}
     if not args.no_warmup:       # numba compiles and caches once, outside the timed runs

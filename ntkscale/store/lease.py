@@ -10,9 +10,12 @@ Zarr group whose attributes name the holder), written only by conditional reques
   version that was read, so of two runs taking over a stale lease only one wins;
 * **hold** — the holder renews it every ``ttl/3`` (``If-Match`` its own last ETag),
   moving ``expires_unix`` forward; a renewal that finds another ETag means the lease
-  was taken over: the holder records that it lost the lease, stops renewing, and its
-  command fails at the end naming the new holder (finished blocks are kept; a block
-  written by both runs is the same deterministic block, checksummed in the manifest);
+  was taken over: the holder records that it lost the lease, stops renewing, and stops
+  its command at once: a lease taken in the main thread interrupts it (the way Ctrl-C
+  does), and the ``with`` block turns that into :class:`StoreBusyError` naming the new
+  holder (finished blocks are kept; a block written by both runs is the same
+  deterministic block, checksummed in the manifest). A lease taken in another thread
+  cannot interrupt it: that command fails when its ``with`` block ends;
 * **expire** — a lease not renewed for ``ttl`` seconds (its holder was killed, its
   node lost) is stale: the next run takes it over at once, without waiting. Expiry
   compares ``expires_unix`` (the holder's clock) with the reader's clock plus
@@ -36,6 +39,7 @@ import os
 import socket
 import sys
 import threading
+import _thread
 import time
 import uuid
 from pathlib import Path
@@ -165,6 +169,8 @@ class LeaseLock:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._mutex = threading.Lock()
+        self._interrupts = False                 # whether losing the lease interrupts the main thread
+        self._interrupted = False
 
     @property
     def held(self) -> bool:
@@ -218,6 +224,7 @@ class LeaseLock:
                                      "two runs on one store are refused")
             time.sleep(0.1)
         self._stop.clear()
+        self._interrupts = threading.current_thread() is threading.main_thread()
         self._thread = threading.Thread(target=self._renew_loop, name="ntkscale-lease", daemon=True)
         self._thread.start()
         return self
@@ -246,6 +253,11 @@ class LeaseLock:
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.ttl / 3.0):
             if not self.renew() and self.lost is not None:
+                if self._interrupts and not self._stop.is_set():
+                    # stop the command now rather than at its end: another run writes this
+                    # store. KeyboardInterrupt in the main thread; __exit__ names the cause.
+                    self._interrupted = True
+                    _thread.interrupt_main()
                 return
 
     def release(self) -> None:
@@ -264,10 +276,17 @@ class LeaseLock:
         return self.acquire()
 
     def __exit__(self, exc_type: Any, *rest: Any) -> None:
-        self.release()
-        if self.lost is not None and exc_type is None:
-            raise StoreBusyError(f"store {self.location.url}: {self.lost} while `{self.command}` ran; its "
-                                 "finished blocks are kept: check the store with `ntkscale verify`")
+        try:
+            self.release()
+        except KeyboardInterrupt:      # our own interrupt, landing while release joins the renewer
+            if not self._interrupted:
+                raise
+            exc_type = KeyboardInterrupt
+        stopped_by_us = self._interrupted and exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        if self.lost is not None and (exc_type is None or stopped_by_us):
+            how = "it was stopped at once" if stopped_by_us else "it stopped"
+            raise StoreBusyError(f"store {self.location.url}: {self.lost} while `{self.command}` ran; {how}, "
+                                 "its finished blocks are kept: check the store with `ntkscale verify`") from None
 
 
 def _holder_of(data: Optional[bytes]) -> Optional[Dict[str, Any]]:

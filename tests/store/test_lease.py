@@ -93,6 +93,44 @@ def test_an_expired_lease_is_taken_over_and_its_old_holder_learns_it(where):
     new.release()
 
 
+def test_a_lease_lost_while_the_command_runs_stops_it_at_once(where):
+    """Another run takes the lease over mid-command: the holder's next renewal sees it and
+    interrupts the main thread; the ``with`` block reports it, naming the new holder."""
+    lock = LeaseLock(where, command="ntkscale gram slow.yaml", ttl=1.5)
+    other = {"pid": 4242, "host": "elsewhere", "command": "ntkscale gram other.yaml", "lease_id": "x",
+             "ttl_s": 60.0, "renewed_unix": time.time(), "expires_unix": time.time() + 60.0}
+    t0 = time.monotonic()
+    with pytest.raises(StoreBusyError, match=r"taken over by pid 4242 on elsewhere.*stopped at once"):
+        with lock:
+            s3fs_client().pipe_file(where.key(LEASE_REL), json.dumps(
+                {"zarr_format": 3, "node_type": "group", "attributes": {"holder": other}}).encode())
+            while time.monotonic() - t0 < 20.0:                 # a long command, in small steps
+                time.sleep(0.05)
+    assert time.monotonic() - t0 < 3.0                          # one renewal period (0.5 s), not the command's end
+    assert _doc(where)["command"] == "ntkscale gram other.yaml"  # the new holder's lease is left alone
+
+
+def test_a_lease_held_by_a_worker_thread_reports_the_loss_at_its_end(where):
+    errors = []
+
+    def hold():
+        lock = LeaseLock(where, command="thread", ttl=1.5)
+        try:
+            with lock:
+                s3fs_client().pipe_file(where.key(LEASE_REL), json.dumps(
+                    {"zarr_format": 3, "node_type": "group",
+                     "attributes": {"holder": {"pid": 1, "host": "h", "command": "c", "lease_id": "y",
+                                               "ttl_s": 60.0, "expires_unix": time.time() + 60}}}).encode())
+                time.sleep(1.5)
+        except StoreBusyError as exc:
+            errors.append(str(exc))
+
+    t = threading.Thread(target=hold)
+    t.start()
+    t.join()
+    assert len(errors) == 1 and "taken over" in errors[0] and "it stopped" in errors[0]
+
+
 def test_the_holder_renews_its_lease(where):
     lock = LeaseLock(where, ttl=1.5).acquire()
     try:

@@ -299,7 +299,7 @@ def stored_residual(config: Path) -> Dict[str, Any]:
     y = np.asarray(store.y("train")[...])
     Y = encode_targets(y, rec["task"]).transform(y, "y_train")
     n = store.n_train
-    op = GramOperator.from_zarr(store.train_array("ntk"), diagonal=store.diag("train", "ntk"),
+    op = GramOperator.from_zarr(store.train_array("ntk"), diagonal=store.diag("train", "ntk"), mirrored=True,
                                 block_rows=max(1, (256 * 2 ** 20) // (8 * n)))
     t = time.perf_counter()
     r = op.matmat(alpha) + lam * alpha - Y

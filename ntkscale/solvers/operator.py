@@ -5,7 +5,11 @@ A :class:`GramOperator` is a :class:`scipy.sparse.linalg.LinearOperator`
 in one process. Its entries come from a *panel source*:
 
 * :class:`ArraySource`  - an in-memory array (one BLAS call per product);
-* :class:`ZarrSource`   - a Zarr array read by row panels (the stored Gram);
+* :class:`ZarrSource`   - a Zarr array read by row panels (the stored Gram); a
+  ``mirrored`` one (the store's train Gram, whose lower blocks are exact transposes
+  of its upper ones) is read only from the diagonal rightwards: each product reads
+  about half the bytes and uses every block twice (``K[a, b] x_b`` and
+  ``K[a, b]^T x_a``);
 * :class:`KernelSource` - blocks recomputed on the fly from ``kernel_fn`` and
   the inputs ("streamed" mode, for Grams larger than the disk).
 
@@ -32,102 +36,10 @@ import numpy as np
 import scipy.sparse.linalg
 
 from ..errors import InputError
+from .panel_sources import ArraySource, KernelSource, ZarrSource, _half_panel_matmat, _panel_matmat
 
 #: Default bytes of one row panel held in memory by a product.
 DEFAULT_PANEL_BYTES = 256 * 2**20
-
-
-# --------------------------------------------------------------------------- sources
-class ArraySource:
-    """Panels of an in-memory (or memory-mapped) array."""
-
-    def __init__(self, array: Any):
-        self.array = array
-        self.shape = tuple(array.shape)
-        self.dtype = np.dtype(array.dtype)
-        self.chunk_rows = None
-
-    def read(self, i0: int, i1: int) -> np.ndarray:
-        return np.asarray(self.array[i0:i1])
-
-    def rows(self, idx: np.ndarray) -> np.ndarray:
-        return np.asarray(self.array[np.asarray(idx)])
-
-    def diagonal(self) -> np.ndarray:
-        return np.array(np.diagonal(self.array))
-
-
-class ZarrSource:
-    """Panels of a 2-D Zarr array (e.g. the store's ``gram/train``).
-
-    Pickles as the array (store URL + path), so a worker opens it itself.
-    ``diagonal`` may be given (the store keeps ``k(x, x)``); otherwise it is
-    read from the diagonal chunks only.
-    """
-
-    def __init__(self, array: Any, diagonal: Optional[np.ndarray] = None):
-        if getattr(array, "ndim", None) != 2:
-            raise InputError(f"the Gram array must be 2-D; got shape {getattr(array, 'shape', None)}")
-        self.array = array
-        self.shape = tuple(int(s) for s in array.shape)
-        self.dtype = np.dtype(array.dtype)
-        self.chunk_rows = int(array.chunks[0])
-        self._diagonal = None if diagonal is None else np.asarray(diagonal)
-
-    def read(self, i0: int, i1: int) -> np.ndarray:
-        return np.asarray(self.array[i0:i1, :])
-
-    def rows(self, idx: np.ndarray) -> np.ndarray:
-        # Zarr decodes whole chunks: one row costs a chunk-row of I/O. Pivoted
-        # Cholesky (few rows) is therefore better fed by KernelSource.
-        return np.asarray(self.array.get_orthogonal_selection((np.asarray(idx), slice(None))))
-
-    def diagonal(self) -> np.ndarray:
-        if self._diagonal is not None:
-            return self._diagonal.copy()
-        n = min(self.shape)
-        c = int(self.array.chunks[0])
-        return np.concatenate([np.diagonal(np.asarray(self.array[i:min(i + c, n), i:min(i + c, n)]))
-                               for i in range(0, n, c)])
-
-
-class KernelSource:
-    """Panels recomputed on the fly: ``kernel_fn(x1[i0:i1], x2, get=get)``.
-
-    ``x2=None`` means the symmetric train Gram ``K(x1, x1)``. Nothing is read
-    from disk; every product recomputes the blocks ("streamed" mode).
-    """
-
-    def __init__(self, kernel_fn: Any, x1: Any, x2: Any = None, get: str = "ntk",
-                 dtype: Any = None, memory_budget: Optional[int] = None):
-        self.kernel_fn = kernel_fn
-        self.x1 = np.asarray(x1)
-        self.x2 = None if x2 is None else np.asarray(x2)
-        self.get = get
-        self.dtype = np.dtype(dtype or self.x1.dtype)
-        self.shape = (len(self.x1), len(self.x1 if self.x2 is None else self.x2))
-        self.chunk_rows = None
-        self.memory_budget = memory_budget
-
-    def _cols(self) -> np.ndarray:
-        return self.x1 if self.x2 is None else self.x2
-
-    def read(self, i0: int, i1: int) -> np.ndarray:
-        k = self.kernel_fn(self.x1[i0:i1], self._cols(), get=self.get, memory_budget=self.memory_budget)
-        return np.asarray(k, dtype=self.dtype)
-
-    def rows(self, idx: np.ndarray) -> np.ndarray:
-        k = self.kernel_fn(self.x1[np.asarray(idx)], self._cols(), get=self.get, memory_budget=self.memory_budget)
-        return np.asarray(k, dtype=self.dtype)
-
-    def diagonal(self) -> np.ndarray:
-        return np.asarray(self.kernel_fn.diag(self.x1, get=self.get), dtype=self.dtype)
-
-
-def _panel_matmat(source: Any, i0: int, i1: int, x: np.ndarray) -> np.ndarray:
-    """Worker task: read (or compute) one row panel and return ``panel @ x``."""
-    panel = source.read(i0, i1)
-    return panel @ x if panel.dtype == x.dtype else panel.astype(x.dtype, copy=False) @ x
 
 
 # --------------------------------------------------------------------------- operator
@@ -170,8 +82,11 @@ class GramOperator(scipy.sparse.linalg.LinearOperator):
         return cls(ArraySource(k), **kw)
 
     @classmethod
-    def from_zarr(cls, array: Any, *, diagonal: Optional[np.ndarray] = None, **kw: Any) -> "GramOperator":
-        return cls(ZarrSource(array, diagonal=diagonal), **kw)
+    def from_zarr(cls, array: Any, *, diagonal: Optional[np.ndarray] = None, mirrored: bool = False,
+                  **kw: Any) -> "GramOperator":
+        """A stored Gram; ``mirrored``: square, its lower blocks exact transposes of the
+        upper ones (the store's train Gram), so products read only the upper half."""
+        return cls(ZarrSource(array, diagonal=diagonal, mirrored=mirrored), **kw)
 
     @classmethod
     def from_kernel(cls, kernel_fn: Any, x1: Any, x2: Any = None, *, get: str = "ntk",
@@ -248,6 +163,10 @@ class GramOperator(scipy.sparse.linalg.LinearOperator):
         self._stats["columns"] += x.shape[1]
         if isinstance(self.source, ArraySource) and self.client is None and self.source.dtype == dtype:
             y = np.asarray(self.source.array @ x)  # one BLAS call
+        elif self.client is None and self._half:
+            y = np.zeros((self.shape[0], x.shape[1]), dtype=dtype)
+            for i0, i1 in self.panels():
+                y[i0:] += _half_panel_matmat(self.source, i0, i1, x)
         elif self.client is None:  # by panels (also bounds the upcast copy of a float32 Gram)
             y = np.empty((self.shape[0], x.shape[1]), dtype=dtype)
             for i0, i1 in self.panels():
@@ -272,11 +191,22 @@ class GramOperator(scipy.sparse.linalg.LinearOperator):
             self._scattered = client.scatter(self.source, broadcast=True, hash=False)
         xf = client.scatter(x, broadcast=True, hash=False)
         workers = sorted(client.scheduler_info(n_workers=-1)["workers"]) if _n_workers(client) else []
+        task = _half_panel_matmat if self._half else _panel_matmat
         futures = []
         for p, (i0, i1) in enumerate(self.panels()):
             kw = {"workers": [workers[p % len(workers)]], "allow_other_workers": True} if workers else {}
-            futures.append(client.submit(_panel_matmat, self._scattered, i0, i1, xf, pure=False, **kw))
-        return np.concatenate(client.gather(futures), axis=0)
+            futures.append(client.submit(task, self._scattered, i0, i1, xf, pure=False, **kw))
+        if not self._half:
+            return np.concatenate(client.gather(futures), axis=0)
+        y = np.zeros((self.shape[0], x.shape[1]), dtype=x.dtype)
+        for (i0, _), part in zip(self.panels(), client.gather(futures)):
+            y[i0:] += part
+        return y
+
+    @property
+    def _half(self) -> bool:
+        """Products read only the upper half (a mirrored symmetric stored Gram)."""
+        return self.symmetric and bool(getattr(self.source, "mirrored", False))
 
     def _adjoint(self) -> "GramOperator":
         if not self.symmetric:
@@ -377,8 +307,11 @@ def choose_mode(kernel_fn: Any, input_shape: Sequence[int], n: int, *, itemsize:
 
 def make_operator(*, mode: str = "auto", array: Any = None, kernel_fn: Any = None, x: Any = None,
                   get: str = "ntk", client: Any = None, diagonal: Optional[np.ndarray] = None,
-                  choice_kw: Optional[dict] = None, **kw: Any) -> GramOperator:
+                  choice_kw: Optional[dict] = None, mirrored: bool = False, **kw: Any) -> GramOperator:
     """Build the train-Gram operator in ``mode`` memory|stored|streamed|auto.
+
+    ``mirrored``: a stored ``array`` is the store's train Gram, whose lower blocks are
+    exact transposes of its upper ones (products then read half of it).
 
     ``auto`` uses :func:`choose_mode` when both a stored array and
     ``kernel_fn``/``x`` are available; otherwise whichever exists.
@@ -401,7 +334,7 @@ def make_operator(*, mode: str = "auto", array: Any = None, kernel_fn: Any = Non
             raise InputError("mode 'stored' needs the Gram array (the store has no train Gram yet?)")
         if isinstance(array, np.ndarray):
             return GramOperator.from_array(array, client=client, **kw)
-        return GramOperator.from_zarr(array, diagonal=diagonal, client=client, **kw)
+        return GramOperator.from_zarr(array, diagonal=diagonal, mirrored=mirrored, client=client, **kw)
     if mode == "streamed":
         if kernel_fn is None or x is None:
             raise InputError("mode 'streamed' needs kernel_fn and the inputs x")

@@ -150,7 +150,7 @@ class RunContext:
         x = np.asarray(store.inputs("train")[...]) if recompute else None
         kfn = recompute_kernel_fn(store, "solver.mode: streamed") if recompute else None
         return make_operator(mode=self.solver.mode, array=store.train_array(kind), diagonal=store.diag("train", kind),
-                             kernel_fn=kfn, x=x, get=kind,
+                             kernel_fn=kfn, x=x, get=kind, mirrored=True,
                              client=self.client if self.products_on_cluster else None)
 
 

@@ -108,7 +108,7 @@ def operator_for(ctx: RunContext, kind: str) -> GramOperator:
     store, sv = ctx.store, ctx.solver
     x = np.asarray(store.inputs("train")[...]) if sv.mode != "stored" else None
     return make_operator(mode=sv.mode, array=store.train_array(kind), diagonal=store.diag("train", kind),
-                         kernel_fn=store.kernel_fn() if x is not None else None, x=x, get=kind,
+                         kernel_fn=store.kernel_fn() if x is not None else None, x=x, get=kind, mirrored=True,
                          client=ctx.client if ctx.products_on_cluster else None)
 
 

@@ -32,7 +32,7 @@ def store_report(store_path: os.PathLike | str, output: Optional[str] = None, *,
         raise InputError(f"{store.path} has no solve yet: run `ntkscale solve CONFIG` or `ntkscale run CONFIG`")
     history = np.asarray(group["history"][...]) if "history" in group else None
     kind = rec.get("kind") or store.kinds[0]
-    op = GramOperator.from_zarr(store.train_array(kind), diagonal=store.diag("train", kind))
+    op = GramOperator.from_zarr(store.train_array(kind), diagonal=store.diag("train", kind), mirrored=True)
     eig = spectrum_estimate(op, rank=min(rank, store.n_train))
     try:
         metrics = dict(store.group("predict").attrs).get("metrics") or {}

@@ -97,6 +97,38 @@ def test_distributed_products_read_panels_on_workers(zgram):
         # the tasks ran on the workers: each read its own panel from Zarr
         tasks = client.run(lambda dask_worker: len(dask_worker.state.tasks))
         assert len(tasks) == 2
+        # a mirrored Gram: the same products from the upper half only, on the workers too
+        half = GramOperator.from_zarr(_upper_only(z, k), client=client, block_rows=64, ridge=0.25, mirrored=True)
+        np.testing.assert_allclose(half.matmat(x), k @ x + 0.25 * x, rtol=1e-12)
+
+
+def _upper_only(z, k):
+    """``z`` rewritten with garbage below the diagonal blocks (chunks of 64): a product that
+    reads only the diagonal blocks and the blocks right of them still gets ``k @ x``."""
+    g = k.copy()
+    for i0 in range(64, k.shape[0], 64):
+        g[i0:, i0 - 64:i0] = np.nan if i0 % 128 else -7.0
+    z[:] = g
+    return z
+
+
+def test_a_mirrored_gram_is_read_from_the_diagonal_rightwards(zgram):
+    k, z = zgram
+    x = np.random.default_rng(4).standard_normal((230, 5))
+    for rows in (100, 128, 230):          # panels of any height over a symmetric Gram
+        op = GramOperator.from_zarr(z, ridge=0.5, block_rows=rows, mirrored=True)
+        np.testing.assert_allclose(op.matmat(x), k @ x + 0.5 * x, rtol=1e-12)
+        np.testing.assert_allclose(op.matvec(x[:, 1]), k @ x[:, 1] + 0.5 * x[:, 1], rtol=1e-12)
+    z = _upper_only(z, k)                 # panels of one chunk row never read below the diagonal
+    op = GramOperator.from_zarr(z, ridge=0.5, block_rows=64, mirrored=True)
+    np.testing.assert_allclose(op.matmat(x), k @ x + 0.5 * x, rtol=1e-12)
+    with pytest.raises(InputError, match="NaN"):    # (the garbage is there: full panels read it)
+        GramOperator.from_zarr(z, block_rows=64).matmat(x)
+    cg = scipy.sparse.linalg.cg(op, x[:, 0], rtol=1e-12)[0]
+    np.testing.assert_allclose((k + 0.5 * np.eye(230)) @ cg, x[:, 0], rtol=1e-8, atol=1e-9)
+    with pytest.raises(InputError, match="a mirrored Gram is square"):
+        GramOperator.from_zarr(zarr.create_array(zarr.storage.MemoryStore(), shape=(5, 7), dtype="f8"),
+                               mirrored=True)
 
 
 def test_choose_mode_from_the_cost_model():

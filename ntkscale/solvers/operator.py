@@ -276,7 +276,7 @@ class ModeChoice:
 def choose_mode(kernel_fn: Any, input_shape: Sequence[int], n: int, *, itemsize: int = 8,
                 read_bandwidth: float = 500e6, flop_rate: float = 2e9,
                 gram_stored: bool = True, free_disk: Optional[float] = None,
-                passes: int = 100, m: Optional[int] = None) -> ModeChoice:
+                passes: int = 100, m: Optional[int] = None, read_fraction: float = 1.0) -> ModeChoice:
     """Pick "stored" (read the Gram) or "streamed" (recompute its blocks).
 
     Per pass over an ``m x n`` Gram (``m = n`` by default) reading costs
@@ -284,13 +284,15 @@ def choose_mode(kernel_fn: Any, input_shape: Sequence[int], n: int, *, itemsize:
     ``m n flops / flop_rate`` with ``flops = kernel_fn.cost(input_shape)["flops"]``.
     A Gram not yet stored is worth storing when computing it once plus
     ``passes`` reads is cheaper than ``passes`` recomputations, and it fits on
-    the disk (``free_disk`` bytes). Bandwidth and flop rate are per cluster;
+    the disk (``free_disk`` bytes). ``read_fraction``: the share of the Gram one pass
+    reads (0.5 for a mirrored train Gram, read from the diagonal rightwards). Bandwidth
+    and flop rate are per cluster;
     ``ntkscale.costs.measure.measure_read_bandwidth`` and ``measure_flop_rate`` calibrate them.
     """
     m = n if m is None else m
     entries = float(m) * float(n)
     flops = float(kernel_fn.cost(tuple(input_shape))["flops"])
-    read_s = entries * itemsize / read_bandwidth
+    read_s = entries * itemsize * read_fraction / read_bandwidth
     compute_s = entries * flops / flop_rate
     nbytes = entries * itemsize
     if not gram_stored and free_disk is not None and nbytes > free_disk:

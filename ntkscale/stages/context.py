@@ -15,9 +15,10 @@ import numpy as np
 from ..cluster.client import open_client
 from ..config.run import RunConfig
 from ..config.solver import SolverConfig
+from ..costs.measure import measure_flop_rate, measure_read_bandwidth
 from ..errors import InputError, StoreDamagedError
 from ..gram.progress import say
-from ..solvers.operator import GramOperator, make_operator
+from ..solvers.operator import GramOperator, choose_mode, make_operator
 from ..store.gram_store import GramStore, StoreError
 from ..store.location import StoreLocation, register_options
 from ..targets import TargetEncoder, encode_targets
@@ -149,9 +150,25 @@ class RunContext:
         recompute = self.solver.mode == "streamed" or (self.solver.mode != "stored" and not store.has_patterns)
         x = np.asarray(store.inputs("train")[...]) if recompute else None
         kfn = recompute_kernel_fn(store, "solver.mode: streamed") if recompute else None
-        return make_operator(mode=self.solver.mode, array=store.train_array(kind), diagonal=store.diag("train", kind),
+        array = store.train_array(kind)
+        mode = self.solver.mode
+        if mode == "auto" and kfn is not None:
+            mode = self._measured_mode(array, kfn, x, store.path)
+        return make_operator(mode=mode, array=array, diagonal=store.diag("train", kind),
                              kernel_fn=kfn, x=x, get=kind, mirrored=True,
                              client=self.client if self.products_on_cluster else None)
+
+    def _measured_mode(self, array: Any, kernel_fn: Any, x: np.ndarray, where: str) -> str:
+        """``solver.mode: auto``: read the stored Gram or recompute it, from this store's
+        read bandwidth (a few chunks read now: local disk and object storage differ by
+        orders of magnitude) and this machine's kernel flop rate, both measured here."""
+        bandwidth = measure_read_bandwidth(array)
+        flops = measure_flop_rate(kernel_fn, x)
+        choice = choose_mode(kernel_fn, x.shape[1:], len(x), itemsize=np.dtype(array.dtype).itemsize,
+                             read_bandwidth=bandwidth, flop_rate=flops, read_fraction=0.5)
+        self.say(f"solve: Gram products {choice.mode}: {choice.reason} (read {bandwidth / 1e6:.0f} MB/s "
+                 f"measured on {where}, kernel {flops / 1e9:.2f} GFLOP/s measured here)")
+        return choice.mode
 
 
 def recompute_kernel_fn(store: GramStore, what: str) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -97,6 +98,20 @@ def test_run_json_regression_last_line(tmp_path, capsys):
     assert m["task"] == "regression" and 0 <= m["test_mse"] < 0.2 and m["test_r2"] > 0.5
     assert "computing" in out.err and "(streamed;" in out.err   # progress on stderr
     assert "ridges" not in m
+
+
+def test_solver_mode_auto_measures_the_store_and_the_kernel(tmp_path, capsys):
+    """``mode: auto`` decides from this store's read bandwidth and this machine's flop
+    rate, both measured when the solve starts, and says which it chose and why."""
+    data = blobs(tmp_path, n=90, m=30, regression=True)
+    cfg = write_config(tmp_path, run_config(data, solver={"method": "cg", "ridge": 1e-3, "tol": 1e-8,
+                                                          "mode": "auto"}))
+    assert main(["run", str(cfg), "--json"]) == 0
+    out = capsys.readouterr()
+    line = next(l for l in out.err.splitlines() if "Gram products" in l)
+    assert re.search(r"solve: Gram products (stored|streamed): .* beats .* \(read \d+ MB/s measured on "
+                     r"\S+, kernel [\d.]+ GFLOP/s measured here\)", line), line
+    assert last_json(out.out)["test_r2"] > 0.5
 
 
 def test_ridge_list_selected_on_validation(tmp_path, capsys):

@@ -136,6 +136,18 @@ def test_solve_and_predict_from_the_bucket(world):
         assert main([cmd, str(cfg)]) == 0, cmd
 
 
+def test_solver_mode_auto_measures_the_bucket(world, capsys):
+    """``solver.mode: auto`` on a bucket's store measures the read bandwidth of the
+    bucket's own chunks (not the local disk's) before choosing stored or streamed."""
+    cfg = dict(world["remote"], solver={"method": "cg", "ridge": 1e-3, "tol": 1e-10, "mode": "auto"})
+    assert main(["solve", str(write_config(world["tmp"], cfg, "remote-auto.yaml"))]) == 0
+    line = next(l for l in capsys.readouterr().err.splitlines() if "Gram products" in l)
+    assert f"MB/s measured on {world['url']}" in line, line
+    K, y = world["ref"]["train/ntk"], np.load(world["data"]["y"])
+    alpha = np.linalg.solve(K + 1e-3 * np.mean(np.diag(K)) * np.eye(len(K)), y)
+    np.testing.assert_allclose(GramStore.open(world["url"]).group("solver")["alpha"][0], alpha, rtol=1e-6, atol=1e-8)
+
+
 def test_a_corrupted_object_is_found_by_verify_and_repaired(world, capsys):
     url, bucket = world["url"], world["bucket"]
     fs = s3fs_client()

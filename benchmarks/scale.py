@@ -16,7 +16,8 @@ b_std=0.1), Relu], Dense), ``get: ntk``, float64, a local cluster of 2 workers w
 explicit ``memory_limit``. For each n the script writes x/y ``.npy`` files and one
 config per solver into ``--dir``/n<N>/, then runs ``ntkscale run CONFIG --json`` once
 per solver (``--solvers cg,cholesky``: CG with the Nyström preconditioner, then the
-tiled Cholesky). All configs name the same store, whose identity does not depend on
+tiled Cholesky), products on the workers (``--products``). A CG product reads only the
+upper half of the stored train Gram (its lower blocks are exact mirrors). All configs name the same store, whose identity does not depend on
 the solver section, so the second run finds every Gram block done and only solves and
 predicts again (it overwrites the store's ``solver/`` and ``predict/`` groups, which is
 why each solution is checked right after its run).
@@ -127,9 +128,9 @@ def config_text(method: str, args: argparse.Namespace) -> str:
     layers = ", ".join([dense, "[Relu, {}]"] * 3 + [f"[Dense, {{out_dim: 1, W_std: {w}, b_std: 0.1}}]"])
     if method == "cg":
         solver = (f"{{method: cg, ridge: {args.ridge}, tol: {args.tol}, "
-                  f"preconditioner: {{kind: nystrom, rank: {args.rank}}}, mode: stored}}")
+                  f"preconditioner: {{kind: nystrom, rank: {args.rank}}}, mode: stored, products: {args.products}}}")
     else:
-        solver = f"{{method: cholesky, ridge: {args.ridge}, mode: stored}}"
+        solver = f"{{method: cholesky, ridge: {args.ridge}, mode: stored, products: {args.products}}}"
     return (f"# written by benchmarks/scale.py\n"
             f"data:\n  train: {{x: train_x.npy, y: train_y.npy}}\n  test: {{x: test_x.npy, y: test_y.npy}}\n"
             f"kernel:\n  layers: [{layers}]\n  get: ntk\n"
@@ -468,6 +469,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--tol", type=float, default=1e-6, help="CG relative residual")
     p.add_argument("--rank", type=int, default=500, help="Nyström preconditioner rank")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--products", default="cluster", choices=("cluster", "driver", "auto"),
+                   help="where the solver's Gram products run (solver.products; default cluster: the "
+                        "workers read row panels in parallel, the driver holds none)")
     p.add_argument("--memory-limit", default="4GiB", help="per worker (default 4GiB)")
     p.add_argument("--block-size", type=int, default=None,
                    help="Gram block size (default: the planner's). The stored operator's row panels are whole "

@@ -21,6 +21,7 @@ the branch cases that test slots with a Flatten readout (δ = 0 only) and the GA
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
@@ -202,17 +203,18 @@ def _in_simulator() -> bool:
     return mod is not None and bool(getattr(mod, "simulator_enabled", False))
 
 
-def simulated_errors(timeout: float = 600.0) -> Dict[str, Dict[str, float]]:
-    """:func:`all_errors` under numba's CUDA simulator: in this process when it already
-    runs the simulator, else in one child process with ``NUMBA_ENABLE_CUDASIM=1``."""
+def simulated_errors(timeout: float = 600.0, module: str = "tests.stax.test_cudasim_slab"
+                     ) -> Dict[str, Dict[str, float]]:
+    """``module``'s ``all_errors`` under numba's CUDA simulator: in this process when it
+    already runs the simulator, else in one child process with ``NUMBA_ENABLE_CUDASIM=1``."""
     if _in_simulator():
         sys.setswitchinterval(1e-6)
-        return all_errors("sim")
+        return importlib.import_module(module).all_errors("sim")
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONPATH=str(ROOT))
     # The simulator runs each CUDA thread as a Python thread and polls them: a short GIL
     # switch interval makes its barriers ~10x faster.
     code = ("import json, sys; sys.setswitchinterval(1e-6); "
-            "from tests.stax.test_cudasim_slab import all_errors; "
+            f"from {module} import all_errors; "
             "print('RESULT ' + json.dumps(all_errors('sim')))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)

@@ -16,10 +16,8 @@ pooling), pair lists, mirroring and the flat layers after the image part
 when ``numba.cuda`` is numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``:
 CI runs the very same kernel on a CPU, tests marked ``cudasim``).
 
-Flat (FC) networks on the GPU take the array-API reference path on CuPy: a
-GEMM plus one CuPy elementwise expression per layer. A fused elementwise
-kernel could save the ~10 temporaries per layer, but no GPU measurement has
-shown that it would pay, so there is none.
+Flat (FC) networks on the GPU take ``cuda_flat``: a GEMM plus one fused
+elementwise kernel for all layers.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ Paths (``select_path`` returns one as a :class:`Path` with the reason):
                     elementwise kernel running every layer per entry with
                     ``cpu_flat``'s encoding and per-entry math (``cuda_flat``)
 ``cuda_slab``       the slab kernel in CUDA (numba-cuda) on CuPy arrays: the slab
-                    layers, AvgPool stages, branches, LayerNorm and Dropout
-                    included (none of ``GPU_FALLBACK``)
+                    layers, AvgPool and SumPool stages, GlobalSumPool, branches,
+                    LayerNorm and Dropout included (none of ``GPU_FALLBACK``)
 ==================  ==========================================================
 
 Each path module declares the layers it runs (``SUPPORTED_LAYERS``, checked
@@ -281,7 +281,8 @@ def _cost(layers: List[LayerImpl], shape: Tuple[int, ...], path: Path) -> Dict[s
     if path.name in _SLAB:
         tail = sum(layer.flops_per_entry(()) for l, layer in enumerate(layers)
                    if path.plan.layouts[l] == reference_image.FLAT)
-        out["flops"] = float(slab_program.flops_per_pair(layers, path.plan) + tail)
+        slab = cuda_slab.as_average(layers)[0] if path.name == "cuda_slab" else layers
+        out["flops"] = float(slab_program.flops_per_pair(slab, path.plan) + tail)
     if path.name != "reference":
         out["bytes_engine"] = COMPILED_TEMPORARIES
     return out
@@ -322,6 +323,8 @@ def explain(network: Network, x1_shape: Sequence[int], x2_shape: Optional[Sequen
         tile = reference_image.image_tile(path.plan, n1, n2, value_bytes, budget, symmetric)
     elif path.name == "reference":
         tile = (reference.block_rows_for(n1, n2, value_bytes, budget), n2)
+    elif path.name == "cuda_slab":
+        lanes = int(cuda_slab.program(layers, path.plan, dtype).lanes)
     elif path.name in _SLAB:
         lanes = int(slab_program.Program(layers, path.plan, np.dtype(dtype)).lanes)
     cost = _cost(layers, shape, path)

@@ -33,12 +33,14 @@ from .program_walk import flatten
 from .reference_image import ImagePlan
 from .slab_program import Program, unsupported as slab_unsupported
 from ..layers.base import LayerImpl
+from ..spec import build_layers, canonical_spec
 
 #: Layers this kernel runs on images (registry names), up to and including the
 #: GlobalAvgPool/Flatten that ends the image part, inside branches too; flat layers
 #: after it run the reference maps on the ``n1 × n2`` result. Explicit: a layer the
 #: CPU slab program learns later is not claimed here until this kernel runs it.
 SUPPORTED_LAYERS = frozenset({"Conv", "Dense", "AvgPool", "GlobalAvgPool", "Flatten",
+                              "SumPool", "GlobalSumPool",
                               "Relu", "LeakyRelu", "Abs", "ABRelu", "Erf", "Identity",
                               "LayerNorm", "Dropout", "FanOut", "parallel", "FanInSum",
                               "FanInProd", "FanInConcat"})
@@ -59,6 +61,47 @@ FREE_MEMORY_FRACTION = 0.5
 #: included, stays within this many bytes; else into a global scratch array per block
 #: (a ResNet block at 32×32 float64: 32 KiB of slots on top of 34 KiB of slabs).
 SHARED_SLOT_BYTES = MAX_SHARED
+
+
+#: Summing pools and their averaging twins: the program of the twin, without its division.
+SUM_TO_AVERAGE = {"SumPool": "AvgPool", "GlobalSumPool": "GlobalAvgPool"}
+
+
+def as_average(layers: List[LayerImpl]) -> Tuple[List[LayerImpl], List[int]]:
+    """``layers`` with every top-level SumPool as AvgPool (same window, strides, padding;
+    ``normalize_edges=False``) and GlobalSumPool as GlobalAvgPool, and the indices replaced.
+    ``SumPool`` is ``AvgPool`` times the window size k (neural-tangents ``stax.SumPool``), so
+    its window sums are the AvgPool stage's sums undivided; ``GlobalSumPool`` is
+    ``GlobalAvgPool`` times (HW)² on the covariance."""
+    out: List[LayerImpl] = []
+    summed: List[int] = []
+    for l, layer in enumerate(layers):
+        twin = SUM_TO_AVERAGE.get(layer.layer_name)
+        if twin is None:
+            out.append(layer)
+            continue
+        params = dict(layer.params)
+        if twin == "AvgPool":
+            params["normalize_edges"] = False
+        out.append(build_layers(canonical_spec([[twin, params]]))[0])
+        summed.append(l)
+    return out, summed
+
+
+def program(layers: List[LayerImpl], plan: ImagePlan, dtype: Any) -> Program:
+    """The slab program of ``layers`` (``slab_program.Program``), summing pools included:
+    built for their averaging twins (:func:`as_average`), then the divisions taken out: a
+    SumPool stage loads its window sums undivided (``pinv`` = 1) and a GlobalSumPool
+    readout sums its slabs (``count`` = 1)."""
+    avg, summed = as_average(list(layers))
+    prog = Program(avg, plan, np.dtype(dtype if isinstance(dtype, str) else str(np.dtype(dtype))))
+    pools = [l for l, layer in enumerate(avg) if layer.layer_name == "AvgPool"]
+    for l in summed:
+        if avg[l].layer_name == "AvgPool":
+            prog.pinv[pools.index(l) + 1] = 1   # stage st starts after the st-th AvgPool
+        else:
+            prog.count = 1.0
+    return prog
 
 
 def slot_bytes(prog: Program, itemsize: int) -> int:
@@ -100,11 +143,11 @@ def unsupported(layers: List[LayerImpl], plan: ImagePlan, dtype: Any) -> Optiona
     for step in steps if why is None else ():
         if step.kind == "layer" and step.name not in SUPPORTED_LAYERS:
             return f"{step.where} ({step.name}) on images has no CUDA slab kernel"
-    why = slab_unsupported(layers, plan, pooling=True)
+    why = slab_unsupported(as_average(list(layers))[0], plan, pooling=True)
     if why is not None:
         return why
     dt = np.dtype(str(dtype))
-    need = shared_bytes(Program(layers, plan, dt), dt.itemsize)
+    need = shared_bytes(program(layers, plan, dt), dt.itemsize)
     if need > MAX_SHARED:
         return (f"a slab needs {need >> 10} KiB of shared memory, over the CUDA kernel's "
                 f"{MAX_SHARED >> 10} KiB")
@@ -246,7 +289,7 @@ def evaluate(layers: List[LayerImpl], plan: ImagePlan, x1: Any, x2: Optional[Any
     symmetric = x2 is None
     x1 = mod.ascontiguousarray(x1)
     x2f = x1 if symmetric else mod.ascontiguousarray(x2)
-    prog = Program(layers, plan, np.dtype(str(x1.dtype)))
+    prog = program(layers, plan, x1.dtype)
     var1, self1 = _prepare(layers, plan, prog, x1, xp, budget)
     var2, self2 = (var1, self1) if symmetric else _prepare(layers, plan, prog, x2f, xp, budget)
     n1, n2 = int(x1.shape[0]), int(x2f.shape[0])
@@ -276,7 +319,7 @@ def evaluate_diagonal(layers: List[LayerImpl], plan: ImagePlan, x: Any, *, want_
     xp = namespace_of(x)
     budget = _budget(mod, memory_budget)
     x = mod.ascontiguousarray(x)
-    prog = Program(layers, plan, np.dtype(str(x.dtype)))
+    prog = program(layers, plan, x.dtype)
     if prog.selfvar:
         k, t, _ = self_pass(prog, x, want_ntk, budget)
     else:

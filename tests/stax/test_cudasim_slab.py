@@ -202,13 +202,43 @@ def _case_error(name: str, dtype: str, device: str, build: Any, shape: Any) -> f
     return worst
 
 
+def streamed_difference(chunk: int = 2) -> float:
+    """Largest |difference| between ``cuda_slab.evaluate`` with pair chunks of ``chunk``
+    pairs (several chunks: pinned buffers, two streams, copies overlapping the kernels of
+    the previous chunk) and with one chunk, symmetric and cross (must be 0: same kernels,
+    same pairs). Runs in the simulator (this process)."""
+    layers = layers_of(NETS["cntk_gap"][0]()[2])
+    path = select_path(layers, (3, 3, 2), "gpu")
+    rng = np.random.default_rng(3)
+    x1, x2 = rng.uniform(-1, 1, (3, 3, 3, 2)), rng.uniform(-1, 1, (2, 3, 3, 2))
+    worst = 0.0
+    for b in (None, x2):
+        outs = []
+        for size in (None, chunk):
+            saved = cuda_slab.CHUNK
+            cuda_slab.CHUNK = size
+            try:
+                outs.append(cuda_slab.evaluate(layers, path.plan, x1, b, want_ntk=True,
+                                               memory_budget=1 << 26))
+            finally:
+                cuda_slab.CHUNK = saved
+        for key in ("nngp", "ntk"):
+            worst = max(worst, float(np.abs(outs[0][key] - outs[1][key]).max()))
+    return worst
+
+
 def all_errors(device: str) -> Dict[str, Dict[str, float]]:
-    """Every case: its error and seconds (``device`` as :func:`case_error`)."""
+    """Every case: its error and seconds (``device`` as :func:`case_error`); in the
+    simulator also ``streamed-float64``: :func:`streamed_difference`."""
     out = {}
     for (name, dtype), key in zip(CASES, IDS):
         t0 = time.perf_counter()
         err = case_error(name, dtype, device)
         out[key] = {"error": err, "seconds": time.perf_counter() - t0}
+    if device == "sim":
+        t0 = time.perf_counter()
+        out["streamed-float64"] = {"error": streamed_difference(),
+                                   "seconds": time.perf_counter() - t0}
     return out
 
 
@@ -258,6 +288,13 @@ def test_cuda_kernel_in_simulator_matches_cpu(case, sim_results):
     name, dtype = case
     row = sim_results[f"{name}-{dtype}"]
     assert row["error"] <= TOLERANCE[dtype], (name, dtype, row)
+
+
+@pytest.mark.cudasim
+def test_streamed_chunks_give_identical_results(sim_results):
+    """Pair lists sent through pinned buffers on two streams, several chunks, equal the
+    one-chunk call bit for bit (``cuda_slab.fill_streamed``)."""
+    assert sim_results["streamed-float64"]["error"] == 0.0, sim_results["streamed-float64"]
 
 
 def _gpu() -> bool:

@@ -28,10 +28,10 @@ import numpy as np
 
 from ...backend import namespace_of
 from . import cuda_kernels
-from .cpu_slab import _module, _needs_tail_variances, _tail, _variances, fill_pairs
+from .cpu_slab import CHUNK_PAIRS, _module, _needs_tail_variances, _pair_chunks, _tail, _variances
 from .program_walk import flatten
 from .reference_image import ImagePlan
-from .slab_program import Program, unsupported as slab_unsupported
+from .slab_program import LANES_MAX, Program, unsupported as slab_unsupported
 from ..layers.base import LayerImpl
 from ..spec import build_layers, canonical_spec
 
@@ -57,6 +57,11 @@ MAX_SHARED = 48 * 1024
 MAX_BLOCKS = 1 << 24
 #: Fraction of the device's free memory the window sums of a pooled call may take.
 FREE_MEMORY_FRACTION = 0.5
+#: Pair-list chunks in flight (``fill_streamed``): chunk c + 1's lists are copied from a
+#: pinned host buffer on their own stream while chunk c's kernels run on theirs.
+STREAMS = 2
+#: Pairs per chunk of ``fill_streamed``; None: ``cpu_slab.fill_pairs``'s size (tests set it).
+CHUNK: Optional[int] = None
 #: Branch slots go into shared memory when the block's whole slab memory, slots
 #: included, stays within this many bytes; else into a global scratch array per block
 #: (a ResNet block at 32×32 float64: 32 KiB of slots on top of 34 KiB of slabs).
@@ -191,7 +196,7 @@ def _pairs_per_launch(prog: Program, npairs: int, itemsize: int, budget: int,
 
 def run_pairs(prog: Program, x1: Any, x2: Any, var1: Tuple[Any, Any], var2: Tuple[Any, Any],
               pi: Any, pj: Any, want_ntk: bool, *, capture: bool = False,
-              budget: int = 1 << 30, same: bool = False) -> Tuple[Any, Any]:
+              budget: int = 1 << 30, same: bool = False, stream: Any = 0) -> Tuple[Any, Any]:
     """Pooled Σ and Θ of the pairs ``(pi[p], pj[p])``.
 
     ``var1``/``var2``: ``(q, √q)`` per image and activation pixel, ``(n, nvar)``
@@ -218,7 +223,10 @@ def run_pairs(prog: Program, x1: Any, x2: Any, var1: Tuple[Any, Any], var2: Tupl
     x2d = x1d if x2 is x1 else dev(x2)
     v1 = tuple(dev(v) for v in var1)
     v2 = v1 if var2 is var1 else tuple(dev(v) for v in var2)
-    pid, pjd = dev(pi), dev(pj)
+    # pair lists already on the device (``fill_streamed``) are used as they are
+    pid, pjd = (dev(pi), dev(pj)) if isinstance(pi, np.ndarray) else (pi, pj)
+    if stream != 0 and not host:
+        mod.cuda.get_current_stream().synchronize()   # CuPy's zeros above, before stream
     step = _pairs_per_launch(prog, npairs, dtype.itemsize, budget, global_slots)
     inv_count = dtype.type(1.0 / prog.count)
     width = max(int(prog.accsize), 1) if prog.pooled else 1
@@ -234,7 +242,7 @@ def run_pairs(prog: Program, x1: Any, x2: Any, var1: Tuple[Any, Any], var2: Tupl
             for ds, nd in launches:
                 if nd <= 0:
                     continue
-                kernel[(b - a) * nd, threads, 0, smem](
+                kernel[(b - a) * nd, threads, stream, smem](
                     x1d, x2d, pid[a:b], pjd[a:b], v1[0], v1[1], v2[0], v2[1], tab["ops"],
                     tab["fpar"], tab["sdim"], tab["spad"], tab["deltas"], tab["stages"],
                     tab["pools"], tab["pinv"], tab["lut"], tab["accoff"], tab["consts"], pk, pt,
@@ -247,6 +255,51 @@ def run_pairs(prog: Program, x1: Any, x2: Any, var1: Tuple[Any, Any], var2: Tupl
         for h, d in zip(var1, v1):
             h[...] = d.copy_to_host()
     return out_k.copy_to_host(), out_t.copy_to_host()
+
+
+def fill_streamed(run: Any, mod: Any, dtype: Any, n1: int, n2: int, symmetric: bool,
+                  budget: int, want_ntk: bool) -> Tuple[Any, Any]:
+    """The ``n1 × n2`` NNGP (and NTK) from ``run(pi, pj, stream) -> (k, t)``: the chunks and
+    results of ``cpu_slab.fill_pairs`` (upper triangle mirrored when ``symmetric``), with the
+    host-to-device copies overlapped with compute: each chunk's pair lists are written into
+    a pinned host buffer and copied asynchronously on that chunk's CUDA stream (one of
+    ``STREAMS``, round robin) while the previous chunk's kernels run on theirs; a chunk's
+    results are scattered once its stream has finished."""
+    import numba.cuda  # noqa: PLC0415 (optional dependency: numba-cuda)
+
+    k = mod.empty((n1, n2), dtype)
+    t = mod.empty((n1, n2), dtype) if want_ntk else None
+    chunk = CHUNK or int(max(LANES_MAX, min(CHUNK_PAIRS, budget // 64)))
+    chunks = list(_pair_chunks(n1, n2, symmetric, chunk))
+    size = max(int(pi.shape[0]) for pi, _ in chunks)
+    streams = [numba.cuda.stream() for _ in range(STREAMS)]
+    pinned = [numba.cuda.pinned_array((2, size), np.int64) for _ in range(STREAMS)]
+
+    def send(c: int) -> Tuple[Any, Any]:
+        pi, pj = chunks[c]
+        buf, stream, m = pinned[c % STREAMS], streams[c % STREAMS], int(pi.shape[0])
+        buf[0, :m] = pi   # buffer c % STREAMS is free: chunk c - STREAMS has finished
+        buf[1, :m] = pj
+        return (numba.cuda.to_device(buf[0, :m], stream=stream),
+                numba.cuda.to_device(buf[1, :m], stream=stream))
+
+    following = send(0)
+    for c in range(len(chunks)):
+        dpi, dpj = following
+        stream = streams[c % STREAMS]
+        ok, ot = run(dpi, dpj, stream)
+        if c + 1 < len(chunks):
+            following = send(c + 1)
+        stream.synchronize()
+        pi, pj = chunks[c] if mod is np else (mod.asarray(dpi), mod.asarray(dpj))
+        k[pi, pj] = ok
+        if symmetric:
+            k[pj, pi] = ok
+        if want_ntk:
+            t[pi, pj] = ot
+            if symmetric:
+                t[pj, pi] = ot
+    return k, t
 
 
 def self_pass(prog: Program, x: Any, want_ntk: bool, budget: int
@@ -293,8 +346,9 @@ def evaluate(layers: List[LayerImpl], plan: ImagePlan, x1: Any, x2: Optional[Any
     var1, self1 = _prepare(layers, plan, prog, x1, xp, budget)
     var2, self2 = (var1, self1) if symmetric else _prepare(layers, plan, prog, x2f, xp, budget)
     n1, n2 = int(x1.shape[0]), int(x2f.shape[0])
-    k, t = fill_pairs(lambda pi, pj: run_pairs(prog, x1, x2f, var1, var2, pi, pj, want_ntk, budget=budget,
-                                               same=symmetric), mod, x1.dtype, n1, n2, symmetric, budget, want_ntk)
+    k, t = fill_streamed(lambda pi, pj, stream: run_pairs(
+        prog, x1, x2f, var1, var2, pi, pj, want_ntk, budget=budget, same=symmetric, stream=stream),
+        mod, x1.dtype, n1, n2, symmetric, budget, want_ntk)
     if not _needs_tail_variances(layers, prog):
         tail1, tail2 = mod.zeros(n1, x1.dtype), mod.zeros(n2, x1.dtype)
     elif symmetric:

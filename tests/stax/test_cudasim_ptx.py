@@ -7,8 +7,9 @@ numba-cuda cannot retarget) would fail only on a GPU machine. This test runs num
 own compiler (typing, lowering, NVVM) on the slab kernel and the flat kernel, float32 and
 float64, with the argument types ``cuda_slab.run_pairs`` and ``cuda_flat.evaluate`` pass.
 
-It needs NVVM and NVRTC (``pip install nvidia-nvvm nvidia-cuda-nvrtc``, or a CUDA toolkit
-on ``CUDA_HOME``) but no driver: it skips without them. It runs in a child process,
+It needs NVVM and NVRTC (``pip install 'numba-cuda[cu13]'``, or ``nvidia-nvvm`` and
+``nvidia-cuda-nvrtc``, or a CUDA toolkit on ``CUDA_HOME``) but no driver: it skips without
+them. It runs in a child process,
 outside the simulator, with numba-cuda's "current device" (asked for the compute
 capability of device functions) stood in for by a capability tuple.
 """
@@ -56,9 +57,18 @@ print("RESULT " + json.dumps(out))
 
 
 def _toolkit() -> Optional[str]:
-    """A ``CUDA_HOME`` with NVVM and NVRTC (an installed ``nvidia`` wheel's, or the one set)."""
+    """A ``CUDA_HOME`` with NVVM and NVRTC ("" when numba-cuda's library finder sees both
+    already: ``numba-cuda[cu12]``/``[cu13]`` wheels), or None."""
     if os.environ.get("CUDA_HOME"):
         return os.environ["CUDA_HOME"]
+    try:
+        from cuda.pathfinder import load_nvidia_dynamic_lib  # noqa: PLC0415 (optional)
+
+        load_nvidia_dynamic_lib("nvvm")
+        load_nvidia_dynamic_lib("nvrtc")
+        return ""
+    except Exception:  # noqa: BLE001 - not installed, or not found: look for a wheel below
+        pass
     for entry in sys.path:
         for lib in glob.glob(os.path.join(entry, "nvidia", "cu1*", "lib", "libnvvm.so*")):
             home = os.path.dirname(os.path.dirname(lib))
@@ -75,9 +85,11 @@ def test_cuda_kernels_compile_to_ptx_for_a_gpu():
         pytest.skip("numba-cuda is not installed (pip install 'ntkscale[gpu]')")
     home = _toolkit()
     if home is None:
-        pytest.skip("no NVVM/NVRTC to compile with (pip install nvidia-nvvm nvidia-cuda-nvrtc)")
+        pytest.skip("no NVVM/NVRTC to compile with (pip install 'numba-cuda[cu13]')")
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    env.update(CUDA_HOME=home, PYTHONPATH=os.pathsep.join([str(ROOT)] + sys.path))
+    env.update(PYTHONPATH=os.pathsep.join([str(ROOT)] + sys.path))
+    if home:
+        env["CUDA_HOME"] = home
     proc = subprocess.run([sys.executable, "-c", f"CC = {CC!r}\n" + CHILD], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]

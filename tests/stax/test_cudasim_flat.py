@@ -98,6 +98,9 @@ def case_error(name: str, dtype: str, device: str) -> Tuple[float, float]:
     else:
         outs = [(r["nngp"], r["ntk"]) for r in
                 (cuda_flat.evaluate(layers, x1, b, want_ntk=True) for b in (None, x2))]
+        for b, out in zip((None, x2), outs):   # NNGP alone: the same entries, no NTK
+            alone = cuda_flat.evaluate(layers, x1, b, want_ntk=False)
+            assert set(alone) == {"nngp"} and np.array_equal(alone["nngp"], out[0])
     worst = [0.0, 0.0]
     for out, ref, ref_slow in zip(outs, refs, slow):
         for o, r, s in zip(out, ref, ref_slow):

@@ -4,11 +4,13 @@
     python benchmarks/gpu_check.py --simulate   # CPU only: the same flow under numba's CUDA
                                                 # simulator at tiny sizes (proves the script)
 
-1. Parity: ``pytest -m gpu`` (every GPU test: the CUDA slab kernel on CuPy arrays against
-   the CPU slab path, ``tests/stax/test_cudasim_slab.py`` and ``test_conv_gpu.py``);
+1. Parity: ``pytest -m gpu`` (every GPU test: the CUDA slab and flat kernels on CuPy arrays
+   against the CPU paths, ``tests/stax/test_cudasim_slab.py``, ``test_cudasim_flat.py`` and
+   ``test_conv_gpu.py``);
    with ``--simulate`` the ``cudasim`` cases of the same test module, in this process.
 2. Kernel throughput on one GPU: CNTK-GAP depth 3 and 21 on 32×32×3 (float32 and
-   float64), Myrtle-5 and Myrtle-10 (float32), FC depth 3 on 784 features; each net's
+   float64), Myrtle-5 and Myrtle-10 (float32), FC depth 3 on 784 features (the
+   ``cuda_flat`` kernel, float32 and float64); each net's
    calls grow (n1 = n2 doubling) until its time budget is spent. Every call is a
    cost-model measurement point.
 3. The Gram pipeline on every GPU (``cluster: {kind: local, gpus: all}``, one worker per
@@ -91,13 +93,15 @@ def _caller(kernel_fn: Any, simulate: bool) -> Tuple[Callable[[Any, Any], Any], 
         import cupy
 
         return (lambda a, b: kernel_fn(a, b, "ntk"), cupy.cuda.Device().synchronize, cupy.asarray)
-    from ntkscale.stax.engine import cuda_slab, layers_of, select_path
+    from ntkscale.stax.engine import cuda_flat, cuda_slab, layers_of, select_path
 
     layers = layers_of(kernel_fn)
 
     def call(a: Any, b: Any) -> Any:
         path = select_path(layers, a.shape[1:], "gpu", dtype=str(a.dtype))
-        if path.name != "cuda_slab":   # flat nets: the reference maps (CuPy on a GPU)
+        if path.name == "cuda_flat":
+            return cuda_flat.evaluate(layers, a, b, want_ntk=True)["ntk"]
+        if path.name != "cuda_slab":   # the reference maps (CuPy on a GPU)
             return kernel_fn(a, b, "ntk")
         return cuda_slab.evaluate(layers, path.plan, a, b, want_ntk=True, memory_budget=1 << 26)["ntk"]
 
@@ -139,10 +143,12 @@ def parity(simulate: bool, budget_s: float) -> Dict[str, Any]:
     """Part 1: every GPU test (``pytest -m gpu``), or the cudasim cases in this process."""
     if simulate:
         sys.path.insert(0, str(ROOT))
+        from tests.stax import test_cudasim_flat as flat
         from tests.stax.test_cudasim_slab import TOLERANCE, all_errors
 
         sys.setswitchinterval(1e-6)
         rows = all_errors("sim")
+        rows.update({f"flat {k}": v for k, v in flat.all_errors("sim").items()})
         ok = all(r["error"] <= TOLERANCE[k.rsplit("-", 1)[1]] for k, r in rows.items())
         return {"ok": ok, "cases": rows}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "tests"]

@@ -482,6 +482,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="root only: sync and drop the page cache between stages")
     p.add_argument("--no-warmup", action="store_true", help="skip the unrecorded n = 300 warm-up run")
     p.add_argument("--name", default="scale", help="result file name (default scale)")
+    p.add_argument("--append", action="store_true",
+                   help="keep the sizes already in the result file (other n than these) and add these: "
+                        "a long sweep in several invocations; each size records the commit it ran")
     args = p.parse_args(argv)
     args.solvers = [s.strip() for s in args.solvers.split(",") if s.strip()]
     if any(s not in ("cg", "cholesky") for s in args.solvers):
@@ -516,11 +519,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("warm-up (not recorded): n = 300, cg", flush=True)
         run_size(300, argparse.Namespace(**{**vars(args), "solvers": ["cg"], "n_test": 100, "keep_store": False}),
                  base / "warmup")
+    if args.append and (RESULTS / f"{args.name}.json").exists():
+        old = json.loads((RESULTS / f"{args.name}.json").read_text())
+        kept = [s for s in old.get("sizes", []) if s["n"] not in ns]
+        print(f"--append: keeping n = {[s['n'] for s in kept]} from {RESULTS / (args.name + '.json')}", flush=True)
+        result["earlier_invocations"] = old.get("earlier_invocations", []) + [
+            {k: old.get(k) for k in ("machine", "settings", "versions")}]
+        result["sizes"] = kept
     for n in ns:
         s = run_size(n, args, base)
         s["projected_gram_s"] = projected_gram_s(n, s["n_test"], args.workers)
+        s["commit"] = git_commit()
         result["sizes"].append(s)
+        result["sizes"].sort(key=lambda r: r["n"])
         save_result(args.name, result)   # partial results survive a later failure
+    ns = [s["n"] for s in result["sizes"]]
     rows = [{"n": s["n"], "gram_GiB": s["gram_bytes"] / GIB, "exceeds_RAM": s["gram_exceeds_ram"],
              "gram_stage_s": s["gram_stage_s"], "gram_blocks_s": s["gram_s"], "model_gram_s": s["projected_gram_s"],
              **{f"{m}_solve_s": s["runs"][m]["solve_s"] for m in args.solvers},
@@ -544,6 +557,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     for name in missed:
         print(f"MISSED: {name}")
     return 1 if missed else 0
+
+
+def git_commit() -> Optional[str]:
+    p = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return p.stdout.strip() or None
 
 
 def versions() -> Dict[str, str]:

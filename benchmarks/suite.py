@@ -503,18 +503,20 @@ def projection_read(ctx: Ctx) -> Dict[str, Any]:
                      "ntkscale core-hours, 50k train Gram": _f(r["ours_device_hours_50k"]),
                      "wall on 64 cores": f"{r['wall_hours_50k_64'] / 24:.3g} days",
                      "ntkscale core-hours, 60k × 60k": _f(r["ours_device_hours_60k"]),
-                     "neural-tangents V100 GPU-hours, 60k × 60k": _f(r["nt_gpu_hours_60k"]),
-                     "NT V100 s / entry": _f(r["nt_s_per_entry_v100"]),
-                     "cores per V100": _f(r["devices_per_v100"])})
+                     "published V100 GPU-hours, 60k × 60k": _f(r["nt_gpu_hours_60k"]),
+                     "published by": r.get("published_code", "neural-tangents"),
+                     "cores per V100 (whole job)": _f(r["devices_per_v100"])})
     notes = [res["rows"][0]["calibration"] + ". No GPU calibration exists (no GPU was lent to this task), so "
              "`ntkscale project --device gpu` says so instead of guessing; the CPU figures are per core and the "
              "wall column assumes 64 cores share the blocks evenly (compute only).",
-             "neural-tangents figures as published (quoted in issue 7): Myrtle-5/7/10 on 60k CIFAR-10 316 / 330 / "
-             "508 V100 GPU-hours in float64 (per-entry rate counts all 60000² entries); CNTK-GAP 21 layers 2.7 ms "
-             "per entry on a V100 in float32 (its 60k × 60k column is that rate × 60000²).",
+             "Published figures (quoted in issue 7): Myrtle-5/7/10 on 60k CIFAR-10, 316 / 330 / 508 V100 "
+             "GPU-hours in float64, computed with neural-tangents (Shankar et al. 2020); CNTK-GAP 21 layers, "
+             "2.7 ms per entry on a V100 in float32, computed with Arora et al. 2019's own CuPy code, not "
+             "neural-tangents (its 60k × 60k column is that rate × 60000²).",
              "Myrtle runs on the compiled slab kernel with AvgPool stages (\"pooled\"), CNTK-GAP on the "
-             "compiled slab path; \"cores per V100\" is our core-seconds per entry over neural-tangents' V100 "
-             "seconds per entry.",
+             "compiled slab path; \"cores per V100 (whole job)\" is our core-hours for the 60k × 60k Gram "
+             "(its n(n+1)/2 pairs) over the published GPU-hours for the same Gram; ours are projections "
+             "from the cost model, not runs.",
              "Reproduce one: `ntkscale project --n 50000 --input-shape 32,32,3 --net myrtle5 --devices 8 --device cpu`."]
     return {"tables": [{"caption": "Projected CIFAR-10 Gram runs from the CPU cost model, next to neural-tangents' "
                                    "published figures", "rows": rows}], "notes": notes}

@@ -103,7 +103,7 @@ def _kernel_fn(net: Any) -> Any:
 
 #: The cost model's path of each engine path (``engine.select_path``). Flat
 #: networks have one model ("flat") whichever flat path runs them.
-MODEL_PATH = {"cpu_flat": "flat", "cpu_slab": "slab", "cuda_slab": "slab",
+MODEL_PATH = {"cpu_flat": "flat", "cuda_flat": "flat", "cpu_slab": "slab", "cuda_slab": "slab",
               "cpu_slab_pooled": "pooled", "reference": "reference"}
 
 
@@ -123,7 +123,7 @@ def _path_and_lanes(kernel_fn: Any, input_shape: Sequence[int], kind: str = "cpu
     shape = (1,) + tuple(int(s) for s in input_shape)
     info = kernel_fn.explain(shape, device=kind, dtype=dtype)
     path = MODEL_PATH[info.path]
-    if info.path == "cuda_slab" and any(layer.layer_name == "AvgPool" for layer in kernel_fn.layers):
+    if info.path == "cuda_slab" and any(layer.layer_name in ("AvgPool", "SumPool") for layer in kernel_fn.layers):
         path = "pooled"
     return path, int(info.lanes or 1)
 

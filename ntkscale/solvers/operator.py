@@ -198,9 +198,15 @@ class GramOperator(scipy.sparse.linalg.LinearOperator):
             futures.append(client.submit(task, self._scattered, i0, i1, xf, pure=False, **kw))
         if not self._half:
             return np.concatenate(client.gather(futures), axis=0)
+        # a half panel's share spans rows i0: (up to n x k): add each as it arrives, so the
+        # driver holds y and a result or two, never all of them (n^2 k / 2 values at once)
+        from distributed import as_completed
+
         y = np.zeros((self.shape[0], x.shape[1]), dtype=x.dtype)
-        for (i0, _), part in zip(self.panels(), client.gather(futures)):
-            y[i0:] += part
+        start = {f.key: i0 for f, (i0, _) in zip(futures, self.panels())}
+        for fut in as_completed(futures):
+            y[start[fut.key]:] += fut.result()
+            fut.release()
         return y
 
     @property

@@ -53,7 +53,8 @@ def test_multishift_costs_one_product_per_iteration():
 
 def test_cg_needs_one_product_per_distinct_eigenvalue():
     """In exact arithmetic CG ends after d iterations when A has d distinct eigenvalues
-    (Hestenes & Stiefel 1952, sec. 5); each iteration is one product for all columns."""
+    (Hestenes & Stiefel 1952, sec. 5); each iteration is one product for all columns, and
+    one more product checks the true residual b - A x at the end."""
     rng = np.random.default_rng(7)
     q, _ = np.linalg.qr(rng.standard_normal((120, 120)))
     a = (q * np.repeat([1.0, 2.0, 3.0, 5.0, 8.0], 24)) @ q.T
@@ -61,7 +62,7 @@ def test_cg_needs_one_product_per_distinct_eigenvalue():
     b = rng.standard_normal((120, 3))
     x, info = cg(op, b, rtol=1e-10)
     assert int(info) == 0
-    assert op.products == info.iterations <= 5
+    assert op.products == info.iterations + 1 and info.iterations <= 5
     np.testing.assert_allclose(x, reference(op.a, b, 0.0), rtol=1e-8, atol=1e-10)
 
 
@@ -182,3 +183,23 @@ def test_float32_operator():
     x, info = cg(k, b, rtol=1e-4)
     assert x.dtype == np.float32 and int(info) == 0
     np.testing.assert_allclose(x, reference(k, b, 0), rtol=2e-3, atol=1e-3)
+
+
+def test_cg_checks_the_true_residual_and_never_claims_an_unreached_tolerance():
+    """The recurrence's residual drifts below b - A x in finite precision (Greenbaum 1997,
+    ch. 7). A converged CG checks the true residual with one more product, goes on from
+    it when it is above tol, and reports it (not converged) once it stagnates."""
+    b = np.random.default_rng(12).standard_normal((300, 3))
+    k = spd(300, 300, floor=1e-6, seed=11)
+    op = CountingOperator(k)
+    x, info = cg(op, b, rtol=1e-11)
+    true = np.linalg.norm(b - k @ x, axis=0) / np.linalg.norm(b, axis=0)
+    assert int(info) == 0 and true.max() <= 1e-11
+    assert op.products == info.iterations + 2          # resumed once from the true residual
+    np.testing.assert_allclose(info.residual.ravel(), true, rtol=1e-6)
+    k = spd(300, 300, floor=1e-5, seed=11)             # 1e-12 is below its attainable accuracy
+    with pytest.warns(NumericalWarning, match="did not converge"):
+        x, info = cg(k, b, rtol=1e-12)
+    true = np.linalg.norm(b - k @ x, axis=0) / np.linalg.norm(b, axis=0)
+    assert int(info) > 0 and true.max() > 1e-12
+    np.testing.assert_allclose(info.residual.ravel(), true, rtol=1e-6)

@@ -23,7 +23,7 @@ def test_killed_cg_resumes_from_its_checkpoint(tmp_path):
     store = str(tmp_path / "run.zarr")
     proc = spawn(CG_PROBLEM + f"""
 from ntkscale.solvers import cg, ZarrCheckpoint
-cg(k, b, rtol=1e-12, checkpoint=ZarrCheckpoint({store!r}), checkpoint_every=5,
+cg(k, b, rtol=1e-10, checkpoint=ZarrCheckpoint({store!r}), checkpoint_every=5,
    callback=lambda x: time.sleep(0.05))
 """)
     wait_for(lambda: (ZarrCheckpoint(store).load() or {}).get("it", 0) >= 15, proc)
@@ -33,8 +33,8 @@ cg(k, b, rtol=1e-12, checkpoint=ZarrCheckpoint({store!r}), checkpoint_every=5,
     ns: dict = {}
     exec(CG_PROBLEM, ns)
     k, b = ns["k"], ns["b"]
-    x, info = cg(k, b, rtol=1e-12, checkpoint=ZarrCheckpoint(store), checkpoint_every=5)
-    x_ref, info_ref = cg(k, b, rtol=1e-12)
+    x, info = cg(k, b, rtol=1e-10, checkpoint=ZarrCheckpoint(store), checkpoint_every=5)
+    x_ref, info_ref = cg(k, b, rtol=1e-10)
     assert info.resumed_from == saved >= 15
     assert int(info) == 0
     # continued, not restarted (BLAS thread counts differ between the processes: allow rounding)

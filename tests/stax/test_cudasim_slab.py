@@ -13,7 +13,8 @@ One body, :func:`case_error`, serves two runs of the same cases:
 * ``gpu`` (``pytest -m gpu`` on a GPU machine): CuPy arrays through
   ``kernel_fn``, which picks the ``cuda_slab`` path itself.
 
-Sizes are tiny (3×3 and 4×4 images, 2 + 1 images; the WideResNet preset at 8×8×3):
+SumPool/GlobalSumPool cases compare with the reference path (the CPU slab has no summing
+pools). Sizes are tiny (3×3 and 4×4 images, 2 + 1 images; the WideResNet preset at 8×8×3):
 the simulator runs each CUDA thread as a Python thread, ~10 ms per thread block, so
 the branch cases that test slots with a Flatten readout (δ = 0 only) and the GAP ones
 (every offset) are split to keep the whole set near a minute.
@@ -21,6 +22,7 @@ the branch cases that test slots with a Flatten readout (δ = 0 only) and the GA
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
@@ -129,6 +131,18 @@ def _nets() -> Dict[str, Tuple[Callable[[], Any], Tuple[int, int, int], Tuple[st
                                 stax.Flatten(), stax.Dense(3), stax.Dropout(0.5), stax.Relu(),
                                 stax.Dense(1)),
             (3, 3, 2), ("float64", "float32")),
+        # summing pools: the AvgPool program undivided (the CPU slab has none: the reference
+        # path is the NumPy side); Erf after the pool is not homogeneous, so scales show
+        "sumpool_globalsumpool": (
+            lambda: stax.serial(_conv((3, 3), padding="SAME"), stax.Relu(),
+                                stax.SumPool((2, 2), (1, 1)), _conv((2, 2), padding="SAME"),
+                                stax.Erf(), stax.GlobalSumPool(), stax.Dense(1)),
+            (3, 3, 2), ("float64",)),
+        "sumpool_same_flatten": (
+            lambda: stax.serial(_conv((2, 2), padding="SAME"), stax.Relu(),
+                                stax.SumPool((2, 2), (1, 1), padding="SAME"), stax.Erf(),
+                                stax.Flatten(), stax.Dense(1)),
+            (3, 3, 2), ("float64", "float32")),
         "wide_resnet_8x8": (lambda: stax.presets.wide_resnet(1, 1, 10, pool=2), (8, 8, 3),
                             ("float64",)),
     }
@@ -164,7 +178,8 @@ def _case_error(name: str, dtype: str, device: str, build: Any, shape: Any) -> f
     rng = np.random.default_rng(7)
     x1 = rng.uniform(-1, 1, (2,) + shape).astype(dtype)
     x2 = rng.uniform(-1, 1, (1,) + shape).astype(dtype)
-    assert select_path(layers, shape, "cpu", dtype=dtype).name.startswith("cpu_slab")
+    cpu = select_path(layers, shape, "cpu", dtype=dtype).name
+    assert cpu.startswith("cpu_slab") or (name.startswith("sumpool") and cpu == "reference")
     get = ("nngp", "ntk")
     refs = [kf(x1, None, get), kf(x1, x2, get), (kf.diag(x1, "nngp"), kf.diag(x1, "ntk"))]
     if device == "gpu":
@@ -187,13 +202,43 @@ def _case_error(name: str, dtype: str, device: str, build: Any, shape: Any) -> f
     return worst
 
 
+def streamed_difference(chunk: int = 2) -> float:
+    """Largest |difference| between ``cuda_slab.evaluate`` with pair chunks of ``chunk``
+    pairs (several chunks: pinned buffers, two streams, copies overlapping the kernels of
+    the previous chunk) and with one chunk, symmetric and cross (must be 0: same kernels,
+    same pairs). Runs in the simulator (this process)."""
+    layers = layers_of(NETS["cntk_gap"][0]()[2])
+    path = select_path(layers, (3, 3, 2), "gpu")
+    rng = np.random.default_rng(3)
+    x1, x2 = rng.uniform(-1, 1, (3, 3, 3, 2)), rng.uniform(-1, 1, (2, 3, 3, 2))
+    worst = 0.0
+    for b in (None, x2):
+        outs = []
+        for size in (None, chunk):
+            saved = cuda_slab.CHUNK
+            cuda_slab.CHUNK = size
+            try:
+                outs.append(cuda_slab.evaluate(layers, path.plan, x1, b, want_ntk=True,
+                                               memory_budget=1 << 26))
+            finally:
+                cuda_slab.CHUNK = saved
+        for key in ("nngp", "ntk"):
+            worst = max(worst, float(np.abs(outs[0][key] - outs[1][key]).max()))
+    return worst
+
+
 def all_errors(device: str) -> Dict[str, Dict[str, float]]:
-    """Every case: its error and seconds (``device`` as :func:`case_error`)."""
+    """Every case: its error and seconds (``device`` as :func:`case_error`); in the
+    simulator also ``streamed-float64``: :func:`streamed_difference`."""
     out = {}
     for (name, dtype), key in zip(CASES, IDS):
         t0 = time.perf_counter()
         err = case_error(name, dtype, device)
         out[key] = {"error": err, "seconds": time.perf_counter() - t0}
+    if device == "sim":
+        t0 = time.perf_counter()
+        out["streamed-float64"] = {"error": streamed_difference(),
+                                   "seconds": time.perf_counter() - t0}
     return out
 
 
@@ -202,17 +247,18 @@ def _in_simulator() -> bool:
     return mod is not None and bool(getattr(mod, "simulator_enabled", False))
 
 
-def simulated_errors(timeout: float = 600.0) -> Dict[str, Dict[str, float]]:
-    """:func:`all_errors` under numba's CUDA simulator: in this process when it already
-    runs the simulator, else in one child process with ``NUMBA_ENABLE_CUDASIM=1``."""
+def simulated_errors(timeout: float = 600.0, module: str = "tests.stax.test_cudasim_slab"
+                     ) -> Dict[str, Dict[str, float]]:
+    """``module``'s ``all_errors`` under numba's CUDA simulator: in this process when it
+    already runs the simulator, else in one child process with ``NUMBA_ENABLE_CUDASIM=1``."""
     if _in_simulator():
         sys.setswitchinterval(1e-6)
-        return all_errors("sim")
+        return importlib.import_module(module).all_errors("sim")
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONPATH=str(ROOT))
     # The simulator runs each CUDA thread as a Python thread and polls them: a short GIL
     # switch interval makes its barriers ~10x faster.
     code = ("import json, sys; sys.setswitchinterval(1e-6); "
-            "from tests.stax.test_cudasim_slab import all_errors; "
+            f"from {module} import all_errors; "
             "print('RESULT ' + json.dumps(all_errors('sim')))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
@@ -242,6 +288,13 @@ def test_cuda_kernel_in_simulator_matches_cpu(case, sim_results):
     name, dtype = case
     row = sim_results[f"{name}-{dtype}"]
     assert row["error"] <= TOLERANCE[dtype], (name, dtype, row)
+
+
+@pytest.mark.cudasim
+def test_streamed_chunks_give_identical_results(sim_results):
+    """Pair lists sent through pinned buffers on two streams, several chunks, equal the
+    one-chunk call bit for bit (``cuda_slab.fill_streamed``)."""
+    assert sim_results["streamed-float64"]["error"] == 0.0, sim_results["streamed-float64"]
 
 
 def _gpu() -> bool:
@@ -285,3 +338,25 @@ def test_wide_resnet_32x32_slots_placement(dtype, shared):
     size = np.dtype(dtype).itemsize
     assert cuda_slab.slots_in_shared(prog, size) is shared
     assert cuda_slab.shared_bytes(prog, size, slots=shared) <= cuda_slab.MAX_SHARED
+
+
+def test_summing_pools_take_the_cuda_slab_path():
+    """SumPool/GlobalSumPool run on ``cuda_slab`` as their averaging twins undivided
+    (planning only): the stage after a SumPool loads undivided window sums, the
+    GlobalSumPool readout sums; in a branch they keep the reference path, with a reason."""
+    net = NETS["sumpool_globalsumpool"][0]()
+    layers = layers_of(net)
+    path = select_path(net, (3, 3, 2), "gpu")
+    assert path.name == "cuda_slab", path.reason
+    prog = cuda_slab.program(layers, path.plan, np.float64)
+    assert prog.count == 1.0 and prog.pinv.shape[0] == 2 and np.all(prog.pinv[1] == 1.0)
+    twin, summed = cuda_slab.as_average(layers)
+    assert summed == [2, 5] and [twin[l].layer_name for l in summed] == ["AvgPool", "GlobalAvgPool"]
+    ref = slab_program.Program(twin, path.plan, np.dtype(np.float64))
+    assert np.all(ref.pinv[1, :, :2] == 0.5) and ref.count == 2.0 ** 4   # AvgPool/GAP (2x2) divide
+    branched = stax.serial(stax.Conv(2, (3, 3), padding="SAME"), stax.FanOut(2),
+                           stax.parallel(stax.SumPool((2, 2), (1, 1), padding="SAME"),
+                                         stax.Identity()),
+                           stax.FanInSum(), stax.GlobalSumPool())
+    gpu = select_path(branched, (4, 4, 2), "gpu")
+    assert gpu.name == "reference" and "SumPool" in gpu.reason, gpu.reason

@@ -18,7 +18,7 @@ GELU_IMAGE = stax.serial(stax.Conv(2, (3, 3), padding="SAME"), stax.Gelu(), stax
 
 @pytest.mark.parametrize("net,shape,device,name,words", [
     (FC, (5,), "cpu", "cpu_flat", "Dense, Relu: all supported by the compiled flat kernel"),
-    (FC, (5,), "gpu", "reference", "no CUDA flat kernel"),
+    (FC, (5,), "gpu", "cuda_flat", "CUDA flat kernel"),
     (CNTK, (8, 8, 3), "cpu", "cpu_slab", "Conv, Relu, GlobalAvgPool, Dense: all supported"),
     (MYRTLE, (8, 8, 3), "cpu", "cpu_slab_pooled", "AvgPool stages"),
     (CNTK, (8, 8, 3), "gpu", "cuda_slab", "CUDA slab kernel"),
@@ -46,7 +46,7 @@ def test_fallback_reason_names_the_missing_layer_or_option():
 
 def test_path_tables_match_the_registry():
     names = set(layer_names())
-    assert set(PATHS) == {"reference", "cpu_flat", "cpu_slab", "cpu_slab_pooled", "cuda_slab"}
+    assert set(PATHS) == {"reference", "cpu_flat", "cpu_slab", "cpu_slab_pooled", "cuda_slab", "cuda_flat"}
     for path, table in PATH_LAYERS.items():
         assert table <= names, (path, table - names)
     for module in (reference, cpu_flat, slab_program, cuda_slab):
@@ -79,6 +79,6 @@ def test_explain_fields():
     assert r.tile is not None and 1 <= r.tile[0] <= 10 and 1 <= r.tile[1] <= 7
     assert r.as_dict()["tile"] == list(r.tile) and "Gelu" in r.reason
     f = FC[2].explain((100, 5), device="gpu")
-    assert f.path == "reference" and f.tile == (100, 100) and f.entries == 5050
+    assert f.path == "cuda_flat" and f.tile is None and f.entries == 5050
     with pytest.raises(InputError):
         FC[2].explain((10, 5), (10, 6))

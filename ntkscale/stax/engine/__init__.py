@@ -12,9 +12,12 @@ Paths (``select_path`` returns one as a :class:`Path` with the reason):
 ``cpu_slab``        numba diagonal-slab kernel for convolutional networks
                     (``cpu_slab``, ``slab_program``, ``slab_kernels``, ``slab_ops``, ``slab_conv``, ``slab_pool``)
 ``cpu_slab_pooled`` the same kernel with AvgPool stages (e.g. Myrtle)
+``cuda_flat``       numba-cuda on CuPy arrays: a cuBLAS GEMM, then one fused
+                    elementwise kernel running every layer per entry with
+                    ``cpu_flat``'s encoding and per-entry math (``cuda_flat``)
 ``cuda_slab``       the slab kernel in CUDA (numba-cuda) on CuPy arrays: the slab
-                    layers, AvgPool stages, branches, LayerNorm and Dropout
-                    included (none of ``GPU_FALLBACK``)
+                    layers, AvgPool and SumPool stages, GlobalSumPool, branches,
+                    LayerNorm and Dropout included (none of ``GPU_FALLBACK``)
 ==================  ==========================================================
 
 Each path module declares the layers it runs (``SUPPORTED_LAYERS``, checked
@@ -37,7 +40,7 @@ from ...choices import DTYPES
 from ...errors import InputError
 from ..layers.base import LayerImpl, check_arity
 from ..spec import build_layers, canonical_spec
-from . import cpu_flat, cpu_slab, cuda_slab, reference, reference_image, slab_program
+from . import cpu_flat, cpu_slab, cuda_flat, cuda_slab, reference, reference_image, slab_program
 from .program_walk import UNSUPPORTED_FAN_IN
 from .explain import Explanation
 from .reference import default_memory_budget
@@ -57,6 +60,7 @@ GPU_FALLBACK: frozenset = frozenset()
 PATH_LAYERS = {
     "reference": reference.SUPPORTED_LAYERS,
     "cpu_flat": cpu_flat.SUPPORTED_LAYERS,
+    "cuda_flat": cuda_flat.SUPPORTED_LAYERS,
     "cpu_slab": slab_program.SUPPORTED_LAYERS - {"AvgPool"},
     "cpu_slab_pooled": slab_program.SUPPORTED_LAYERS,
     "cuda_slab": cuda_slab.SUPPORTED_LAYERS - GPU_FALLBACK,
@@ -176,7 +180,11 @@ def select_path(network: Network, shapes: Any, device: str = "cpu", *, dtype: An
         if diagonal:
             return ref("the diagonal of a flat network is O(n): the reference maps run it")
         if device == "gpu":
-            return ref("flat network on the GPU: no CUDA flat kernel, the reference maps run on CuPy")
+            why = cuda_flat.unsupported(layers, shape)
+            if why is not None:
+                return ref(f"not cuda_flat: {why}; the reference maps run on CuPy")
+            return Path("cuda_flat", f"{_names(layers)}: all supported by the CUDA flat kernel "
+                        "(a cuBLAS GEMM, then one fused elementwise kernel for all layers)")
         why = cpu_flat.unsupported(layers, shape)
         if why is not None:
             return ref(f"not cpu_flat: {why}")
@@ -224,6 +232,8 @@ def evaluate(layers: List[LayerImpl], x1: Any, x2: Optional[Any], xp: Any, *, wa
     path = _path_for(layers, x1, xp, fast, diagonal=False)
     if path.name == "cpu_flat":
         return cpu_flat.evaluate(layers, x1, x2, want_ntk=want_ntk)
+    if path.name == "cuda_flat":
+        return cuda_flat.evaluate(layers, x1, x2, want_ntk=want_ntk)
     if not path.image:
         return reference.evaluate(layers, x1, x2, xp, want_ntk=want_ntk,
                                   memory_budget=memory_budget, block_rows=block_rows)
@@ -271,7 +281,8 @@ def _cost(layers: List[LayerImpl], shape: Tuple[int, ...], path: Path) -> Dict[s
     if path.name in _SLAB:
         tail = sum(layer.flops_per_entry(()) for l, layer in enumerate(layers)
                    if path.plan.layouts[l] == reference_image.FLAT)
-        out["flops"] = float(slab_program.flops_per_pair(layers, path.plan) + tail)
+        slab = cuda_slab.as_average(layers)[0] if path.name == "cuda_slab" else layers
+        out["flops"] = float(slab_program.flops_per_pair(slab, path.plan) + tail)
     if path.name != "reference":
         out["bytes_engine"] = COMPILED_TEMPORARIES
     return out
@@ -312,6 +323,8 @@ def explain(network: Network, x1_shape: Sequence[int], x2_shape: Optional[Sequen
         tile = reference_image.image_tile(path.plan, n1, n2, value_bytes, budget, symmetric)
     elif path.name == "reference":
         tile = (reference.block_rows_for(n1, n2, value_bytes, budget), n2)
+    elif path.name == "cuda_slab":
+        lanes = int(cuda_slab.program(layers, path.plan, dtype).lanes)
     elif path.name in _SLAB:
         lanes = int(slab_program.Program(layers, path.plan, np.dtype(dtype)).lanes)
     cost = _cost(layers, shape, path)

@@ -16,10 +16,8 @@ pooling), pair lists, mirroring and the flat layers after the image part
 when ``numba.cuda`` is numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``:
 CI runs the very same kernel on a CPU, tests marked ``cudasim``).
 
-Flat (FC) networks on the GPU take the array-API reference path on CuPy: a
-GEMM plus one CuPy elementwise expression per layer. A fused elementwise
-kernel could save the ~10 temporaries per layer, but no GPU measurement has
-shown that it would pay, so there is none.
+Flat (FC) networks on the GPU take ``cuda_flat``: a GEMM plus one fused
+elementwise kernel for all layers.
 """
 
 from __future__ import annotations
@@ -30,17 +28,19 @@ import numpy as np
 
 from ...backend import namespace_of
 from . import cuda_kernels
-from .cpu_slab import _module, _needs_tail_variances, _tail, _variances, fill_pairs
+from .cpu_slab import CHUNK_PAIRS, _module, _needs_tail_variances, _pair_chunks, _tail, _variances
 from .program_walk import flatten
 from .reference_image import ImagePlan
-from .slab_program import Program, unsupported as slab_unsupported
+from .slab_program import LANES_MAX, Program, unsupported as slab_unsupported
 from ..layers.base import LayerImpl
+from ..spec import build_layers, canonical_spec
 
 #: Layers this kernel runs on images (registry names), up to and including the
 #: GlobalAvgPool/Flatten that ends the image part, inside branches too; flat layers
 #: after it run the reference maps on the ``n1 × n2`` result. Explicit: a layer the
 #: CPU slab program learns later is not claimed here until this kernel runs it.
 SUPPORTED_LAYERS = frozenset({"Conv", "Dense", "AvgPool", "GlobalAvgPool", "Flatten",
+                              "SumPool", "GlobalSumPool",
                               "Relu", "LeakyRelu", "Abs", "ABRelu", "Erf", "Identity",
                               "LayerNorm", "Dropout", "FanOut", "parallel", "FanInSum",
                               "FanInProd", "FanInConcat"})
@@ -57,10 +57,56 @@ MAX_SHARED = 48 * 1024
 MAX_BLOCKS = 1 << 24
 #: Fraction of the device's free memory the window sums of a pooled call may take.
 FREE_MEMORY_FRACTION = 0.5
+#: Pair-list chunks in flight (``fill_streamed``): chunk c + 1's lists are copied from a
+#: pinned host buffer on their own stream while chunk c's kernels run on theirs.
+STREAMS = 2
+#: Pairs per chunk of ``fill_streamed``; None: ``cpu_slab.fill_pairs``'s size (tests set it).
+CHUNK: Optional[int] = None
 #: Branch slots go into shared memory when the block's whole slab memory, slots
 #: included, stays within this many bytes; else into a global scratch array per block
 #: (a ResNet block at 32×32 float64: 32 KiB of slots on top of 34 KiB of slabs).
 SHARED_SLOT_BYTES = MAX_SHARED
+
+
+#: Summing pools and their averaging twins: the program of the twin, without its division.
+SUM_TO_AVERAGE = {"SumPool": "AvgPool", "GlobalSumPool": "GlobalAvgPool"}
+
+
+def as_average(layers: List[LayerImpl]) -> Tuple[List[LayerImpl], List[int]]:
+    """``layers`` with every top-level SumPool as AvgPool (same window, strides, padding;
+    ``normalize_edges=False``) and GlobalSumPool as GlobalAvgPool, and the indices replaced.
+    ``SumPool`` is ``AvgPool`` times the window size k (neural-tangents ``stax.SumPool``), so
+    its window sums are the AvgPool stage's sums undivided; ``GlobalSumPool`` is
+    ``GlobalAvgPool`` times (HW)² on the covariance."""
+    out: List[LayerImpl] = []
+    summed: List[int] = []
+    for l, layer in enumerate(layers):
+        twin = SUM_TO_AVERAGE.get(layer.layer_name)
+        if twin is None:
+            out.append(layer)
+            continue
+        params = dict(layer.params)
+        if twin == "AvgPool":
+            params["normalize_edges"] = False
+        out.append(build_layers(canonical_spec([[twin, params]]))[0])
+        summed.append(l)
+    return out, summed
+
+
+def program(layers: List[LayerImpl], plan: ImagePlan, dtype: Any) -> Program:
+    """The slab program of ``layers`` (``slab_program.Program``), summing pools included:
+    built for their averaging twins (:func:`as_average`), then the divisions taken out: a
+    SumPool stage loads its window sums undivided (``pinv`` = 1) and a GlobalSumPool
+    readout sums its slabs (``count`` = 1)."""
+    avg, summed = as_average(list(layers))
+    prog = Program(avg, plan, np.dtype(dtype if isinstance(dtype, str) else str(np.dtype(dtype))))
+    pools = [l for l, layer in enumerate(avg) if layer.layer_name == "AvgPool"]
+    for l in summed:
+        if avg[l].layer_name == "AvgPool":
+            prog.pinv[pools.index(l) + 1] = 1   # stage st starts after the st-th AvgPool
+        else:
+            prog.count = 1.0
+    return prog
 
 
 def slot_bytes(prog: Program, itemsize: int) -> int:
@@ -102,11 +148,11 @@ def unsupported(layers: List[LayerImpl], plan: ImagePlan, dtype: Any) -> Optiona
     for step in steps if why is None else ():
         if step.kind == "layer" and step.name not in SUPPORTED_LAYERS:
             return f"{step.where} ({step.name}) on images has no CUDA slab kernel"
-    why = slab_unsupported(layers, plan, pooling=True)
+    why = slab_unsupported(as_average(list(layers))[0], plan, pooling=True)
     if why is not None:
         return why
     dt = np.dtype(str(dtype))
-    need = shared_bytes(Program(layers, plan, dt), dt.itemsize)
+    need = shared_bytes(program(layers, plan, dt), dt.itemsize)
     if need > MAX_SHARED:
         return (f"a slab needs {need >> 10} KiB of shared memory, over the CUDA kernel's "
                 f"{MAX_SHARED >> 10} KiB")
@@ -150,7 +196,7 @@ def _pairs_per_launch(prog: Program, npairs: int, itemsize: int, budget: int,
 
 def run_pairs(prog: Program, x1: Any, x2: Any, var1: Tuple[Any, Any], var2: Tuple[Any, Any],
               pi: Any, pj: Any, want_ntk: bool, *, capture: bool = False,
-              budget: int = 1 << 30, same: bool = False) -> Tuple[Any, Any]:
+              budget: int = 1 << 30, same: bool = False, stream: Any = 0) -> Tuple[Any, Any]:
     """Pooled Σ and Θ of the pairs ``(pi[p], pj[p])``.
 
     ``var1``/``var2``: ``(q, √q)`` per image and activation pixel, ``(n, nvar)``
@@ -177,7 +223,10 @@ def run_pairs(prog: Program, x1: Any, x2: Any, var1: Tuple[Any, Any], var2: Tupl
     x2d = x1d if x2 is x1 else dev(x2)
     v1 = tuple(dev(v) for v in var1)
     v2 = v1 if var2 is var1 else tuple(dev(v) for v in var2)
-    pid, pjd = dev(pi), dev(pj)
+    # pair lists already on the device (``fill_streamed``) are used as they are
+    pid, pjd = (dev(pi), dev(pj)) if isinstance(pi, np.ndarray) else (pi, pj)
+    if stream != 0 and not host:
+        mod.cuda.get_current_stream().synchronize()   # CuPy's zeros above, before stream
     step = _pairs_per_launch(prog, npairs, dtype.itemsize, budget, global_slots)
     inv_count = dtype.type(1.0 / prog.count)
     width = max(int(prog.accsize), 1) if prog.pooled else 1
@@ -193,7 +242,7 @@ def run_pairs(prog: Program, x1: Any, x2: Any, var1: Tuple[Any, Any], var2: Tupl
             for ds, nd in launches:
                 if nd <= 0:
                     continue
-                kernel[(b - a) * nd, threads, 0, smem](
+                kernel[(b - a) * nd, threads, stream, smem](
                     x1d, x2d, pid[a:b], pjd[a:b], v1[0], v1[1], v2[0], v2[1], tab["ops"],
                     tab["fpar"], tab["sdim"], tab["spad"], tab["deltas"], tab["stages"],
                     tab["pools"], tab["pinv"], tab["lut"], tab["accoff"], tab["consts"], pk, pt,
@@ -206,6 +255,51 @@ def run_pairs(prog: Program, x1: Any, x2: Any, var1: Tuple[Any, Any], var2: Tupl
         for h, d in zip(var1, v1):
             h[...] = d.copy_to_host()
     return out_k.copy_to_host(), out_t.copy_to_host()
+
+
+def fill_streamed(run: Any, mod: Any, dtype: Any, n1: int, n2: int, symmetric: bool,
+                  budget: int, want_ntk: bool) -> Tuple[Any, Any]:
+    """The ``n1 × n2`` NNGP (and NTK) from ``run(pi, pj, stream) -> (k, t)``: the chunks and
+    results of ``cpu_slab.fill_pairs`` (upper triangle mirrored when ``symmetric``), with the
+    host-to-device copies overlapped with compute: each chunk's pair lists are written into
+    a pinned host buffer and copied asynchronously on that chunk's CUDA stream (one of
+    ``STREAMS``, round robin) while the previous chunk's kernels run on theirs; a chunk's
+    results are scattered once its stream has finished."""
+    import numba.cuda  # noqa: PLC0415 (optional dependency: numba-cuda)
+
+    k = mod.empty((n1, n2), dtype)
+    t = mod.empty((n1, n2), dtype) if want_ntk else None
+    chunk = CHUNK or int(max(LANES_MAX, min(CHUNK_PAIRS, budget // 64)))
+    chunks = list(_pair_chunks(n1, n2, symmetric, chunk))
+    size = max(int(pi.shape[0]) for pi, _ in chunks)
+    streams = [numba.cuda.stream() for _ in range(STREAMS)]
+    pinned = [numba.cuda.pinned_array((2, size), np.int64) for _ in range(STREAMS)]
+
+    def send(c: int) -> Tuple[Any, Any]:
+        pi, pj = chunks[c]
+        buf, stream, m = pinned[c % STREAMS], streams[c % STREAMS], int(pi.shape[0])
+        buf[0, :m] = pi   # buffer c % STREAMS is free: chunk c - STREAMS has finished
+        buf[1, :m] = pj
+        return (numba.cuda.to_device(buf[0, :m], stream=stream),
+                numba.cuda.to_device(buf[1, :m], stream=stream))
+
+    following = send(0)
+    for c in range(len(chunks)):
+        dpi, dpj = following
+        stream = streams[c % STREAMS]
+        ok, ot = run(dpi, dpj, stream)
+        if c + 1 < len(chunks):
+            following = send(c + 1)
+        stream.synchronize()
+        pi, pj = chunks[c] if mod is np else (mod.asarray(dpi), mod.asarray(dpj))
+        k[pi, pj] = ok
+        if symmetric:
+            k[pj, pi] = ok
+        if want_ntk:
+            t[pi, pj] = ot
+            if symmetric:
+                t[pj, pi] = ot
+    return k, t
 
 
 def self_pass(prog: Program, x: Any, want_ntk: bool, budget: int
@@ -248,12 +342,13 @@ def evaluate(layers: List[LayerImpl], plan: ImagePlan, x1: Any, x2: Optional[Any
     symmetric = x2 is None
     x1 = mod.ascontiguousarray(x1)
     x2f = x1 if symmetric else mod.ascontiguousarray(x2)
-    prog = Program(layers, plan, np.dtype(str(x1.dtype)))
+    prog = program(layers, plan, x1.dtype)
     var1, self1 = _prepare(layers, plan, prog, x1, xp, budget)
     var2, self2 = (var1, self1) if symmetric else _prepare(layers, plan, prog, x2f, xp, budget)
     n1, n2 = int(x1.shape[0]), int(x2f.shape[0])
-    k, t = fill_pairs(lambda pi, pj: run_pairs(prog, x1, x2f, var1, var2, pi, pj, want_ntk, budget=budget,
-                                               same=symmetric), mod, x1.dtype, n1, n2, symmetric, budget, want_ntk)
+    k, t = fill_streamed(lambda pi, pj, stream: run_pairs(
+        prog, x1, x2f, var1, var2, pi, pj, want_ntk, budget=budget, same=symmetric, stream=stream),
+        mod, x1.dtype, n1, n2, symmetric, budget, want_ntk)
     if not _needs_tail_variances(layers, prog):
         tail1, tail2 = mod.zeros(n1, x1.dtype), mod.zeros(n2, x1.dtype)
     elif symmetric:
@@ -278,7 +373,7 @@ def evaluate_diagonal(layers: List[LayerImpl], plan: ImagePlan, x: Any, *, want_
     xp = namespace_of(x)
     budget = _budget(mod, memory_budget)
     x = mod.ascontiguousarray(x)
-    prog = Program(layers, plan, np.dtype(str(x.dtype)))
+    prog = program(layers, plan, x.dtype)
     if prog.selfvar:
         k, t, _ = self_pass(prog, x, want_ntk, budget)
     else:

@@ -207,15 +207,19 @@ def fill_pairs(run: Any, mod: Any, dtype: Any, n1: int, n2: int, symmetric: bool
     chunk = int(max(LANES_MAX, min(CHUNK_PAIRS, memory_budget // 64)))
     for pi, pj in _pair_chunks(n1, n2, symmetric, chunk):
         pi, pj = mod.asarray(pi), mod.asarray(pj)
-        ok, ot = run(pi, pj)
-        k[pi, pj] = ok
-        if symmetric:
-            k[pj, pi] = ok
-        if want_ntk:
-            t[pi, pj] = ot
-            if symmetric:
-                t[pj, pi] = ot
+        put_pairs(k, t, pi, pj, *run(pi, pj), symmetric)
     return k, t
+
+
+def put_pairs(k: Any, t: Any, pi: Any, pj: Any, ok: Any, ot: Any, symmetric: bool) -> None:
+    """Write one chunk's entries ``ok`` (and ``ot`` when ``t`` is kept) at the pairs
+    ``(pi, pj)``, and at their mirrors for a symmetric call."""
+    for out, vals in ((k, ok), (t, ot)):
+        if out is None:
+            continue
+        out[pi, pj] = vals
+        if symmetric:
+            out[pj, pi] = vals
 
 
 def evaluate(layers: List[LayerImpl], plan: ImagePlan, x1: Any, x2: Optional[Any], *,

@@ -28,7 +28,7 @@ import numpy as np
 
 from ...backend import namespace_of
 from . import cuda_kernels
-from .cpu_slab import CHUNK_PAIRS, _module, _needs_tail_variances, _pair_chunks, _tail, _variances
+from .cpu_slab import CHUNK_PAIRS, _module, _needs_tail_variances, _pair_chunks, _tail, _variances, put_pairs
 from .program_walk import flatten
 from .reference_image import ImagePlan
 from .slab_program import LANES_MAX, Program, unsupported as slab_unsupported
@@ -292,13 +292,7 @@ def fill_streamed(run: Any, mod: Any, dtype: Any, n1: int, n2: int, symmetric: b
             following = send(c + 1)
         stream.synchronize()
         pi, pj = chunks[c] if mod is np else (mod.asarray(dpi), mod.asarray(dpj))
-        k[pi, pj] = ok
-        if symmetric:
-            k[pj, pi] = ok
-        if want_ntk:
-            t[pi, pj] = ot
-            if symmetric:
-                t[pj, pi] = ot
+        put_pairs(k, t, pi, pj, ok, ot, symmetric)
     return k, t
 
 

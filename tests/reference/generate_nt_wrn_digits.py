@@ -60,7 +60,14 @@ FULL_BLOCK = 100
 FULL_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "ntkscale", "nt_wrn_digits_full")
 
 
-def blocked_kernels(kfn, x_tr, x_te):
+def _ragged(raw_kfn, rows, cols):
+    """``raw_kfn(rows, cols)`` by pieces of at most BATCH x BATCH images: nt.batch needs
+    sizes its batch divides, and falls back to batches of one for the last 97 test rows."""
+    return np.block([[np.asarray(raw_kfn(rows[a:a + BATCH], cols[c:c + BATCH], "ntk"))
+                      for c in range(0, len(cols), BATCH)] for a in range(0, len(rows), BATCH)])
+
+
+def blocked_kernels(kfn, raw_kfn, x_tr, x_te):
     """The train Gram (its upper blocks, mirrored) and the test x train kernel, by blocks
     of FULL_BLOCK images, each block saved in FULL_CACHE once computed: a killed run
     resumes where it stopped. Returns the kernels and the seconds spent in this run."""
@@ -75,7 +82,9 @@ def blocked_kernels(kfn, x_tr, x_te):
         if not os.path.exists(path):
             t0 = time.time()
             rows = x_tr[i:i + b] if part == "tr" else x_te[i:i + b]
-            blk = np.asarray(kfn(rows, x_tr[j:j + b], "ntk"))
+            cols = x_tr[j:j + b]
+            ragged = len(rows) % BATCH or len(cols) % BATCH
+            blk = _ragged(raw_kfn, rows, cols) if ragged else np.asarray(kfn(rows, cols, "ntk"))
             np.save(path + ".tmp.npy", blk)
             os.replace(path + ".tmp.npy", path)
             spent += time.time() - t0
@@ -95,11 +104,11 @@ def main():
     out = OUT.replace(".npz", "_full.npz") if full else OUT
     x_tr, y_tr, x_te, y_te = split()
     x_tr, y_tr, x_te, y_te = x_tr[:n_train], y_tr[:n_train], x_te[:n_test], y_te[:n_test]
-    _, _, kfn = build(CASES["img_wide_resnet_8x8"][1])
-    kfn = nt.batch(kfn, batch_size=BATCH, store_on_device=False)
+    _, _, raw_kfn = build(CASES["img_wide_resnet_8x8"][1])
+    kfn = nt.batch(raw_kfn, batch_size=BATCH, store_on_device=False)
     t0 = time.time()
     if full:
-        k_tr, k_te, seconds = blocked_kernels(kfn, x_tr, x_te)
+        k_tr, k_te, seconds = blocked_kernels(kfn, raw_kfn, x_tr, x_te)
     else:
         k_tr = np.asarray(kfn(x_tr, None, "ntk"))
         k_te = np.asarray(kfn(x_te, x_tr, "ntk"))

@@ -45,6 +45,12 @@ class StoreError(NtkscaleError):
     """A path is not a Gram store, or a store is incomplete for what was asked."""
 
 
+class LeaseLostInterrupt(BaseException):
+    """Raised in the main thread by a store lease's renewer when another run took the lease
+    over: it stops the command at once, like Ctrl-C, and the lease's ``with`` block turns it
+    into :class:`StoreBusyError`. A BaseException, so no ``except Exception`` swallows it."""
+
+
 class StoreBusyError(NtkscaleError):
     """Another run holds the store's lock."""
 

@@ -11,9 +11,11 @@ Zarr group whose attributes name the holder), written only by conditional reques
 * **hold** — the holder renews it every ``ttl/3`` (``If-Match`` its own last ETag),
   moving ``expires_unix`` forward; a renewal that finds another ETag means the lease
   was taken over: the holder records that it lost the lease, stops renewing, and stops
-  its command at once: a lease taken in the main thread interrupts it (the way Ctrl-C
-  does), and the ``with`` block turns that into :class:`StoreBusyError` naming the new
-  holder (finished blocks are kept; a block written by both runs is the same
+  its command at once: a lease taken in the main thread has a SIGUSR1 handler installed
+  while it is held, and the renewer runs it in the main thread (``_thread.interrupt_main``)
+  to raise :class:`LeaseLostInterrupt` there, which the ``with`` block turns into
+  :class:`StoreBusyError` naming the new holder. It is not SIGINT because other libraries
+  replace SIGINT's handler; dask-jobqueue's runner, for example, exits (finished blocks are kept; a block written by both runs is the same
   deterministic block, checksummed in the manifest). A lease taken in another thread
   cannot interrupt it: that command fails when its ``with`` block ends;
 * **expire** — a lease not renewed for ``ttl`` seconds (its holder was killed, its
@@ -40,12 +42,13 @@ import socket
 import sys
 import threading
 import _thread
+import signal
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from ..errors import StoreBusyError, StoreReadOnlyError
+from ..errors import LeaseLostInterrupt, StoreBusyError, StoreReadOnlyError
 from .location import StoreLocation
 
 LEASE_REL = "lock/zarr.json"
@@ -171,6 +174,7 @@ class LeaseLock:
         self._mutex = threading.Lock()
         self._interrupts = False                 # whether losing the lease interrupts the main thread
         self._interrupted = False
+        self._old_handler: Any = None
 
     @property
     def held(self) -> bool:
@@ -225,6 +229,8 @@ class LeaseLock:
             time.sleep(0.1)
         self._stop.clear()
         self._interrupts = threading.current_thread() is threading.main_thread()
+        if self._interrupts:
+            self._old_handler = signal.signal(signal.SIGUSR1, _raise_lease_lost)
         self._thread = threading.Thread(target=self._renew_loop, name="ntkscale-lease", daemon=True)
         self._thread.start()
         return self
@@ -255,22 +261,30 @@ class LeaseLock:
             if not self.renew() and self.lost is not None:
                 if self._interrupts and not self._stop.is_set():
                     # stop the command now rather than at its end: another run writes this
-                    # store. KeyboardInterrupt in the main thread; __exit__ names the cause.
+                    # store. LeaseLostInterrupt in the main thread; __exit__ names the cause.
                     self._interrupted = True
-                    _thread.interrupt_main()
+                    _thread.interrupt_main(signal.SIGUSR1)
                 return
 
     def release(self) -> None:
         if self._etag is None:
             return
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        try:
+            if self._thread is not None:
+                self._thread.join(timeout=30)
+        finally:
+            self._restore_handler()
         with self._mutex:
             etag, self._etag = self._etag, None
             if self.lost is None and self._objects is not None:
                 if self._objects.replace(_document(None), etag) is None:
                     self.lost = "the lease was taken over by another run before this one released it"
+
+    def _restore_handler(self) -> None:
+        if self._interrupts and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGUSR1, self._old_handler if self._old_handler is not None else signal.SIG_DFL)
+            self._interrupts = False
 
     def __enter__(self) -> "LeaseLock":
         return self.acquire()
@@ -278,15 +292,17 @@ class LeaseLock:
     def __exit__(self, exc_type: Any, *rest: Any) -> None:
         try:
             self.release()
-        except KeyboardInterrupt:      # our own interrupt, landing while release joins the renewer
-            if not self._interrupted:
-                raise
-            exc_type = KeyboardInterrupt
-        stopped_by_us = self._interrupted and exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        except LeaseLostInterrupt:     # our own interrupt, landing while release joins the renewer
+            exc_type = LeaseLostInterrupt
+        stopped_by_us = exc_type is not None and issubclass(exc_type, LeaseLostInterrupt)
         if self.lost is not None and (exc_type is None or stopped_by_us):
             how = "it was stopped at once" if stopped_by_us else "it stopped"
             raise StoreBusyError(f"store {self.location.url}: {self.lost} while `{self.command}` ran; {how}, "
                                  "its finished blocks are kept: check the store with `ntkscale verify`") from None
+
+
+def _raise_lease_lost(*_: Any) -> None:
+    raise LeaseLostInterrupt()
 
 
 def _holder_of(data: Optional[bytes]) -> Optional[Dict[str, Any]]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -95,7 +97,18 @@ def test_an_expired_lease_is_taken_over_and_its_old_holder_learns_it(where):
 
 def test_a_lease_lost_while_the_command_runs_stops_it_at_once(where):
     """Another run takes the lease over mid-command: the holder's next renewal sees it and
-    interrupts the main thread; the ``with`` block reports it, naming the new holder."""
+    interrupts the main thread; the ``with`` block reports it, naming the new holder. A
+    SIGINT handler that exits (dask-jobqueue's runner installs one) does not get in the way."""
+    before = signal.getsignal(signal.SIGUSR1)
+    previous = signal.signal(signal.SIGINT, lambda *_: sys.exit("SIGINT handler ran"))
+    try:
+        _lose_the_lease_mid_command(where)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert signal.getsignal(signal.SIGUSR1) is before            # the lease's handler is gone
+
+
+def _lose_the_lease_mid_command(where):
     lock = LeaseLock(where, command="ntkscale gram slow.yaml", ttl=1.5)
     other = {"pid": 4242, "host": "elsewhere", "command": "ntkscale gram other.yaml", "lease_id": "x",
              "ttl_s": 60.0, "renewed_unix": time.time(), "expires_unix": time.time() + 60.0}

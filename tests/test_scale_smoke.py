@@ -44,7 +44,7 @@ def test_shift_and_rotation_keep_the_digit():
 @pytest.mark.parametrize("method", ["cg", "cholesky"])
 def test_configs_load_with_the_real_parser(tmp_path, method):
     args = scale.argparse.Namespace(ridge=1e-6, tol=1e-6, rank=500, workers=2, memory_limit="4GiB",
-                                    block_size=512 if method == "cg" else None)
+                                    block_size=512 if method == "cg" else None, products="cluster")
     for name in ("train_x", "train_y", "test_x", "test_y"):
         np.save(tmp_path / f"{name}.npy", np.zeros((4, 784) if name.endswith("x") else 4))
     path = tmp_path / "config.yaml"
@@ -54,6 +54,7 @@ def test_configs_load_with_the_real_parser(tmp_path, method):
     assert cfg.cluster.n_workers == 2 and cfg.cluster.memory_limit == 4 * 2 ** 30
     assert len(cfg.kernel.layers) == 7
     assert cfg.block_size == (512 if method == "cg" else None)
+    assert cfg.solver.products == "cluster"
     if method == "cg":
         assert cfg.solver.preconditioner.kind == "nystrom" and cfg.solver.tol == 1e-6
 

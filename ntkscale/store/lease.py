@@ -173,7 +173,6 @@ class LeaseLock:
         self._thread: Optional[threading.Thread] = None
         self._mutex = threading.Lock()
         self._interrupts = False                 # whether losing the lease interrupts the main thread
-        self._interrupted = False
         self._old_handler: Any = None
 
     @property
@@ -262,7 +261,6 @@ class LeaseLock:
                 if self._interrupts and not self._stop.is_set():
                     # stop the command now rather than at its end: another run writes this
                     # store. LeaseLostInterrupt in the main thread; __exit__ names the cause.
-                    self._interrupted = True
                     _thread.interrupt_main(signal.SIGUSR1)
                 return
 

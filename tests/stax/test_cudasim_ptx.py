@@ -44,8 +44,8 @@ for name, T in (("float64", t.float64), ("float32", t.float32)):
             T[:, ::1], i32[:, ::1], T[:, ::1], i32[:, ::1], i32[:, ::1], i32[:, :, ::1], i32[:, ::1],
             i32[:, ::1], T[:, :, ::1], i32[:, :, ::1], i32[::1], T[::1], T[:, ::1], T[:, ::1], T[::1],
             T[::1], i64, i64, i64, i64, b, b, b, T, T[::1], b, i64, b)
-    flat = (T[:, ::1], T[:, ::1], t.float64[:, ::1], t.float64[:, ::1], i64[::1], t.float64[:, ::1],
-            t.float64, b, b)
+    flat = (T[:, ::1], T[:, ::1], t.float64[:, :, ::1], t.float64[:, :, ::1], i64[::1],
+            t.float64[:, ::1], t.float64, b, b)
     for kind, kernel, sig in (("slab", cuda_kernels.kernels(name), slab),
                               ("flat", cuda_flat.kernel(), flat)):
         ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=CC)

@@ -4,8 +4,10 @@ For a flat network every entry's recursion after the first GEMM is a scalar
 function of (c, q_i, q'_j) per layer, so one fused pass per entry replaces
 the ~10 full-size temporaries of the array-API reference path: BLAS computes
 ``X1 X2ᵀ`` (SYRK when x2 is x1), then a parallel numba loop runs all layers
-on each entry in registers (in float64 for both input precisions) and writes
-NNGP and NTK once. For x2 = x1 only the upper triangle is computed and
+over row tiles of ``TILE`` columns held in cache, in the inputs' precision
+(float32 SIMD lanes are twice as many), with √q and 1/√q of every input
+precomputed per layer so an entry's cosine costs no root or division, and
+writes NNGP and NTK once. For x2 = x1 only the upper triangle is computed and
 mirrored. Branches (FanOut/parallel/FanIn*) are slot steps of the same pass
 (``program_walk``): a FanOut saves the row buffers, each branch loads and
 saves them, the FanIn combines them; LayerNorm divides by √((q + ε)(q' + ε))
@@ -130,6 +132,11 @@ def _layer_variances(steps: List[Step], var: np.ndarray) -> np.ndarray:
     return out
 
 
+def _variance_roots(q: np.ndarray) -> np.ndarray:
+    """(3, S, n): the variances q, √q and 1/√q (``_roots``), C-contiguous."""
+    return np.ascontiguousarray(np.stack((q,) + _roots(q)))
+
+
 # Coefficients (highest degree first) of R(z) = (asin(√z) − √z)/(z√z) on
 # [0, 1/4], a degree-12 Chebyshev fit (|error| < 2e-17, mpmath.chebyfit).
 # A branch-free polynomial arccos lets LLVM vectorise the angle, which a
@@ -137,38 +144,52 @@ def _layer_variances(steps: List[Step], var: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(inline="always", fastmath={"contract"})
-def _acos(rho):
-    """arccos on [-1, 1] to ~1 ulp: asin range reduction (Cephes-style)."""
+def _acos(rho, ft):
+    """arccos on [-1, 1] to ~1 ulp of ``ft`` (float32 or float64: every constant is
+    of that type, so a float32 buffer is computed in float32): asin range
+    reduction (Cephes-style)."""
     t = abs(rho)
-    big = t > 0.5
-    z = 0.5 * (1.0 - t) if big else t * t
+    big = t > ft(0.5)
+    z = ft(0.5) * (ft(1.0) - t) if big else t * t
     y = math.sqrt(z) if big else t
-    r = 0.028757851367421566
-    r = r * z - 0.014851887071247204
-    r = r * z + 0.01740087944269402
-    r = r * z + 0.005457506718640358
-    r = r * z + 0.01032281435018578
-    r = r * z + 0.011479177415184906
-    r = r * z + 0.013971212973552933
-    r = r * z + 0.017352392720869973
-    r = r * z + 0.02237217294214989
-    r = r * z + 0.030381944138531247
-    r = r * z + 0.04464285714635543
-    r = r * z + 0.07499999999998433
-    r = r * z + 0.16666666666666669
+    r = ft(0.028757851367421566)
+    r = r * z - ft(0.014851887071247204)
+    r = r * z + ft(0.01740087944269402)
+    r = r * z + ft(0.005457506718640358)
+    r = r * z + ft(0.01032281435018578)
+    r = r * z + ft(0.011479177415184906)
+    r = r * z + ft(0.013971212973552933)
+    r = r * z + ft(0.017352392720869973)
+    r = r * z + ft(0.02237217294214989)
+    r = r * z + ft(0.030381944138531247)
+    r = r * z + ft(0.04464285714635543)
+    r = r * z + ft(0.07499999999998433)
+    r = r * z + ft(0.16666666666666669)
     a = y + y * z * r  # asin(y)
-    acos_t = 2.0 * a if big else 0.5 * math.pi - a
-    return math.pi - acos_t if rho < 0.0 else acos_t
+    acos_t = ft(2.0) * a if big else ft(0.5 * math.pi) - a
+    return ft(math.pi) - acos_t if rho < ft(0.0) else acos_t
 
 
 @numba.njit(inline="always")
-def _cosine(c, q1, q2, tol):
-    norm = math.sqrt(q1 * q2)
-    rho = c / (norm if norm > 0.0 else 1.0)
-    rho = min(max(rho, -1.0), 1.0)
-    rho = 1.0 if rho > 1.0 - tol else rho
-    rho = -1.0 if rho < -1.0 + tol else rho
-    return norm, rho, math.sqrt((1.0 - rho) * (1.0 + rho))
+def _cosine(c, si, ri, sj, rj, tol, ft):
+    """(norm, ρ, √(1−ρ²)) of a covariance c between inputs of variances si², sj²;
+    ``r = 1/s`` (1 where s = 0) is precomputed per input and layer, so an entry
+    costs no square root or division here (``_roots``)."""
+    norm = si * sj
+    rho = c * (ri * rj)
+    one = ft(1.0)
+    rho = min(max(rho, -one), one)
+    rho = one if rho > one - tol else rho
+    rho = -one if rho < -one + tol else rho
+    return norm, rho, math.sqrt((one - rho) * (one + rho))
+
+
+def _roots(q: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """√q and 1/√q (1 where q = 0: ρ is then c itself, 0 for a zero input)."""
+    s = np.sqrt(q)
+    r = np.ones_like(s)
+    np.divide(1.0, s, out=r, where=s > 0.0)
+    return s, r
 
 
 @numba.njit(inline="always")
@@ -200,14 +221,20 @@ def _slot_pass(op, slot, count, prod, scale, c, t, sc, st, want_ntk):
                     t[k] += st[e, k]
 
 
-@numba.njit(inline="always")
-def _layer_pass(op, pa, pb, pc, pd, c, t, qi, q2row, j0, tol, want_ntk, diag):
-    """Apply one layer to a row buffer (c, t) for columns j0.. (vectorisable);
-    ``diag``: column j0 pairs the row's input with itself (Dropout "train")."""
+@numba.njit(inline="always", fastmath={"contract"})
+def _layer_pass(op, pa, pb, pc, pd, c, t, qi, si, ri, q2, s2, r2, tol, want_ntk, diag):
+    """Apply one layer to a row buffer (c, t) against columns of variances q2
+    (roots s2, r2: ``_roots``), vectorisable; ``diag``: column 0 pairs the row's
+    input with itself (Dropout "train"). Computed in the buffers' precision: the
+    parameters, variances and ``tol`` come in the same type, every constant is
+    made of it (``ft``)."""
     m = c.shape[0]
+    ft = c.dtype.type
+    one = ft(1.0)
+    two_pi = ft(2.0 * math.pi)
     if op == OP_LNORM:
         for k in range(m):
-            inv = 1.0 / math.sqrt((qi + pa) * (q2row[j0 + k] + pa))
+            inv = one / math.sqrt((qi + pa) * (q2[k] + pa))
             c[k] = c[k] * inv
             t[k] = t[k] * inv
     elif op == OP_DROP:
@@ -224,66 +251,80 @@ def _layer_pass(op, pa, pb, pc, pd, c, t, qi, q2row, j0, tol, want_ntk, diag):
             t[k] = pc * c[k] + pa * t[k] + pd
             c[k] = pa * c[k] + pb
     elif op == OP_ABRELU:
-        big_a = 0.5 * (pa * pa + pb * pb)
-        f = (pa - pb) * (pa - pb) / (2.0 * math.pi)
+        big_a = ft(0.5) * (pa * pa + pb * pb)
+        f = (pa - pb) * (pa - pb) / two_pi
         for k in range(m):
-            norm, rho, s = _cosine(c[k], qi, q2row[j0 + k], tol)
-            dot = big_a - f * _acos(rho)
+            norm, rho, s = _cosine(c[k], si, ri, s2[k], r2[k], tol, ft)
+            dot = big_a - f * _acos(rho, ft)
             c[k] = norm * (f * s + dot * rho)
             t[k] = t[k] * dot
     elif op == OP_ERF:
         b2 = pb * pb
         for k in range(m):
             ck = c[k]
-            b = q2row[j0 + k]
-            norm, rho, s = _cosine(ck, qi, b, tol)
+            b = q2[k]
+            norm, rho, s = _cosine(ck, si, ri, s2[k], r2[k], tol, ft)
             g = norm * s
-            root = math.sqrt(1.0 + 2.0 * b2 * (qi + b) + 4.0 * b2 * b2 * g * g)
-            t[k] = t[k] * (pa * pa * b2 * 4.0 / math.pi / root)
-            c[k] = pa * pa * 2.0 / math.pi * math.atan2(2.0 * b2 * ck, root) + pc * pc
+            root = math.sqrt(one + ft(2.0) * b2 * (qi + b) + ft(4.0) * b2 * b2 * g * g)
+            t[k] = t[k] * (pa * pa * b2 * ft(4.0 / math.pi) / root)
+            c[k] = pa * pa * ft(2.0 / math.pi) * math.atan2(ft(2.0) * b2 * ck, root) + pc * pc
     elif op == OP_GELU:
         for k in range(m):
             ck = c[k]
-            b = q2row[j0 + k]
-            norm, rho, s = _cosine(ck, qi, b, tol)
+            b = q2[k]
+            norm, rho, s = _cosine(ck, si, ri, s2[k], r2[k], tol, ft)
             g = norm * s
             prod = qi * b
-            prod1 = (qi + 1.0) * (b + 1.0)
-            delta2 = g * g + qi + b + 1.0
+            prod1 = (qi + one) * (b + one)
+            delta2 = g * g + qi + b + one
             delta = math.sqrt(delta2)
             angle = math.atan2(ck, delta)
-            first = (1.0 / delta2 + (1.0 - prod) / prod1 + 1.0) * ck / (delta * 2.0 * math.pi)
-            t[k] = t[k] * (first + 0.25 + angle / (2.0 * math.pi))
-            c[k] = 0.25 * ck + ((ck * ck + prod * delta2) / (prod1 * delta) + ck * angle) / (2.0 * math.pi)
+            first = (one / delta2 + (one - prod) / prod1 + one) * ck / (delta * two_pi)
+            t[k] = t[k] * (first + ft(0.25) + angle / two_pi)
+            c[k] = ft(0.25) * ck + ((ck * ck + prod * delta2) / (prod1 * delta) + ck * angle) / two_pi
     elif op == OP_SIN:
         b2 = pb * pb
-        cos2c = math.cos(2.0 * pc)
+        cos2c = math.cos(ft(2.0) * pc)
         for k in range(m):
             ck = c[k]
-            half = 0.5 * (qi + q2row[j0 + k])
-            s1 = math.exp(b2 * (ck - half))
-            s2 = math.exp(-b2 * (ck + half)) * cos2c
-            t[k] = t[k] * (0.5 * pa * pa * b2 * (s1 + s2))
-            c[k] = 0.5 * pa * pa * (s1 - s2)
+            half = ft(0.5) * (qi + q2[k])
+            e1 = math.exp(b2 * (ck - half))
+            e2 = math.exp(-b2 * (ck + half)) * cos2c
+            t[k] = t[k] * (ft(0.5) * pa * pa * b2 * (e1 + e2))
+            c[k] = ft(0.5) * pa * pa * (e1 - e2)
+
+
+#: Columns per row tile: the tile's buffers (Σ, Θ and the branch slots) stay in
+#: L1/L2 while every layer runs over them.
+TILE = 512
 
 
 @numba.njit(inline="always")
-def _row(K, T, i, j0, q1, q2, ops, params, tol, want_ntk, c, t, sc, st, diag):
-    n2 = K.shape[1]
-    m = n2 - j0
+def _row(K, T, i, j0, j1, scale, v1, v2, ops, params, tol, want_ntk, c, t, sc, st, diag):
+    """Columns j0..j1 of row i through every step, in the buffers (c, t): K holds
+    the input inner products, times ``scale`` (1/d) on loading. ``v1``/``v2``:
+    (3, S, n) self-variances q, √q and 1/√q of each step's inputs; ``diag``: column
+    j0 is the row's own input, whose variance is set exactly."""
+    m = j1 - j0
     cb = c[:m]
     tb = t[:m]
+    sc_ = sc[:, :m]
+    st_ = st[:, :m]
     for k in range(m):
-        cb[k] = K[i, j0 + k]
+        cb[k] = K[i, j0 + k] * scale
         tb[k] = 0.0
+    if diag:
+        cb[0] = v1[0, 0, i]  # exact parallel pair
     for l in range(ops.shape[0]):
         op = ops[l]
         if op >= OP_STORE and op <= OP_SUM:
             _slot_pass(op, np.int64(params[l, 0]), np.int64(params[l, 1]), params[l, 2] != 0.0,
-                       params[l, 3], cb, tb, sc, st, want_ntk)
+                       params[l, 3], cb, tb, sc_, st_, want_ntk)
         else:
-            _layer_pass(op, params[l, 0], params[l, 1], params[l, 2], params[l, 3],
-                        cb, tb, q1[l, i], q2[l], j0, tol, want_ntk, diag)
+            _layer_pass(op, params[l, 0], params[l, 1], params[l, 2], params[l, 3], cb, tb,
+                        v1[0, l, i], v1[1, l, i], v1[2, l, i],
+                        v2[0, l, j0:j1], v2[1, l, j0:j1], v2[2, l, j0:j1],
+                        tol, want_ntk, diag)
     for k in range(m):
         K[i, j0 + k] = cb[k]
     if want_ntk:
@@ -291,32 +332,41 @@ def _row(K, T, i, j0, q1, q2, ops, params, tol, want_ntk, c, t, sc, st, diag):
             T[i, j0 + k] = tb[k]
 
 
-@numba.njit(parallel=True, cache=True)
-def _fused_rect(K, T, q1, q2, ops, params, tol, want_ntk, nslots):
-    n1, n2 = K.shape
+@numba.njit(inline="always")
+def _row_tiles(K, T, i, j0, scale, v1, v2, ops, params, tol, want_ntk, c, t, sc, st,
+               symmetric):
+    n2 = K.shape[1]
+    for a in range(j0, n2, TILE):
+        _row(K, T, i, a, min(n2, a + TILE), scale, v1, v2, ops, params, tol, want_ntk, c, t,
+             sc, st, symmetric and a == j0)
+
+
+@numba.njit(parallel=True, cache=True, fastmath={"contract"})
+def _fused_rect(K, T, scale, v1, v2, ops, params, tol, want_ntk, nslots):
+    n1 = K.shape[0]
     for i in numba.prange(n1):
-        c = np.empty(n2, np.float64)
-        t = np.empty(n2, np.float64)
-        sc = np.empty((nslots, n2), np.float64)
-        st = np.empty((nslots, n2), np.float64)
-        _row(K, T, i, 0, q1, q2, ops, params, tol, want_ntk, c, t, sc, st, False)
+        c = np.empty(TILE, K.dtype)
+        t = np.empty(TILE, K.dtype)
+        sc = np.empty((nslots, TILE), K.dtype)
+        st = np.empty((nslots, TILE), K.dtype)
+        _row_tiles(K, T, i, 0, scale, v1, v2, ops, params, tol, want_ntk, c, t, sc, st, False)
 
 
-@numba.njit(parallel=True, cache=True)
-def _fused_sym(K, T, q, ops, params, tol, want_ntk, nslots):
+@numba.njit(parallel=True, cache=True, fastmath={"contract"})
+def _fused_sym(K, T, scale, v, ops, params, tol, want_ntk, nslots):
     n = K.shape[0]
     half = (n + 1) // 2
     # Rows p and n-1-p together give every thread equal upper-triangle work.
     for pp in numba.prange(half):
         p = np.int64(pp)
-        c = np.empty(n, np.float64)
-        t = np.empty(n, np.float64)
-        sc = np.empty((nslots, n), np.float64)
-        st = np.empty((nslots, n), np.float64)
-        _row(K, T, p, p, q, q, ops, params, tol, want_ntk, c, t, sc, st, True)
+        c = np.empty(TILE, K.dtype)
+        t = np.empty(TILE, K.dtype)
+        sc = np.empty((nslots, TILE), K.dtype)
+        st = np.empty((nslots, TILE), K.dtype)
+        _row_tiles(K, T, p, p, scale, v, v, ops, params, tol, want_ntk, c, t, sc, st, True)
         if n - 1 - p != p:
-            _row(K, T, n - 1 - p, n - 1 - p, q, q, ops, params, tol, want_ntk, c, t, sc, st,
-                 True)
+            _row_tiles(K, T, n - 1 - p, n - 1 - p, scale, v, v, ops, params, tol, want_ntk, c,
+                       t, sc, st, True)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -340,7 +390,10 @@ def _mirror_upper(A):
 
 def evaluate(layers: List[LayerImpl], x1: np.ndarray, x2: Optional[np.ndarray], *,
              want_ntk: bool) -> Dict[str, np.ndarray]:
-    """NNGP (and NTK) of a flat network for all row pairs, fused per entry."""
+    """NNGP (and NTK) of a flat network for all row pairs, fused per entry, in the
+    inputs' precision (float32 inputs are computed in float32, as the reference
+    path and neural-tangents do; within the float32 parity tolerance of the
+    float64 result, tests/stax/test_stax_properties.py)."""
     d = x1.shape[1]
     steps, nslots, why = flatten(layers)
     if why is not None:  # pragma: no cover - select_path checks first
@@ -348,27 +401,25 @@ def evaluate(layers: List[LayerImpl], x1: np.ndarray, x2: Optional[np.ndarray], 
     check_steps(steps, d, [])
     ops, params = _encode(steps, d, want_ntk)
     nslots = max(nslots, 1)
-    tol = PARALLEL_TOLERANCE_EPS * float(np.finfo(x1.dtype).eps)
+    cdt = np.dtype(x1.dtype)
+    ft = cdt.type
+    tol = ft(PARALLEL_TOLERANCE_EPS * float(np.finfo(cdt).eps))
+    params = params.astype(cdt)
     var1 = np.einsum("ij,ij->i", x1, x1, dtype=np.float64) / d
-    q1 = _layer_variances(steps, var1)
+    v1 = _variance_roots(_layer_variances(steps, var1)).astype(cdt)
     symmetric = x2 is None
-    if symmetric:
-        K = x1 @ x1.T  # NumPy uses SYRK for a @ a.T
-        K /= d
-        np.fill_diagonal(K, var1)  # exact parallel pairs on the diagonal
-    else:
-        K = x1 @ x2.T
-        K /= d
+    # 1/d is applied as each tile is loaded (no separate pass over K).
+    K = x1 @ x1.T if symmetric else x1 @ x2.T  # NumPy uses SYRK for a @ a.T
     T = np.empty_like(K) if want_ntk else np.empty((1, 1), K.dtype)
     if symmetric:
-        _fused_sym(K, T, q1, ops, params, tol, want_ntk, nslots)
+        _fused_sym(K, T, ft(1.0 / d), v1, ops, params, tol, want_ntk, nslots)
         _mirror_upper(K)
         if want_ntk:
             _mirror_upper(T)
     else:
         var2 = np.einsum("ij,ij->i", x2, x2, dtype=np.float64) / d
-        q2 = _layer_variances(steps, var2)
-        _fused_rect(K, T, q1, q2, ops, params, tol, want_ntk, nslots)
+        v2 = _variance_roots(_layer_variances(steps, var2)).astype(cdt)
+        _fused_rect(K, T, ft(1.0 / d), v1, v2, ops, params, tol, want_ntk, nslots)
     out = {"nngp": K}
     if want_ntk:
         out["ntk"] = T

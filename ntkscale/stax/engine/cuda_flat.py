@@ -78,10 +78,11 @@ def _build() -> Any:
     max_slots = MAX_SLOTS
 
     @cuda.jit
-    def flat_kernel(K, T, q1, q2, ops, params, tol, want_ntk, symmetric):
+    def flat_kernel(K, T, v1, v2, ops, params, tol, want_ntk, symmetric):
         """Entry e = i·n2 + j of the grid: K[i, j] (the input Gram) through every step
         into Σ (K, in place) and Θ (T). ``symmetric``: only j ≥ i runs, and also
-        writes [j, i]; (i, i) pairs an input with itself (``Dropout`` "train")."""
+        writes [j, i]; (i, i) pairs an input with itself (``Dropout`` "train").
+        ``v1``/``v2``: (3, S, n) variances q, √q, 1/√q (``cpu_flat._variance_roots``)."""
         e = cuda.grid(1)
         n1 = K.shape[0]
         n2 = K.shape[1]
@@ -94,6 +95,8 @@ def _build() -> Any:
         c = cuda.local.array(1, float64)
         t = cuda.local.array(1, float64)
         qb = cuda.local.array(1, float64)
+        sb = cuda.local.array(1, float64)
+        rb = cuda.local.array(1, float64)
         sc = cuda.local.array((max_slots, 1), float64)
         st = cuda.local.array((max_slots, 1), float64)
         c[0] = K[i, j]
@@ -105,9 +108,12 @@ def _build() -> Any:
                 slot_pass(op, np.int64(params[l, 0]), np.int64(params[l, 1]), params[l, 2] != 0.0,
                           params[l, 3], c, t, sc, st, want_ntk)
             else:
-                qb[0] = q2[l, j]
+                qb[0] = v2[0, l, j]
+                sb[0] = v2[1, l, j]
+                rb[0] = v2[2, l, j]
                 layer_pass(op, params[l, 0], params[l, 1], params[l, 2], params[l, 3], c, t,
-                           q1[l, i], qb, 0, tol, want_ntk, diag)
+                           v1[0, l, i], v1[1, l, i], v1[2, l, i], qb, sb, rb, tol, want_ntk,
+                           diag)
         K[i, j] = c[0]
         if want_ntk:
             T[i, j] = t[0]
@@ -148,26 +154,26 @@ def evaluate(layers: List[LayerImpl], x1: Any, x2: Optional[Any], *,
     tol = PARALLEL_TOLERANCE_EPS * float(np.finfo(np.dtype(str(x1.dtype))).eps)
     x1 = mod.ascontiguousarray(x1)
     var1 = _self_variance(mod, x1, d)
-    q1 = cpu_flat._layer_variances(steps, var1)
+    v1 = cpu_flat._variance_roots(cpu_flat._layer_variances(steps, var1))
     symmetric = x2 is None
     if symmetric:
         K = x1 @ x1.T
         K /= d
         mod.fill_diagonal(K, mod.asarray(var1).astype(K.dtype))  # exact parallel pairs
-        q2 = q1
+        v2 = v1
     else:
         x2 = mod.ascontiguousarray(x2)
         K = x1 @ x2.T
         K /= d
-        q2 = cpu_flat._layer_variances(steps, _self_variance(mod, x2, d))
+        v2 = cpu_flat._variance_roots(cpu_flat._layer_variances(steps, _self_variance(mod, x2, d)))
     n1, n2 = int(K.shape[0]), int(K.shape[1])
     Kd = dev(K)
     Td = dev(mod.empty_like(K) if want_ntk else mod.empty((1, 1), K.dtype))
-    q1d = dev(q1)
-    q2d = q1d if symmetric else dev(q2)
+    v1d = dev(v1)
+    v2d = v1d if symmetric else dev(v2)
     threads = SIM_THREADS if cuda_kernels.simulated() else THREADS
     blocks = max(1, -(-(n1 * n2) // threads))
-    kernel()[blocks, threads](Kd, Td, q1d, q2d, dev(ops), dev(params), float(tol),
+    kernel()[blocks, threads](Kd, Td, v1d, v2d, dev(ops), dev(params), float(tol),
                               bool(want_ntk), bool(symmetric))
     if host:
         Kd, Td = Kd.copy_to_host(), Td.copy_to_host()

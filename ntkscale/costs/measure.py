@@ -2,7 +2,8 @@
 
 * :func:`calibrate` -- seconds per kernel entry on one core, timed on a small block
   of the run's own data;
-* :func:`write_bandwidth` -- bytes per second of one file write on the store's disk;
+* :func:`write_bandwidth` -- bytes per second of one fsync'd file write on the store's disk;
+* :func:`storage_calibration` -- the median of a few of those, as a calibration stores it;
 * :func:`measure_read_bandwidth` -- bytes per second reading whole chunks of a stored Gram;
 * :func:`measure_flop_rate` -- effective kernel flops per second on a small block.
 
@@ -12,11 +13,12 @@ last two as inputs.
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
 import os
 import tempfile
 import time
-from typing import Any
+from typing import Any, Dict
 
 import numba
 import numpy as np
@@ -47,8 +49,11 @@ def calibrate(kernel_fn: Any, x: Any, dtype: str, get: Any, rows: int = 256) -> 
     return best / (len(xs) * len(ys))
 
 
-def write_bandwidth(directory: str, nbytes: int = 64 << 20) -> float:
-    """Bytes/s of one file write (then deleted) in ``directory`` (the store's disk)."""
+def write_bandwidth(directory: str, nbytes: int = 64 << 20, fsync: bool = True) -> float:
+    """Bytes/s of one sequential file write (then deleted) in ``directory`` (the store's
+    disk), ``fsync``'d inside the clock as the store's chunk files are
+    (``store/durable.py``): without it the page cache absorbs the write and the
+    figure says nothing about the disk."""
     os.makedirs(directory, exist_ok=True)
     data = np.ones(nbytes // 8)
     fd, path = tempfile.mkstemp(prefix=".ntkscale-plan-", dir=directory)
@@ -56,9 +61,22 @@ def write_bandwidth(directory: str, nbytes: int = 64 << 20) -> float:
         t = time.perf_counter()
         with os.fdopen(fd, "wb") as f:
             f.write(memoryview(data).cast("B"))
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         return nbytes / max(time.perf_counter() - t, 1e-9)
     finally:
         os.remove(path)
+
+
+def storage_calibration(directory: str, nbytes: int = 256 << 20, repeats: int = 3) -> Dict[str, Any]:
+    """The store's side of a calibration: the median of ``repeats`` fsync'd sequential
+    writes of ``nbytes`` in ``directory``, with where and when it was measured."""
+    rates = sorted(write_bandwidth(directory, nbytes) for _ in range(max(1, repeats)))
+    return {"write_bytes_per_s": rates[len(rates) // 2], "all_write_bytes_per_s": rates,
+            "path": os.path.abspath(directory), "nbytes": int(nbytes), "fsync": True,
+            "load_1min": round(os.getloadavg()[0], 2),
+            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
 def measure_read_bandwidth(array: Any, max_chunks: int = 4) -> float:

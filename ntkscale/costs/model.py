@@ -210,9 +210,13 @@ def _points(measurements: Iterable[Dict[str, Any]], cache: int, kind: str = "cpu
 
 
 def fit(measurements: Sequence[Dict[str, Any]], *, machine: Optional[Dict[str, Any]] = None,
-        kind: str = "cpu", label: Optional[str] = None, cache: Optional[int] = None) -> Dict[str, Any]:
+        kind: str = "cpu", label: Optional[str] = None, cache: Optional[int] = None,
+        storage: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Fit the coefficients per (dtype, path); returns the calibration dict.
-    ``cache``: L2 bytes of the measured machine (default: this machine's)."""
+    ``cache``: L2 bytes of the measured machine (default: this machine's);
+    ``storage``: the store's measured write bandwidth
+    (:func:`ntkscale.costs.measure.storage_calibration`), kept with the calibration
+    for the projection's write term."""
     cache = int(cache or cache_bytes())
     pts = _points(measurements, cache, kind)
     coef: Dict[str, Dict[str, Any]] = {}
@@ -249,7 +253,7 @@ def fit(measurements: Sequence[Dict[str, Any]], *, machine: Optional[Dict[str, A
     r2 = 1 - float(np.sum((logm - logp) ** 2) / max(np.sum((logm - logm.mean()) ** 2), 1e-300))
     machine = dict(machine or {})
     cpu = machine.get("cpu", "this machine")
-    return {
+    out = {
         "schema": SCHEMA,
         "kind": kind,
         "label": label or (f"CPU calibration ({cpu}): seconds on one core (numba and BLAS on 1 thread, "
@@ -270,6 +274,9 @@ def fit(measurements: Sequence[Dict[str, Any]], *, machine: Optional[Dict[str, A
                     "measured_s": float(p["cpu_s"]), "predicted_s": p["pred_s_per_entry"] * p["entries"],
                     "rel_err": p["pred_s_per_entry"] / p["s_per_entry"] - 1} for p in pts],
     }
+    if storage:
+        out["storage"] = dict(storage)
+    return out
 
 
 # ----------------------------------------------------------------------------- apply
@@ -414,9 +421,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--out", required=True, help="calibration JSON to write")
     ap.add_argument("--plot", default=None, help="PNG of prediction vs measurement")
     ap.add_argument("--kind", default="cpu", choices=("cpu", "gpu"))
+    ap.add_argument("--write-dir", default=None,
+                    help="measure the store's fsync'd write bandwidth here now (default: the one in the "
+                         "measurements, if any)")
     args = ap.parse_args(argv)
     meas = json.loads(Path(args.measurements).read_text())
-    cal = fit(meas["kernel"], machine=meas.get("machine"), kind=args.kind)
+    storage = meas.get("storage")
+    if args.write_dir:
+        from .measure import storage_calibration  # noqa: PLC0415 (numba import only when measuring)
+
+        storage = storage_calibration(args.write_dir)
+    cal = fit(meas["kernel"], machine=meas.get("machine"), kind=args.kind, storage=storage)
     cal["measurements"] = str(args.measurements)
     save(cal, args.out)
     if args.plot:
@@ -426,6 +441,8 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"max {100 * f['max_abs_rel_err']:.1f} %, R2 (log) {f['r2_log']:.4f}")
     for r in summary_rows(cal):
         print("  " + "; ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
+    if storage:
+        print(f"  store writes: {storage['write_bytes_per_s'] / 1e9:.3g} GB/s fsync'd at {storage['path']}")
     print(f"saved {args.out}")
     return 0
 

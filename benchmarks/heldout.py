@@ -97,6 +97,34 @@ def choose_n(project_n, n_max: int, budget_s: float, drift: float) -> int:
     return n
 
 
+def scale_points(scale_json: Path, calibration: Any = None) -> list:
+    """Re-predict the recorded ``benchmarks/scale.py`` Gram runs (FC3 NTK, MNIST 784, float64)
+    with the projection's compute and write terms, next to what they measured: the engine's
+    block phase (first to last progress line) and the whole ``ntkscale gram`` (with the
+    cluster's start)."""
+    from ntkscale.costs.projection import project
+
+    res = json.loads(scale_json.read_text())
+    st = res["settings"]
+    rows = []
+    for size in res["sizes"]:
+        runs = [r for r in size["runs"].values() if r.get("gram_only") or r.get("metrics", {}).get("gram")]
+        g = next((r["gram_only"] for r in runs if r.get("gram_only")), None)
+        if g is None:
+            continue
+        p = project(size["n"], (784,), "fc3", "cpu", int(st["workers"]), "float64", calibration,
+                    n_test=size["n_test"], get=("ntk",), block_size=int(st["block_size"]))
+        blocks = g.get("gram_compute_s") or g["metrics"].get("blocks_seconds")
+        rows.append({"n": size["n"], "n_test": size["n_test"], "compute_s": p["compute_wall_seconds"],
+                     "write_s": p["write_seconds"], "predicted_s": p["wall_seconds"], "binds": p["binds"],
+                     "write_gb": p["storage_bytes"] / 1e9, "write_bytes_per_s": p["write_bytes_per_s"],
+                     "measured_blocks_s": blocks, "measured_stage_s": g["wall_s"],
+                     "rel_err_blocks": p["wall_seconds"] / blocks - 1 if blocks else None,
+                     "rel_err_compute_only": p["compute_wall_seconds"] / blocks - 1 if blocks else None,
+                     "load_1min": round(size.get("load_1min_start", float("nan")), 2)})
+    return rows
+
+
 def write_config(d: Path, n: int, hw: int, net_spec: Any, workers: int, block: int) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     x = np.random.default_rng(0).uniform(size=(n, hw, hw, 3))

@@ -46,7 +46,9 @@ less than wall time; a calibration therefore means "seconds on one core".
 
 ``MEASUREMENTS.json`` (written by ``benchmarks/scaling.py``) holds
 ``{"machine": {...}, "kernel": [{"spec", "input_shape", "dtype", "n1", "n2",
-"cpu_s", ...}, ...]}``. The calibration is plain JSON; :func:`predict_call`
+"cpu_s", ...}, ...], "storage": {...}}``; ``storage`` is the store's fsync'd
+sequential write bandwidth (``costs.measure.storage_calibration``), kept in the
+calibration for the projection's write term. The calibration is plain JSON; :func:`predict_call`
 and :func:`seconds_per_entry` apply it (``ntkscale.costs.projection`` uses them).
 """
 
@@ -422,12 +424,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--plot", default=None, help="PNG of prediction vs measurement")
     ap.add_argument("--kind", default="cpu", choices=("cpu", "gpu"))
     ap.add_argument("--write-dir", default=None,
-                    help="measure the store's fsync'd write bandwidth here now (default: the one in the "
-                         "measurements, if any)")
+                    help="where to measure the store's fsync'd write bandwidth now when the measurements "
+                         "carry none (benchmarks/scaling.py records one)")
     args = ap.parse_args(argv)
     meas = json.loads(Path(args.measurements).read_text())
     storage = meas.get("storage")
-    if args.write_dir:
+    if args.write_dir and not storage:
         from .measure import storage_calibration  # noqa: PLC0415 (numba import only when measuring)
 
         storage = storage_calibration(args.write_dir)

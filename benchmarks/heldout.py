@@ -89,6 +89,45 @@ def rate_check(kernel_fn: Any, shape: tuple, cal: Dict[str, Any], n1: int = 8, n
             "load_1min": round(os.getloadavg()[0], 2)}
 
 
+def _timed_call(args) -> Dict[str, float]:
+    """One process: a warm 8 × 4 call of ``net`` on one thread, timed after ``barrier``."""
+    net, hw, barrier = args
+    import numba
+
+    from ntkscale.costs.projection import resolve_net
+
+    numba.set_num_threads(1)
+    shape = (hw, hw, 3)
+    kfn = resolve_net(net, shape)
+    rng = np.random.default_rng(1)
+    a, b = rng.uniform(size=(8,) + shape), rng.uniform(size=(4,) + shape)
+    kfn(a[:2], b[:1], get=GET)
+    if barrier is not None:
+        barrier.wait()
+    c, t = time.process_time(), time.perf_counter()
+    kfn(a, b, get=GET)
+    return {"cpu_s": time.process_time() - c, "wall_s": time.perf_counter() - t}
+
+
+def concurrency_check(net: str, hw: int, procs: int) -> Dict[str, Any]:
+    """The same one-thread call timed in one process alone, then in ``procs`` processes at
+    once (as the Gram engine's workers run): how much a core slows when its neighbours
+    compute too, which a one-core calibration cannot see."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        alone = pool.map(_timed_call, [(net, hw, None)])[0]
+    with ctx.Manager() as manager:
+        barrier = manager.Barrier(procs)
+        with ctx.Pool(procs) as pool:
+            together = pool.map(_timed_call, [(net, hw, barrier)] * procs)
+    worst = max(r["cpu_s"] for r in together)
+    return {"net": net, "hw": hw, "procs": procs, "alone": alone, "together": together,
+            "slowdown_cpu": worst / alone["cpu_s"], "load_1min": round(os.getloadavg()[0], 2),
+            "date": machine()["date"]}
+
+
 def choose_n(project_n, n_max: int, budget_s: float, drift: float) -> int:
     """Largest n ≤ n_max (a multiple of 10) whose projected wall × drift fits the budget."""
     n = n_max
@@ -97,11 +136,11 @@ def choose_n(project_n, n_max: int, budget_s: float, drift: float) -> int:
     return n
 
 
-def scale_points(scale_json: Path, calibration: Any = None) -> list:
+def scale_points(scale_json: Path, calibration: Any = None, write_bandwidth: Optional[float] = None) -> list:
     """Re-predict the recorded ``benchmarks/scale.py`` Gram runs (FC3 NTK, MNIST 784, float64)
     with the projection's compute and write terms, next to what they measured: the engine's
     block phase (first to last progress line) and the whole ``ntkscale gram`` (with the
-    cluster's start)."""
+    cluster's start). ``write_bandwidth``: bytes/s instead of the calibration's."""
     from ntkscale.costs.projection import project
 
     res = json.loads(scale_json.read_text())
@@ -113,7 +152,8 @@ def scale_points(scale_json: Path, calibration: Any = None) -> list:
         if g is None:
             continue
         p = project(size["n"], (784,), "fc3", "cpu", int(st["workers"]), "float64", calibration,
-                    n_test=size["n_test"], get=("ntk",), block_size=int(st["block_size"]))
+                    n_test=size["n_test"], get=("ntk",), block_size=int(st["block_size"]),
+                    write_bandwidth=write_bandwidth)
         blocks = g.get("gram_compute_s") or g["metrics"].get("blocks_seconds")
         rows.append({"n": size["n"], "n_test": size["n_test"], "compute_s": p["compute_wall_seconds"],
                      "write_s": p["write_seconds"], "predicted_s": p["wall_seconds"], "binds": p["binds"],
@@ -178,11 +218,21 @@ def main(argv=None) -> int:
     ap.add_argument("--dir", default="/var/tmp/ntkscale-heldout", help="data, config and store (removed after)")
     ap.add_argument("--estimate-only", action="store_true", help="print the prediction and the chosen n; no run")
     ap.add_argument("--name", default="heldout", help="result file name (results/<name>.json)")
+    ap.add_argument("--concurrency", action="store_true",
+                    help="only time one call alone and on every worker at once (results/<name>_concurrency.json)")
     args = ap.parse_args(argv)
 
     from ntkscale.costs.projection import load_calibration, project, resolve_net
     from ntkscale.errors import NtkscaleError
 
+    if args.concurrency:
+        res = concurrency_check(args.net, args.hw, args.workers)
+        path = save_result(f"{args.name}_concurrency", res)
+        together = ", ".join(f"{r['cpu_s']:.3f}" for r in res["together"])
+        print(f"heldout: one {args.net} 8x4 call on one thread: {res['alone']['cpu_s']:.3f} CPU s alone, "
+              f"{together} with {args.workers} at once "
+              f"({res['slowdown_cpu']:.2f}x); load {res['load_1min']}; saved {path}")
+        return 0
     shape = (args.hw, args.hw, 3)
     kernel_fn = resolve_net(args.net, shape)
     cal = load_calibration(args.calibration, "cpu")

@@ -67,6 +67,7 @@ from scipy.optimize import nnls
 from .. import stax
 from ..stax.engine.slab_program import LANES_MIN
 from ..stax.network import KernelFn, Layer, from_spec
+from .measure import storage_calibration
 
 PATHS = ("flat", "slab", "pooled", "reference")
 #: Feature names of each path, in design-matrix order (``overhead`` is per call).
@@ -430,8 +431,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     meas = json.loads(Path(args.measurements).read_text())
     storage = meas.get("storage")
     if args.write_dir and not storage:
-        from .measure import storage_calibration  # noqa: PLC0415 (numba import only when measuring)
-
         storage = storage_calibration(args.write_dir)
     cal = fit(meas["kernel"], machine=meas.get("machine"), kind=args.kind, storage=storage)
     cal["measurements"] = str(args.measurements)
@@ -444,7 +443,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     for r in summary_rows(cal):
         print("  " + "; ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
     if storage:
-        print(f"  store writes: {storage['write_bytes_per_s'] / 1e9:.3g} GB/s fsync'd at {storage['path']}")
+        print(f"  store writes: {storage['write_bytes_per_s'] / 1e9:.3g} GB/s fsync'd at {storage['path']} "
+              f"({storage.get('method', 'one file')})")
     print(f"saved {args.out}")
     return 0
 

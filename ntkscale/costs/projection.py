@@ -10,11 +10,15 @@ and the diagonals.
 
 Calibrations are per device kind. ``cpu`` is measured on one core
 (``benchmarks/scaling.py``: numba and BLAS on one thread, CPU seconds) and
-says so in its label; ``n_devices`` then counts cores, and the projection
-assumes the blocks spread evenly over them (no store I/O, no scheduler
-overhead: ``benchmarks/bench_gram.py`` measures those). A ``gpu`` calibration
-exists only where one was measured on a GPU; asking for it otherwise is an
-error that says so, never a guess.
+says so in its label; ``n_devices`` then counts cores. The wall time is the
+slower of two overlapped streams (:func:`combine`): compute, the grid's block
+tasks scheduled on ``n_devices`` slots (:func:`makespan`), and store writes,
+the bytes the store writes at its fsync'd sequential write bandwidth (measured
+with the calibration, ``storage``). Cluster start-up and scheduling are not
+modelled, and a one-core rate assumes the other cores do not slow it
+(``benchmarks/heldout.py`` measures how far a real run lands from the
+projection). A ``gpu`` calibration exists only where one was measured on a GPU;
+asking for it otherwise is an error that says so, never a guess.
 
     ntkscale project --n 50000 --input-shape 32,32,3 --net myrtle5 --devices 8 --device cpu
 

@@ -7,7 +7,7 @@ import pytest
 
 from ntkscale import NtkscaleError
 from ntkscale.costs import model as costmodel
-from ntkscale.costs.measure import storage_calibration, write_bandwidth
+from ntkscale.costs.measure import chunked_write_bandwidth, storage_calibration, write_bandwidth
 from ntkscale.costs.projection import combine, find_calibration, load_calibration, makespan, project
 
 from .test_projection import _synthetic
@@ -53,9 +53,13 @@ def test_writes_bind_a_flat_gram_and_compute_binds_a_conv_one(cal_with_storage):
 def test_write_bandwidth_is_measured_fsynced_and_round_trips(tmp_path):
     assert write_bandwidth(str(tmp_path), nbytes=1 << 20) > 0
     assert not list(tmp_path.iterdir())                           # its file is removed
-    storage = storage_calibration(str(tmp_path), nbytes=1 << 20, repeats=3)
+    assert chunked_write_bandwidth(str(tmp_path), nbytes=1 << 20, chunk_bytes=1 << 18) > 0
+    assert not list(tmp_path.iterdir())
+    storage = storage_calibration(str(tmp_path), nbytes=1 << 20, repeats=3, chunk_bytes=1 << 18)
     assert storage["fsync"] and storage["path"] == str(tmp_path) and len(storage["all_write_bytes_per_s"]) == 3
     assert storage["write_bytes_per_s"] == sorted(storage["all_write_bytes_per_s"])[1]   # the median
+    assert storage["sequential_bytes_per_s"] == sorted(storage["all_sequential_bytes_per_s"])[1]
+    assert not list(tmp_path.iterdir())
     cal = costmodel.fit(_synthetic(), machine={"cpu": "test"}, storage=storage)
     path = costmodel.save(cal, tmp_path / "cal.json")
     back = load_calibration(path, "cpu")
@@ -84,3 +88,16 @@ def test_shipped_calibration_is_package_data(monkeypatch):
     assert path.parts[-3:] == ("costs", "data", "cpu.json")
     cal = load_calibration(None, "cpu")
     assert cal["kind"] == "cpu" and cal["coefficients"]
+
+
+def test_project_cli_says_which_binds(tmp_path, capsys):
+    from ntkscale.cli.main import main as cli_main
+
+    path = costmodel.save(costmodel.fit(_synthetic(), machine={"cpu": "test"}), tmp_path / "cal.json")
+    args = ["project", "--n", "60000", "--n-test", "2000", "--input-shape", "784", "--net", "fc3", "--devices", "2",
+            "--get", "ntk", "--block-size", "1024", "--calibration", str(path)]
+    assert cli_main(args + ["--write-bandwidth", "1.6e8"]) == 0
+    assert "write binds" in capsys.readouterr().out
+    assert cli_main(args + ["--write-bandwidth", "1e15", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["binds"] == "compute"
+    assert cli_main(args + ["--write-bandwidth", "-1"]) == 2

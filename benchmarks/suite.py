@@ -598,9 +598,9 @@ def projection_read(ctx: Ctx) -> Dict[str, Any]:
                          f"({me['compute_seconds'] / pr['device_seconds']:.2f}×); the rate check just before the run "
                          f"(one 8 × 4 call on one thread) took {rc['cpu_s']:.3g} CPU s against "
                          f"{rc['predicted_s']:.3g} s predicted ({rc['measured_over_predicted']:.2f}×). Scaled by the "
-                         f"rate check the projection would have erred by {100 * h['rel_error_drift_corrected']:+.0f} %;"
-                         " a one-core calibration made on a quiet machine does not carry over to both cores computing "
-                         "on a loaded one.")
+                         f"rate check the projection would have erred by {100 * h['rel_error_drift_corrected']:+.0f} %. "
+                         "The calibration's one-core rates were measured on a quiet day (load 0.4); on this shared "
+                         "machine one core now runs about 2× slower, which no calibration made that day can see.")
         conc = HERE / "results" / "heldout_concurrency.json"
         if conc.exists():
             c = _load(conc)
@@ -608,7 +608,8 @@ def projection_read(ctx: Ctx) -> Dict[str, Any]:
             notes.append(f"One core alone vs both at once ({c['date']}, load {c['load_1min']}; "
                          "`python benchmarks/heldout.py --concurrency`): the same one-thread 8 × 4 Myrtle-5 call took "
                          f"{c['alone']['cpu_s']:.3g} CPU s alone and "
-                         f"{together} s with {c['procs']} processes at once ({c['slowdown_cpu']:.2f}×).")
+                         f"{together} s with {c['procs']} processes at once ({c['slowdown_cpu']:.2f}×): the two "
+                         "workers barely slow each other; the drift is the core's speed itself.")
         targets = h["targets"]
     return {"tables": tables, "notes": notes, "targets": targets}
 

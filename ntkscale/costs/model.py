@@ -46,9 +46,8 @@ less than wall time; a calibration therefore means "seconds on one core".
 
 ``MEASUREMENTS.json`` (written by ``benchmarks/scaling.py``) holds
 ``{"machine": {...}, "kernel": [{"spec", "input_shape", "dtype", "n1", "n2",
-"cpu_s", ...}, ...], "storage": {...}}``; ``storage`` is the store's fsync'd
-sequential write bandwidth (``costs.measure.storage_calibration``), kept in the
-calibration for the projection's write term. The calibration is plain JSON; :func:`predict_call`
+"cpu_s", ...}, ...], "storage": {...}}`` (the store's write bandwidth,
+``measure.storage_calibration``: the projection's write term). It is plain JSON; :func:`predict_call`
 and :func:`seconds_per_entry` apply it (``ntkscale.costs.projection`` uses them).
 """
 
@@ -216,10 +215,8 @@ def fit(measurements: Sequence[Dict[str, Any]], *, machine: Optional[Dict[str, A
         kind: str = "cpu", label: Optional[str] = None, cache: Optional[int] = None,
         storage: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Fit the coefficients per (dtype, path); returns the calibration dict.
-    ``cache``: L2 bytes of the measured machine (default: this machine's);
-    ``storage``: the store's measured write bandwidth
-    (:func:`ntkscale.costs.measure.storage_calibration`), kept with the calibration
-    for the projection's write term."""
+    ``cache``: L2 bytes of the measured machine (default: this machine's); ``storage``:
+    the store's write bandwidth (``measure.storage_calibration``), kept as is."""
     cache = int(cache or cache_bytes())
     pts = _points(measurements, cache, kind)
     coef: Dict[str, Dict[str, Any]] = {}
@@ -424,9 +421,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--out", required=True, help="calibration JSON to write")
     ap.add_argument("--plot", default=None, help="PNG of prediction vs measurement")
     ap.add_argument("--kind", default="cpu", choices=("cpu", "gpu"))
-    ap.add_argument("--write-dir", default=None,
-                    help="where to measure the store's fsync'd write bandwidth now when the measurements "
-                         "carry none (benchmarks/scaling.py records one)")
+    ap.add_argument("--write-dir", default=None, help="measure the store's write bandwidth here when the "
+                    "measurements carry none (benchmarks/scaling.py records one)")
     args = ap.parse_args(argv)
     meas = json.loads(Path(args.measurements).read_text())
     storage = meas.get("storage")

@@ -32,6 +32,10 @@ centred one-hot targets): scipy cho_factor + cho_solve, the tiled Cholesky
 (in-memory Zarr), CG and Nyström-preconditioned CG to relative residual 1e-6;
 each solution's residual is checked.
 
+The store's side: the median of three fsync'd sequential writes of 256 MiB in
+``--store-dir`` (where Gram stores go; ``ntkscale.costs.measure.storage_calibration``),
+kept as ``storage`` and carried into the calibration for the projection's write term.
+
 Plots (PNG): kernel_fc.png, kernel_conv.png, solvers.png, and gram_engine.png
 from a ``bench_gram.py`` result (``--gram``).
 """
@@ -428,6 +432,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=None, help="best of (default 2 quick, 3 full)")
     ap.add_argument("--target", type=float, default=None, help="CPU seconds per sized call (0.05 quick, 0.4 full)")
     ap.add_argument("--no-solvers", action="store_true")
+    ap.add_argument("--store-dir", default="/var/tmp",
+                    help="directory on the Gram store's disk, for its fsync'd write bandwidth (default /var/tmp)")
     ap.add_argument("--plot-only", action="store_true", help="redraw the plots from --out")
     args = ap.parse_args(argv)
     out = Path(args.out) if args.out else RESULTS / "scaling.json"
@@ -443,6 +449,11 @@ def main(argv=None) -> int:
                 "quick": args.quick, "repeats": repeats, "kernel": kernels(args.quick, repeats, target)}
         if not args.no_solvers:
             data["solver"] = solvers(args.quick, 1 if args.quick else repeats)
+        from ntkscale.costs.measure import storage_calibration
+
+        data["storage"] = storage_calibration(args.store_dir, nbytes=(64 if args.quick else 256) << 20)
+        print(f"store writes: {data['storage']['write_bytes_per_s'] / 1e9:.3g} GB/s fsync'd at "
+              f"{data['storage']['path']}", flush=True)
         data["seconds"] = time.perf_counter() - t0
         data["machine"]["load_1min_end"] = round(os.getloadavg()[0], 2)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,8 @@ def add_shape_arguments(p: argparse.ArgumentParser, required: bool = True) -> No
     p.add_argument("--block-size", type=int, default=None, help="rows per block (default: the planner's choice)")
     p.add_argument("--calibration", default=None,
                    help="cost-model calibration JSON (default: the one shipped for --device)")
+    p.add_argument("--write-bandwidth", type=float, default=None,
+                   help="the store's sequential write bandwidth in bytes/s (default: the calibration's)")
 
 
 def project_args(p: argparse.ArgumentParser) -> None:
@@ -40,7 +42,7 @@ def project_cmd(args: argparse.Namespace) -> int:
     shape = tuple(int(s) for s in args.input_shape.replace("x", ",").split(",") if s.strip())
     out = project(args.n, shape, args.net, args.device, args.devices, args.dtype, args.calibration,
                   n_test=args.n_test, get=tuple(g.strip() for g in args.get.split(",") if g.strip()),
-                  block_size=args.block_size)
+                  block_size=args.block_size, write_bandwidth=getattr(args, "write_bandwidth", None))
     if args.json:
         print_json(out)
         return 0
@@ -54,6 +56,10 @@ def project_cmd(args: argparse.Namespace) -> int:
     print(f"projected  {out['device_hours']:.4g} {unit}-hours; {duration(out['wall_hours'] * 3600, days=True)} wall on "
           f"{out['n_devices']} {unit}{'s' if out['n_devices'] != 1 else ''}")
     print(f"storage    {out['storage_bytes'] / 2 ** 30:.1f} GiB of Gram and diagonal arrays")
+    if out["write_seconds"] is not None:
+        print(f"wall       {duration(out['wall_seconds'], days=True)}: {out['binds']} binds (compute "
+              f"{duration(out['compute_wall_seconds'], days=True)}, writes {duration(out['write_seconds'], days=True)} "
+              f"at {out['write_bytes_per_s'] / 1e9:.3g} GB/s)")
     for note in out["notes"]:
         print(f"note       {note}")
     return 0

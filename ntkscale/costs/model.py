@@ -46,7 +46,8 @@ less than wall time; a calibration therefore means "seconds on one core".
 
 ``MEASUREMENTS.json`` (written by ``benchmarks/scaling.py``) holds
 ``{"machine": {...}, "kernel": [{"spec", "input_shape", "dtype", "n1", "n2",
-"cpu_s", ...}, ...]}``. The calibration is plain JSON; :func:`predict_call`
+"cpu_s", ...}, ...], "storage": {...}}`` (the store's write bandwidth,
+``measure.storage_calibration``: the projection's write term). It is plain JSON; :func:`predict_call`
 and :func:`seconds_per_entry` apply it (``ntkscale.costs.projection`` uses them).
 """
 
@@ -65,6 +66,7 @@ from scipy.optimize import nnls
 from .. import stax
 from ..stax.engine.slab_program import LANES_MIN
 from ..stax.network import KernelFn, Layer, from_spec
+from .measure import storage_calibration
 
 PATHS = ("flat", "slab", "pooled", "reference")
 #: Feature names of each path, in design-matrix order (``overhead`` is per call).
@@ -210,9 +212,11 @@ def _points(measurements: Iterable[Dict[str, Any]], cache: int, kind: str = "cpu
 
 
 def fit(measurements: Sequence[Dict[str, Any]], *, machine: Optional[Dict[str, Any]] = None,
-        kind: str = "cpu", label: Optional[str] = None, cache: Optional[int] = None) -> Dict[str, Any]:
+        kind: str = "cpu", label: Optional[str] = None, cache: Optional[int] = None,
+        storage: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Fit the coefficients per (dtype, path); returns the calibration dict.
-    ``cache``: L2 bytes of the measured machine (default: this machine's)."""
+    ``cache``: L2 bytes of the measured machine (default: this machine's); ``storage``:
+    the store's write bandwidth (``measure.storage_calibration``), kept as is."""
     cache = int(cache or cache_bytes())
     pts = _points(measurements, cache, kind)
     coef: Dict[str, Dict[str, Any]] = {}
@@ -249,7 +253,7 @@ def fit(measurements: Sequence[Dict[str, Any]], *, machine: Optional[Dict[str, A
     r2 = 1 - float(np.sum((logm - logp) ** 2) / max(np.sum((logm - logm.mean()) ** 2), 1e-300))
     machine = dict(machine or {})
     cpu = machine.get("cpu", "this machine")
-    return {
+    out = {
         "schema": SCHEMA,
         "kind": kind,
         "label": label or (f"CPU calibration ({cpu}): seconds on one core (numba and BLAS on 1 thread, "
@@ -270,6 +274,9 @@ def fit(measurements: Sequence[Dict[str, Any]], *, machine: Optional[Dict[str, A
                     "measured_s": float(p["cpu_s"]), "predicted_s": p["pred_s_per_entry"] * p["entries"],
                     "rel_err": p["pred_s_per_entry"] / p["s_per_entry"] - 1} for p in pts],
     }
+    if storage:
+        out["storage"] = dict(storage)
+    return out
 
 
 # ----------------------------------------------------------------------------- apply
@@ -414,9 +421,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--out", required=True, help="calibration JSON to write")
     ap.add_argument("--plot", default=None, help="PNG of prediction vs measurement")
     ap.add_argument("--kind", default="cpu", choices=("cpu", "gpu"))
+    ap.add_argument("--write-dir", default=None, help="measure the store's write bandwidth here when the "
+                    "measurements carry none (benchmarks/scaling.py records one)")
     args = ap.parse_args(argv)
     meas = json.loads(Path(args.measurements).read_text())
-    cal = fit(meas["kernel"], machine=meas.get("machine"), kind=args.kind)
+    storage = meas.get("storage")
+    if args.write_dir and not storage:
+        storage = storage_calibration(args.write_dir)
+    cal = fit(meas["kernel"], machine=meas.get("machine"), kind=args.kind, storage=storage)
     cal["measurements"] = str(args.measurements)
     save(cal, args.out)
     if args.plot:
@@ -426,6 +438,9 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"max {100 * f['max_abs_rel_err']:.1f} %, R2 (log) {f['r2_log']:.4f}")
     for r in summary_rows(cal):
         print("  " + "; ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
+    if storage:
+        print(f"  store writes: {storage['write_bytes_per_s'] / 1e9:.3g} GB/s fsync'd at {storage['path']} "
+              f"({storage.get('method', 'one file')})")
     print(f"saved {args.out}")
     return 0
 

@@ -10,11 +10,15 @@ and the diagonals.
 
 Calibrations are per device kind. ``cpu`` is measured on one core
 (``benchmarks/scaling.py``: numba and BLAS on one thread, CPU seconds) and
-says so in its label; ``n_devices`` then counts cores, and the projection
-assumes the blocks spread evenly over them (no store I/O, no scheduler
-overhead: ``benchmarks/bench_gram.py`` measures those). A ``gpu`` calibration
-exists only where one was measured on a GPU; asking for it otherwise is an
-error that says so, never a guess.
+says so in its label; ``n_devices`` then counts cores. The wall time is the
+slower of two overlapped streams (:func:`combine`): compute, the grid's block
+tasks scheduled on ``n_devices`` slots (:func:`makespan`), and store writes,
+the bytes the store writes at its fsync'd sequential write bandwidth (measured
+with the calibration, ``storage``). Cluster start-up and scheduling are not
+modelled, and a one-core rate assumes the other cores do not slow it
+(``benchmarks/heldout.py`` measures how far a real run lands from the
+projection). A ``gpu`` calibration exists only where one was measured on a GPU;
+asking for it otherwise is an error that says so, never a guess.
 
     ntkscale project --n 50000 --input-shape 32,32,3 --net myrtle5 --devices 8 --device cpu
 
@@ -27,6 +31,7 @@ same kind of run live in ``benchmarks/literature.py`` with their sources;
 from __future__ import annotations
 
 import argparse
+import heapq
 from importlib import resources
 import json
 import math
@@ -34,7 +39,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -42,8 +47,8 @@ from . import model as costmodel
 from .. import stax
 from ..choices import DTYPES, KERNELS
 from ..errors import CalibrationError, NtkscaleError
-from ..gram.plan import choose_block_size
-from ..store.blocks import grid
+from ..gram.plan import choose_block_size, effective_block_size
+from ..store.blocks import Plan, make_plan
 
 #: The calibrations shipped with ntkscale (package data): ``<kind>.json``.
 CALIBRATION_PACKAGE = "ntkscale.costs.data"
@@ -123,28 +128,85 @@ def load_calibration(calibration: Union[None, str, os.PathLike, Dict[str, Any]],
 # ----------------------------------------------------------------------------- projection
 
 
-def _grid_work(n: int, n_test: int, block: int) -> Dict[str, float]:
-    """Entries computed and kernel calls of the planner's grid (diagonal train
-    blocks as triangles, as the symmetric kernel computes them)."""
-    rows = [b - a for a, b in grid(n, block)]
-    trows = [b - a for a, b in grid(n_test, block)] if n_test else []
-    tri = sum(r * (r + 1) / 2 for r in rows)
-    off = (sum(rows) ** 2 - sum(r * r for r in rows)) / 2
-    cross = float(n_test) * n
-    calls = len(rows) * (len(rows) + 1) / 2 + len(trows) * len(rows)
-    return {"entries": tri + off + cross, "diag_entries": float(n + n_test), "calls": calls,
-            "diag_calls": float(len(rows) + len(trows))}
+#: Above this many block tasks the projection splits the work evenly instead of scheduling each task.
+MAX_SCHEDULED_TASKS = 200_000
+
+
+def _task_seconds(per: Dict[str, Any], plan: Plan) -> Tuple[List[float], float]:
+    """Predicted seconds of each task of ``plan`` on one device, in submission order:
+    a block of r × c entries (a diagonal block: its r(r+1)/2 triangle) at the per-entry
+    rate of a call that size (lane narrowing and the pooled path's self pairs
+    included, ``model._call_features``) plus the per-call overhead; a ``diag-*`` task
+    of r rows costs r entries at the large-block rate plus one overhead. Also returns
+    the entries computed."""
+    feat, coefs, path = per["features"], per["coefficients"], per["path"]
+    cache: Dict[Tuple[int, int], float] = {}
+    out: List[float] = []
+    total = 0.0
+    for b in plan.blocks:
+        r = b.rows[1] - b.rows[0]
+        if b.is_diag:
+            out.append(r * per["s_per_entry"] + per["overhead_s_per_call"])
+            total += r
+            continue
+        c = b.cols[1] - b.cols[0]
+        if (r, c) not in cache:
+            cache[(r, c)] = costmodel._apply(coefs, path, costmodel._call_features(feat, r, c))[0]
+        entries = r * (r + 1) / 2 if b.symmetric else float(r) * c
+        out.append(entries * cache[(r, c)] + per["overhead_s_per_call"])
+        total += entries
+    return out, total
+
+
+def makespan(task_seconds: Sequence[float], slots: int) -> float:
+    """Wall seconds of ``task_seconds`` run by ``slots`` workers that each take the next
+    task in order when they finish one (greedy list scheduling, what a Dask cluster does
+    with the engine's queue; Graham 1969 bounds it by total/slots + the longest task)."""
+    slots = max(1, int(slots))
+    if len(task_seconds) > MAX_SCHEDULED_TASKS or slots == 1:
+        return float(sum(task_seconds)) / slots
+    loads = [0.0] * slots
+    for t in task_seconds:
+        heapq.heapreplace(loads, loads[0] + t)
+    return max(loads)
+
+
+def combine(compute_s: float, write_s: Optional[float]) -> Dict[str, Any]:
+    """Wall time of an overlapped pipeline (blocks written while the next ones compute):
+    the slower of compute and store writes, and which of them binds. ``write_s`` None:
+    writes not modelled (no write bandwidth), compute binds by default."""
+    if write_s is None:
+        return {"wall_seconds": compute_s, "binds": "compute", "wall_seconds_serial": compute_s}
+    return {"wall_seconds": max(compute_s, write_s), "binds": "compute" if compute_s >= write_s else "write",
+            "wall_seconds_serial": compute_s + write_s}
+
+
+def write_bandwidth_of(cal: Dict[str, Any], override: Optional[float] = None) -> Optional[float]:
+    """Bytes/s of the store's fsync'd sequential writes: ``override``, else the calibration's."""
+    if override is not None:
+        if not float(override) > 0:
+            raise NtkscaleError(f"write bandwidth {override!r}: give bytes per second > 0")
+        return float(override)
+    bw = (cal.get("storage") or {}).get("write_bytes_per_s")
+    return float(bw) if bw else None
 
 
 def project(n: int, input_shape: Sequence[int], net: NetLike, device_kind: str = "cpu", n_devices: int = 1,
             dtype: str = "float64", calibration: Union[None, str, os.PathLike, Dict[str, Any]] = None, *,
             n_test: int = 0, get: Sequence[str] = KERNELS, block_size: Optional[int] = None,
-            memory_per_task: int = 4 << 30) -> Dict[str, Any]:
+            memory_per_task: int = 4 << 30, write_bandwidth: Optional[float] = None) -> Dict[str, Any]:
     """Projected device time of an ``n``-example Gram run (plus ``n_test`` rows of K(test, train)).
 
-    Returns a JSON-able dict: ``device_hours`` (core-hours on CPU), ``wall_hours``
-    on ``n_devices`` (even split), ``seconds_per_entry``, the grid, the
-    calibration's label and the notes that qualify the numbers.
+    Compute: every task of the planner's grid (``store.blocks.make_plan``) at the
+    calibrated rate, scheduled on ``n_devices`` slots (:func:`makespan`). Writes:
+    the bytes the store writes (every kernel's full square, mirrors included, and
+    the diagonals) at the store's fsync'd sequential write bandwidth (the
+    calibration's ``storage``, or ``write_bandwidth`` bytes/s). The wall time is
+    the larger of the two (:func:`combine`: writes overlap compute) and ``binds``
+    says which. Returns a JSON-able dict: ``device_hours`` (core-hours on CPU, compute),
+    ``wall_seconds``, ``compute_wall_seconds``, ``write_seconds``, ``binds``,
+    ``stated_uncertainty`` (the calibration fit's largest relative error), the grid,
+    the calibration's label and the notes that qualify the numbers.
     """
     if device_kind not in ("cpu", "gpu"):
         raise NtkscaleError(f"device_kind={device_kind!r}: choose 'cpu' or 'gpu'")
@@ -163,20 +225,30 @@ def project(n: int, input_shape: Sequence[int], net: NetLike, device_kind: str =
     itemsize = np.dtype(dtype).itemsize
     block = int(block_size or choose_block_size(int(n), int(n_test), itemsize=itemsize, n_kernels=len(get),
                                                 memory_per_task=int(memory_per_task), slots=int(n_devices)))
-    work = _grid_work(int(n), int(n_test), block)
-    calls = work["calls"] + work["diag_calls"]
-    # Diagonal entries k(x, x) cost about what an off-diagonal entry costs; the pooled
-    # path also runs each block's inputs' self pairs (at most 2 × block per call).
-    self_pairs = 2 * block * work["calls"] if per["path"] == "pooled" else 0
-    device_s = ((work["entries"] + work["diag_entries"] + self_pairs) * per["s_per_entry"]
-                + calls * per["overhead_s_per_call"])
+    plan = make_plan(int(n), int(n_test), effective_block_size(block, int(n), int(n_test)))
+    tasks, entries = _task_seconds(per, plan)
+    device_s = float(sum(tasks))
+    compute_wall = makespan(tasks, int(n_devices))
+    storage_bytes = float(plan.storage_bytes(itemsize, len(get)))
+    bw = write_bandwidth_of(cal, write_bandwidth)
+    write_s = storage_bytes / bw if bw else None
+    wall = combine(compute_wall, write_s)
     cost = kernel_fn.cost(shape)
     unit = "core" if device_kind == "cpu" else "GPU"
+    uncertainty = float(cal.get("fit", {}).get("max_abs_rel_err", float("nan")))
     notes = list(per["notes"])
     notes.append(f"{cal.get('label', device_kind)}; calibrated {cal.get('date', '?')}")
-    if device_kind == "cpu":
-        notes.append(f"wall time assumes the {int(n_devices)} cores share the blocks evenly (compute only; store "
-                     "writes and scheduling not included)")
+    slots = f"{int(n_devices)} {unit}{'s' if int(n_devices) != 1 else ''}"
+    if write_s is None:
+        notes.append(f"wall time is the {plan.n_blocks} block tasks scheduled on {slots} (compute only: the "
+                     "calibration has no store write bandwidth; remake it, or give write_bandwidth)")
+    else:
+        notes.append(f"wall time: {wall['binds']} binds. Compute: the {plan.n_blocks} block tasks scheduled on "
+                     f"{slots}; writes: {storage_bytes / 1e9:.3g} GB (every kernel's full square, mirrors "
+                     f"included) at {bw / 1e9:.3g} GB/s fsync'd, overlapped with compute (the sum, "
+                     f"{wall['wall_seconds_serial']:.4g} s, if they were not); cluster start-up not included")
+    notes.append(f"stated uncertainty ±{100 * uncertainty:.0f} %: the largest relative error of the "
+                 "calibration's fit (in sample); benchmarks/heldout.py checks it on a held-out run")
     return {
         "net": net if isinstance(net, str) else kernel_fn.spec_hash,
         "n": int(n), "n_test": int(n_test), "input_shape": list(shape), "dtype": dtype, "get": list(get),
@@ -184,13 +256,17 @@ def project(n: int, input_shape: Sequence[int], net: NetLike, device_kind: str =
         "code_path": per["path"], "flops_per_entry": float(cost["flops"]),
         "bytes_per_entry": float(cost["bytes"]) * itemsize,
         "seconds_per_entry": per["s_per_entry"], "overhead_s_per_call": per["overhead_s_per_call"],
-        "block_size": block, "kernel_calls": int(calls), "entries": work["entries"] + work["diag_entries"],
+        "block_size": plan.block_size, "kernel_calls": plan.n_blocks,
+        "entries": entries,
         "device_seconds": device_s, "device_hours": device_s / 3600.0,
-        "wall_seconds": device_s / int(n_devices), "wall_hours": device_s / int(n_devices) / 3600.0,
-        "storage_bytes": float((n * n + n_test * n + n + n_test) * itemsize * len(get)),
+        "compute_wall_seconds": compute_wall, "write_seconds": write_s, "write_bytes_per_s": bw,
+        "wall_seconds": wall["wall_seconds"], "wall_hours": wall["wall_seconds"] / 3600.0,
+        "wall_seconds_serial": wall["wall_seconds_serial"], "binds": wall["binds"],
+        "stated_uncertainty": uncertainty,
+        "storage_bytes": storage_bytes,
         "calibration": {"source": str(cal.get("source", "")), "kind": cal.get("kind"), "label": cal.get("label"),
                         "date": cal.get("date"), "dtype_used": per["calibration_dtype"],
-                        "fit": cal.get("fit", {})},
+                        "fit": cal.get("fit", {}), "storage": cal.get("storage")},
         "notes": notes,
     }
 

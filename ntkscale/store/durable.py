@@ -13,10 +13,8 @@ when it returns. Hand-written because zarr's LocalStore has no fsync option.
 A whole, uncompressed chunk is written by :func:`write_chunk` instead of
 through zarr: its file is the array's bytes in C order (Zarr v3's ``bytes``
 codec, little endian), so one ``write`` from the block's own memory does it,
-without zarr's encode copies; where the file system allows, with ``O_DIRECT``
-(the disk reads the buffer itself, no copy into the page cache), so a writer
-thread costs the cores that compute almost nothing (issue 14; measured in
-``benchmarks/bench_gram.py``).
+without zarr's encode copies (through the page cache, or with ``O_DIRECT``:
+:data:`DIRECT_IO` says which and why; issue 14, ``benchmarks/bench_gram.py``).
 """
 
 from __future__ import annotations
@@ -96,36 +94,42 @@ def _aligned(a: np.ndarray) -> bool:
     return a.ctypes.data % DIRECT_ALIGN == 0 and a.nbytes % DIRECT_ALIGN == 0
 
 
-def write_chunk(path: Path, data: np.ndarray) -> None:
-    """Write the bytes of C-contiguous ``data`` as the file ``path``, durably: into a
-    temporary ``*.partial`` file (what :meth:`GramStore.remove_partial_writes` cleans up
-    after a killed run), renamed into place, then ``fsync``'d; the caller fsyncs the
-    directory (:func:`fsync_dirs`) before anything vouches for the file.
+#: Whole chunks bypass the page cache (``O_DIRECT``)? Measured on this project's 2-core
+#: VM disk (ext4 on virtio, fsync'd 64 MiB chunks, 512 MiB in all): through the page cache
+#: 0.41 GB/s with one writer and 0.72 GB/s with two, at 0.4-0.65 CPU-s; ``O_DIRECT``
+#: 0.31-0.39 GB/s at 0.15-0.35 CPU-s. The disk binds the Gram engine there, so the page
+#: cache wins; a disk fast enough for the copy into the page cache to bind would flip it.
+DIRECT_IO = False
 
-    With ``O_DIRECT`` when the length is a multiple of :data:`DIRECT_ALIGN` and the
-    file system takes it (``data`` is copied into :func:`staging` first unless it is
-    aligned already); otherwise through the page cache."""
+
+def write_chunk(path: Path, data: np.ndarray, direct: bool = DIRECT_IO) -> None:
+    """Write the bytes of C-contiguous ``data`` as the file ``path``: into a temporary
+    ``*.partial`` file (what :meth:`GramStore.remove_partial_writes` cleans up after a
+    killed run), then renamed into place. Not yet durable: the caller ``fsync``s the
+    files and their directories (:func:`fsync_files`) before anything vouches for them,
+    all of a block's chunks at once, so the disk writes one while the next is copied.
+
+    ``direct``: with ``O_DIRECT`` when the length is a multiple of :data:`DIRECT_ALIGN`
+    and the file system takes it (``data`` is copied into :func:`staging` first unless
+    it is aligned already); otherwise through the page cache."""
     data = np.ascontiguousarray(data)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
     fd = None
     try:
-        if data.nbytes % DIRECT_ALIGN == 0 and data.nbytes and hasattr(os, "O_DIRECT"):
+        if direct and data.nbytes % DIRECT_ALIGN == 0 and data.nbytes and hasattr(os, "O_DIRECT"):
             fd = _write_direct(tmp, data)
         if fd is None:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             _write_all(fd, memoryview(data).cast("B"))
+        os.close(fd)
+        fd = None
         os.replace(tmp, path)
-        os.fsync(fd)
     except BaseException:
         if fd is not None:
             os.close(fd)
-            fd = None
         tmp.unlink(missing_ok=True)
         raise
-    finally:
-        if fd is not None:
-            os.close(fd)
 
 
 def _write_direct(tmp: Path, data: np.ndarray) -> Any:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Set, Tuple
 import numpy as np
 
 from .blocks import Block
-from .durable import chunk_files, fsync_dirs, fsync_files, staging, write_chunk
+from .durable import chunk_files, fsync_files, staging, write_chunk
 from .layout import FORMAT_VERSION, MANIFEST, WRITE_CONFIG, diag_path, gram_path, transpose
 from .location import StoreLocation
 
@@ -133,7 +133,8 @@ def write_block(root: Any, block: Block, values: Dict[str, np.ndarray], record: 
 
     In a local store a whole chunk (every block but the ragged ones at the edges) is
     written as its raw bytes by :func:`~ntkscale.store.durable.write_chunk`, the mirror
-    transposed once straight into the write buffer; other chunks go through zarr. The
+    transposed once into a reused buffer; other chunks go through zarr. Every chunk file
+    is fsync'd after all of the block's are written. The
     record gains ``write_data_s`` (chunks written and fsync'd) and ``write_entry_s``
     (checksums and the manifest entry)."""
     import zarr  # heavy import, kept out of `import ntkscale` and `ntkscale --help`
@@ -141,7 +142,7 @@ def write_block(root: Any, block: Block, values: Dict[str, np.ndarray], record: 
     t0 = time.perf_counter()
     (r0, r1), (c0, c1) = block.rows, block.cols
     local = isinstance(root, (str, os.PathLike))
-    written, dirs = [], set()
+    written = []
     for kind, a in values.items():
         path = diag_path(block.row_set, kind) if block.is_diag else gram_path(block.part, kind)
         arr = zarr.open_array(store=root, path=path, mode="r+", zarr_format=3, config=WRITE_CONFIG)
@@ -153,14 +154,13 @@ def write_block(root: Any, block: Block, values: Dict[str, np.ndarray], record: 
             raw = raw_chunk_file(Path(root) / path, arr, rows, cols, a.T if mirror else a) if local else None
             if raw is not None:
                 write_chunk(raw, transpose(a, out=staging(a.shape[::-1], a.dtype)) if mirror else a)
-                dirs.add(raw.parent)
+                written.append(raw)
                 continue
             region = (slice(*rows),) if cols is None else (slice(*rows), slice(*cols))
             arr[region] = transpose(a) if mirror else a
             if local:
                 written += list(chunk_files(Path(root) / path, arr.metadata, rows, cols))
-    fsync_files(written)   # the data on disk before the entry that vouches for it
-    fsync_dirs(dirs)
+    fsync_files(written)   # the data (and the renames) on disk before the entry that vouches for it
     t1 = time.perf_counter()
     record = dict(record, checksums={kind: CHECKSUMS[checksum](a) for kind, a in values.items()})
     manifest = Manifest(root)

@@ -107,6 +107,12 @@ def _cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def _maxrss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _config(tmp: Path, case: Dict[str, Any], workers: int, store: str = "run.zarr"):
     from ntkscale.config.run import RunConfig
 
@@ -281,6 +287,8 @@ def run_case(name: str, case: Dict[str, Any], tmp: Path, repeat: int, say: Any) 
             t_compute, samples = in_memory_blocks(client, d / "x.npy", spec_json, plan, cfg)
             if not first_engine:
                 eng = engine(client, cfg)
+            # the workers' peak RSS over the round (in-memory blocks and engine run alike)
+            eng["worker_peak_rss_mib"] = max(client.run(_maxrss_mib).values())
         dd = dd_fsync(d, eng["stored_bytes"])
         eng["max_rel_diff"] = check_store(Path(cfg.store), plan, samples, kfn, x)
         shutil.rmtree(cfg.store, ignore_errors=True)
@@ -313,6 +321,7 @@ def legacy(tmp: Path, case: Dict[str, Any], fc: Dict[str, Any]) -> Dict[str, Any
     cfg1 = _config(d, case, 1, "one.zarr")
     with open_client(cfg1.cluster) as client:
         one = engine(client, cfg1)
+        one["worker_peak_rss_mib"] = max(client.run(_maxrss_mib).values())
     shutil.rmtree(cfg1.store, ignore_errors=True)
     n2 = case["n"] ** 2
     rows = []
@@ -321,7 +330,7 @@ def legacy(tmp: Path, case: Dict[str, Any], fc: Dict[str, Any]) -> Dict[str, Any
                      "seconds": r["seconds"], "cpu_s": r["cpu_s"], "entries_per_s": n2 / r["seconds"],
                      "compute_busy": r["breakdown"]["compute"] / r["blocks_seconds"],
                      "write_gib_per_s_per_task": r["stored_bytes"] / r["write_s"] / 2 ** 30,
-                     "worker_peak_rss_mib": float("nan")})
+                     "worker_peak_rss_mib": r.get("worker_peak_rss_mib")})
     return {"in_memory": im, "pipeline": rows, "block_sweep": rows[:1],
             "ratio_vs_in_memory": rows[0]["entries_per_s"] / im["entries_per_s"],
             "cpu_ratio_vs_in_memory": im["cpu_s"] / rows[0]["cpu_s"],
@@ -355,16 +364,18 @@ def plot(res: Dict[str, Any], path: Path) -> None:
                     label="T_write (bytes / dd fsync)" if y == 0 else None)
         ax.set_yticks(range(len(rounds)))
         ax.set_yticklabels([f"round {k + 1}" for k in range(len(rounds))], fontsize=8)
+        ax.set_xlim(0, 1.3 * max(q["seconds"] for q in rounds))
         ax.set_xlabel("seconds (per worker's compute slot)")
         shape = "x".join(map(str, c["sample_shape"]))
         ax.set_title(f"{name}: n={c['n']}, {shape}, block {c['block']}, io_threads {c['io_threads']}; "
                      f"median eff. {c['efficiency_median']:.2f}",
                      fontsize=9)
-        ax.legend(fontsize=7, loc="lower right")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
     m = res["machine"]
-    fig.suptitle(f"Gram engine vs roofline max(T_compute, T_write), 2 workers, fsync'd store "
-                 f"({m['cores']} cores, load {m['load_1min']} -> {m.get('load_1min_end')})", fontsize=10)
-    fig.tight_layout()
+    fig.suptitle(f"Gram engine vs its roofline max(T_compute, T_write): 2 workers, fsync'd store\n"
+                 f"{m['cores']} cores, load {m['load_1min']} -> {m.get('load_1min_end')}, {m['date']}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -53,13 +53,12 @@ class LocalClusterConfig:
 def auto_io_threads(n_workers: Optional[int], threads_per_worker: int, cores: Optional[int] = None) -> int:
     """``io_threads: auto``: one writer thread per worker.
 
-    A block's write is fsync'd (and, for whole chunks, ``O_DIRECT``:
-    :mod:`ntkscale.store.durable`), so the writer mostly waits for the disk and
-    costs the computing cores little; without it every block's write stalls the
+    A block's write is fsync'd (:mod:`ntkscale.store.durable`), so the writer
+    largely waits for the disk; without it every block's write stalls the
     worker's next block. Measured in benchmarks/bench_gram.py (2 workers on 2
-    cores, FC3 n = 16384, store on disk, fsync'd): block phase 7.3 s with a
-    writer per worker against 11.3 s without (issue 14). ``cores`` is kept for
-    callers that pass it.
+    cores, FC3 n = 16384, store on disk): block phase 7.3 s with a writer per
+    worker against 11.3 s without (single runs; issue 14). ``n_workers``,
+    ``threads_per_worker`` and ``cores`` are kept for callers that pass them.
     """
     return 1
 

@@ -51,18 +51,16 @@ class LocalClusterConfig:
 
 
 def auto_io_threads(n_workers: Optional[int], threads_per_worker: int, cores: Optional[int] = None) -> int:
-    """``io_threads: auto``: one writer thread per worker when the computing
-    threads leave a spare core for each worker's writer, else none.
+    """``io_threads: auto``: one writer thread per worker.
 
-    Measured in benchmarks/bench_gram.py (2-core machine, store on disk): one
-    worker with a writer thread on the spare core runs 1.45x faster than
-    without; two workers (no spare core) run no faster with writers (median
-    4.02 s with vs 3.76 s without, 5 runs each) and keep one block less in
-    memory per worker.
+    A block's write is fsync'd (:mod:`ntkscale.store.durable`), so the writer
+    largely waits for the disk; without it every block's write stalls the
+    worker's next block. Measured in benchmarks/bench_gram.py (2 workers on 2
+    cores, FC3 n = 16384, store on disk): block phase 7.3 s with a writer per
+    worker against 11.3 s without (single runs; issue 14). ``n_workers``,
+    ``threads_per_worker`` and ``cores`` are kept for callers that pass them.
     """
-    cores = cores or os.cpu_count() or 1
-    workers = n_workers or max(1, cores // threads_per_worker)
-    return 1 if cores - workers * threads_per_worker >= workers else 0
+    return 1
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ A run configuration (``config.yaml``)::
     memory_budget: 2GiB                         # optional: per block task (planning)
     cluster: {kind: local, n_workers: 2, threads_per_worker: 1, memory_limit: 4GiB}
     #   (io_threads: extra threads per worker that write blocks while the others compute;
-    #    default auto: 1 when the computing threads leave a spare core per worker, else 0)
+    #    default auto: 1 per worker)
     #   or   {kind: address, address: "tcp://host:8786"}  (or scheduler_file: path)
     solver: {method: cg, ridge: 1e-6, ...}      # optional; see ntkscale.config.solver
     task: auto                                  # auto | classification | regression

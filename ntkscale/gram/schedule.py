@@ -106,7 +106,7 @@ def run_block(job: Job, block: Block, token: str) -> Dict[str, Any]:
 
 
 def _run_block(job: Job, block: Block, token: str) -> Dict[str, Any]:
-    t0 = time.perf_counter()
+    t0, w0 = time.perf_counter(), time.time()
     delay = float(os.environ.get(FAULT_DELAY_ENV) or 0)
     if delay:
         time.sleep(delay)
@@ -137,9 +137,14 @@ def _run_block(job: Job, block: Block, token: str) -> Dict[str, Any]:
               "compute_s": round(t2 - t1, 6),
               # CPU time of the computing thread: below compute_s when it waited for a core
               "compute_cpu_s": round(c2 - c1, 6),
+              # wall-clock (unix) times of the task's start and its compute phase: a run's
+              # timeline (where each worker's time went) is rebuilt from them
+              "t_start": round(w0, 6), "t_compute": [round(w0 + t1 - t0, 6), round(w0 + t2 - t0, 6)],
               "finished": now()}
     record = write_block(job.store, block, values, record, job.checksum)
-    record["write_s"] = round(time.perf_counter() - t2, 6)
+    t3 = time.perf_counter()
+    record["write_s"] = round(t3 - t2, 6)
+    record["t_end"] = round(w0 + t3 - t0, 6)
     record["entries"] = block.entries
     record["stored_bytes"] = sum(int(v.nbytes) for v in values.values()) * (2 if block.mirrored else 1)
     return record

@@ -7,6 +7,7 @@ module only names it, so the store, the manifest and the block writer agree.
 from __future__ import annotations
 
 import datetime
+from typing import Optional
 
 import numpy as np
 
@@ -43,15 +44,16 @@ def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def transpose(a: np.ndarray, tile: int = 128) -> np.ndarray:
-    """C-contiguous ``a.T``, copied tile by tile.
+def transpose(a: np.ndarray, tile: int = 128, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """C-contiguous ``a.T``, copied tile by tile (into ``out`` when given: the block
+    writer transposes a mirror chunk straight into its write buffer).
 
     Hand-written because ``np.ascontiguousarray(a.T)`` walks one side with a
     stride of a whole row and is about twice as slow on a 4096² block, and zarr
     given the strided view ``a.T`` is slower still (measured: 1.3 s vs 0.12 s).
     """
     n, m = a.shape
-    out = np.empty((m, n), dtype=a.dtype)
+    out = np.empty((m, n), dtype=a.dtype) if out is None else out
     for i in range(0, n, tile):
         for j in range(0, m, tile):
             out[j:j + tile, i:i + tile] = a[i:i + tile, j:j + tile].T

@@ -49,3 +49,59 @@ def test_every_block_is_on_disk_before_its_manifest_entry(tmp_path, monkeypatch)
     first_entry = min(position[str(e)] for e in entries)
     assert any(position[c] < first_entry for c in chunks)
     assert np.isfinite(zarr.open_array(str(store), path="gram/train/ntk", mode="r")[...]).all()
+
+
+def _mirror_store(tmp_path, dtype="f4", n=64, b=32):
+    g = zarr.open_group(str(tmp_path / "s.zarr"), mode="w", zarr_format=3)
+    g.create_array("gram/train/ntk", shape=(n, n), chunks=(b, b), dtype=dtype, fill_value=np.nan, compressors=None)
+    g.create_group("manifest")
+    return tmp_path / "s.zarr"
+
+
+def test_whole_chunks_are_written_raw_as_zarr_would_and_read_back(tmp_path):
+    from ntkscale.store.blocks import Block
+    from ntkscale.store.manifest import raw_chunk_file, write_block
+
+    root = _mirror_store(tmp_path)
+    a = np.random.default_rng(0).standard_normal((32, 32)).astype(np.float32)   # 4096 bytes: O_DIRECT-sized
+    rec = write_block(str(root), Block("train", 0, 1, (0, 32), (32, 64)), {"ntk": a}, {"token": "t"})
+    arr = zarr.open_array(str(root), path="gram/train/ntk", mode="r")
+    np.testing.assert_array_equal(arr[0:32, 32:64], a)
+    np.testing.assert_array_equal(arr[32:64, 0:32], a.T)                # the mirror, transposed once
+    assert np.isnan(arr[0:32, 0:32]).all()                              # nothing else touched
+    assert rec["write_data_s"] >= 0 and rec["checksums"]["ntk"].startswith("crc32:")
+    # the raw file is byte for byte what zarr writes for the same chunk
+    ref = zarr.create_array(str(tmp_path / "ref.zarr"), shape=(64, 64), chunks=(32, 32), dtype="f4",
+                            fill_value=np.nan, compressors=None)
+    ref[0:32, 32:64] = a
+    assert (root / "gram/train/ntk/c/0/1").read_bytes() == (tmp_path / "ref.zarr/c/0/1").read_bytes()
+    assert not list(root.rglob("*.partial"))
+    # a ragged chunk, or a compressed array, goes through zarr
+    assert raw_chunk_file(root / "gram/train/ntk", arr, (32, 64), (40, 64), np.zeros((32, 24), "f4")) is None
+    comp = zarr.create_array(str(tmp_path / "c.zarr"), shape=(64, 64), chunks=(32, 32), dtype="f4")
+    assert raw_chunk_file(tmp_path / "c.zarr", comp, (0, 32), (0, 32), a) is None
+
+
+def test_write_chunk_falls_back_when_the_file_system_refuses_o_direct(tmp_path, monkeypatch):
+    import errno
+
+    a = np.arange(2048, dtype=np.float64).reshape(32, 64)                 # 16 KiB: O_DIRECT-sized
+    durable.write_chunk(tmp_path / "direct", a, direct=True)              # O_DIRECT where /tmp takes it
+    assert (tmp_path / "direct").read_bytes() == a.tobytes()
+    real_open = os.open
+    refused = []
+
+    def no_direct(path, flags, *args):
+        if flags & getattr(os, "O_DIRECT", 0):
+            refused.append(path)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(durable.os, "open", no_direct)
+    durable.write_chunk(tmp_path / "c" / "0" / "0", a, direct=True)
+    assert refused or not hasattr(os, "O_DIRECT")
+    assert (tmp_path / "c/0/0").read_bytes() == a.tobytes()
+    odd = np.arange(7, dtype=np.float32)                                   # not a multiple of 4096 bytes
+    durable.write_chunk(tmp_path / "odd", odd, direct=True)
+    assert (tmp_path / "odd").read_bytes() == odd.tobytes()
+    assert not list(tmp_path.rglob("*.partial"))

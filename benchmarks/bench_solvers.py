@@ -62,8 +62,9 @@ from protocol import reset_peak_rss, status_mib  # noqa: E402
 METHODS = ("scipy", "sklearn", "tiled_cholesky", "cg", "cg_nystrom", "cg_nystrom_streamed")
 #: The ridge path of the default solver (``solve(..., method="auto")`` on the stored Gram, the
 #: factor in a Zarr group on disk as the solve stage keeps it): one ridge, 8 ridges with the default
-#: ridge path (one shared factor + preconditioned CG), 8 ridges with a factor each.
-RIDGE_METHODS = ("ridges1", "ridges8", "ridges8_per_ridge")
+#: ridge path (one shared factor + shifted CG on it), with the shared factor as CG's preconditioner
+#: (``ridge_path: batched``), and with a factor each (``per_ridge``).
+RIDGE_METHODS = ("ridges1", "ridges8", "ridges8_factor_pcg", "ridges8_per_ridge")
 N_RIDGES = 8
 RTOL = 1e-6
 RANK = 500
@@ -156,7 +157,8 @@ def run_method(method: str, folder: str) -> Dict[str, Any]:
         op = GramOperator.from_zarr(gram, diagonal=diag)
         with tempfile.TemporaryDirectory(dir=folder) as tmp:
             res = solve(op, y, ridges=ridges, method="auto", rtol=RTOL, group=zarr.open_group(tmp, mode="w"),
-                        ridge_path="per_ridge" if method.endswith("per_ridge") else "auto")
+                        ridge_path={"ridges8_per_ridge": "per_ridge", "ridges8_factor_pcg": "batched"}.get(method,
+                                                                                                          "auto"))
         seconds = time.perf_counter() - t0
         peak = status_mib("VmHWM") - base
         check = GramOperator.from_zarr(gram, diagonal=diag)

@@ -182,7 +182,7 @@ def solve(A: Any, Y: Any, *, ridges: Any = 0.0, method: str = "cg", rtol: float 
                     warnings.simplefilter("ignore", NumericalWarning)
                 result.alpha, f0, result.info = shared_factor_solve(
                     op, y, total, factor, rtol=rtol, maxiter=maxiter,
-                    ridge_path="batched" if ridge_path == "auto" else ridge_path,
+                    ridge_path=ridge_path,
                     progress=None if progress is None else _cg_reporter(progress), progress_every=progress_every)
             result.jitter = [f0.jitter if r == total.min() else 0.0 for r in total]
         result.tiles_computed = sum(f.tiles_computed for f in factors)

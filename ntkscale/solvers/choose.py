@@ -6,7 +6,8 @@ ridge 1e-6 × mean diagonal, CG tol 1e-6 (``benchmarks/results/solvers.json``,
 4k–60k, the CLI on a 2-worker cluster; tables in ``benchmarks/README.md``,
 "Solver crossover"), the tiled Cholesky on the stored Gram beat CG with the
 rank-500 Nyström preconditioner at every n measured (8k: 6.0 s against 40.6 s;
-60k: 1594 s against 3114 s), and plain CG was slower still. CG never won, so
+16k: 28.6 s against 150 s; 60k: 1594 s against 3114 s), and plain CG was
+slower still (over 90 s from 8k on). CG never won, so
 the rule picks the Cholesky whenever it can run, and CG only where it cannot:
 
 * the Gram is not stored (``mode: streamed``, panels recomputed from the
@@ -25,8 +26,11 @@ the README section).
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import dataclass
 from typing import Any, Optional
+
+from .operator import ArraySource, GramOperator, ZarrSource
 
 #: Where the rule comes from (quoted in the choice's reason).
 SOURCE = "benchmarks/results/solvers.json"
@@ -71,8 +75,6 @@ def choose_method(n: int, *, stored: bool, n_ridges: int = 1, itemsize: int = 8,
 
 def is_stored(op: Any) -> bool:
     """Whether a Gram (operator or array) can be factored: an array, or an operator over one."""
-    from .operator import ArraySource, GramOperator, ZarrSource  # noqa: PLC0415 - operator imports scipy
-
     if isinstance(op, GramOperator):
         return isinstance(op.source, (ArraySource, ZarrSource))
     return hasattr(op, "materialize") or (hasattr(op, "shape") and hasattr(op, "__getitem__"))
@@ -80,8 +82,6 @@ def is_stored(op: Any) -> bool:
 
 def free_bytes_at(group: Any) -> Optional[float]:
     """Free bytes on the file system under a Zarr group (None: not a local path)."""
-    import shutil  # noqa: PLC0415
-
     root = getattr(getattr(group, "store", None), "root", None)
     if root is None:
         return None

@@ -1,17 +1,30 @@
-"""Several ridges on one Cholesky factor: the smallest ridge exactly, the others by CG preconditioned with it.
+"""Several ridges on one Cholesky factor: the smallest ridge exactly, the others from the same factor.
 
 A factor per ridge makes ``s`` ridges cost ``s`` factorisations. Instead the
-smallest ridge ``l_0`` is factored once, ``K + l_0 I = L L^T``, its system is
-solved exactly, and every larger ridge ``l_j`` is solved by preconditioned CG
-with ``M = (K + l_0 I)^{-1}`` (Concus, Golub & O'Leary 1976). The preconditioned
-matrix ``M (K + l_j I)`` has the eigenvalues ``(mu + l_j) / (mu + l_0)`` for the
-eigenvalues ``mu`` of ``K``: all in ``[1, l_j / l_0]``, and close to 1 wherever
-``mu`` is large against ``l_j`` (for the kernels measured, most of the spectrum),
-so CG needs a few iterations; each is one Gram product and two triangular
-sweeps of ``L``. The larger ridges iterate together as the columns of one
-product (``ridge_path: batched`` of :func:`~ntkscale.solvers.cg.cg`), warm-started
-from the smallest ridge's solution. The larger ridges' solutions are then as
-accurate as CG's ``rtol``, not to rounding as the factored one.
+smallest ridge ``l_0`` is factored once, ``C = K + l_0 I = L L^T``, and its
+system is solved exactly. For a larger ridge ``l_j = l_0 + d_j``, write
+``alpha = L^{-T} u``; then ``(C + d_j I) alpha = y`` is
+``(I + d_j B) u = w`` with ``B = L^{-1} L^{-T}`` and ``w = L^{-1} y``, i.e.
+
+    ``(B + s_j I) v = w``,  ``u = s_j v``,  ``s_j = 1 / d_j``:
+
+one matrix ``B`` with shifts, so shifted CG (Jegerlehner 1996; van den Eshof &
+Sleijpen 2004; :func:`~ntkscale.solvers.cg_ridges.multishift_cg`) solves every
+larger ridge over one Krylov space, each iteration two triangular sweeps of
+``L`` with ``k`` columns and no Gram product (``ridge_path: auto``). ``B`` has the
+eigenvalues ``1 / (mu + l_0)`` for the eigenvalues ``mu`` of ``K``, so the hardest
+shift (the largest ridge) has condition ``(1 / (mu_min + l_0) + s) / s``, small
+whenever the largest ridge is not far below ``mu_min``. Convergence: the
+residual of the original system is ``L`` times that of the shifted one and
+``||L||_2 <= ||L||_F = sqrt(trace C)``, so each column stops at
+``||r_v|| <= rtol ||y|| / sqrt(trace C)``, which guarantees ``rtol`` for ``alpha``.
+
+``ridge_path: batched`` or ``sequential`` instead runs CG on ``K + l_j I``
+preconditioned with ``C^{-1}`` (Concus, Golub & O'Leary 1976): eigenvalues
+``(mu + l_j) / (mu + l_0)`` in ``[1, l_j / l_0]``, but each iteration also
+costs a Gram product with ``s k`` columns (measured slower:
+``benchmarks/README.md``, "Solver crossover"). Either way the larger ridges
+are solved to ``rtol``, not to rounding as the factored one.
 """
 
 from __future__ import annotations
@@ -21,6 +34,18 @@ from typing import Any, Callable, Optional, Tuple
 import numpy as np
 
 from .cg import CGInfo, cg
+from .cg_core import CheckpointSaver
+from .cg_ridges import multishift_cg
+
+
+class _FactorInverse:
+    """``B + shift I`` with ``B = L^{-1} L^{-T}`` from a factor's triangular sweeps."""
+
+    def __init__(self, factor: Any, shift: float, n: int, dtype: Any):
+        self.factor, self.shift, self.shape, self.dtype = factor, float(shift), (n, n), dtype
+
+    def matmat(self, x: np.ndarray) -> np.ndarray:
+        return self.factor.forward(self.factor.backward(x)) + self.shift * x
 
 
 class FactorPreconditioner:
@@ -58,9 +83,31 @@ def shared_factor_solve(op: Any, y: np.ndarray, ridges: np.ndarray, factor_fn: C
     rest = [j for j in range(len(ridges)) if j != j0]
     if not rest:
         return alpha, f, None
+    if ridge_path == "auto":
+        alpha[rest] = _shifted(f, y, ridges[rest] - ridges[j0], rtol, maxiter, ridges[rest])
+        return alpha, f, None
     base = float(getattr(op, "ridge", 0.0))
     xs, info = cg(op, y, np.repeat(x0[None], len(rest), axis=0), rtol=rtol, maxiter=maxiter,
                   M=FactorPreconditioner(f), ridges=ridges[rest] - base, ridge_path=ridge_path,
                   progress=progress, progress_every=progress_every)
     alpha[rest] = xs
     return alpha, f, info
+
+
+def _shifted(f: Any, y: np.ndarray, deltas: np.ndarray, rtol: float, maxiter: Optional[int],
+             ridges: np.ndarray) -> np.ndarray:
+    """``(C + d_j I)^{-1} y`` for ``d_j > 0`` by shifted CG on ``B = L^{-1} L^{-T}`` (module docstring)."""
+    n, k = y.shape
+    out = np.empty((len(deltas), n, k), dtype=np.result_type(y.dtype, np.float64))
+    sig = 1.0 / deltas
+    order = np.argsort(sig, kind="stable")           # the smallest shift (largest ridge) is the base
+    w = np.asarray(f.forward(y))
+    trace = float(np.sum(f.diag)) + n * f.ridge       # trace C = ||L||_F^2
+    tol = rtol * np.linalg.norm(y, axis=0) / np.sqrt(max(trace, np.finfo(float).tiny))
+    base = _FactorInverse(f, sig[order[0]], n, out.dtype)
+    v, _, _, _, _ = multishift_cg(base, w, sig[order] - sig[order[0]], np.repeat(tol[None], len(sig), axis=0),
+                                  10 * n if maxiter is None else int(maxiter), None, CheckpointSaver(None, 1, ""),
+                                  None, ridges[order])
+    for pos, j in enumerate(order):
+        out[j] = f.backward(sig[j] * v[pos])
+    return out

@@ -194,7 +194,11 @@ def ridge_solver(ctx: RunContext, op: GramOperator, ridge: float) -> Callable[[n
     if method == "cholesky":
         try:
             group = ctx.store.group("solver")["cholesky"]     # the solve's factor tiles
+            if f"cholesky-{float(ridge) + float(getattr(op, 'ridge', 0.0)):.6g}" not in group:
+                group = None       # several ridges kept only the smallest one's factor
         except KeyError:
+            group = None
+        if group is None:
             group = zarr.open_group(zarr.storage.MemoryStore(), mode="w")  # factored once, here
     kw = {**solver_options(sv, op.shape[0], method), "warn": False}
     return lambda b: solve_system(op, b, ridges=[ridge], group=group, **kw).alpha[0]

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_solvers.py                         # n = 2k 4k 8k 16k
     python benchmarks/bench_solvers.py --n 16000 --append      # one size more, merged in
-    python benchmarks/bench_solvers.py --plot-only             # redraw plots/solvers.png
+    python benchmarks/bench_solvers.py --plot-only             # redraw plots/solvers_crossover.png
     python benchmarks/bench_solvers.py --n 2000 4000 --quick   # a smoke run
 
 The problem is the default one (``solver:`` defaults): the MNIST FC3 NTK
@@ -35,7 +35,8 @@ user with the Gram on disk pays; reported apart as ``load_s``).
 Results: ``results/solvers.json`` (``--append`` merges the rows of one
 invocation into it, so sizes can be run in separate ≤ 15 min invocations);
 the crossover (smallest n from which a CG variant beats every dense one) is
-printed and recorded. The plot ``plots/solvers.png`` also shows the tiled
+printed and recorded. The plot ``plots/solvers_crossover.png`` (``plots/solvers.png`` is
+scaling.py's) also shows the tiled
 Cholesky and CG + Nyström rows of ``results/scale.json`` (n = 4k … 60k, the
 CLI on a 2-worker cluster; a different harness, labelled as such).
 """
@@ -308,7 +309,7 @@ def main(argv: List[str] | None = None) -> int:
 
     name = "solvers_quick" if args.quick else "solvers"
     result_path = RESULTS / f"{name}.json"
-    plot_path = HERE / "plots" / f"{name}.png"
+    plot_path = HERE / "plots" / f"{name.replace('solvers', 'solvers_crossover')}.png"
     if args.plot_only:
         plot(json.loads(result_path.read_text()), plot_path)
         return 0

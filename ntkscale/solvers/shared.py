@@ -32,10 +32,36 @@ from __future__ import annotations
 from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
+import psutil
+import scipy.linalg
 
 from .cg import CGInfo, cg
 from .cg_core import CheckpointSaver
 from .cg_ridges import multishift_cg
+
+
+class _DenseFactor:
+    """A factor's ``L`` read once into memory: the triangular sweeps of each
+    shifted-CG iteration are then two LAPACK calls, not tile reads. ``U = L^T``
+    of the C-ordered copy is Fortran-ordered, so LAPACK takes it without a copy."""
+
+    def __init__(self, factor: Any):
+        self.U = np.asarray(factor.L[...]).T
+
+    def forward(self, b: np.ndarray) -> np.ndarray:
+        return scipy.linalg.solve_triangular(self.U, b, lower=False, trans="T", check_finite=False)
+
+    def backward(self, y: np.ndarray) -> np.ndarray:
+        return scipy.linalg.solve_triangular(self.U, y, lower=False, check_finite=False)
+
+
+def _sweeps(f: Any) -> Any:
+    """``f`` itself, or its ``L`` in memory when ``n^2`` entries take under a quarter of
+    the memory available now (the tiled sweeps read every tile at each iteration)."""
+    if not hasattr(f, "L") or getattr(f, "client", None) is not None:
+        return f
+    need = f.n * f.n * np.dtype(f.dtype).itemsize
+    return _DenseFactor(f) if need <= psutil.virtual_memory().available / 4 else f
 
 
 class _FactorInverse:
@@ -101,13 +127,14 @@ def _shifted(f: Any, y: np.ndarray, deltas: np.ndarray, rtol: float, maxiter: Op
     out = np.empty((len(deltas), n, k), dtype=np.result_type(y.dtype, np.float64))
     sig = 1.0 / deltas
     order = np.argsort(sig, kind="stable")           # the smallest shift (largest ridge) is the base
-    w = np.asarray(f.forward(y))
+    tri = _sweeps(f)
+    w = np.asarray(tri.forward(y))
     trace = float(np.sum(f.diag)) + n * f.ridge       # trace C = ||L||_F^2
     tol = rtol * np.linalg.norm(y, axis=0) / np.sqrt(max(trace, np.finfo(float).tiny))
-    base = _FactorInverse(f, sig[order[0]], n, out.dtype)
+    base = _FactorInverse(tri, sig[order[0]], n, out.dtype)
     v, _, _, _, _ = multishift_cg(base, w, sig[order] - sig[order[0]], np.repeat(tol[None], len(sig), axis=0),
                                   10 * n if maxiter is None else int(maxiter), None, CheckpointSaver(None, 1, ""),
                                   None, ridges[order])
     for pos, j in enumerate(order):
-        out[j] = f.backward(sig[j] * v[pos])
+        out[j] = tri.backward(sig[j] * v[pos])
     return out

@@ -215,6 +215,12 @@ def crossover(rows: List[Dict[str, Any]]) -> Any:
     return None
 
 
+def _order(method: str) -> int:
+    """Table order; rows kept from older code (``ridges8_tiled_sweeps``) go last."""
+    names = METHODS + RIDGE_METHODS
+    return names.index(method) if method in names else len(names)
+
+
 def ridge_ratios(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """Per n: 8 ridges / one ridge with the default solver (target <= 2), and with a factor per ridge."""
     out = []
@@ -353,7 +359,7 @@ def main(argv: List[str] | None = None) -> int:
         doc = json.loads(result_path.read_text())
     done = {(r["n"], r["method"]) for r in rows}
     doc["rows"] = sorted([r for r in doc["rows"] if (r["n"], r["method"]) not in done] + rows,
-                         key=lambda r: (r["n"], (METHODS + RIDGE_METHODS).index(r["method"])))
+                         key=lambda r: (r["n"], _order(r["method"])))
     doc["grams"] = {**doc.get("grams", {}), **grams}
     doc["invocations"] = doc.get("invocations", []) + [invocation]
     doc["machine"] = info

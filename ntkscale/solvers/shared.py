@@ -29,12 +29,14 @@ are solved to ``rtol``, not to rounding as the factored one.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 import psutil
 import scipy.linalg
 
+from ..errors import NumericalWarning
 from .cg import CGInfo, cg
 from .cg_core import CheckpointSaver
 from .cg_ridges import multishift_cg
@@ -98,15 +100,17 @@ def shared_factor_solve(op: Any, y: np.ndarray, ridges: np.ndarray, factor_fn: C
                         ) -> Tuple[np.ndarray, Any, Optional[CGInfo]]:
     """``(alpha (s, n, k), factor, CGInfo or None)`` for the absolute ``ridges``
     (``op``'s own ridge included): ``factor_fn(l_0)`` factors ``K + l_0 I`` for the
-    smallest ``l_0`` (and returns an object with ``solve``), the rest go through
-    :func:`~ntkscale.solvers.cg.cg` preconditioned with that factor."""
+    smallest ``l_0`` (and returns an object with ``solve``); the larger ridges go
+    through shifted CG on that factor (``ridge_path="auto"``; no ``CGInfo``) or
+    through :func:`~ntkscale.solvers.cg.cg` preconditioned with it (other paths)."""
     ridges = np.asarray(ridges, dtype=np.float64)
     j0 = int(np.argmin(ridges))
     f = factor_fn(float(ridges[j0]))
     x0 = np.asarray(f.solve(y))
     alpha = np.empty((len(ridges),) + x0.shape, dtype=x0.dtype)
     alpha[j0] = x0
-    rest = [j for j in range(len(ridges)) if j != j0]
+    alpha[ridges == ridges[j0]] = x0
+    rest = [j for j in range(len(ridges)) if ridges[j] > ridges[j0]]
     if not rest:
         return alpha, f, None
     if ridge_path == "auto":
@@ -132,9 +136,15 @@ def _shifted(f: Any, y: np.ndarray, deltas: np.ndarray, rtol: float, maxiter: Op
     trace = float(np.sum(f.diag)) + n * f.ridge       # trace C = ||L||_F^2
     tol = rtol * np.linalg.norm(y, axis=0) / np.sqrt(max(trace, np.finfo(float).tiny))
     base = _FactorInverse(tri, sig[order[0]], n, out.dtype)
-    v, _, _, _, _ = multishift_cg(base, w, sig[order] - sig[order[0]], np.repeat(tol[None], len(sig), axis=0),
+    v, _, res, _, _ = multishift_cg(base, w, sig[order] - sig[order[0]], np.repeat(tol[None], len(sig), axis=0),
                                   10 * n if maxiter is None else int(maxiter), None, CheckpointSaver(None, 1, ""),
                                   None, ridges[order])
+    wnorm = np.where(np.linalg.norm(w, axis=0) > 0, np.linalg.norm(w, axis=0), 1.0)
+    if np.any(res * wnorm[None] > tol[None]):
+        warnings.warn(f"shifted CG on the Cholesky factor stopped above its tolerance (relative residual "
+                      f"{float(np.max(res)):.3g} of L^-1 y) at ridge(s) "
+                      f"{', '.join(f'{r:.3g}' for r in ridges[order][np.any(res * wnorm[None] > tol[None], axis=1)])}"
+                      "; raise maxiter or use ridge_path: per_ridge", NumericalWarning, stacklevel=3)
     for pos, j in enumerate(order):
         out[j] = tri.backward(sig[j] * v[pos])
     return out

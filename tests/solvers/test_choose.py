@@ -102,3 +102,27 @@ def test_run_with_the_default_method_says_what_auto_picked(tmp_path, capsys):
     store = zarr.open_group(str(tmp_path / "run.zarr"), mode="r")
     rec = dict(store["solver"].attrs)["run"]
     assert rec["method"] == "cholesky" and "solvers.json" in rec["method_reason"]
+
+
+def test_variance_after_a_ridge_list_with_the_default_method(tmp_path):
+    """Only the smallest ridge's factor is stored; the variance of the chosen ridge still
+    matches the dense formula (another ridge is factored in memory)."""
+    from ntkscale.config.run import load_config
+    from ntkscale.stages.run import RunPipeline
+    from ntkscale.store.gram_store import GramStore
+    from tests.support.gram import write_config
+    from tests.support.run import blobs, run_config
+
+    data = blobs(tmp_path, n=60, m=20, regression=True)
+    layers = run_config(data)["kernel"]["layers"]
+    path = write_config(tmp_path, run_config(data, kernel={"layers": layers, "get": "nngp"},
+                                             solver={"ridge": [1e-4, 1e-1, 3.0], "tol": 1e-10}))
+    pipe = RunPipeline(load_config(path), progress=False)
+    pipe.run()
+    store = GramStore.open(tmp_path / "run.zarr")
+    rec = dict(store.group("solver").attrs)["run"]
+    assert rec["method"] == "cholesky"
+    K, Kx = np.asarray(store.train_array("nngp")[...]), np.asarray(store.test_array("nngp")[...])
+    ridge = rec["ridges_absolute"][rec["chosen_index"]]
+    want = store.diag("test", "nngp") - np.einsum("ij,ji->i", Kx, np.linalg.solve(K + ridge * np.eye(len(K)), Kx.T))
+    np.testing.assert_allclose(pipe.variance(block=7), want, rtol=1e-6, atol=1e-9)

@@ -13,7 +13,7 @@ DTYPES = ("float32", "float64")
 #: Array backends a worker may compute with (auto: CuPy on GPU workers).
 BACKENDS = ("auto", "numpy", "cupy")
 #: Solver methods.
-METHODS = ("cg", "cholesky")
+METHODS = ("auto", "cg", "cholesky")
 #: CG preconditioners.
 PRECONDITIONERS = ("nystrom", "pivoted_cholesky", "none")
 #: How Gram products are formed: from the store, streamed from the kernel, or chosen.
@@ -22,6 +22,6 @@ MODES = ("stored", "streamed", "auto")
 #: or as tasks on the run's Dask cluster (auto: the cluster when it is not the local one).
 PRODUCTS = ("auto", "driver", "cluster")
 #: How several ridges are solved.
-RIDGE_PATHS = ("auto", "multishift", "sequential", "batched")
+RIDGE_PATHS = ("auto", "multishift", "sequential", "batched", "per_ridge")
 #: Learning tasks.
 TASKS = ("auto", "classification", "regression")

@@ -2,7 +2,7 @@
 
 ```yaml
 solver:
-  method: cg                   # cg | cholesky
+  method: auto                 # auto | cg | cholesky (auto: ntkscale/solvers/choose.py)
   ridge: 1e-6                  # a number, or a list: chosen on a validation split
   ridge_relative: true         # ridge in units of the train Gram's mean diagonal
   tol: 1e-6                    # CG relative residual
@@ -48,7 +48,7 @@ class PreconditionerConfig:
 class SolverConfig:
     """The validated ``solver:`` section (defaults: the demo's settings)."""
 
-    method: str = "cg"
+    method: str = "auto"
     ridge: Tuple[float, ...] = (1e-6,)
     ridge_list: bool = False            # a list was given: select on validation
     ridge_relative: bool = True
@@ -138,7 +138,7 @@ def parse_solver(mapping: Any, source: str = "<dict>") -> Optional[SolverConfig]
         raise sec.error(f"must be between 0 and 1 (exclusive), got {fraction!r}", "validation_fraction")
     seed = sec.int("seed", 0, minimum=0)
     return SolverConfig(
-        method=sec.choice("method", METHODS, "cg"), ridge=ridge, ridge_list=is_list,
+        method=sec.choice("method", METHODS, "auto"), ridge=ridge, ridge_list=is_list,
         ridge_relative=sec.boolean("ridge_relative", True), tol=_number(sec, "tol", 1e-6, positive=True),
         maxiter=sec.int("maxiter"), preconditioner=precond, ridge_path=sec.choice("ridge_path", RIDGE_PATHS, "auto"),
         validation_fraction=fraction, seed=int(seed), checkpoint_every=sec.int("checkpoint_every", 10),

@@ -25,7 +25,9 @@ from ..choices import METHODS
 from ..errors import InputError, NotPSDError, NumericalWarning
 from .cg import CGInfo, cg
 from .cholesky import TiledCholesky
+from .choose import resolve_method
 from .nystrom import build_preconditioner
+from .shared import shared_factor_solve
 from .operator import ArraySource, GramOperator, ZarrSource, as_operator
 from .validate import check_rhs, check_ridges
 
@@ -61,10 +63,13 @@ class SolveResult:
     seconds: float = 0.0
     preconditioner: Optional[Dict[str, Any]] = None
     tiles_computed: Optional[int] = None
+    method_reason: str = ""
 
     def summary(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"method": self.method, "ridges": [float(r) for r in self.ridges],
                                "seconds": round(self.seconds, 3)}
+        if self.method_reason:
+            out["method_reason"] = self.method_reason
         if self.info is not None:
             out["cg"] = self.info.summary()
         if self.jitter:
@@ -101,8 +106,13 @@ def solve(A: Any, Y: Any, *, ridges: Any = 0.0, method: str = "cg", rtol: float 
     ``method="cg"``: :func:`~ntkscale.solvers.cg.cg` with a ``preconditioner``
     (``nystrom`` | ``pivoted_cholesky`` | ``none``) of rank ``rank`` built once
     and re-targeted to each ridge; ``checkpoint`` makes it resumable.
-    ``method="cholesky"``: :class:`~ntkscale.solvers.cholesky.TiledCholesky`,
-    one factor per ridge in ``group`` (a Zarr group; default in memory).
+    ``method="cholesky"``: :class:`~ntkscale.solvers.cholesky.TiledCholesky` in
+    ``group`` (a Zarr group; default in memory); with several ridges one factor,
+    of the smallest ridge, and CG preconditioned with it for the others
+    (:mod:`~ntkscale.solvers.shared`; ``ridge_path="per_ridge"``: a factor per ridge).
+    ``method="auto"``: :func:`~ntkscale.solvers.choose.resolve_method` picks one of
+    them by the measured rule; ``result.method`` is the one that ran and
+    ``result.method_reason`` says why.
     ``progress`` receives a :class:`SolveProgress` every ``progress_every``
     seconds and at the end of each CG run or factorisation.
     """
@@ -117,7 +127,9 @@ def solve(A: Any, Y: Any, *, ridges: Any = 0.0, method: str = "cg", rtol: float 
     y, vector = check_rhs(Y, n)
     base = float(getattr(op, "ridge", 0.0))
     total = rid + base
-    result = SolveResult(alpha=np.empty(0), ridges=total, method=method)
+    choice = resolve_method(method, op, len(rid), group)
+    method = choice.method
+    result = SolveResult(alpha=np.empty(0), ridges=total, method=method, method_reason=choice.reason)
     if method == "cg":
         M = None
         if preconditioner not in (None, "none"):
@@ -144,9 +156,10 @@ def solve(A: Any, Y: Any, *, ridges: Any = 0.0, method: str = "cg", rtol: float 
             import zarr  # noqa: PLC0415 - deferred: 0.6 s, and `import ntkscale` loads the solvers
 
             group = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
-        xs, computed = [], 0
         client = client if client is not None else getattr(op, "client", None)
-        for r in total:
+        factors: List[TiledCholesky] = []
+
+        def factor(r: float) -> TiledCholesky:
             f = TiledCholesky(arr, group, ridge=float(r), tile=tile, client=client, num_workers=num_workers,
                               name=f"cholesky-{float(r):.6g}", progress_every=progress_every,
                               progress=None if progress is None else _tile_reporter(progress, float(r)))
@@ -154,10 +167,25 @@ def solve(A: Any, Y: Any, *, ridges: Any = 0.0, method: str = "cg", rtol: float 
                 if not warn:
                     warnings.simplefilter("ignore", NumericalWarning)
                 f.factor()
-            computed += f.tiles_computed
-            xs.append(f.solve(y))
-            result.jitter.append(f.jitter)
-        result.alpha, result.tiles_computed = np.stack(xs), computed
+            factors.append(f)
+            return f
+
+        if ridge_path == "per_ridge" or len(total) == 1:
+            result.alpha = np.stack([factor(r).solve(y) for r in total])
+            result.jitter = [f.jitter for f in factors]
+        else:
+            if ridge_path == "multishift":
+                raise InputError("ridge_path 'multishift' cannot use the Cholesky factor as preconditioner; with "
+                                 "method 'cholesky' use 'auto' (one shared factor) or 'per_ridge'")
+            with warnings.catch_warnings():
+                if not warn:
+                    warnings.simplefilter("ignore", NumericalWarning)
+                result.alpha, f0, result.info = shared_factor_solve(
+                    op, y, total, factor, rtol=rtol, maxiter=maxiter,
+                    ridge_path=ridge_path,
+                    progress=None if progress is None else _cg_reporter(progress), progress_every=progress_every)
+            result.jitter = [f0.jitter if r == total.min() else 0.0 for r in total]
+        result.tiles_computed = sum(f.tiles_computed for f in factors)
     if np.min(total) == 0:
         _check_singular(op, y, result, singular_rtol)
     if vector:  # shaped like Y, as cg() and scipy.linalg.solve return it

@@ -178,6 +178,9 @@ def cg(A: Any, B: Any, x0: Any = None, *, rtol: float = 1e-6, atol: float = 0.0,
     b = np.ascontiguousarray(b, dtype=dtype)
     if ridge_path not in RIDGE_PATHS:
         raise InputError(f"ridge_path must be one of {', '.join(RIDGE_PATHS)}; got {ridge_path!r}")
+    if ridge_path == "per_ridge":
+        raise InputError("ridge_path 'per_ridge' (one Cholesky factor per ridge) is for method 'cholesky'; "
+                         "CG takes auto, multishift, sequential or batched")
     variant = ridge_path
     if s == 1:
         variant = "single"

@@ -17,7 +17,7 @@ import hashlib
 import json
 import time
 import warnings
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from ..errors import InputError, NumericalWarning
 from ..solvers.api import SolveProgress
 from ..solvers.api import solve as solve_system
 from ..solvers.checkpoint import ZarrCheckpoint
+from ..solvers.choose import resolve_method
 from ..solvers.operator import GramOperator
 from ..solvers.ridge import select_ridge
 from ..store.gram_store import GramStore
@@ -70,9 +71,10 @@ def identity(solver: SolverConfig, task: str, store: GramStore) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def solver_options(solver: SolverConfig, n: int) -> Dict[str, Any]:
-    """Keyword arguments of :func:`ntkscale.solvers.api.solve` from the run's solver settings."""
-    return dict(method=solver.method, rtol=solver.tol, maxiter=solver.maxiter, seed=solver.seed,
+def solver_options(solver: SolverConfig, n: int, method: Optional[str] = None) -> Dict[str, Any]:
+    """Keyword arguments of :func:`ntkscale.solvers.api.solve` from the run's solver settings
+    (``method``: what ``solver.method`` resolved to, when it is ``auto``)."""
+    return dict(method=method or solver.method, rtol=solver.tol, maxiter=solver.maxiter, seed=solver.seed,
                 preconditioner=solver.preconditioner.kind, rank=max(1, min(solver.preconditioner.rank, n // 2)),
                 tile=solver.tile)
 
@@ -113,9 +115,13 @@ def _solve(ctx: RunContext, group: Any, enc: TargetEncoder, ident: str) -> Dict[
     mean_diag = op.mean_diagonal()
     rel = np.asarray(sv.ridge, dtype=np.float64)
     ridges = rel * mean_diag if sv.ridge_relative else rel
-    kw = {**solver_options(sv, n), "ridge_path": sv.ridge_path,
+    choice = resolve_method(sv.method, op, len(ridges), group)
+    method = choice.method
+    if sv.method == "auto":
+        ctx.say(f"solve: method auto -> {method}: {choice.reason}")
+    kw = {**solver_options(sv, n, method), "ridge_path": sv.ridge_path,
           "progress": lambda p: ctx.say(progress_line(p)), "progress_every": PROGRESS_EVERY}
-    record: Dict[str, Any] = {"identity": ident, "method": sv.method, "kind": kind,
+    record: Dict[str, Any] = {"identity": ident, "method": method, "method_reason": choice.reason, "kind": kind,
                               "task": enc.task, "n_train": n, "mean_diagonal": mean_diag, "tol": sv.tol,
                               "ridges_relative": rel.tolist() if sv.ridge_relative else (rel / mean_diag).tolist(),
                               "ridges_absolute": ridges.tolist(), "chosen_index": 0, "validation": None}
@@ -123,22 +129,22 @@ def _solve(ctx: RunContext, group: Any, enc: TargetEncoder, ident: str) -> Dict[
         record["classes"] = enc.classes_.tolist()
     if sv.ridge_list and len(ridges) > 1:
         ctx.say(f"solve: choosing among {len(ridges)} ridges on a {sv.validation_fraction:g} validation "
-                f"split of the training rows ({sv.method})")
+                f"split of the training rows ({method})")
         sel = select_ridge(op, y, ridges, encoder=enc, validation_fraction=sv.validation_fraction,
-                           seed=sv.seed, group=group if sv.method == "cholesky" else None,
+                           seed=sv.seed, group=group if method == "cholesky" else None,
                            warn=False, **{k: v for k, v in kw.items() if k != "seed"})
         record["chosen_index"] = int(sel.best_index)
         record["validation"] = {"metric": sel.metric, "metrics": jsonable(sel.metrics),
                                 "n_fit": len(sel.fit_idx), "n_val": len(sel.val_idx)}
-    ckpt = ZarrCheckpoint(group, "cg_checkpoint") if sv.method == "cg" else None
+    ckpt = ZarrCheckpoint(group, "cg_checkpoint") if method == "cg" else None
     where = "cluster" if getattr(op, "client", None) is not None else "driver"
     record["products"] = where
-    ctx.say(f"solve: {sv.method} on the {n}x{n} {kind} Gram ({op.mode}; products on the "
+    ctx.say(f"solve: {method} on the {n}x{n} {kind} Gram ({op.mode}; products on the "
             f"{where}), {Y.shape[1]} right-hand side(s), ridge(s) {', '.join(f'{r:.3g}' for r in ridges)}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", NumericalWarning)
         res = solve_system(op, Y, ridges=ridges, checkpoint=ckpt, checkpoint_every=sv.checkpoint_every,
-                           group=group.require_group("cholesky") if sv.method == "cholesky" else None, **kw)
+                           group=group.require_group("cholesky") if method == "cholesky" else None, **kw)
     for w in caught:
         ctx.say(f"solve: warning: {w.message}")
     record["solve"] = jsonable(res.summary())
@@ -184,10 +190,15 @@ def ridge_solver(ctx: RunContext, op: GramOperator, ridge: float) -> Callable[[n
 
     sv = ctx.solver
     group = None
-    if sv.method == "cholesky":
+    method = resolve_method(sv.method, op).method
+    if method == "cholesky":
         try:
             group = ctx.store.group("solver")["cholesky"]     # the solve's factor tiles
+            if f"cholesky-{float(ridge) + float(getattr(op, 'ridge', 0.0)):.6g}" not in group:
+                group = None       # several ridges kept only the smallest one's factor
         except KeyError:
+            group = None
+        if group is None:
             group = zarr.open_group(zarr.storage.MemoryStore(), mode="w")  # factored once, here
-    kw = {**solver_options(sv, op.shape[0]), "warn": False}
+    kw = {**solver_options(sv, op.shape[0], method), "warn": False}
     return lambda b: solve_system(op, b, ridges=[ridge], group=group, **kw).alpha[0]

@@ -168,3 +168,16 @@ def test_io_threads_auto_is_one_writer_per_worker(tmp_path, data):
     raw["cluster"]["io_threads"] = "many"
     with pytest.raises(ConfigError, match="cluster.io_threads: must be 'auto' or an integer >= 0"):
         RunConfig.from_mapping(raw, tmp_path)
+
+
+def test_solver_method_auto_is_the_default_and_parses(tmp_path, data):
+    from ntkscale.config.solver import SolverConfig, parse_solver
+
+    assert SolverConfig().method == "auto"
+    assert parse_solver({"ridge": 1e-6}).method == "auto"          # the key left out
+    assert parse_solver({"method": "auto"}).method == "auto"
+    assert parse_solver({"method": "cholesky"}).method == "cholesky"  # explicit ones unchanged
+    cfg = RunConfig.from_mapping(config_dict(data, solver={"method": "auto", "ridge_path": "per_ridge"}), tmp_path)
+    assert (cfg.solver.method, cfg.solver.ridge_path) == ("auto", "per_ridge")
+    with pytest.raises(ConfigError, match="solver.method"):
+        RunConfig.from_mapping(config_dict(data, solver={"method": "automatic"}), tmp_path)

@@ -42,7 +42,7 @@ def test_solver_section_is_typed_and_checked(tmp_path):
                           ({"ridg": 1e-3}, "solver.ridg: unknown key; did you mean 'ridge'"),
                           ({"preconditioner": {"kind": "nystrom", "rnk": 3}}, "solver.preconditioner.rnk"),
                           ({"preconditioner": {"kind": "jacobi"}}, "solver.preconditioner.kind"),
-                          ({"method": "lu"}, "solver.method: must be one of cg, cholesky"),
+                          ({"method": "lu"}, "solver.method: must be one of auto, cg, cholesky"),
                           ({"validation_fraction": 1.5}, "solver.validation_fraction"),
                           ({"mode": "disk"}, "solver.mode")]:
         with pytest.raises(ConfigError, match=words.replace("(", r"\(")):

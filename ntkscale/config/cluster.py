@@ -51,16 +51,25 @@ class LocalClusterConfig:
 
 
 def auto_io_threads(n_workers: Optional[int], threads_per_worker: int, cores: Optional[int] = None) -> int:
-    """``io_threads: auto``: one writer thread per worker.
+    """``io_threads: auto``: two writer threads per worker.
 
-    A block's write is fsync'd (:mod:`ntkscale.store.durable`), so the writer
-    largely waits for the disk; without it every block's write stalls the
-    worker's next block. Measured in benchmarks/bench_gram.py (2 workers on 2
-    cores, FC3 n = 16384, store on disk): block phase 7.3 s with a writer per
-    worker against 11.3 s without (single runs; issue 14). ``n_workers``,
-    ``threads_per_worker`` and ``cores`` are kept for callers that pass them.
+    A block's write is fsync'd (:mod:`ntkscale.store.durable`), so a writer
+    largely waits for the disk; without one every block's write stalls the
+    worker's next block, and with one a fast kernel still waits for its writes.
+    Measured in benchmarks/bench_gram.py (2 workers on 2 cores, FC3 NNGP+NTK,
+    n = 16384, float32, store on disk, fsync'd): block phase 11.3 s with no
+    writer, 7.3 s with one (single runs). With the fused FC pass of 2026-12-02,
+    two runs of 3 rounds each: the write time not hidden behind compute was
+    0.45–1.11 s per worker with two writers against 1.32–2.06 s with one, and
+    the median efficiency against the roofline 0.94 / 0.86 with two against
+    0.80 / 0.87 with one (the disk's fsync'd bandwidth varied 0.43–0.51 GB/s
+    between rounds). Each writer holds one more block per worker, which the
+    planner counts. For a conv kernel, where compute binds, the count does not
+    matter (issue 14, benchmarks/README.md "Gram engine").
+    ``n_workers``, ``threads_per_worker`` and ``cores`` are kept for callers
+    that pass them.
     """
-    return 1
+    return 2
 
 
 @dataclasses.dataclass(frozen=True)

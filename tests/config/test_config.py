@@ -156,11 +156,11 @@ def test_empty_and_malformed_files(tmp_path):
 
 
 
-def test_io_threads_auto_is_one_writer_per_worker(tmp_path, data):
+def test_io_threads_auto_is_two_writers_per_worker(tmp_path, data):
     # fsync'd O_DIRECT writes wait for the disk, not a core: a writer per worker even when
     # every core computes (issue 14: 7.3 s vs 11.3 s block phase, 2 workers on 2 cores)
-    assert auto_io_threads(2, 1, cores=2) == 1
-    assert auto_io_threads(None, 1, cores=16) == 1
+    assert auto_io_threads(2, 1, cores=2) == 2
+    assert auto_io_threads(None, 1, cores=16) == 2
     raw = config_dict(data, cluster={"kind": "local", "n_workers": 1, "io_threads": "auto"})
     assert RunConfig.from_mapping(raw, tmp_path).cluster.io_threads == auto_io_threads(1, 1)
     raw["cluster"]["io_threads"] = 0

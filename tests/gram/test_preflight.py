@@ -42,7 +42,7 @@ def test_two_million_rows_against_the_free_disk_is_refused_by_plan_and_gram(tmp_
 
 def test_fixed_block_size_above_the_pause_threshold_is_refused_with_the_numbers(tmp_path):
     data = make_data(tmp_path, n=9000, m=0, d=2)
-    with pytest.raises(PreflightError, match=r"block_size 9000 needs ~1\.9 GiB per task x 2 tasks per worker \+ 256\.0 MiB = 4\.0 GiB, "
+    with pytest.raises(PreflightError, match=r"block_size 9000 needs ~1\.9 GiB per task x 3 tasks per worker \+ 256\.0 MiB = 5\.9 GiB, "
                                              r"above Dask's pause threshold 819\.2 MiB \(80% of memory_limit 1\.0 GiB\)"):
         _pipe(tmp_path, data, block_size=9000).describe()
     assert not (tmp_path / "run.zarr").exists()

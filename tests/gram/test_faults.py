@@ -129,8 +129,9 @@ def test_disk_full_mid_run_stops_at_once_and_keeps_finished_blocks(tmp_path, sma
     def fill_after_three_blocks():
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            done = [k for k in os.listdir(store_path / "manifest") if not k.startswith("inputs")] \
-                if (store_path / "manifest").exists() else []
+            entries = store_path / "manifest"       # finished blocks: an entry with its record
+            done = [k for k in os.listdir(entries) if not k.startswith("inputs")
+                    and (entries / k / "zarr.json").exists()] if entries.exists() else []
             if len(done) >= 3:
                 filled["file"] = _fill(small_disk)
                 return

@@ -76,7 +76,31 @@ def open_local(cfg: LocalClusterConfig, security: Any = None) -> Iterator[Any]:
         from distributed import Client  # noqa: PLC0415 (heavy: imported when a cluster opens)
 
         with Client(cluster, security=security) as client:
+            client.run(quiet_heartbeat_loss)
             yield client
+
+
+#: distributed's log line when a worker's heartbeat finds the scheduler gone.
+HEARTBEAT_LOST = "Failed to communicate with scheduler during heartbeat"
+
+
+class _HeartbeatLossFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(HEARTBEAT_LOST)
+
+
+def quiet_heartbeat_loss() -> None:
+    """In a worker of a local cluster: drop distributed's heartbeat-failure record.
+
+    The scheduler of a local cluster lives and dies with the command, so a worker
+    that still runs a task when the command closes it (after a block's persistent
+    failure, say) may heartbeat once into the closed scheduler, and distributed logs
+    that with a traceback beneath the command's one-line error. Nothing else can
+    close this scheduler, so the record says nothing here; clusters on other hosts
+    keep it."""
+    worker_log = logging.getLogger("distributed.worker")
+    if not any(isinstance(f, _HeartbeatLossFilter) for f in worker_log.filters):
+        worker_log.addFilter(_HeartbeatLossFilter())
 
 
 def start_local_cluster(cfg: LocalClusterConfig, security: Any = None) -> Any:

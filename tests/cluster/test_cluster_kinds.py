@@ -121,3 +121,24 @@ def test_local_gpu_workers_each_see_their_own_device(base):
         seen = client.run(visible)
         names = {w["name"] for w in client.scheduler_info()["workers"].values()}
     assert sorted(seen.values()) == ["3", "5"] and names == {0, 1}
+
+
+def test_local_workers_drop_the_heartbeat_record_of_a_closed_scheduler():
+    """A local cluster's workers filter distributed's heartbeat-loss record (logged
+    when the command closes the scheduler under a running task), and only it."""
+    import logging
+
+    from ntkscale.cluster.local import HEARTBEAT_LOST, open_local
+    from ntkscale.config.cluster import LocalClusterConfig
+
+    def probe():
+        log = logging.getLogger("distributed.worker")
+        keep = [bool(log.filter(logging.LogRecord(log.name, logging.ERROR, __file__, 1, msg, None, None)))
+                for msg in (HEARTBEAT_LOST + ".", "Compute Failed")]
+        return keep
+
+    cfg = LocalClusterConfig(n_workers=2, threads_per_worker=1, io_threads=0, processes=True,
+                             dashboard_address=":0")
+    with open_local(cfg) as client:
+        got = client.run(probe)
+    assert len(got) == 2 and all(v == [False, True] for v in got.values())
